@@ -1,0 +1,129 @@
+//! `odmr account …` and `odmr domain …`.
+//!
+//! Passwords are read from standard input only (never from the command line, where `ps` and
+//! shell history would show them) and stored only as the CRAM-MD5 HMAC inner/outer state.
+
+use super::open_store;
+use crate::config::Config;
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use odmr_proto::sasl::cram_md5::{self, CramSecret};
+use odmr_store::Credential;
+use std::io::BufRead;
+
+#[derive(Subcommand)]
+pub enum AccountCmd {
+    /// Create an account owning one or more domains.
+    Add {
+        name: String,
+        /// A domain the account may release with ATRN (repeatable).
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// Read the password from standard input (one line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// List accounts and their domains.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an account and free its domains (held mail stays queued).
+    Remove { name: String },
+    /// Change an account's password.
+    Passwd {
+        name: String,
+        /// Read the password from standard input (one line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DomainCmd {
+    /// Give a domain to an account.
+    Add { account: String, domain: String },
+    /// Stop hosting a domain.
+    Remove { domain: String },
+}
+
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        bail!("empty password on standard input; pipe it in, e.g. `echo \"$PW\" | odmr account add …`");
+    }
+    Ok(pw)
+}
+
+fn credentials(password: &str) -> Vec<Credential> {
+    vec![Credential {
+        scheme: cram_md5::SCHEME.to_string(),
+        data: CramSecret::from_password(password.as_bytes()).to_bytes(),
+    }]
+}
+
+pub async fn account(cfg: &Config, cmd: AccountCmd) -> anyhow::Result<()> {
+    let store = open_store(cfg).await?;
+    match cmd {
+        AccountCmd::Add { name, domains, .. } => {
+            let pw = read_password()?;
+            let domains: Vec<String> = domains
+                .iter()
+                .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+                .collect();
+            store.account_add(&name, &credentials(&pw), &domains).await?;
+            println!("account {name} added with domains {}", domains.join(", "));
+        }
+        AccountCmd::List { json } => {
+            let list = store.account_list().await?;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|a| serde_json::json!({"name": a.name, "domains": a.domains, "created_at": a.created_at}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if list.is_empty() {
+                println!("no accounts");
+            } else {
+                let w = list.iter().map(|a| a.name.len()).max().unwrap_or(0).max(7);
+                println!("{:w$}  DOMAINS", "ACCOUNT");
+                for a in list {
+                    println!("{:w$}  {}", a.name, a.domains.join(", "));
+                }
+            }
+        }
+        AccountCmd::Remove { name } => {
+            store.account_remove(&name).await?;
+            println!("account {name} removed");
+        }
+        AccountCmd::Passwd { name, .. } => {
+            let pw = read_password()?;
+            store.account_set_credentials(&name, &credentials(&pw)).await?;
+            println!("password of {name} changed");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub async fn domain(cfg: &Config, cmd: DomainCmd) -> anyhow::Result<()> {
+    let store = open_store(cfg).await?;
+    match cmd {
+        DomainCmd::Add { account, domain } => {
+            let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+            store.domain_add(&account, &domain).await?;
+            println!("domain {domain} added to {account}");
+        }
+        DomainCmd::Remove { domain } => {
+            store.domain_remove(&domain).await?;
+            println!("domain {domain} removed");
+        }
+    }
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Operators' commands. They open the same store as the running server; the server reads
+//! accounts and domains on every lookup, so changes apply without a restart.
+
+pub mod account;
+pub mod queue;
+
+use crate::config::Config;
+use odmr_store::Store;
+
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    Ok(Store::open_sqlite(&cfg.store_path)
+        .await
+        .map_err(|e| cfg.store_error(e))?)
+}

@@ -1,0 +1,364 @@
+//! The TOML configuration of `odmr server` (and of the operator commands, which only need
+//! `[store]`).
+//!
+//! Every error names the file, the key and the fix: an operator reading the message at startup
+//! should not need the source to know what to change. Unknown keys are errors, not silently
+//! ignored: a typo must not quietly turn a setting off.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; pass an existing file with --config FILE")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {key} = {value:?}: {problem}; {fix}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        value: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    hostname: String,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    smtp: RawSmtp,
+    #[serde(default)]
+    odmr: RawOdmr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "default_store_path")]
+    path: PathBuf,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            path: default_store_path(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("/var/lib/odmr")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    #[serde(default = "default_smtp_listen")]
+    listen: Vec<String>,
+    #[serde(default)]
+    max_message_size: Option<Size>,
+    #[serde(default)]
+    max_recipients: Option<usize>,
+    #[serde(default)]
+    max_received_headers: Option<usize>,
+    #[serde(default)]
+    command_timeout: Option<String>,
+}
+
+impl Default for RawSmtp {
+    fn default() -> Self {
+        RawSmtp {
+            listen: default_smtp_listen(),
+            max_message_size: None,
+            max_recipients: None,
+            max_received_headers: None,
+            command_timeout: None,
+        }
+    }
+}
+
+fn default_smtp_listen() -> Vec<String> {
+    vec!["0.0.0.0:25".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOdmr {
+    #[serde(default = "default_odmr_listen")]
+    listen: Vec<String>,
+    #[serde(default)]
+    command_timeout: Option<String>,
+    #[serde(default)]
+    reply_timeout: Option<String>,
+    #[serde(default)]
+    data_timeout: Option<String>,
+}
+
+impl Default for RawOdmr {
+    fn default() -> Self {
+        RawOdmr {
+            listen: default_odmr_listen(),
+            command_timeout: None,
+            reply_timeout: None,
+            data_timeout: None,
+        }
+    }
+}
+
+fn default_odmr_listen() -> Vec<String> {
+    vec!["0.0.0.0:366".into()]
+}
+
+/// A size as a number of octets or a string with a unit: `52428800`, `"50MiB"`, `"50M"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Octets(u64),
+    Text(String),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub hostname: String,
+    pub store_path: PathBuf,
+    pub smtp: SmtpConfig,
+    pub odmr: OdmrConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub listen: Vec<SocketAddr>,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_received_headers: usize,
+    /// Idle time allowed between commands and between data blocks (RFC 5321 §4.5.3.2.7: ≥ 5 min).
+    pub command_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct OdmrConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Idle time allowed before ATRN (RFC 5321 §4.5.3.2.7).
+    pub command_timeout: Duration,
+    /// After the turnaround: how long to wait for the customer's greeting and each reply
+    /// (RFC 5321 §4.5.3.2.1–3: ≥ 5 min).
+    pub reply_timeout: Duration,
+    /// After the final dot (RFC 5321 §4.5.3.2.6: ≥ 10 min).
+    pub data_timeout: Duration,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |key: &str, value: &str, problem: &str, fix: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            value: value.to_string(),
+            problem: problem.to_string(),
+            fix: fix.to_string(),
+        };
+        let hostname = raw.hostname.trim().to_string();
+        if hostname.is_empty() || hostname.contains(char::is_whitespace) {
+            return Err(invalid(
+                "hostname",
+                &raw.hostname,
+                "not a host name",
+                "set it to this server's fully qualified name, e.g. \"odmr.example.net\"",
+            ));
+        }
+        let addrs = |key: &str, list: &[String], example: &str| -> Result<Vec<SocketAddr>, ConfigError> {
+            list.iter()
+                .map(|a| {
+                    a.parse::<SocketAddr>().map_err(|_| {
+                        invalid(
+                            key,
+                            a,
+                            "not an IP:port address",
+                            &format!("write it as IP:PORT, e.g. \"{example}\" (or \"[::]:PORT\" for IPv6)"),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let dur = |key: &str,
+                   v: &Option<String>,
+                   default: Duration,
+                   min: Duration|
+         -> Result<Duration, ConfigError> {
+            let Some(s) = v else { return Ok(default) };
+            let d = humantime::parse_duration(s).map_err(|e| {
+                invalid(
+                    key,
+                    s,
+                    &e.to_string(),
+                    "write a duration such as \"5m\" or \"30s\"",
+                )
+            })?;
+            if d < min {
+                return Err(invalid(
+                    key,
+                    s,
+                    "too short",
+                    &format!("use at least {}", humantime::format_duration(min)),
+                ));
+            }
+            Ok(d)
+        };
+        let max_message_size = match &raw.smtp.max_message_size {
+            None => 50 * 1024 * 1024,
+            Some(Size::Octets(n)) => *n,
+            Some(Size::Text(t)) => parse_size(t).ok_or_else(|| {
+                invalid(
+                    "smtp.max_message_size",
+                    t,
+                    "not a size",
+                    "write a number of octets or a size such as \"50MiB\"",
+                )
+            })?,
+        };
+        if max_message_size < 65536 {
+            return Err(invalid(
+                "smtp.max_message_size",
+                &max_message_size.to_string(),
+                "below the 64 KiB RFC 5321 §4.5.3.1.7 requires",
+                "use at least 65536",
+            ));
+        }
+        let max_recipients = raw.smtp.max_recipients.unwrap_or(100);
+        if max_recipients < 100 {
+            return Err(invalid(
+                "smtp.max_recipients",
+                &max_recipients.to_string(),
+                "below the 100 recipients RFC 5321 §4.5.3.1.8 requires",
+                "use at least 100",
+            ));
+        }
+        let sec = Duration::from_secs;
+        Ok(Config {
+            path: path.to_path_buf(),
+            hostname,
+            store_path: raw.store.path.clone(),
+            smtp: SmtpConfig {
+                listen: addrs("smtp.listen", &raw.smtp.listen, "0.0.0.0:25")?,
+                max_message_size,
+                max_recipients,
+                max_received_headers: raw.smtp.max_received_headers.unwrap_or(100).max(1),
+                command_timeout: dur(
+                    "smtp.command_timeout",
+                    &raw.smtp.command_timeout,
+                    sec(300),
+                    sec(1),
+                )?,
+            },
+            odmr: OdmrConfig {
+                listen: addrs("odmr.listen", &raw.odmr.listen, "0.0.0.0:366")?,
+                command_timeout: dur(
+                    "odmr.command_timeout",
+                    &raw.odmr.command_timeout,
+                    sec(300),
+                    sec(1),
+                )?,
+                reply_timeout: dur("odmr.reply_timeout", &raw.odmr.reply_timeout, sec(300), sec(1))?,
+                data_timeout: dur("odmr.data_timeout", &raw.odmr.data_timeout, sec(600), sec(1))?,
+            },
+        })
+    }
+
+    /// The error for a store that cannot be opened, naming the key and the fix.
+    pub fn store_error(&self, err: impl std::fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            key: "store.path".into(),
+            value: self.store_path.display().to_string(),
+            problem: format!("cannot open the store there ({err})"),
+            fix: "make the directory writable by the user running odmr, or set [store] path to another directory"
+                .into(),
+        }
+    }
+}
+
+fn parse_size(t: &str) -> Option<u64> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("odmr.toml"), s)
+    }
+
+    #[test]
+    fn accepts_the_documented_keys() {
+        let c = parse(
+            r#"hostname = "odmr.example.net"
+[store]
+path = "/var/lib/odmr"
+[smtp]
+listen = ["0.0.0.0:25"]
+[odmr]
+listen = ["0.0.0.0:366"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.smtp.max_message_size, 50 * 1024 * 1024);
+        assert_eq!(c.odmr.listen[0].port(), 366);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("hostname = \"h.example\"\n[smtp]\nlisten = []\nlisen = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("odmr.toml") && e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_names_key_and_fix() {
+        let e = parse("hostname = \"h.example\"\n[odmr]\nlisten = [\"366\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("odmr.listen") && e.contains("IP:PORT"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("50MiB"), Some(50 << 20));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("lots"), None);
+        let c = parse("hostname = \"h.example\"\n[smtp]\nmax_message_size = \"1M\"\n").unwrap();
+        assert_eq!(c.smtp.max_message_size, 1 << 20);
+    }
+}

@@ -1,0 +1,81 @@
+//! `odmr`: one binary for the provider (`server`), and the operators' tools (`account`,
+//! `domain`, `queue`). Errors end here as anyhow reports; library code uses typed errors.
+
+mod cli;
+mod config;
+mod net;
+mod server;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "odmr",
+    version,
+    about = "On-Demand Mail Relay (RFC 2645): hold mail for customer domains and release it over ATRN"
+)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "ODMR_CONFIG",
+        default_value = "/etc/odmr/odmr.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the provider: the inbound MX listener(s) and the ODMR listener(s), in the foreground.
+    Server,
+    /// Manage customer accounts (works while the server runs).
+    #[command(subcommand)]
+    Account(cli::account::AccountCmd),
+    /// Manage the domains of accounts (works while the server runs).
+    #[command(subcommand)]
+    Domain(cli::account::DomainCmd),
+    /// Inspect the queue of held mail.
+    #[command(subcommand)]
+    Queue(cli::queue::QueueCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ODMR_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("odmr: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("odmr: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = config::Config::load(&cli.config)?;
+    match cli.command {
+        Command::Server => server::run(cfg).await,
+        Command::Account(c) => cli::account::account(&cfg, c).await,
+        Command::Domain(c) => cli::account::domain(&cfg, c).await,
+        Command::Queue(c) => cli::queue::queue(&cfg, c).await,
+    }
+}

@@ -1,0 +1,3 @@
+//! The one place that does socket I/O for the protocol machines.
+
+pub mod conn;

@@ -1,0 +1,145 @@
+//! `odmr server`: the provider. Accepts mail for hosted domains on the MX listeners and releases
+//! it over ODMR.
+//!
+//! Shutdown (SIGTERM/SIGINT): stop accepting, tell idle sessions `421`, give sessions in the
+//! middle of a message or a delivery a grace period, then close the store. Nothing acknowledged
+//! can be lost at any point, because a `250` is only ever sent after the commit and a message
+//! leaves the queue only after the customer's `250`.
+
+mod deliver;
+mod mx;
+mod odmr;
+
+use crate::config::Config;
+use anyhow::Context;
+use odmr_store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long sessions may run on after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Everything a session needs, shared.
+pub struct Shared {
+    pub cfg: Config,
+    pub store: Store,
+    /// Becomes `true` when the server is shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A short random id for a session, used in logs and `Received:` headers.
+pub fn session_id() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let store = Store::open_sqlite(&cfg.store_path)
+        .await
+        .map_err(|e| cfg.store_error(e))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        shutdown: stop_rx,
+    });
+
+    let mut listeners = Vec::new();
+    for (kind, key, addrs) in [
+        (Kind::Smtp, "smtp.listen", &cfg.smtp.listen),
+        (Kind::Odmr, "odmr.listen", &cfg.odmr.listen),
+    ] {
+        for addr in addrs {
+            let l = TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "config file {}: {key}: cannot listen on {addr}; choose a free address (binding ports below 1024 needs root or CAP_NET_BIND_SERVICE)",
+                    cfg.path.display()
+                )
+            })?;
+            let local = l.local_addr()?;
+            tracing::info!(kind = %kind.name(), addr = %local, "listening");
+            listeners.push((kind, l));
+        }
+    }
+
+    let mut sessions = JoinSet::new();
+    let mut accepts = JoinSet::new();
+    let (sess_tx, mut sess_rx) = tokio::sync::mpsc::unbounded_channel();
+    for (kind, l) in listeners {
+        let shared = shared.clone();
+        let sess_tx = sess_tx.clone();
+        accepts.spawn(accept_loop(kind, l, shared, sess_tx));
+    }
+    drop(sess_tx);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            Some(fut) = sess_rx.recv() => { sessions.spawn(fut); }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    tracing::info!(sessions = sessions.len(), "shutting down: no new connections");
+    let _ = stop_tx.send(true);
+    accepts.shutdown().await;
+    while let Ok(fut) = sess_rx.try_recv() {
+        sessions.spawn(fut);
+    }
+    let drain = async { while sessions.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::warn!("sessions still running after the grace period; closing them (unacknowledged mail is not lost: the sender retries)");
+        sessions.shutdown().await;
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Smtp,
+    Odmr,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Smtp => "smtp",
+            Kind::Odmr => "odmr",
+        }
+    }
+}
+
+type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+async fn accept_loop(
+    kind: Kind,
+    l: TcpListener,
+    shared: Arc<Shared>,
+    sessions: tokio::sync::mpsc::UnboundedSender<SessionFuture>,
+) {
+    loop {
+        let (stream, peer): (_, SocketAddr) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(kind = kind.name(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let fut: SessionFuture = match kind {
+            Kind::Smtp => Box::pin(mx::session(shared, stream, peer)),
+            Kind::Odmr => Box::pin(odmr::session(shared, stream, peer)),
+        };
+        if sessions.send(fut).is_err() {
+            return;
+        }
+    }
+}

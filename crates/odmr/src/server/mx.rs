@@ -1,0 +1,179 @@
+//! Driver of the inbound MX dialogue ([`odmr_proto::mx`]): socket reads and writes, recipient
+//! lookups and store commits. `250` after DATA is sent only once `commit` has returned.
+
+use super::{session_id, Shared};
+use crate::net::conn::Conn;
+use odmr_proto::mx::{MxConfig, MxSession, MxStep, PeerInfo, RcptVerdict};
+use odmr_proto::reply::Reply;
+use odmr_store::{CommitInfo, Envelope, EnvelopeRecipient, MessageWriter};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+pub async fn session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let id = session_id();
+    let span = tracing::info_span!("smtp", session = %id, peer = %peer);
+    run(shared, Conn::new(stream, peer), id).instrument(span).await
+}
+
+async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
+    let c = &shared.cfg;
+    let timeout = c.smtp.command_timeout;
+    let mut mcfg = MxConfig::new(c.hostname.clone());
+    mcfg.max_message_size = c.smtp.max_message_size;
+    mcfg.max_recipients = c.smtp.max_recipients;
+    mcfg.max_received = c.smtp.max_received_headers;
+    let mut s = MxSession::new(
+        mcfg,
+        PeerInfo {
+            ip: conn.peer.ip().to_string(),
+            session: id,
+        },
+    );
+    let mut shutdown = shared.shutdown.clone();
+    let mut writer: Option<MessageWriter> = None;
+    let mut store_failed = false;
+    let mut envelope_log = (String::new(), 0usize);
+    tracing::debug!("connected");
+    loop {
+        match s.poll(&mut conn.buf) {
+            MxStep::NeedInput => {
+                if let Err(e) = conn.send(s.output(), timeout).await {
+                    tracing::info!(error = %e, "write failed");
+                    break;
+                }
+                let read = if s.in_data() || *shutdown.borrow() {
+                    conn.fill(timeout).await
+                } else {
+                    tokio::select! {
+                        r = conn.fill(timeout) => r,
+                        _ = shutdown.changed() => {
+                            Reply::new(421, "4.3.2", format!("{} shutting down, try again later", c.hostname))
+                                .write(s.output(), true);
+                            let _ = conn.send(s.output(), timeout).await;
+                            break;
+                        }
+                    }
+                };
+                match read {
+                    Ok(0) => {
+                        tracing::debug!("client closed the connection");
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // RFC 5321 §4.5.3.2.7: tell the client why before closing.
+                        Reply::new(421, "4.4.2", format!("{} {e}, closing", c.hostname))
+                            .write(s.output(), true);
+                        let _ = conn.send(s.output(), timeout).await;
+                        tracing::info!(error = %e, "session ended");
+                        break;
+                    }
+                }
+            }
+            MxStep::CheckRecipient { address, domain } => {
+                let verdict = match shared.store.domain_owner(&domain).await {
+                    Ok(Some(_)) => RcptVerdict::Accept,
+                    Ok(None) => {
+                        tracing::info!(rcpt = %address, domain = %domain, "recipient refused: domain not hosted");
+                        RcptVerdict::NotHosted
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store lookup failed");
+                        RcptVerdict::Refuse(Reply::new(
+                            451,
+                            "4.3.0",
+                            "Temporary lookup failure, try again later",
+                        ))
+                    }
+                };
+                s.recipient_verdict(verdict);
+            }
+            MxStep::StartData(env) => {
+                envelope_log = (env.mail_from.clone(), env.recipients.len());
+                let envelope = Envelope {
+                    mail_from: env.mail_from,
+                    mail_params: env.mail_params,
+                    recipients: env
+                        .recipients
+                        .into_iter()
+                        .map(|r| EnvelopeRecipient {
+                            address: r.address,
+                            params: r.params,
+                        })
+                        .collect(),
+                    helo: s.helo().unwrap_or_default().to_string(),
+                    client_addr: conn.peer.to_string(),
+                };
+                match shared.store.receive(envelope).await {
+                    Ok(w) => {
+                        writer = Some(w);
+                        store_failed = false;
+                        s.data_ready(&chrono::Local::now().to_rfc2822());
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot open a message in the store");
+                        s.data_refused(Reply::new(
+                            451,
+                            "4.3.0",
+                            "Temporary storage failure, try again later",
+                        ));
+                    }
+                }
+            }
+            MxStep::Body(chunk) => {
+                if let Some(w) = writer.as_mut() {
+                    if !store_failed {
+                        if let Err(e) = w.write(&chunk).await {
+                            tracing::error!(error = %e, "store write failed");
+                            store_failed = true;
+                        }
+                    }
+                }
+            }
+            MxStep::EndData { size, eight_bit } => {
+                let result: Result<i64, String> = match writer.take() {
+                    Some(w) if !store_failed => w
+                        .commit(CommitInfo { eight_bit })
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Some(w) => {
+                        let _ = w.abort().await;
+                        Err("an earlier write to the store failed".into())
+                    }
+                    None => Err("no message was open".into()),
+                };
+                match result {
+                    Ok(msg) => {
+                        tracing::info!(msg, from = %envelope_log.0, rcpts = envelope_log.1, size, "message queued");
+                        s.committed(Ok(msg.to_string()));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "commit failed; message refused with 451");
+                        s.committed(Err(Reply::new(
+                            451,
+                            "4.3.0",
+                            "Temporary storage failure, try again later",
+                        )));
+                    }
+                }
+            }
+            MxStep::AbortData => {
+                if let Some(w) = writer.take() {
+                    let _ = w.abort().await;
+                }
+                tracing::info!(from = %envelope_log.0, "message refused");
+            }
+            MxStep::Close => {
+                let _ = conn.send(s.output(), timeout).await;
+                break;
+            }
+        }
+    }
+    if let Some(w) = writer.take() {
+        // Never acknowledged: the sender still holds the message and will retry.
+        let _ = w.abort().await;
+    }
+    conn.shutdown().await;
+}

@@ -1,0 +1,174 @@
+//! Driver of the ODMR front half ([`odmr_proto::odmr`]): AUTH lookups, the ATRN decision and
+//! the per-domain lease, then the turnaround into [`super::deliver`] on the same connection.
+//!
+//! ATRN decision order (PROTOCOL.md §2.7): not the account's domain → 450 (all or nothing, and
+//! the same text whether the domain is unknown or another customer's); no queued mail → 453;
+//! lease held by another session → 451; otherwise 250 with the lease held for the whole
+//! reversed session.
+
+use super::{deliver, session_id, Shared};
+use crate::net::conn::Conn;
+use odmr_proto::odmr::{AtrnDecision, OdmrConfig, OdmrSession, OdmrStep};
+use odmr_proto::sasl::cram_md5::{self, CramSecret};
+use odmr_store::{Lease, Store};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+/// Lease lifetime; a heartbeat renews it every third of this while the session delivers, so a
+/// crashed node's lease frees its domains within this time.
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
+
+pub async fn session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let id = session_id();
+    let span = tracing::info_span!("odmr", session = %id, peer = %peer);
+    run(shared, Conn::new(stream, peer), id).instrument(span).await
+}
+
+async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
+    let c = &shared.cfg;
+    let timeout = c.odmr.command_timeout;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut s = OdmrSession::new(OdmrConfig::new(c.hostname.clone()), rand::random(), now);
+    let mut shutdown = shared.shutdown.clone();
+    let mut granted: Option<(Lease, Vec<String>, String)> = None;
+    loop {
+        match s.poll(&mut conn.buf) {
+            OdmrStep::NeedInput => {
+                if let Err(e) = conn.send(s.output(), timeout).await {
+                    tracing::info!(error = %e, "write failed");
+                    break;
+                }
+                let read = tokio::select! {
+                    r = conn.fill(timeout) => r,
+                    _ = shutdown.changed() => {
+                        s.output().extend_from_slice(format!("421 {} shutting down, try again later\r\n", c.hostname).as_bytes());
+                        let _ = conn.send(s.output(), timeout).await;
+                        break;
+                    }
+                };
+                match read {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        s.output()
+                            .extend_from_slice(format!("421 {} {e}, closing\r\n", c.hostname).as_bytes());
+                        let _ = conn.send(s.output(), timeout).await;
+                        tracing::info!(error = %e, "session ended");
+                        break;
+                    }
+                }
+            }
+            OdmrStep::LookupSecret { user } => {
+                let secret = match shared.store.account_credential(&user, cram_md5::SCHEME).await {
+                    Ok(Some(bytes)) => CramSecret::from_bytes(&bytes).ok(),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "credential lookup failed");
+                        None
+                    }
+                };
+                if s.secret(secret) {
+                    tracing::info!(account = %user, "authenticated");
+                } else {
+                    tracing::warn!(account = %user, "authentication failed");
+                }
+            }
+            OdmrStep::Atrn { account, domains } => {
+                let (decision, lease) = decide(&shared.store, &account, &domains, &id).await;
+                let shown = if domains.is_empty() {
+                    "(all)".to_string()
+                } else {
+                    domains.join(",")
+                };
+                tracing::info!(account = %account, domains = %shown, decision = ?decision, "ATRN");
+                if let Some(l) = lease {
+                    granted = Some((l.0, l.1, account));
+                }
+                s.atrn_decision(decision);
+            }
+            OdmrStep::Turnaround => {
+                if let Err(e) = conn.send(s.output(), timeout).await {
+                    tracing::info!(error = %e, "write failed at turnaround");
+                    break;
+                }
+                let Some((lease, domains, account)) = granted.take() else {
+                    break;
+                };
+                let span = tracing::info_span!("deliver", account = %account);
+                deliver::deliver(&shared, &mut conn, &lease, &domains)
+                    .instrument(span)
+                    .await;
+                if let Err(e) = shared.store.lease_release(&lease).await {
+                    tracing::warn!(error = %e, "lease release failed; it expires by itself");
+                }
+                break;
+            }
+            OdmrStep::Close => {
+                let _ = conn.send(s.output(), timeout).await;
+                break;
+            }
+        }
+    }
+    if let Some((lease, _, _)) = granted {
+        let _ = shared.store.lease_release(&lease).await;
+    }
+    conn.shutdown().await;
+}
+
+/// The ATRN decision, and on success the lease and the granted domains.
+async fn decide(
+    store: &Store,
+    account: &str,
+    requested: &[String],
+    session: &str,
+) -> (AtrnDecision, Option<(Lease, Vec<String>)>) {
+    let owned = match store.account_get(account).await {
+        Ok(Some(a)) => a.domains,
+        Ok(None) => return (AtrnDecision::Refused, None),
+        Err(e) => {
+            tracing::error!(error = %e, "account lookup failed");
+            return (AtrnDecision::TempError, None);
+        }
+    };
+    let domains: Vec<String> = if requested.is_empty() {
+        owned.clone()
+    } else {
+        requested.to_vec()
+    };
+    if domains.is_empty()
+        || domains
+            .iter()
+            .any(|d| !owned.iter().any(|o| o.eq_ignore_ascii_case(d)))
+    {
+        return (AtrnDecision::Refused, None);
+    }
+    match store.has_pending(&domains).await {
+        Ok(false) => return (AtrnDecision::NoMail, None),
+        Ok(true) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "queue lookup failed");
+            return (AtrnDecision::TempError, None);
+        }
+    }
+    let holder = format!("{}/{}/{}", hostname(), std::process::id(), session);
+    match store.lease_acquire(&domains, &holder, LEASE_TTL).await {
+        Ok(Some(lease)) => (AtrnDecision::Granted, Some((lease, domains))),
+        Ok(None) => (AtrnDecision::Busy, None),
+        Err(e) => {
+            tracing::error!(error = %e, "lease acquisition failed");
+            (AtrnDecision::TempError, None)
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
+}

@@ -1,0 +1,514 @@
+//! The provider's delivering SMTP client, run on the customer's connection after ATRN's 250
+//! (RFC 2645 §5.3; PROTOCOL.md §2.8). The same machine serves ETRN's outbound connections later.
+//!
+//! Invariants:
+//! - **Outcomes come only from the peer's replies.** A recipient is `Delivered` only after a 2xx
+//!   to the final dot; a transaction cut off (EOF, timeout) yields no outcome at all, so the
+//!   driver leaves the message queued.
+//! - **Replies are paired with commands by counting, never by code or text** (RFC 2920 §3.1):
+//!   `expect` is the queue of commands whose replies are outstanding.
+//! - **Only the recipients handed to [`Deliverer::send`] are named**; the driver restricts them
+//!   to the granted domains.
+//! - **Nothing is sent that the peer did not offer.** Without 8BITMIME an 8-bit message is not
+//!   sent (it stays queued with a recorded reason, see [`Deliverer::send`]); SIZE, DSN and
+//!   SMTPUTF8 parameters are passed only when offered.
+
+use crate::dot::DotStuffer;
+use crate::envelope::{param, RcptEntry};
+use crate::reply::{parse_reply, Reply, ReplyError};
+use bytes::BytesMut;
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCaps {
+    pub esmtp: bool,
+    pub pipelining: bool,
+    /// `Some(0)` means "no fixed limit".
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub dsn: bool,
+}
+
+impl PeerCaps {
+    fn from_ehlo(r: &Reply) -> Self {
+        let mut c = PeerCaps {
+            esmtp: true,
+            ..Default::default()
+        };
+        for l in r.lines.iter().skip(1) {
+            let mut w = l.split_whitespace();
+            let kw = w.next().unwrap_or("").to_ascii_uppercase();
+            match kw.as_str() {
+                "PIPELINING" => c.pipelining = true,
+                "8BITMIME" => c.eight_bit_mime = true,
+                "SMTPUTF8" => c.smtputf8 = true,
+                "DSN" => c.dsn = true,
+                "SIZE" => c.size = Some(w.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+/// A message to deliver, already restricted to the recipients this session may deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutMessage {
+    pub mail_from: String,
+    pub mail_params: String,
+    pub size: u64,
+    pub eight_bit: bool,
+    pub recipients: Vec<RcptEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    Delivered(Reply),
+    Deferred(Reply),
+    Failed(Reply),
+}
+
+impl RcptOutcome {
+    fn from_reply(r: &Reply) -> Self {
+        if r.is_positive() {
+            RcptOutcome::Delivered(r.clone())
+        } else if r.is_transient() {
+            RcptOutcome::Deferred(r.clone())
+        } else {
+            RcptOutcome::Failed(r.clone())
+        }
+    }
+    pub fn reply(&self) -> &Reply {
+        match self {
+            RcptOutcome::Delivered(r) | RcptOutcome::Deferred(r) | RcptOutcome::Failed(r) => r,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliverStep {
+    /// Flush the output, then read more input.
+    NeedInput,
+    /// The session is ready for a message: call [`Deliverer::send`] or [`Deliverer::quit`].
+    Ready,
+    /// The peer said 354: stream the body with [`Deliverer::body`], then [`Deliverer::body_end`].
+    SendBody,
+    /// The message handed to `send` is finished: one outcome per recipient, in order.
+    Finished(Vec<RcptOutcome>),
+    /// The session is over; close the connection. [`Deliverer::error`] says why, if it failed.
+    Done,
+}
+
+/// What the machine waits for, so the driver can pick the RFC 5321 §4.5.3.2 timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Greeting,
+    Command,
+    DataStart,
+    DataFinal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Mail,
+    Rcpt(usize),
+    Data,
+    Final,
+    /// The reply to a "." sent after a 354 with no accepted recipient; ignored.
+    EmptyFinal,
+    Rset,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Greeting,
+    Ehlo,
+    Helo,
+    Ready,
+    Tx,
+    Body,
+    Quit,
+    Done,
+}
+
+#[derive(Debug, Default)]
+struct Tx {
+    msg: Option<OutMessage>,
+    mail: Option<Reply>,
+    rcpts: Vec<Option<Reply>>,
+    data: Option<Reply>,
+    fin: Option<Reply>,
+    /// A 421 ended the session mid-transaction.
+    closing: Option<Reply>,
+}
+
+pub struct Deliverer {
+    hostname: String,
+    out: Vec<u8>,
+    state: State,
+    caps: PeerCaps,
+    expect: VecDeque<Expect>,
+    tx: Tx,
+    finished: Option<Vec<RcptOutcome>>,
+    stuffer: DotStuffer,
+    error: Option<String>,
+}
+
+impl Deliverer {
+    /// Start after the turnaround: the first thing expected is the customer's 220.
+    pub fn new(hostname: impl Into<String>) -> Self {
+        Deliverer {
+            hostname: hostname.into(),
+            out: Vec::with_capacity(4096),
+            state: State::Greeting,
+            caps: PeerCaps::default(),
+            expect: VecDeque::new(),
+            tx: Tx::default(),
+            finished: None,
+            stuffer: DotStuffer::new(),
+            error: None,
+        }
+    }
+
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+    pub fn caps(&self) -> &PeerCaps {
+        &self.caps
+    }
+    /// Why the session failed, if it did (greeting refused, protocol error, 421).
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    pub fn waiting_for(&self) -> Wait {
+        match (self.state.clone(), self.expect.front()) {
+            (State::Greeting, _) => Wait::Greeting,
+            (_, Some(Expect::Data)) => Wait::DataStart,
+            (_, Some(Expect::Final | Expect::EmptyFinal)) => Wait::DataFinal,
+            _ => Wait::Command,
+        }
+    }
+
+    fn cmd(&mut self, s: &str) {
+        self.out.extend_from_slice(s.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    pub fn poll(&mut self, input: &mut BytesMut) -> DeliverStep {
+        loop {
+            if let Some(f) = self.finished.take() {
+                return DeliverStep::Finished(f);
+            }
+            match self.state {
+                State::Done => return DeliverStep::Done,
+                State::Ready => return DeliverStep::Ready,
+                State::Body => return DeliverStep::SendBody,
+                _ => {}
+            }
+            let reply = match parse_reply(input) {
+                Ok(Some(r)) => r,
+                Ok(None) => return DeliverStep::NeedInput,
+                Err(e) => {
+                    self.protocol_error(e);
+                    continue;
+                }
+            };
+            self.on_reply(reply);
+        }
+    }
+
+    fn protocol_error(&mut self, e: ReplyError) {
+        self.error = Some(format!("customer sent an invalid reply: {e}"));
+        // In-flight recipients get no outcome: they stay queued.
+        self.state = State::Done;
+    }
+
+    fn on_reply(&mut self, r: Reply) {
+        match self.state {
+            State::Greeting => {
+                if r.code == 220 {
+                    let h = format!("EHLO {}", self.hostname);
+                    self.cmd(&h);
+                    self.state = State::Ehlo;
+                } else if r.code == 554 {
+                    // RFC 5321 §3.1: still QUIT politely.
+                    self.error = Some(format!("customer refused the session: {r}"));
+                    self.cmd("QUIT");
+                    self.state = State::Quit;
+                } else {
+                    self.error = Some(format!("customer greeting was not 220: {r}"));
+                    self.state = State::Done;
+                }
+            }
+            State::Ehlo => {
+                if r.is_positive() {
+                    self.caps = PeerCaps::from_ehlo(&r);
+                    self.state = State::Ready;
+                } else if r.is_permanent() {
+                    let h = format!("HELO {}", self.hostname);
+                    self.cmd(&h);
+                    self.state = State::Helo;
+                } else {
+                    self.error = Some(format!("customer refused EHLO: {r}"));
+                    self.state = State::Done;
+                }
+            }
+            State::Helo => {
+                if r.is_positive() {
+                    self.caps = PeerCaps::default();
+                    self.state = State::Ready;
+                } else {
+                    self.error = Some(format!("customer refused HELO: {r}"));
+                    self.cmd("QUIT");
+                    self.state = State::Quit;
+                }
+            }
+            State::Quit => self.state = State::Done,
+            State::Tx => self.tx_reply(r),
+            State::Ready | State::Body | State::Done => {
+                // A reply nobody asked for: the peer is confused. 421 is allowed at any time.
+                self.error = Some(format!("unexpected reply from customer: {r}"));
+                self.state = State::Done;
+            }
+        }
+    }
+
+    /// Start a transaction. Messages the peer cannot take as they are finish at once, without a
+    /// command being sent:
+    /// - over the peer's SIZE limit: failed, `552 5.3.4` (RFC 1870 §6.2);
+    /// - 8-bit content to a peer without 8BITMIME, or an SMTPUTF8 message to a peer without
+    ///   SMTPUTF8: deferred, `450 4.6.3`/`4.6.7`, so the message stays queued with a visible
+    ///   reason until the customer's MTA offers the extension or the message expires. We do not
+    ///   downgrade content (RFC 6152 §3 allows only lossless conversion) and we do not bounce
+    ///   mail the customer may well take once its configuration is fixed.
+    pub fn send(&mut self, msg: OutMessage) {
+        if self.state != State::Ready {
+            return;
+        }
+        let n = msg.recipients.len();
+        let synthetic = |code, st: &str, text: &str| Reply::new(code, st, text.to_string());
+        let refusal = match self.caps.size {
+            Some(max) if max > 0 && msg.size > max => Some(RcptOutcome::Failed(synthetic(
+                552,
+                "5.3.4",
+                &format!(
+                    "message of {} octets exceeds the customer's SIZE limit of {max}",
+                    msg.size
+                ),
+            ))),
+            _ if (msg.eight_bit || param(&msg.mail_params, "BODY") == Some("8BITMIME"))
+                && !self.caps.eight_bit_mime =>
+            {
+                Some(RcptOutcome::Deferred(synthetic(
+                    450,
+                    "4.6.3",
+                    "8-bit message held: the customer does not offer 8BITMIME",
+                )))
+            }
+            _ if param(&msg.mail_params, "SMTPUTF8").is_some() && !self.caps.smtputf8 => {
+                Some(RcptOutcome::Deferred(synthetic(
+                    450,
+                    "4.6.7",
+                    "SMTPUTF8 message held: the customer does not offer SMTPUTF8",
+                )))
+            }
+            _ => None,
+        };
+        if let Some(o) = refusal {
+            self.finished = Some(vec![o; n]);
+            return;
+        }
+        if n == 0 {
+            self.finished = Some(Vec::new());
+            return;
+        }
+        let mut mail = format!("MAIL FROM:<{}>", msg.mail_from);
+        if self.caps.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", msg.size));
+        }
+        if self.caps.eight_bit_mime {
+            if msg.eight_bit || param(&msg.mail_params, "BODY") == Some("8BITMIME") {
+                mail.push_str(" BODY=8BITMIME");
+            } else if param(&msg.mail_params, "BODY") == Some("7BIT") {
+                mail.push_str(" BODY=7BIT");
+            }
+        }
+        if self.caps.smtputf8 && param(&msg.mail_params, "SMTPUTF8").is_some() {
+            mail.push_str(" SMTPUTF8");
+        }
+        if self.caps.dsn {
+            for k in ["RET", "ENVID"] {
+                if let Some(v) = param(&msg.mail_params, k) {
+                    mail.push_str(&format!(" {k}={v}"));
+                }
+            }
+        }
+        self.cmd(&mail);
+        self.expect.push_back(Expect::Mail);
+        if self.caps.pipelining {
+            for i in 0..n {
+                let r = self.rcpt_cmd(&msg.recipients[i]);
+                self.cmd(&r);
+                self.expect.push_back(Expect::Rcpt(i));
+            }
+            self.cmd("DATA");
+            self.expect.push_back(Expect::Data);
+        }
+        self.tx = Tx {
+            rcpts: vec![None; n],
+            msg: Some(msg),
+            ..Default::default()
+        };
+        self.state = State::Tx;
+    }
+
+    fn rcpt_cmd(&self, r: &RcptEntry) -> String {
+        let mut s = format!("RCPT TO:<{}>", r.address);
+        if self.caps.dsn {
+            for k in ["NOTIFY", "ORCPT"] {
+                if let Some(v) = param(&r.params, k) {
+                    s.push_str(&format!(" {k}={v}"));
+                }
+            }
+        }
+        s
+    }
+
+    fn tx_reply(&mut self, r: Reply) {
+        let Some(what) = self.expect.pop_front() else {
+            self.error = Some(format!("unexpected reply from customer: {r}"));
+            self.state = State::Done;
+            return;
+        };
+        if r.code == 421 {
+            // The peer is going away: everything not yet decided is deferred.
+            self.error = Some(format!("customer closed the session: {r}"));
+            self.tx.closing = Some(r);
+            self.expect.clear();
+            return self.finish();
+        }
+        let n = self.tx.rcpts.len();
+        let pipelining = self.caps.pipelining;
+        match what {
+            Expect::Mail => {
+                let ok = r.is_positive();
+                self.tx.mail = Some(r);
+                if !pipelining {
+                    if ok {
+                        let c = self.rcpt_cmd(&self.tx.msg.as_ref().expect("tx has a message").recipients[0]);
+                        self.cmd(&c);
+                        self.expect.push_back(Expect::Rcpt(0));
+                    } else {
+                        self.finish();
+                    }
+                }
+            }
+            Expect::Rcpt(i) => {
+                self.tx.rcpts[i] = Some(r);
+                if !pipelining {
+                    if i + 1 < n {
+                        let c =
+                            self.rcpt_cmd(&self.tx.msg.as_ref().expect("tx has a message").recipients[i + 1]);
+                        self.cmd(&c);
+                        self.expect.push_back(Expect::Rcpt(i + 1));
+                    } else if self.any_accepted() {
+                        self.cmd("DATA");
+                        self.expect.push_back(Expect::Data);
+                    } else {
+                        self.cmd("RSET");
+                        self.expect.push_back(Expect::Rset);
+                    }
+                }
+            }
+            Expect::Data => {
+                let go = r.code == 354;
+                self.tx.data = Some(r);
+                if go && self.any_accepted() {
+                    self.stuffer = DotStuffer::new();
+                    self.state = State::Body;
+                } else if go {
+                    // RFC 2920 §3.1: a 354 with no valid recipient gets an empty message.
+                    self.cmd(".");
+                    self.expect.push_back(Expect::EmptyFinal);
+                } else {
+                    self.cmd("RSET");
+                    self.expect.push_back(Expect::Rset);
+                }
+            }
+            Expect::Final => self.tx.fin = Some(r),
+            Expect::EmptyFinal => {
+                self.cmd("RSET");
+                self.expect.push_back(Expect::Rset);
+            }
+            Expect::Rset => {}
+        }
+        if self.expect.is_empty() && self.state == State::Tx {
+            self.finish();
+        }
+    }
+
+    fn any_accepted(&self) -> bool {
+        self.tx.mail.as_ref().is_some_and(Reply::is_positive)
+            && self
+                .tx
+                .rcpts
+                .iter()
+                .any(|r| r.as_ref().is_some_and(Reply::is_positive))
+    }
+
+    /// Turn the replies of the finished transaction into one outcome per recipient.
+    fn finish(&mut self) {
+        let tx = std::mem::take(&mut self.tx);
+        let lost = || Reply::new(451, "4.4.2", "no reply from customer");
+        let outcomes = tx
+            .rcpts
+            .iter()
+            .map(|rr| {
+                let decided = match (&tx.mail, rr, &tx.data, &tx.fin) {
+                    (Some(m), _, _, _) if !m.is_positive() => Some(RcptOutcome::from_reply(m)),
+                    (_, Some(r), _, _) if !r.is_positive() => Some(RcptOutcome::from_reply(r)),
+                    (_, _, Some(d), _) if d.code != 354 => Some(RcptOutcome::from_reply(d)),
+                    (_, _, _, Some(f)) => Some(RcptOutcome::from_reply(f)),
+                    _ => None,
+                };
+                match (decided, &tx.closing) {
+                    (Some(o @ RcptOutcome::Failed(_)), _) | (Some(o), None) => o,
+                    (_, Some(c)) => RcptOutcome::Deferred(c.clone()),
+                    (None, None) => RcptOutcome::Deferred(lost()),
+                }
+            })
+            .collect();
+        self.finished = Some(outcomes);
+        self.state = if tx.closing.is_some() {
+            State::Done
+        } else {
+            State::Ready
+        };
+    }
+
+    /// Part of the body (unstuffed octets as stored); dot-stuffed into the output.
+    pub fn body(&mut self, chunk: &[u8]) {
+        if self.state == State::Body {
+            self.stuffer.stuff(chunk, &mut self.out);
+        }
+    }
+
+    /// The body is complete: send the end marker.
+    pub fn body_end(&mut self) {
+        if self.state == State::Body {
+            self.stuffer.finish(&mut self.out);
+            self.expect.push_back(Expect::Final);
+            self.state = State::Tx;
+        }
+    }
+
+    /// No more messages: send QUIT.
+    pub fn quit(&mut self) {
+        if self.state == State::Ready {
+            self.cmd("QUIT");
+            self.state = State::Quit;
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Sans-I/O protocol core of odmr.
+//!
+//! Every dialogue is a state machine that takes input bytes and returns steps: bytes to write, a
+//! request for more input, an event that needs a decision (a store lookup, a commit), a
+//! turnaround, a close. No module here does I/O, reads a clock or spawns a task; the async driver
+//! in the `odmr` crate does that and feeds decisions back. That is what lets every dialogue be
+//! tested from a transcript without sockets.
+
+pub mod atrn;
+pub mod data;
+pub mod deliver;
+pub mod dot;
+pub mod envelope;
+pub mod line;
+pub mod mx;
+pub mod odmr;
+pub mod reply;
+pub mod sasl;
+pub mod transcript;

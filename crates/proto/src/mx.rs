@@ -1,0 +1,559 @@
+//! The inbound MX dialogue: an ESMTP server that accepts mail for hosted domains only.
+//!
+//! Invariants:
+//! - **250 after DATA only once the message is durable.** The machine never writes that reply
+//!   itself: it emits [`MxStep::EndData`] and waits for [`MxSession::committed`], which the
+//!   driver calls after the store commit.
+//! - **Never an open relay.** Every RCPT goes to the driver as [`MxStep::CheckRecipient`]; only
+//!   a verdict of [`RcptVerdict::Accept`] adds the recipient.
+//! - **Bounded memory.** Command lines are capped (and overlong ones discarded while they
+//!   arrive); the body leaves the machine in chunks of at most [`BODY_CHUNK`] octets; a message
+//!   over the size limit stops being buffered and is refused with 552 at its end.
+//! - **Only CRLF.CRLF ends DATA** (see [`crate::data`]); bare LF/CR, NUL or a mail loop get 554
+//!   and the message is discarded, never split into a second one.
+//! - **Pipelining.** Replies accumulate in the output buffer while commands remain in the input;
+//!   the driver flushes whenever the machine asks for more input (RFC 2920 §3.2).
+
+use crate::data::{DataError, DataLimits, DataReceiver, DataStatus};
+use crate::envelope::{address_domain, mail_params_text, rcpt_params_text, MailEnvelope, RcptEntry};
+use crate::line::{split_verb, Line, LineReader};
+use crate::reply::Reply;
+use bytes::BytesMut;
+use std::borrow::Cow;
+
+/// Command lines up to this length are accepted: 512 (RFC 5321) plus the extensions we offer and
+/// generous slack for DSN parameters (RFC 3461 §5.4 asks for at least 1036).
+pub const MAX_COMMAND_LINE: usize = 2048;
+/// The body is handed to the driver in pieces of this size.
+pub const BODY_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct MxConfig {
+    pub hostname: String,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// More `Received:` headers than this is a mail loop (RFC 5321 §6.3 suggests ≥ 100).
+    pub max_received: usize,
+    /// After this many refused commands the session is closed with 421.
+    pub max_errors: usize,
+}
+
+impl MxConfig {
+    pub fn new(hostname: impl Into<String>) -> Self {
+        MxConfig {
+            hostname: hostname.into(),
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_received: 100,
+            max_errors: 20,
+        }
+    }
+}
+
+/// Who is connected: recorded in the `Received:` header.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The client's IP address, as text.
+    pub ip: String,
+    /// Session id, used as the `id` of the `Received:` header and in logs.
+    pub session: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxStep {
+    /// Flush the output, then read more input (and call `poll` again).
+    NeedInput,
+    /// Decide whether `address` is hosted here; answer with [`MxSession::recipient_verdict`].
+    CheckRecipient { address: String, domain: String },
+    /// The client sent DATA for this envelope: open a store writer, then call
+    /// [`MxSession::data_ready`] (or [`MxSession::data_refused`]).
+    StartData(MailEnvelope),
+    /// Append these octets to the open message.
+    Body(Vec<u8>),
+    /// The body is complete and valid: commit it durably, then call [`MxSession::committed`].
+    EndData { size: u64, eight_bit: bool },
+    /// The body was refused (the reply is already queued): discard the open message.
+    AbortData,
+    /// Flush the output and close the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptVerdict {
+    Accept,
+    /// The domain is not hosted here (550 5.7.1).
+    NotHosted,
+    /// Any other refusal, e.g. a temporary store error (451).
+    Refuse(Reply),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Command,
+    AwaitRcpt { address: String, params: String },
+    AwaitDataStart,
+    Data,
+    AwaitCommit,
+    Closed,
+}
+
+pub struct MxSession {
+    cfg: MxConfig,
+    peer: PeerInfo,
+    out: Vec<u8>,
+    lines: LineReader,
+    state: State,
+    pending: Option<MxStep>,
+    helo: Option<(String, bool)>,
+    mail: Option<(String, String)>,
+    rcpts: Vec<RcptEntry>,
+    data: Option<DataReceiver>,
+    body: Vec<u8>,
+    errors: usize,
+    messages: u64,
+}
+
+impl MxSession {
+    /// A new session; the 220 greeting is already in the output.
+    pub fn new(cfg: MxConfig, peer: PeerInfo) -> Self {
+        let mut s = MxSession {
+            lines: LineReader::new(MAX_COMMAND_LINE),
+            out: Vec::with_capacity(1024),
+            state: State::Command,
+            pending: None,
+            helo: None,
+            mail: None,
+            rcpts: Vec::new(),
+            data: None,
+            body: Vec::new(),
+            errors: 0,
+            messages: 0,
+            cfg,
+            peer,
+        };
+        let greet = Reply::new(220, "", format!("{} ESMTP odmr ready", s.cfg.hostname));
+        s.reply(greet);
+        s
+    }
+
+    /// Bytes to send. The driver writes them out and clears the buffer.
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    /// The client's HELO/EHLO name, once given.
+    pub fn helo(&self) -> Option<&str> {
+        self.helo.as_ref().map(|(h, _)| h.as_str())
+    }
+
+    /// Messages accepted in this session so far.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// The peer closed the connection or it timed out: `true` if a message was in flight
+    /// (the driver must then discard it).
+    pub fn in_data(&self) -> bool {
+        matches!(
+            self.state,
+            State::Data | State::AwaitCommit | State::AwaitDataStart
+        )
+    }
+
+    fn reply(&mut self, r: Reply) {
+        if r.is_permanent() {
+            self.errors += 1;
+        }
+        // ENHANCEDSTATUSCODES is offered, so every 2xx/4xx/5xx carries one (RFC 2034 §4) —
+        // except the greeting and HELO/EHLO replies, which are built without a status.
+        r.write(&mut self.out, true);
+    }
+
+    fn reset_tx(&mut self) {
+        self.mail = None;
+        self.rcpts.clear();
+        self.data = None;
+        self.body.clear();
+    }
+
+    /// Advance the dialogue with the bytes in `input` (consumed as they are used).
+    pub fn poll(&mut self, input: &mut BytesMut) -> MxStep {
+        if let Some(p) = &self.pending {
+            return p.clone();
+        }
+        loop {
+            match self.state {
+                State::Closed => return MxStep::Close,
+                State::AwaitRcpt { .. } | State::AwaitDataStart | State::AwaitCommit => {
+                    // A decision is outstanding; `pending` holds it. Unreachable in a correct
+                    // driver, harmless otherwise.
+                    return MxStep::NeedInput;
+                }
+                State::Data => return self.poll_data(input),
+                State::Command => {}
+            }
+            if self.errors > self.cfg.max_errors {
+                self.reply(Reply::new(
+                    421,
+                    "4.7.0",
+                    format!("{} too many errors, closing", self.cfg.hostname),
+                ));
+                self.state = State::Closed;
+                return MxStep::Close;
+            }
+            let line = match self.lines.next_line(input) {
+                None => return MxStep::NeedInput,
+                Some(Line::TooLong) => {
+                    self.reply(Reply::new(500, "5.5.6", "Line too long"));
+                    continue;
+                }
+                Some(Line::BareLf) => {
+                    self.reply(Reply::new(
+                        500,
+                        "5.5.2",
+                        "Bare LF is not allowed; end lines with CRLF",
+                    ));
+                    continue;
+                }
+                Some(Line::Ok(l)) => l,
+            };
+            if let Some(step) = self.command(&line) {
+                if matches!(step, MxStep::Close) {
+                    self.state = State::Closed;
+                } else {
+                    self.pending = Some(step.clone());
+                }
+                return step;
+            }
+        }
+    }
+
+    fn command(&mut self, line: &[u8]) -> Option<MxStep> {
+        if line.iter().any(|&b| b == 0 || b == b'\r') {
+            self.reply(Reply::new(500, "5.5.2", "NUL or bare CR in command"));
+            return None;
+        }
+        let (verb, args) = split_verb(line);
+        let has_args = !args.iter().all(|b| *b == b' ');
+        match verb.as_str() {
+            "EHLO" | "HELO" => {
+                let name = String::from_utf8_lossy(args).trim().to_string();
+                if name.is_empty() || name.contains(' ') && !name.starts_with('[') {
+                    self.reply(Reply::new(501, "5.5.4", format!("Syntax: {verb} hostname")));
+                    return None;
+                }
+                self.reset_tx();
+                let esmtp = verb == "EHLO";
+                let greet = format!("{} greets {}", self.cfg.hostname, name);
+                self.helo = Some((name, esmtp));
+                if esmtp {
+                    let lines = vec![
+                        greet,
+                        "PIPELINING".into(),
+                        format!("SIZE {}", self.cfg.max_message_size),
+                        "8BITMIME".into(),
+                        "ENHANCEDSTATUSCODES".into(),
+                        "SMTPUTF8".into(),
+                        "HELP".into(),
+                    ];
+                    Reply::multi(250, lines).write(&mut self.out, false);
+                } else {
+                    Reply::multi(250, vec![self.cfg.hostname.clone()]).write(&mut self.out, false);
+                }
+            }
+            "MAIL" => self.mail(line),
+            "RCPT" => return self.rcpt(line),
+            "DATA" => {
+                if has_args {
+                    self.reply(Reply::new(501, "5.5.4", "DATA takes no arguments"));
+                } else if self.mail.is_none() {
+                    self.reply(Reply::new(503, "5.5.1", "Need MAIL command first"));
+                } else if self.rcpts.is_empty() {
+                    self.reply(Reply::new(554, "5.5.1", "No valid recipients"));
+                } else {
+                    let (from, params) = self.mail.clone().unwrap_or_default();
+                    self.state = State::AwaitDataStart;
+                    return Some(MxStep::StartData(MailEnvelope {
+                        mail_from: from,
+                        mail_params: params,
+                        recipients: self.rcpts.clone(),
+                    }));
+                }
+            }
+            "RSET" => {
+                self.reset_tx();
+                self.reply(Reply::new(250, "2.0.0", "OK"));
+            }
+            "NOOP" => self.reply(Reply::new(250, "2.0.0", "OK")),
+            "QUIT" => {
+                self.reply(Reply::new(
+                    221,
+                    "2.0.0",
+                    format!("{} closing connection", self.cfg.hostname),
+                ));
+                return Some(MxStep::Close);
+            }
+            "HELP" => self.reply(Reply::new(
+                214,
+                "2.0.0",
+                "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY",
+            )),
+            "VRFY" => self.reply(Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            "EXPN" | "TURN" | "ATRN" | "ETRN" | "AUTH" | "STARTTLS" | "BDAT" => self.reply(Reply::new(
+                502,
+                "5.5.1",
+                format!("{verb} not implemented on this listener"),
+            )),
+            _ => self.reply(Reply::new(500, "5.5.2", "Command unrecognized")),
+        }
+        None
+    }
+
+    fn mail(&mut self, line: &[u8]) {
+        if self.helo.is_none() {
+            return self.reply(Reply::new(503, "5.5.1", "Send EHLO or HELO first"));
+        }
+        if self.mail.is_some() {
+            return self.reply(Reply::new(503, "5.5.1", "Nested MAIL command"));
+        }
+        let mut l = line.to_vec();
+        l.extend_from_slice(b"\r\n");
+        match smtp_proto::Request::parse(&mut l.iter()) {
+            Ok(smtp_proto::Request::Mail { from }) => {
+                if from.size as u64 > self.cfg.max_message_size {
+                    return self.reply(Reply::new(
+                        552,
+                        "5.3.4",
+                        format!(
+                            "Message size exceeds the limit of {} octets",
+                            self.cfg.max_message_size
+                        ),
+                    ));
+                }
+                let params = match mail_params_text(&from) {
+                    Ok(p) => p,
+                    Err(e) => return self.reply(Reply::new(555, "5.5.4", format!("MAIL {e}"))),
+                };
+                let addr = from.address.to_string();
+                self.mail = Some((addr, params));
+                self.reply(Reply::new(250, "2.1.0", "Sender OK"));
+            }
+            Err(e) => self.reply(param_error(e, "MAIL FROM:<address> [parameters]")),
+            Ok(_) => self.reply(Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>")),
+        }
+    }
+
+    fn rcpt(&mut self, line: &[u8]) -> Option<MxStep> {
+        if self.mail.is_none() {
+            self.reply(Reply::new(503, "5.5.1", "Need MAIL command first"));
+            return None;
+        }
+        let mut l = line.to_vec();
+        l.extend_from_slice(b"\r\n");
+        let to = match smtp_proto::Request::parse(&mut l.iter()) {
+            Ok(smtp_proto::Request::Rcpt { to }) => to,
+            Err(e) => {
+                self.reply(param_error(e, "RCPT TO:<address> [parameters]"));
+                return None;
+            }
+            Ok(_) => {
+                self.reply(Reply::new(501, "5.5.4", "Syntax: RCPT TO:<address>"));
+                return None;
+            }
+        };
+        let params = match rcpt_params_text(&to) {
+            Ok(p) => p,
+            Err(e) => {
+                self.reply(Reply::new(555, "5.5.4", format!("RCPT {e}")));
+                return None;
+            }
+        };
+        let address: String = match to.address {
+            Cow::Borrowed(a) => a.to_string(),
+            Cow::Owned(a) => a,
+        };
+        if self.rcpts.len() >= self.cfg.max_recipients {
+            self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
+            return None;
+        }
+        let Some(domain) = address_domain(&address) else {
+            self.reply(Reply::new(
+                550,
+                "5.1.3",
+                format!("<{address}>: a domain is required"),
+            ));
+            return None;
+        };
+        self.state = State::AwaitRcpt {
+            address: address.clone(),
+            params,
+        };
+        Some(MxStep::CheckRecipient { address, domain })
+    }
+
+    /// The driver's answer to [`MxStep::CheckRecipient`].
+    pub fn recipient_verdict(&mut self, verdict: RcptVerdict) {
+        let State::AwaitRcpt { address, params } = std::mem::replace(&mut self.state, State::Command) else {
+            return;
+        };
+        self.pending = None;
+        match verdict {
+            RcptVerdict::Accept => {
+                if self.rcpts.iter().all(|r| r.address != address) {
+                    self.rcpts.push(RcptEntry { address, params });
+                }
+                self.reply(Reply::new(250, "2.1.5", "Recipient OK"));
+            }
+            RcptVerdict::NotHosted => self.reply(Reply::new(
+                550,
+                "5.7.1",
+                format!("<{address}>: relay access denied, domain not hosted here"),
+            )),
+            RcptVerdict::Refuse(r) => self.reply(r),
+        }
+    }
+
+    /// The driver opened the store writer. `date` is the RFC 5322 date for the `Received:`
+    /// header (time is passed in; the machine has no clock).
+    pub fn data_ready(&mut self, date: &str) {
+        if self.state != State::AwaitDataStart {
+            return;
+        }
+        self.pending = None;
+        self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+        self.data = Some(DataReceiver::new(DataLimits {
+            max_size: self.cfg.max_message_size,
+            max_received: self.cfg.max_received,
+        }));
+        self.body.clear();
+        self.body.extend_from_slice(self.received_header(date).as_bytes());
+        self.state = State::Data;
+    }
+
+    /// The driver could not open a message (e.g. the store is unavailable).
+    pub fn data_refused(&mut self, reply: Reply) {
+        if self.state != State::AwaitDataStart {
+            return;
+        }
+        self.pending = None;
+        self.reply(reply);
+        self.reset_tx();
+        self.state = State::Command;
+    }
+
+    fn received_header(&self, date: &str) -> String {
+        let (helo, esmtp) = self.helo.clone().unwrap_or_default();
+        let with = if esmtp { "ESMTP" } else { "SMTP" };
+        let for_clause = match self.rcpts.as_slice() {
+            [one] => format!("\r\n\tfor <{}>", one.address),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {helo} ([{ip}])\r\n\tby {host} (odmr) with {with} id {id}.{n}{for_clause};\r\n\t{date}\r\n",
+            ip = self.peer.ip,
+            host = self.cfg.hostname,
+            id = self.peer.session,
+            n = self.messages + 1,
+        )
+    }
+
+    fn poll_data(&mut self, input: &mut BytesMut) -> MxStep {
+        let Some(rx) = self.data.as_mut() else {
+            self.state = State::Command;
+            return MxStep::NeedInput;
+        };
+        if self.body.len() >= BODY_CHUNK {
+            return MxStep::Body(std::mem::take(&mut self.body));
+        }
+        match rx.feed(input, &mut self.body) {
+            DataStatus::NeedMore => {
+                if self.body.is_empty() {
+                    MxStep::NeedInput
+                } else {
+                    MxStep::Body(std::mem::take(&mut self.body))
+                }
+            }
+            DataStatus::Done => {
+                if !self.body.is_empty() {
+                    // Hand over the tail first; the next poll finds the receiver done again
+                    // with nothing more to add.
+                    return MxStep::Body(std::mem::take(&mut self.body));
+                }
+                let (size, eight_bit, verdict) = (rx.size(), rx.eight_bit(), rx.verdict());
+                self.data = None;
+                match verdict {
+                    Ok(()) => {
+                        self.state = State::AwaitCommit;
+                        let step = MxStep::EndData { size, eight_bit };
+                        self.pending = Some(step.clone());
+                        step
+                    }
+                    Err(e) => {
+                        let r = match e {
+                            DataError::TooBig => Reply::new(
+                                552,
+                                "5.3.4",
+                                format!(
+                                    "Message size exceeds the limit of {} octets",
+                                    self.cfg.max_message_size
+                                ),
+                            ),
+                            DataError::BareLineEnd => Reply::new(
+                                554,
+                                "5.6.0",
+                                "Message refused: bare CR or LF; lines must end with CRLF",
+                            ),
+                            DataError::Nul => {
+                                Reply::new(554, "5.6.0", "Message refused: NUL octets are not allowed")
+                            }
+                            DataError::TooManyReceived(n) => Reply::new(
+                                554,
+                                "5.4.6",
+                                format!("Mail loop: too many Received headers ({n})"),
+                            ),
+                        };
+                        self.reply(r);
+                        self.reset_tx();
+                        self.state = State::Command;
+                        MxStep::AbortData
+                    }
+                }
+            }
+        }
+    }
+
+    /// The driver's answer to [`MxStep::EndData`]: `Ok(queue id)` once the message is durable,
+    /// or the reply to give (typically 451) when the commit failed.
+    pub fn committed(&mut self, result: Result<String, Reply>) {
+        if self.state != State::AwaitCommit {
+            return;
+        }
+        self.pending = None;
+        match result {
+            Ok(id) => {
+                self.messages += 1;
+                self.reply(Reply::new(250, "2.0.0", format!("OK queued as {id}")));
+            }
+            Err(r) => self.reply(r),
+        }
+        self.reset_tx();
+        self.state = State::Command;
+    }
+}
+
+fn param_error(e: smtp_proto::Error, syntax: &str) -> Reply {
+    use smtp_proto::Error as E;
+    match e {
+        E::InvalidSenderAddress => Reply::new(553, "5.1.7", "Bad sender address syntax"),
+        E::InvalidRecipientAddress => Reply::new(553, "5.1.3", "Bad recipient address syntax"),
+        E::UnsupportedParameter { param } => {
+            Reply::new(555, "5.5.4", format!("Unsupported parameter {param}"))
+        }
+        E::InvalidParameter { param } => Reply::new(501, "5.5.4", format!("Invalid value for {param}")),
+        _ => Reply::new(501, "5.5.4", format!("Syntax: {syntax}")),
+    }
+}

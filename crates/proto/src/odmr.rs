@@ -1,0 +1,379 @@
+//! The provider's ODMR front half (RFC 2645 §5.1–5.2): greeting, EHLO, AUTH, ATRN.
+//!
+//! Invariants:
+//! - **Authenticated only after the 235 line is written** (RFC 2645 §5.1.2): the state changes in
+//!   the same step that queues the 235.
+//! - **Every ATRN reply is a single line**: fetchmail reads one line and then relays bytes.
+//! - **Nothing leaks through ATRN**: an unknown domain and another customer's domain get the same
+//!   450 text (PROTOCOL.md §2.13).
+//! - **Turnaround keeps buffered input**: after the 250 the machine stops consuming input and
+//!   returns [`OdmrStep::Turnaround`]; whatever is still in the buffer is the start of the
+//!   customer's greeting and belongs to the delivering client.
+//! - No ENHANCEDSTATUSCODES and no PIPELINING here (PROTOCOL.md §2.4), so replies carry no
+//!   enhanced codes.
+
+use crate::atrn::parse_atrn_args;
+use crate::line::{split_verb, Line, LineReader};
+use crate::reply::Reply;
+use crate::sasl::cram_md5::{self, CramSecret};
+use base64::Engine;
+use bytes::BytesMut;
+
+/// Command lines before AUTH; AUTH exchange lines may be longer (RFC 4954 §4).
+const MAX_COMMAND_LINE: usize = 1024;
+const MAX_AUTH_LINE: usize = 12288;
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+#[derive(Debug, Clone)]
+pub struct OdmrConfig {
+    pub hostname: String,
+    /// After this many refused commands (5xx) the session ends with 421.
+    pub max_errors: usize,
+    /// After this many failed AUTH attempts the session ends with 421 (RFC 4954 §9: not
+    /// before 3).
+    pub max_auth_failures: usize,
+}
+
+impl OdmrConfig {
+    pub fn new(hostname: impl Into<String>) -> Self {
+        OdmrConfig {
+            hostname: hostname.into(),
+            max_errors: 20,
+            max_auth_failures: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OdmrStep {
+    NeedInput,
+    /// Fetch the CRAM-MD5 secret of `user`, then call [`OdmrSession::secret`].
+    LookupSecret {
+        user: String,
+    },
+    /// Decide on ATRN for the authenticated `account`; `domains` is empty for a bare ATRN
+    /// (meaning all of the account's domains). Answer with [`OdmrSession::atrn_decision`].
+    Atrn {
+        account: String,
+        domains: Vec<String>,
+    },
+    /// The 250 is in the output: flush it, then run the delivering client on the same stream
+    /// with the remaining input.
+    Turnaround,
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtrnDecision {
+    /// Mail is queued and the lease is held.
+    Granted,
+    /// A requested domain is not the account's (or the account has none): 450.
+    Refused,
+    /// No mail for the domains: 453.
+    NoMail,
+    /// A domain is being delivered by another session: 451.
+    Busy,
+    /// The store could not answer: 451.
+    TempError,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Initial,
+    AuthCram {
+        challenge: String,
+    },
+    AwaitSecret {
+        user: String,
+        challenge: String,
+        digest: [u8; 16],
+    },
+    Authenticated {
+        account: String,
+    },
+    AwaitAtrn {
+        account: String,
+    },
+    Turned,
+    Closed,
+}
+
+pub struct OdmrSession {
+    cfg: OdmrConfig,
+    out: Vec<u8>,
+    lines: LineReader,
+    state: State,
+    pending: Option<OdmrStep>,
+    seed: u64,
+    unix_time: u64,
+    attempts: u64,
+    auth_failures: usize,
+    errors: usize,
+}
+
+impl OdmrSession {
+    /// `seed` must be random per session (it makes CRAM-MD5 challenges unique); `unix_time` is
+    /// the current time, also part of the challenge. The 220 greeting is already in the output.
+    pub fn new(cfg: OdmrConfig, seed: u64, unix_time: u64) -> Self {
+        let mut s = OdmrSession {
+            out: Vec::with_capacity(512),
+            lines: LineReader::new(MAX_COMMAND_LINE),
+            state: State::Initial,
+            pending: None,
+            seed,
+            unix_time,
+            attempts: 0,
+            auth_failures: 0,
+            errors: 0,
+            cfg,
+        };
+        let host = s.cfg.hostname.clone();
+        s.reply(220, format!("{host} ESMTP ODMR service ready"));
+        s
+    }
+
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    /// The authenticated account, if any.
+    pub fn account(&self) -> Option<&str> {
+        match &self.state {
+            State::Authenticated { account } | State::AwaitAtrn { account } => Some(account),
+            _ => None,
+        }
+    }
+
+    fn reply(&mut self, code: u16, text: impl Into<String>) {
+        if code >= 500 {
+            self.errors += 1;
+        }
+        Reply::new(code, "", text).write(&mut self.out, false);
+    }
+
+    pub fn poll(&mut self, input: &mut BytesMut) -> OdmrStep {
+        if let Some(p) = &self.pending {
+            return p.clone();
+        }
+        loop {
+            match &self.state {
+                State::Closed => return OdmrStep::Close,
+                State::Turned => return OdmrStep::Turnaround,
+                State::AwaitSecret { .. } | State::AwaitAtrn { .. } => return OdmrStep::NeedInput,
+                _ => {}
+            }
+            if self.errors > self.cfg.max_errors {
+                let host = self.cfg.hostname.clone();
+                self.reply(421, format!("{host} too many errors, closing"));
+                self.state = State::Closed;
+                return OdmrStep::Close;
+            }
+            let line = match self.lines.next_line(input) {
+                None => return OdmrStep::NeedInput,
+                Some(Line::TooLong) => {
+                    if matches!(self.state, State::AuthCram { .. }) {
+                        self.state = State::Initial;
+                        self.lines.set_max(MAX_COMMAND_LINE);
+                    }
+                    self.reply(500, "Line too long");
+                    continue;
+                }
+                Some(Line::BareLf) => {
+                    self.reply(500, "Bare LF is not allowed; end lines with CRLF");
+                    continue;
+                }
+                Some(Line::Ok(l)) => l,
+            };
+            let step = if let State::AuthCram { challenge } = &self.state {
+                let challenge = challenge.clone();
+                self.lines.set_max(MAX_COMMAND_LINE);
+                self.cram_response(&line, challenge)
+            } else {
+                self.command(&line)
+            };
+            if let Some(step) = step {
+                match step {
+                    OdmrStep::Close => self.state = State::Closed,
+                    OdmrStep::Turnaround => self.state = State::Turned,
+                    _ => self.pending = Some(step.clone()),
+                }
+                return step;
+            }
+        }
+    }
+
+    fn command(&mut self, line: &[u8]) -> Option<OdmrStep> {
+        if line.iter().any(|&b| b == 0 || b == b'\r') {
+            self.reply(500, "NUL or bare CR in command");
+            return None;
+        }
+        let (verb, args) = split_verb(line);
+        let args = String::from_utf8_lossy(args).trim().to_string();
+        let authed = self.account().map(str::to_string);
+        match verb.as_str() {
+            "EHLO" => {
+                if args.is_empty() {
+                    self.reply(501, "Syntax: EHLO hostname");
+                    return None;
+                }
+                // Names without a dot are fine: fetchmail sends the bare host name.
+                let mut lines = vec![format!("{} greets {}", self.cfg.hostname, args)];
+                if authed.is_none() {
+                    lines.push("AUTH CRAM-MD5".into());
+                }
+                lines.push("ATRN".into());
+                lines.push("HELP".into());
+                Reply::multi(250, lines).write(&mut self.out, false);
+            }
+            "HELO" => {
+                if args.is_empty() {
+                    self.reply(501, "Syntax: HELO hostname");
+                } else {
+                    let host = self.cfg.hostname.clone();
+                    self.reply(250, host);
+                }
+            }
+            "AUTH" => return self.auth(&args),
+            "ATRN" => {
+                let Some(account) = authed else {
+                    self.reply(530, "Authentication required");
+                    return None;
+                };
+                match parse_atrn_args(&args) {
+                    Ok(domains) => {
+                        self.state = State::AwaitAtrn {
+                            account: account.clone(),
+                        };
+                        return Some(OdmrStep::Atrn { account, domains });
+                    }
+                    Err(e) => self.reply(501, format!("Syntax: ATRN [domain[,domain]...]: {e}")),
+                }
+            }
+            "NOOP" | "RSET" => self.reply(250, "OK"),
+            "HELP" => self.reply(214, "ODMR (RFC 2645): EHLO, AUTH CRAM-MD5, ATRN [domains], QUIT"),
+            "QUIT" => {
+                let host = self.cfg.hostname.clone();
+                self.reply(221, format!("{host} closing connection"));
+                return Some(OdmrStep::Close);
+            }
+            "MAIL" | "RCPT" | "DATA" | "BDAT" | "VRFY" | "EXPN" | "ETRN" | "TURN" | "STARTTLS" => {
+                self.reply(502, format!("{verb} not implemented on the ODMR service"))
+            }
+            _ => self.reply(500, "Command unrecognized"),
+        }
+        None
+    }
+
+    fn auth(&mut self, args: &str) -> Option<OdmrStep> {
+        if self.account().is_some() {
+            self.reply(503, "Already authenticated");
+            return None;
+        }
+        let mut parts = args.split_whitespace();
+        let mech = parts.next().unwrap_or("").to_ascii_uppercase();
+        let initial = parts.next();
+        if mech.is_empty() {
+            self.reply(501, "Syntax: AUTH mechanism");
+            return None;
+        }
+        if mech != "CRAM-MD5" {
+            self.reply(504, "Unrecognized authentication type");
+            return None;
+        }
+        if initial.is_some() {
+            // CRAM-MD5 is server-first (RFC 4954 §4).
+            self.reply(501, "CRAM-MD5 does not take an initial response");
+            return None;
+        }
+        self.attempts += 1;
+        let challenge = cram_md5::make_challenge(
+            self.seed.wrapping_add(self.attempts),
+            self.unix_time,
+            &self.cfg.hostname,
+        );
+        let enc = B64.encode(challenge.as_bytes());
+        self.reply(334, enc);
+        self.lines.set_max(MAX_AUTH_LINE);
+        self.state = State::AuthCram { challenge };
+        None
+    }
+
+    fn cram_response(&mut self, line: &[u8], challenge: String) -> Option<OdmrStep> {
+        self.state = State::Initial;
+        if line == b"*" {
+            self.reply(501, "Authentication cancelled");
+            return None;
+        }
+        let Ok(decoded) = B64.decode(line) else {
+            self.reply(501, "Invalid base64 data");
+            return None;
+        };
+        match cram_md5::parse_response(&decoded) {
+            Ok((user, digest)) => {
+                self.state = State::AwaitSecret {
+                    user: user.clone(),
+                    challenge,
+                    digest,
+                };
+                Some(OdmrStep::LookupSecret { user })
+            }
+            Err(_) => self.auth_failed(),
+        }
+    }
+
+    fn auth_failed(&mut self) -> Option<OdmrStep> {
+        self.auth_failures += 1;
+        // 535 counts as an auth failure, not a protocol error.
+        Reply::new(535, "", "Authentication credentials invalid").write(&mut self.out, false);
+        if self.auth_failures >= self.cfg.max_auth_failures.max(3) {
+            let host = self.cfg.hostname.clone();
+            self.reply(421, format!("{host} too many authentication failures, closing"));
+            return Some(OdmrStep::Close);
+        }
+        None
+    }
+
+    /// The driver's answer to [`OdmrStep::LookupSecret`]: the stored secret, or `None` for an
+    /// unknown account. Returns whether authentication succeeded.
+    pub fn secret(&mut self, secret: Option<CramSecret>) -> bool {
+        let State::AwaitSecret {
+            user,
+            challenge,
+            digest,
+        } = std::mem::replace(&mut self.state, State::Initial)
+        else {
+            return false;
+        };
+        self.pending = None;
+        let ok = secret.is_some_and(|s| cram_md5::verify(&s, challenge.as_bytes(), &digest));
+        if ok {
+            self.reply(235, "Authentication successful");
+            self.state = State::Authenticated { account: user };
+        } else if self.auth_failed().is_some() {
+            self.state = State::Closed;
+        }
+        ok
+    }
+
+    /// The driver's answer to [`OdmrStep::Atrn`].
+    pub fn atrn_decision(&mut self, decision: AtrnDecision) {
+        let State::AwaitAtrn { account } = std::mem::replace(&mut self.state, State::Initial) else {
+            return;
+        };
+        self.pending = None;
+        self.state = State::Authenticated { account };
+        match decision {
+            AtrnDecision::Granted => {
+                self.reply(250, "OK now reversing the connection");
+                self.state = State::Turned;
+            }
+            AtrnDecision::Refused => self.reply(450, "ATRN request refused"),
+            AtrnDecision::NoMail => self.reply(453, "You have no mail"),
+            AtrnDecision::Busy => self.reply(
+                451,
+                "Unable to process ATRN request now: delivery already in progress",
+            ),
+            AtrnDecision::TempError => self.reply(451, "Unable to process ATRN request now"),
+        }
+    }
+}

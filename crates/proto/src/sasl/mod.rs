@@ -1,0 +1,3 @@
+//! SASL mechanisms and the secrets they keep.
+
+pub mod cram_md5;

@@ -1,0 +1,701 @@
+//! The store: accounts, domains, the held-mail queue and per-domain leases.
+//!
+//! One narrow contract (the methods of [`Store`]), one folder per backend, and one conformance
+//! suite (`tests/conformance.rs`) run against every backend. Dispatch is an `enum`, not `dyn`, so
+//! the async methods stay plain `async fn`s.
+//!
+//! Invariants every backend keeps:
+//! - **Durable before acknowledged.** [`MessageWriter::commit`] returns only once the message, its
+//!   envelope and its whole body are on stable storage (SQLite: WAL with `synchronous=FULL`).
+//!   Until then the message is invisible to delivery; a crash before commit leaves only garbage
+//!   that [`Store::open_sqlite`] removes.
+//! - **Per-recipient state.** A message has one row per recipient, indexed by the recipient's
+//!   domain, so the cost of an ATRN grows with that domain's mail, not with the whole queue.
+//! - **A lease row per domain is the only lock.** Delivery for a domain happens only under a lease;
+//!   every outcome written under a lease checks the lease token (fencing), so a stalled or crashed
+//!   node whose lease has expired cannot record outcomes after another node took over.
+//! - **A message leaves the queue only after every recipient is delivered.** Failed recipients stay
+//!   visible (with the peer's reply) until a later job bounces them.
+//!
+//! Further rules of this implementation:
+//! - Nothing about accounts, domains or leases is cached in memory: every call reads the database,
+//!   so changes made by another process (the CLI while the server runs, or another node) are seen
+//!   at once.
+//! - Recipient rows are written only in the commit transaction of their message, so a recipient
+//!   row always belongs to a committed message.
+//! - A body is stored as chunks of exactly [`CHUNK_SIZE`] bytes (the last one may be shorter; an
+//!   empty body has no chunk), numbered from 0.
+//! - Garbage of a crash mid-DATA (a message still `receiving`) is removed by
+//!   [`Store::open_sqlite`] once it has been idle for [`STALE_RECEIVING`], so opening the store
+//!   from a second process never removes a message that another process is still receiving;
+//!   [`Store::purge_incomplete`] does the same with any age, for housekeeping.
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub mod sqlite;
+
+/// The id of a message in the queue; ids only grow and are never reused.
+pub type MessageId = i64;
+/// The id of one recipient of one message.
+pub type RecipientId = i64;
+
+/// The size of a stored body chunk (the last chunk of a body may be shorter).
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// How long a message may stay `receiving` without a chunk written before opening the store
+/// removes it as the garbage of a crash. Far longer than any SMTP data timeout.
+pub const STALE_RECEIVING: Duration = Duration::from_secs(60 * 60);
+
+/// A secret with which an account authenticates, in a form produced elsewhere (e.g. scheme
+/// `cram-md5` with the HMAC-MD5 key material). Never a plain password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub scheme: String,
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("scheme", &self.scheme)
+            .field("data", &format_args!("<{} bytes>", self.data.len()))
+            .finish()
+    }
+}
+
+/// A customer account and the domains it owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    /// Lower-case, sorted.
+    pub domains: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// The envelope of a message being received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Reverse-path without brackets; `""` for the null sender `<>`.
+    pub mail_from: String,
+    /// ESMTP parameters of MAIL FROM as received, canonical, space separated
+    /// (`"BODY=8BITMIME SMTPUTF8"`); may be `""`.
+    pub mail_params: String,
+    pub recipients: Vec<EnvelopeRecipient>,
+    /// The client's EHLO/HELO name, for the record.
+    pub helo: String,
+    /// `ip:port` of the sender, for the record.
+    pub client_addr: String,
+}
+
+/// One RCPT TO of an [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeRecipient {
+    /// Address without brackets, e.g. `Bob@Example.ORG`. The store derives the domain: the text
+    /// after the last `@`, lower-cased.
+    pub address: String,
+    /// ESMTP parameters of RCPT TO, canonical, space separated; may be `""`.
+    pub params: String,
+}
+
+/// What is known about a body only once it has been received whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitInfo {
+    /// The body contained octets > 0x7F.
+    pub eight_bit: bool,
+}
+
+/// The state of one recipient of a queued message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecipientState {
+    /// Not delivered yet (never tried, or a 4xx reply).
+    Queued,
+    /// Delivered (2xx); the message is removed once all its recipients are.
+    Delivered,
+    /// Refused for good (5xx); stays visible until bounced.
+    Failed,
+}
+
+impl RecipientState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipientState::Queued => "queued",
+            RecipientState::Delivered => "delivered",
+            RecipientState::Failed => "failed",
+        }
+    }
+
+    /// The inverse of [`RecipientState::as_str`].
+    pub fn parse(s: &str) -> Option<RecipientState> {
+        match s {
+            "queued" => Some(RecipientState::Queued),
+            "delivered" => Some(RecipientState::Delivered),
+            "failed" => Some(RecipientState::Failed),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RecipientState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The right to deliver the mail of some domains until the lease expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Lower-case, sorted, without duplicates.
+    pub domains: Vec<String>,
+    /// Random; identifies this lease (fencing token).
+    pub token: String,
+    pub holder: String,
+}
+
+/// A message with recipients waiting for delivery in the asked domains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub id: MessageId,
+    pub mail_from: String,
+    pub mail_params: String,
+    pub size: u64,
+    pub eight_bit: bool,
+    pub received_at: i64,
+    /// Only the queued recipients in the asked domains, in the order they were received.
+    pub recipients: Vec<PendingRecipient>,
+}
+
+/// A queued recipient of a [`Pending`] message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRecipient {
+    pub id: RecipientId,
+    pub address: String,
+    pub domain: String,
+    pub params: String,
+}
+
+/// A committed message, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub id: MessageId,
+    pub received_at: i64,
+    pub size: u64,
+    pub mail_from: String,
+    /// All recipients, in the order they were received.
+    pub recipients: Vec<RecipientStatus>,
+}
+
+/// One recipient of a [`QueuedMessage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientStatus {
+    pub address: String,
+    pub domain: String,
+    pub state: RecipientState,
+    pub last_reply: Option<String>,
+    pub attempts: u32,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// The result of one delivery attempt to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub recipient: RecipientId,
+    pub state: RecipientState,
+    pub reply: Option<String>,
+}
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("account {0} already exists")]
+    AccountExists(String),
+    #[error("no account named {0}")]
+    AccountNotFound(String),
+    #[error("domain {domain} already belongs to account {owner}")]
+    DomainTaken { domain: String, owner: String },
+    #[error("domain {0} does not belong to any account")]
+    DomainNotFound(String),
+    #[error("invalid domain {0:?}")]
+    InvalidDomain(String),
+    #[error("invalid account name {0:?}")]
+    InvalidAccountName(String),
+    #[error("invalid envelope: {0}")]
+    InvalidEnvelope(String),
+    #[error("the lease was lost: it expired and was taken over, or was released")]
+    LeaseLost,
+    #[error("no recipient with id {0} in the queue")]
+    RecipientNotFound(RecipientId),
+    #[error("message {0} was removed while it was being received")]
+    MessageGone(MessageId),
+    #[error("the store's schema version {found} is newer than this program supports ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("the store holds an unexpected value: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The store, one variant per backend. Cheap to clone (clones share the connections).
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Store::Sqlite(s) => fmt::Debug::fmt(s, f),
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating if missing) the SQLite store `<dir>/odmr.db`, creating `dir` if missing,
+    /// brings its schema up to date, and removes messages whose receiving was abandoned (idle for
+    /// [`STALE_RECEIVING`]).
+    pub async fn open_sqlite(dir: &Path) -> Result<Store, StoreError> {
+        Ok(Store::Sqlite(sqlite::SqliteStore::open(dir).await?))
+    }
+
+    /// Clean shutdown: checkpoints what it can and closes the connections. Other clones of this
+    /// store can no longer be used afterwards.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+        }
+    }
+
+    // ----- accounts and domains -----
+
+    /// Creates an account with its credentials and domains, all or nothing.
+    pub async fn account_add(
+        &self,
+        name: &str,
+        credentials: &[Credential],
+        domains: &[String],
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.account_add(name, credentials, domains).await,
+        }
+    }
+
+    /// Removes an account, its credentials and its domains. Held mail stays in the queue.
+    pub async fn account_remove(&self, name: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.account_remove(name).await,
+        }
+    }
+
+    /// Replaces all credentials of an account.
+    pub async fn account_set_credentials(
+        &self,
+        name: &str,
+        credentials: &[Credential],
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.account_set_credentials(name, credentials).await,
+        }
+    }
+
+    /// The credential of `scheme` of an account; `None` if the account or the credential does not
+    /// exist.
+    pub async fn account_credential(&self, name: &str, scheme: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.account_credential(name, scheme).await,
+        }
+    }
+
+    pub async fn account_get(&self, name: &str) -> Result<Option<Account>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.account_get(name).await,
+        }
+    }
+
+    /// All accounts, sorted by name, each with its domains sorted.
+    pub async fn account_list(&self) -> Result<Vec<Account>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.account_list().await,
+        }
+    }
+
+    /// Gives `domain` (case-insensitive, stored lower-case) to `account`.
+    pub async fn domain_add(&self, account: &str, domain: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.domain_add(account, domain).await,
+        }
+    }
+
+    pub async fn domain_remove(&self, domain: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.domain_remove(domain).await,
+        }
+    }
+
+    /// The account that owns `domain` (case-insensitive).
+    pub async fn domain_owner(&self, domain: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.domain_owner(domain).await,
+        }
+    }
+
+    // ----- receiving -----
+
+    /// Starts receiving a message. The body is then streamed through the returned writer, so
+    /// memory stays bounded whatever the size of the message.
+    pub async fn receive(&self, envelope: Envelope) -> Result<MessageWriter, StoreError> {
+        let recipients = prepare_recipients(&envelope)?;
+        match self {
+            Store::Sqlite(s) => Ok(MessageWriter {
+                inner: WriterImpl::Sqlite(s.receive(envelope, recipients)),
+            }),
+        }
+    }
+
+    /// Removes the messages that are still being received and have been idle for at least
+    /// `older_than`, with their bodies; returns how many. Only for housekeeping and tests:
+    /// a message removed this way while still being received fails its commit.
+    pub async fn purge_incomplete(&self, older_than: Duration) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.purge_incomplete(older_than).await,
+        }
+    }
+
+    // ----- delivery -----
+
+    /// Leases all `domains` for `ttl`, all or nothing: `None` if any of them has an unexpired
+    /// lease; an expired lease is taken over.
+    pub async fn lease_acquire(
+        &self,
+        domains: &[String],
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lease_acquire(domains, holder, ttl).await,
+        }
+    }
+
+    /// Extends a lease to `ttl` from now; [`StoreError::LeaseLost`] (and nothing changed) if any
+    /// of its domains no longer carries its token.
+    pub async fn lease_renew(&self, lease: &Lease, ttl: Duration) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lease_renew(lease, ttl).await,
+        }
+    }
+
+    /// Ends a lease; only rows still carrying its token are removed.
+    pub async fn lease_release(&self, lease: &Lease) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lease_release(lease).await,
+        }
+    }
+
+    /// Committed messages with id > `after` (ordered by id, at most `limit`) that have at least one
+    /// queued recipient in `domains`; each with only its queued recipients in those domains.
+    pub async fn pending(
+        &self,
+        domains: &[String],
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.pending(domains, after, limit).await,
+        }
+    }
+
+    /// Whether any queued recipient is in `domains`.
+    pub async fn has_pending(&self, domains: &[String]) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.has_pending(domains).await,
+        }
+    }
+
+    /// Chunk `chunk` (0, 1, …) of a body; `None` past the end (an empty body has no chunk) or if
+    /// the message does not exist.
+    pub async fn read_body(&self, id: MessageId, chunk: u32) -> Result<Option<bytes::Bytes>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.read_body(id, chunk).await,
+        }
+    }
+
+    /// Records delivery outcomes in one transaction. Fencing: [`StoreError::LeaseLost`] (and
+    /// nothing written) unless every recipient's domain is leased with `lease.token` and the lease
+    /// is unexpired. Sets state, last reply, `attempts += 1` and `updated_at`; removes a message
+    /// (and its body) once all its recipients are delivered.
+    pub async fn record(&self, lease: &Lease, outcomes: &[Outcome]) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.record(lease, outcomes).await,
+        }
+    }
+
+    // ----- operators -----
+
+    /// Every committed message, oldest first, with all its recipients.
+    pub async fn queue_list(&self) -> Result<Vec<QueuedMessage>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queue_list().await,
+        }
+    }
+}
+
+/// Receives the body of one message: [`write`](MessageWriter::write) it in pieces of any size,
+/// then [`commit`](MessageWriter::commit) or [`abort`](MessageWriter::abort). Dropping a writer
+/// without either removes what was written (in the background).
+#[derive(Debug)]
+pub struct MessageWriter {
+    inner: WriterImpl,
+}
+
+#[derive(Debug)]
+enum WriterImpl {
+    Sqlite(sqlite::SqliteMessageWriter),
+}
+
+impl MessageWriter {
+    /// Appends to the body. Buffers up to [`CHUNK_SIZE`], then stores a chunk; the message stays
+    /// invisible to delivery and to [`Store::queue_list`] until committed.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        match &mut self.inner {
+            WriterImpl::Sqlite(w) => w.write(data).await,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        match &self.inner {
+            WriterImpl::Sqlite(w) => w.size(),
+        }
+    }
+
+    /// Queues the message. It is durable when this returns; its size is the total written.
+    pub async fn commit(self, info: CommitInfo) -> Result<MessageId, StoreError> {
+        match self.inner {
+            WriterImpl::Sqlite(w) => w.commit(info).await,
+        }
+    }
+
+    /// Removes what was written.
+    pub async fn abort(self) -> Result<(), StoreError> {
+        match self.inner {
+            WriterImpl::Sqlite(w) => w.abort().await,
+        }
+    }
+}
+
+// ----- helpers shared by the backends -----
+
+/// A recipient as stored: its domain derived.
+#[derive(Debug, Clone)]
+pub(crate) struct NewRecipient {
+    pub address: String,
+    pub domain: String,
+    pub params: String,
+}
+
+fn prepare_recipients(envelope: &Envelope) -> Result<Vec<NewRecipient>, StoreError> {
+    if envelope.recipients.is_empty() {
+        return Err(StoreError::InvalidEnvelope("no recipient".into()));
+    }
+    envelope
+        .recipients
+        .iter()
+        .map(|r| {
+            let domain = address_domain(&r.address).ok_or_else(|| {
+                StoreError::InvalidEnvelope(format!("recipient {:?} has no domain", r.address))
+            })?;
+            Ok(NewRecipient {
+                address: r.address.clone(),
+                domain,
+                params: r.params.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The domain of an address: the text after the last `@`, lower-cased; `None` if empty or absent.
+pub fn address_domain(address: &str) -> Option<String> {
+    let (_, domain) = address.rsplit_once('@')?;
+    if domain.is_empty() {
+        None
+    } else {
+        Some(domain.to_lowercase())
+    }
+}
+
+/// Checks a domain given to an account and returns its stored (lower-case) form.
+pub fn normalize_domain(domain: &str) -> Result<String, StoreError> {
+    let invalid = || StoreError::InvalidDomain(domain.to_string());
+    if domain.is_empty()
+        || domain.len() > 255
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+        || domain.contains("..")
+    {
+        return Err(invalid());
+    }
+    if domain.chars().any(|c| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(
+                c,
+                '@' | '/' | '\\' | '[' | ']' | '<' | '>' | '(' | ')' | ',' | ';' | ':' | '"'
+            )
+    }) {
+        return Err(invalid());
+    }
+    Ok(domain.to_lowercase())
+}
+
+/// Lower-cases, sorts and dedups a set of domains used to query or lease (no other check: a
+/// domain nobody owns just matches nothing).
+pub(crate) fn domain_set(domains: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = domains.iter().map(|d| d.to_lowercase()).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn check_account_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(StoreError::InvalidAccountName(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Account domains: checked, lower-cased, without duplicates.
+fn account_domains(domains: &[String]) -> Result<Vec<String>, StoreError> {
+    let mut v = domains
+        .iter()
+        .map(|d| normalize_domain(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+pub(crate) fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn duration_millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// A fresh random lease token: 32 hex digits.
+pub(crate) fn new_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_are_normalized() {
+        assert_eq!(normalize_domain("Example.ORG").unwrap(), "example.org");
+        assert_eq!(normalize_domain("localhost").unwrap(), "localhost");
+        for bad in [
+            "",
+            " ",
+            "a b.org",
+            "a@b.org",
+            ".example.org",
+            "example.org.",
+            "a..b",
+            "a\tb",
+            "[1.2.3.4]",
+        ] {
+            assert!(
+                matches!(normalize_domain(bad), Err(StoreError::InvalidDomain(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn address_domain_is_after_the_last_at() {
+        assert_eq!(address_domain("Bob@Example.ORG").as_deref(), Some("example.org"));
+        assert_eq!(
+            address_domain("\"a@b\"@Host.Example").as_deref(),
+            Some("host.example")
+        );
+        assert_eq!(address_domain("postmaster"), None);
+        assert_eq!(address_domain("bob@"), None);
+    }
+
+    #[test]
+    fn envelope_needs_recipients_with_domains() {
+        let mut env = Envelope {
+            mail_from: String::new(),
+            mail_params: String::new(),
+            recipients: vec![],
+            helo: "h".into(),
+            client_addr: "127.0.0.1:1".into(),
+        };
+        assert!(matches!(
+            prepare_recipients(&env),
+            Err(StoreError::InvalidEnvelope(_))
+        ));
+        env.recipients.push(EnvelopeRecipient {
+            address: "postmaster".into(),
+            params: String::new(),
+        });
+        assert!(matches!(
+            prepare_recipients(&env),
+            Err(StoreError::InvalidEnvelope(_))
+        ));
+        env.recipients[0].address = "Bob@Example.ORG".into();
+        let r = prepare_recipients(&env).unwrap();
+        assert_eq!(r[0].domain, "example.org");
+        assert_eq!(r[0].address, "Bob@Example.ORG");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            RecipientState::Queued,
+            RecipientState::Delivered,
+            RecipientState::Failed,
+        ] {
+            assert_eq!(RecipientState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(RecipientState::parse("x"), None);
+    }
+
+    #[test]
+    fn tokens_are_random_hex() {
+        let a = new_token();
+        let b = new_token();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn error_messages_read_well() {
+        let e = StoreError::DomainTaken {
+            domain: "example.org".into(),
+            owner: "acme".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "domain example.org already belongs to account acme"
+        );
+    }
+}

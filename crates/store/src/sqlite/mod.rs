@@ -1,0 +1,1099 @@
+//! The SQLite backend: one file `<dir>/odmr.db` in WAL mode with `synchronous=FULL`, shared by
+//! every process that opens the directory (the server, the CLI).
+//!
+//! - All writes of one [`SqliteStore`] (and its clones) go through a single writer connection
+//!   (a pool of one), in `BEGIN IMMEDIATE` transactions, so sessions of one process queue up
+//!   in-process instead of fighting over `SQLITE_BUSY`; writers of other processes are waited for
+//!   with `busy_timeout`.
+//! - Reads go through a small pool of their own; each read is one statement, hence one consistent
+//!   snapshot, and never waits for a writer (WAL).
+//! - The schema is versioned with `PRAGMA user_version` and upgraded inside one `BEGIN IMMEDIATE`
+//!   transaction, so processes opening the store at the same time cannot both apply a migration.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::{
+    account_domains, check_account_name, domain_set, duration_millis, new_token, normalize_domain,
+    now_millis, now_secs, Account, CommitInfo, Credential, Envelope, Lease, MessageId, NewRecipient, Outcome,
+    Pending, PendingRecipient, QueuedMessage, RecipientState, RecipientStatus, StoreError, CHUNK_SIZE,
+    STALE_RECEIVING,
+};
+
+/// The file inside the store directory.
+pub const DB_FILE: &str = "odmr.db";
+
+/// The migrations, in order; `PRAGMA user_version` counts how many are applied.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits for this process's writer connection.
+const WRITER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Reader connections per store.
+const READERS: u32 = 4;
+/// How long opening keeps retrying while another process holds a lock that `busy_timeout` cannot
+/// wait for (switching a new database to WAL).
+const OPEN_RETRY: Duration = Duration::from_secs(10);
+
+/// A store in one SQLite file. Clones share the connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+    path: Arc<PathBuf>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)), // SQLITE_BUSY, SQLITE_LOCKED
+        _ => false,
+    }
+}
+
+/// `?, ?, …` for `n` parameters.
+fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s
+}
+
+/// The query of [`SqliteStore::pending`] for `n` domains. The inner select walks the
+/// (domain, state, message) index and stops at the page's end, and `CROSS JOIN` (which SQLite
+/// never reorders) makes the rest look up only that page's messages, so the cost follows the
+/// mail of these domains, not the size of the queue.
+fn pending_sql(n: usize) -> String {
+    let ph = placeholders(n);
+    format!(
+        "SELECT m.id, m.mail_from, m.mail_params, m.size, m.eight_bit, m.received_at,
+                r.id AS rid, r.address, r.domain, r.params
+         FROM (SELECT DISTINCT message FROM recipient
+               WHERE domain IN ({ph}) AND state = 'queued' AND message > ?
+               ORDER BY message LIMIT ?) AS sel
+         CROSS JOIN message m
+         CROSS JOIN recipient r
+         WHERE m.id = sel.message AND m.state = 'queued'
+           AND r.message = sel.message AND r.state = 'queued' AND r.domain IN ({ph})
+         ORDER BY sel.message, r.id"
+    )
+}
+
+fn state_of(s: &str) -> Result<RecipientState, StoreError> {
+    RecipientState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("recipient state {s:?}")))
+}
+
+fn size_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens `<dir>/odmr.db` (see [`crate::Store::open_sqlite`]).
+    pub async fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        tokio::fs::create_dir_all(dir).await?;
+        let path = dir.join(DB_FILE);
+        let base = SqliteConnectOptions::new()
+            .filename(&path)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Full);
+        let write_options = base
+            .clone()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+
+        let started = Instant::now();
+        let write = loop {
+            let attempt = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .acquire_timeout(WRITER_ACQUIRE_TIMEOUT)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(write_options.clone())
+                .await;
+            match attempt {
+                Ok(pool) => break pool,
+                Err(e) if is_busy(&e) && started.elapsed() < OPEN_RETRY => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+
+        // Readers: the file is in WAL mode by now (a persistent setting), so they set nothing
+        // that needs a lock.
+        let read = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .min_connections(0)
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .connect_lazy_with(base);
+
+        let store = SqliteStore {
+            write,
+            read,
+            path: Arc::new(path),
+        };
+        if let Err(e) = store.migrate().await {
+            store.close().await;
+            return Err(e);
+        }
+        let purged = store.purge_incomplete(STALE_RECEIVING).await?;
+        if purged > 0 {
+            tracing::info!(purged, "removed messages abandoned while being received");
+        }
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let supported = MIGRATIONS.len() as i64;
+        let mut tx = self.begin().await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        if version > supported {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                supported,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            // PRAGMA takes no parameters; the value is a number we made.
+            let set = format!("PRAGMA user_version = {}", i + 1);
+            sqlx::raw_sql(&set).execute(&mut *tx).await?;
+            tracing::info!(version = i + 1, "store schema upgraded");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        if !self.write.is_closed() {
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.write)
+                .await
+            {
+                tracing::debug!(error = %e, "WAL checkpoint at close");
+            }
+        }
+        self.write.close().await;
+    }
+
+    // ----- accounts and domains -----
+
+    pub async fn account_add(
+        &self,
+        name: &str,
+        credentials: &[Credential],
+        domains: &[String],
+    ) -> Result<(), StoreError> {
+        check_account_name(name)?;
+        let domains = account_domains(domains)?;
+        let mut tx = self.begin().await?;
+        let inserted =
+            sqlx::query("INSERT INTO account (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .bind(now_secs())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::AccountExists(name.to_string()));
+        }
+        insert_credentials(&mut tx, name, credentials).await?;
+        for domain in &domains {
+            insert_domain(&mut tx, name, domain).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn account_remove(&self, name: &str) -> Result<(), StoreError> {
+        // Credentials and domains go with it (ON DELETE CASCADE).
+        let removed = sqlx::query("DELETE FROM account WHERE name = ?")
+            .bind(name)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Err(StoreError::AccountNotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub async fn account_set_credentials(
+        &self,
+        name: &str,
+        credentials: &[Credential],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        require_account(&mut tx, name).await?;
+        sqlx::query("DELETE FROM credential WHERE account = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        insert_credentials(&mut tx, name, credentials).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn account_credential(&self, name: &str, scheme: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT data FROM credential WHERE account = ? AND scheme = ?")
+                .bind(name)
+                .bind(scheme)
+                .fetch_optional(&self.read)
+                .await?,
+        )
+    }
+
+    pub async fn account_get(&self, name: &str) -> Result<Option<Account>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.name, a.created_at, d.name AS domain
+             FROM account a LEFT JOIN domain d ON d.account = a.name
+             WHERE a.name = ?
+             ORDER BY d.name",
+        )
+        .bind(name)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(accounts_of(&rows)?.pop())
+    }
+
+    pub async fn account_list(&self) -> Result<Vec<Account>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.name, a.created_at, d.name AS domain
+             FROM account a LEFT JOIN domain d ON d.account = a.name
+             ORDER BY a.name, d.name",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        accounts_of(&rows)
+    }
+
+    pub async fn domain_add(&self, account: &str, domain: &str) -> Result<(), StoreError> {
+        let domain = normalize_domain(domain)?;
+        let mut tx = self.begin().await?;
+        require_account(&mut tx, account).await?;
+        insert_domain(&mut tx, account, &domain).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn domain_remove(&self, domain: &str) -> Result<(), StoreError> {
+        let domain = domain.to_lowercase();
+        let removed = sqlx::query("DELETE FROM domain WHERE name = ?")
+            .bind(&domain)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Err(StoreError::DomainNotFound(domain));
+        }
+        Ok(())
+    }
+
+    pub async fn domain_owner(&self, domain: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT account FROM domain WHERE name = ?")
+            .bind(domain.to_lowercase())
+            .fetch_optional(&self.read)
+            .await?)
+    }
+
+    // ----- receiving -----
+
+    pub(crate) fn receive(&self, envelope: Envelope, recipients: Vec<NewRecipient>) -> SqliteMessageWriter {
+        SqliteMessageWriter {
+            store: self.clone(),
+            envelope,
+            recipients,
+            buf: Vec::new(),
+            id: None,
+            next_seq: 0,
+            size: 0,
+            finished: false,
+        }
+    }
+
+    pub async fn purge_incomplete(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let age = i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX / 2);
+        let cutoff = now_secs().saturating_sub(age);
+        // Body chunks go with the message (ON DELETE CASCADE); a receiving message has no
+        // recipient rows.
+        Ok(
+            sqlx::query("DELETE FROM message WHERE state = 'receiving' AND received_at <= ?")
+                .bind(cutoff)
+                .execute(&self.write)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    // ----- delivery -----
+
+    pub async fn lease_acquire(
+        &self,
+        domains: &[String],
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let domains = domain_set(domains);
+        let token = new_token();
+        let now = now_millis();
+        let expires_at = now.saturating_add(duration_millis(ttl));
+        let mut tx = self.begin().await?;
+        for domain in &domains {
+            // Takes a free domain or an expired lease; returns no row if the domain is leased.
+            let taken: Option<String> = sqlx::query_scalar(
+                "INSERT INTO lease (domain, token, holder, expires_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (domain) DO UPDATE
+                    SET token = excluded.token, holder = excluded.holder,
+                        expires_at = excluded.expires_at
+                    WHERE lease.expires_at <= ?
+                 RETURNING domain",
+            )
+            .bind(domain)
+            .bind(&token)
+            .bind(holder)
+            .bind(expires_at)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if taken.is_none() {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(Lease {
+            domains,
+            token,
+            holder: holder.to_string(),
+        }))
+    }
+
+    pub async fn lease_renew(&self, lease: &Lease, ttl: Duration) -> Result<(), StoreError> {
+        let expires_at = now_millis().saturating_add(duration_millis(ttl));
+        let mut tx = self.begin().await?;
+        let renewed = sqlx::query("UPDATE lease SET expires_at = ? WHERE token = ?")
+            .bind(expires_at)
+            .bind(&lease.token)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if renewed != lease.domains.len() as u64 {
+            tx.rollback().await?;
+            return Err(StoreError::LeaseLost);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn lease_release(&self, lease: &Lease) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM lease WHERE token = ?")
+            .bind(&lease.token)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn pending(
+        &self,
+        domains: &[String],
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let domains = domain_set(domains);
+        if domains.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = pending_sql(domains.len());
+        let mut q = sqlx::query(&sql);
+        for d in &domains {
+            q = q.bind(d);
+        }
+        q = q
+            .bind(after.unwrap_or(i64::MIN))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        for d in &domains {
+            q = q.bind(d);
+        }
+        let rows = q.fetch_all(&self.read).await?;
+
+        let mut out: Vec<Pending> = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            if out.last().map(|p| p.id) != Some(id) {
+                out.push(Pending {
+                    id,
+                    mail_from: row.try_get("mail_from")?,
+                    mail_params: row.try_get("mail_params")?,
+                    size: size_of(row.try_get("size")?),
+                    eight_bit: row.try_get("eight_bit")?,
+                    received_at: row.try_get("received_at")?,
+                    recipients: Vec::new(),
+                });
+            }
+            let p = out.last_mut().expect("pushed above");
+            p.recipients.push(PendingRecipient {
+                id: row.try_get("rid")?,
+                address: row.try_get("address")?,
+                domain: row.try_get("domain")?,
+                params: row.try_get("params")?,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn has_pending(&self, domains: &[String]) -> Result<bool, StoreError> {
+        let domains = domain_set(domains);
+        if domains.is_empty() {
+            return Ok(false);
+        }
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM recipient WHERE domain IN ({}) AND state = 'queued')",
+            placeholders(domains.len())
+        );
+        let mut q = sqlx::query_scalar::<_, bool>(&sql);
+        for d in &domains {
+            q = q.bind(d);
+        }
+        Ok(q.fetch_one(&self.read).await?)
+    }
+
+    pub async fn read_body(&self, id: MessageId, chunk: u32) -> Result<Option<Bytes>, StoreError> {
+        let data: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM body_chunk WHERE message = ? AND seq = ?")
+                .bind(id)
+                .bind(i64::from(chunk))
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(data.map(Bytes::from))
+    }
+
+    pub async fn record(&self, lease: &Lease, outcomes: &[Outcome]) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let now_ms = now_millis();
+        let now = now_secs();
+        let mut tx = self.begin().await?;
+        // Fencing: the lease must still hold every one of its domains, unexpired. The write lock
+        // taken by BEGIN IMMEDIATE keeps it so until the commit.
+        let live: HashSet<String> =
+            sqlx::query_scalar("SELECT domain FROM lease WHERE token = ? AND expires_at > ?")
+                .bind(&lease.token)
+                .bind(now_ms)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+        if live.len() != lease.domains.len() {
+            return Err(StoreError::LeaseLost);
+        }
+        let mut touched = BTreeSet::new();
+        for outcome in outcomes {
+            let row = sqlx::query("SELECT message, domain FROM recipient WHERE id = ?")
+                .bind(outcome.recipient)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::RecipientNotFound(outcome.recipient))?;
+            let message: i64 = row.try_get("message")?;
+            let domain: String = row.try_get("domain")?;
+            if !live.contains(&domain) {
+                return Err(StoreError::LeaseLost);
+            }
+            sqlx::query(
+                "UPDATE recipient
+                 SET state = ?, last_reply = ?, attempts = attempts + 1, updated_at = ?
+                 WHERE id = ?",
+            )
+            .bind(outcome.state.as_str())
+            .bind(outcome.reply.as_deref())
+            .bind(now)
+            .bind(outcome.recipient)
+            .execute(&mut *tx)
+            .await?;
+            touched.insert(message);
+        }
+        for message in touched {
+            // Recipients and body chunks go with it (ON DELETE CASCADE).
+            sqlx::query(
+                "DELETE FROM message WHERE id = ?1 AND NOT EXISTS
+                    (SELECT 1 FROM recipient WHERE message = ?1 AND state <> 'delivered')",
+            )
+            .bind(message)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ----- operators -----
+
+    pub async fn queue_list(&self) -> Result<Vec<QueuedMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.id, m.received_at, m.size, m.mail_from,
+                    r.address, r.domain, r.state, r.last_reply, r.attempts, r.updated_at
+             FROM message m JOIN recipient r ON r.message = m.id
+             WHERE m.state = 'queued'
+             ORDER BY m.received_at, m.id, r.id",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut out: Vec<QueuedMessage> = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            if out.last().map(|m| m.id) != Some(id) {
+                out.push(QueuedMessage {
+                    id,
+                    received_at: row.try_get("received_at")?,
+                    size: size_of(row.try_get("size")?),
+                    mail_from: row.try_get("mail_from")?,
+                    recipients: Vec::new(),
+                });
+            }
+            let state: String = row.try_get("state")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            out.last_mut()
+                .expect("pushed above")
+                .recipients
+                .push(RecipientStatus {
+                    address: row.try_get("address")?,
+                    domain: row.try_get("domain")?,
+                    state: state_of(&state)?,
+                    last_reply: row.try_get("last_reply")?,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    updated_at: row.try_get("updated_at")?,
+                });
+        }
+        Ok(out)
+    }
+}
+
+async fn require_account(tx: &mut Transaction<'static, Sqlite>, name: &str) -> Result<(), StoreError> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM account WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(StoreError::AccountNotFound(name.to_string())),
+    }
+}
+
+async fn insert_credentials(
+    tx: &mut Transaction<'static, Sqlite>,
+    account: &str,
+    credentials: &[Credential],
+) -> Result<(), StoreError> {
+    for c in credentials {
+        sqlx::query(
+            "INSERT INTO credential (account, scheme, data) VALUES (?, ?, ?)
+             ON CONFLICT (account, scheme) DO UPDATE SET data = excluded.data",
+        )
+        .bind(account)
+        .bind(&c.scheme)
+        .bind(&c.data)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Gives an already normalized domain to an existing account.
+async fn insert_domain(
+    tx: &mut Transaction<'static, Sqlite>,
+    account: &str,
+    domain: &str,
+) -> Result<(), StoreError> {
+    let inserted =
+        sqlx::query("INSERT INTO domain (name, account) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
+            .bind(domain)
+            .bind(account)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+    if inserted == 0 {
+        let owner: String = sqlx::query_scalar("SELECT account FROM domain WHERE name = ?")
+            .bind(domain)
+            .fetch_one(&mut **tx)
+            .await?;
+        return Err(StoreError::DomainTaken {
+            domain: domain.to_string(),
+            owner,
+        });
+    }
+    Ok(())
+}
+
+/// Accounts from rows of (name, created_at, domain) ordered by name.
+fn accounts_of(rows: &[SqliteRow]) -> Result<Vec<Account>, StoreError> {
+    let mut out: Vec<Account> = Vec::new();
+    for row in rows {
+        let name: String = row.try_get("name")?;
+        if out.last().map(|a| a.name.as_str()) != Some(name.as_str()) {
+            out.push(Account {
+                name,
+                domains: Vec::new(),
+                created_at: row.try_get("created_at")?,
+            });
+        }
+        if let Some(domain) = row.try_get::<Option<String>, _>("domain")? {
+            out.last_mut().expect("pushed above").domains.push(domain);
+        }
+    }
+    Ok(out)
+}
+
+/// The SQLite side of [`crate::MessageWriter`].
+///
+/// A body that fits in one chunk is written with its message row and recipients in the single
+/// commit transaction. A longer one gets a message row in state `receiving` with its first full
+/// chunk, then one short transaction per further chunk (no transaction stays open while the client
+/// sends), and the commit transaction writes the last chunk and the recipients and flips the
+/// message to `queued`.
+pub struct SqliteMessageWriter {
+    store: SqliteStore,
+    envelope: Envelope,
+    recipients: Vec<NewRecipient>,
+    /// At most one chunk; stored once full and more data comes, or at commit.
+    buf: Vec<u8>,
+    /// The message row, once a chunk has been stored before the commit.
+    id: Option<MessageId>,
+    next_seq: i64,
+    size: u64,
+    /// Committed or aborted: nothing to clean up on drop.
+    finished: bool,
+}
+
+impl fmt::Debug for SqliteMessageWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteMessageWriter")
+            .field("id", &self.id)
+            .field("size", &self.size)
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteMessageWriter {
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub(crate) async fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        while !data.is_empty() {
+            if self.buf.len() == CHUNK_SIZE {
+                self.store_buffered_chunk().await?;
+            }
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(CHUNK_SIZE.min(data.len().max(4096)));
+            }
+            let take = (CHUNK_SIZE - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            self.size += take as u64;
+            data = &data[take..];
+        }
+        Ok(())
+    }
+
+    /// Stores the (full) buffer as the next chunk, in its own short transaction.
+    async fn store_buffered_chunk(&mut self) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        let id = match self.id {
+            None => {
+                let e = &self.envelope;
+                sqlx::query_scalar(
+                    "INSERT INTO message
+                        (state, received_at, size, eight_bit, mail_from, mail_params, helo,
+                         client_addr)
+                     VALUES ('receiving', ?, 0, 0, ?, ?, ?, ?)
+                     RETURNING id",
+                )
+                .bind(now_secs())
+                .bind(&e.mail_from)
+                .bind(&e.mail_params)
+                .bind(&e.helo)
+                .bind(&e.client_addr)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+            Some(id) => {
+                // Marks the message as alive for the purge of abandoned ones.
+                let alive =
+                    sqlx::query("UPDATE message SET received_at = ? WHERE id = ? AND state = 'receiving'")
+                        .bind(now_secs())
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                if alive == 0 {
+                    return Err(StoreError::MessageGone(id));
+                }
+                id
+            }
+        };
+        insert_chunk(&mut tx, id, self.next_seq, &self.buf).await?;
+        tx.commit().await?;
+        self.id = Some(id);
+        self.next_seq += 1;
+        self.buf.clear();
+        Ok(())
+    }
+
+    pub(crate) async fn commit(mut self, info: CommitInfo) -> Result<MessageId, StoreError> {
+        let now = now_secs();
+        let size = i64::try_from(self.size).unwrap_or(i64::MAX);
+        let mut tx = self.store.begin().await?;
+        let id = match self.id {
+            None => {
+                let e = &self.envelope;
+                sqlx::query_scalar(
+                    "INSERT INTO message
+                        (state, received_at, size, eight_bit, mail_from, mail_params, helo,
+                         client_addr)
+                     VALUES ('queued', ?, ?, ?, ?, ?, ?, ?)
+                     RETURNING id",
+                )
+                .bind(now)
+                .bind(size)
+                .bind(info.eight_bit)
+                .bind(&e.mail_from)
+                .bind(&e.mail_params)
+                .bind(&e.helo)
+                .bind(&e.client_addr)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+            Some(id) => {
+                let flipped = sqlx::query(
+                    "UPDATE message SET state = 'queued', received_at = ?, size = ?, eight_bit = ?
+                     WHERE id = ? AND state = 'receiving'",
+                )
+                .bind(now)
+                .bind(size)
+                .bind(info.eight_bit)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if flipped == 0 {
+                    return Err(StoreError::MessageGone(id));
+                }
+                id
+            }
+        };
+        if !self.buf.is_empty() {
+            insert_chunk(&mut tx, id, self.next_seq, &self.buf).await?;
+        }
+        for r in &self.recipients {
+            sqlx::query(
+                "INSERT INTO recipient (message, address, domain, params, state, attempts, updated_at)
+                 VALUES (?, ?, ?, ?, 'queued', 0, ?)",
+            )
+            .bind(id)
+            .bind(&r.address)
+            .bind(&r.domain)
+            .bind(&r.params)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.finished = true;
+        self.buf = Vec::new();
+        Ok(id)
+    }
+
+    pub(crate) async fn abort(mut self) -> Result<(), StoreError> {
+        self.finished = true;
+        self.buf = Vec::new();
+        if let Some(id) = self.id {
+            delete_receiving(&self.store.write, id).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SqliteMessageWriter {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Some(id) = self.id else { return };
+        // Neither committed nor aborted (a dropped session, a failed commit): remove the partial
+        // message in the background. If that cannot happen, the purge at open does it later.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let pool = self.store.write.clone();
+            handle.spawn(async move {
+                if let Err(e) = delete_receiving(&pool, id).await {
+                    tracing::debug!(id, error = %e, "removing an abandoned message");
+                }
+            });
+        }
+    }
+}
+
+async fn insert_chunk(
+    tx: &mut Transaction<'static, Sqlite>,
+    message: MessageId,
+    seq: i64,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO body_chunk (message, seq, data) VALUES (?, ?, ?)")
+        .bind(message)
+        .bind(seq)
+        .bind(data)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Removes a message still being received (never a committed one), with its chunks.
+async fn delete_receiving(pool: &SqlitePool, id: MessageId) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM message WHERE id = ? AND state = 'receiving'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EnvelopeRecipient, Store};
+
+    fn envelope(rcpt: &str) -> Envelope {
+        Envelope {
+            mail_from: "a@b.example".into(),
+            mail_params: String::new(),
+            recipients: vec![EnvelopeRecipient {
+                address: rcpt.into(),
+                params: String::new(),
+            }],
+            helo: "client.example".into(),
+            client_addr: "192.0.2.1:4000".into(),
+        }
+    }
+
+    async fn count(store: &SqliteStore, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&store.read).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn pragmas_are_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.write)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        for pool in [&store.write, &store.read] {
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(sync, 2, "FULL");
+            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(fk, 1);
+        }
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&store.read)
+            .await
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert!(dir.path().join(DB_FILE).exists());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn creates_missing_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b/c");
+        let store = SqliteStore::open(&nested).await.unwrap();
+        assert!(nested.join(DB_FILE).exists());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        sqlx::query("PRAGMA user_version = 99")
+            .execute(&store.write)
+            .await
+            .unwrap();
+        store.close().await;
+        match SqliteStore::open(dir.path()).await {
+            Err(StoreError::SchemaTooNew { found: 99, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A crash mid-DATA leaves a `receiving` message: opening removes it once it is stale, but
+    /// never one another process may still be receiving.
+    #[tokio::test]
+    async fn open_removes_stale_receiving_messages_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let Store::Sqlite(inner) = &store;
+        for _ in 0..2 {
+            let mut w = store.receive(envelope("x@y.example")).await.unwrap();
+            w.write(&vec![b'x'; CHUNK_SIZE * 2 + 5]).await.unwrap();
+            std::mem::forget(w); // a crash: no drop, no abort
+        }
+        assert_eq!(
+            count(inner, "SELECT count(*) FROM message WHERE state = 'receiving'").await,
+            2
+        );
+        assert_eq!(count(inner, "SELECT count(*) FROM body_chunk").await, 4);
+        // One of them went idle long ago.
+        sqlx::query(
+            "UPDATE message SET received_at = received_at - ? WHERE id = (SELECT min(id) FROM message)",
+        )
+        .bind(STALE_RECEIVING.as_secs() as i64 + 10)
+        .execute(&inner.write)
+        .await
+        .unwrap();
+
+        let second = Store::open_sqlite(dir.path()).await.unwrap();
+        let Store::Sqlite(inner2) = &second;
+        assert_eq!(count(inner2, "SELECT count(*) FROM message").await, 1);
+        assert_eq!(count(inner2, "SELECT count(*) FROM body_chunk").await, 2);
+        second.close().await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn dropping_a_writer_removes_its_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let Store::Sqlite(inner) = &store;
+        let mut w = store.receive(envelope("x@y.example")).await.unwrap();
+        w.write(&vec![b'x'; CHUNK_SIZE * 3]).await.unwrap();
+        assert_eq!(count(inner, "SELECT count(*) FROM body_chunk").await, 2);
+        drop(w);
+        let mut left = 1;
+        for _ in 0..200 {
+            left = count(inner, "SELECT count(*) FROM message").await;
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(left, 0);
+        assert_eq!(count(inner, "SELECT count(*) FROM body_chunk").await, 0);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_small_message_is_one_transaction_and_a_large_one_keeps_none_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let Store::Sqlite(inner) = &store;
+        // Exactly one chunk: nothing is written before the commit.
+        let mut w = store.receive(envelope("x@y.example")).await.unwrap();
+        w.write(&vec![b'a'; CHUNK_SIZE]).await.unwrap();
+        assert_eq!(count(inner, "SELECT count(*) FROM message").await, 0);
+        w.commit(CommitInfo::default()).await.unwrap();
+        assert_eq!(count(inner, "SELECT count(*) FROM body_chunk").await, 1);
+
+        // Between chunks of a large one, another writer gets through at once.
+        let mut w = store.receive(envelope("x@y.example")).await.unwrap();
+        w.write(&vec![b'b'; CHUNK_SIZE + 1]).await.unwrap();
+        let other = store.receive(envelope("z@y.example")).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), other.commit(CommitInfo::default()))
+            .await
+            .expect("not blocked")
+            .unwrap();
+        w.commit(CommitInfo::default()).await.unwrap();
+        assert_eq!(store.queue_list().await.unwrap().len(), 3);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn commit_fails_if_the_partial_message_was_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let mut w = store.receive(envelope("x@y.example")).await.unwrap();
+        w.write(&vec![b'x'; CHUNK_SIZE + 1]).await.unwrap();
+        assert_eq!(store.purge_incomplete(Duration::ZERO).await.unwrap(), 1);
+        match w.commit(CommitInfo::default()).await {
+            Err(StoreError::MessageGone(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(store.queue_list().await.unwrap().is_empty());
+        store.close().await;
+    }
+
+    /// The pending query must not scan a table: its cost follows the page, not the queue.
+    #[tokio::test]
+    async fn pending_uses_the_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        for n in [1, 3] {
+            let sql = format!("EXPLAIN QUERY PLAN {}", pending_sql(n));
+            let rows = sqlx::query(&sql).fetch_all(&store.read).await.unwrap();
+            let plan: Vec<String> = rows.iter().map(|r| r.get("detail")).collect();
+            let joined = plan.join("\n");
+            assert!(
+                plan.iter().all(|l| !l.starts_with("SCAN") || l == "SCAN sel"),
+                "{joined}"
+            );
+            assert!(
+                joined.contains("SEARCH r USING")
+                    && joined.contains("message=?)")
+                    && joined.contains("USING INTEGER PRIMARY KEY"),
+                "{joined}"
+            );
+        }
+        store.close().await;
+    }
+
+    #[test]
+    fn placeholders_are_comma_separated() {
+        assert_eq!(placeholders(1), "?");
+        assert_eq!(placeholders(3), "?, ?, ?");
+    }
+}

@@ -512,3 +512,219 @@ impl Deliverer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drive the machine: feed the customer's `peer` bytes, return what the provider wrote.
+    fn feed(d: &mut Deliverer, peer: &str) -> (String, DeliverStep) {
+        let mut input = BytesMut::from(peer);
+        let step = d.poll(&mut input);
+        assert!(
+            input.is_empty() || step != DeliverStep::NeedInput,
+            "unconsumed input"
+        );
+        (String::from_utf8(std::mem::take(d.output())).unwrap(), step)
+    }
+
+    fn msg(rcpts: &[&str]) -> OutMessage {
+        OutMessage {
+            mail_from: "alice@sender.example".into(),
+            mail_params: String::new(),
+            size: 20,
+            eight_bit: false,
+            recipients: rcpts
+                .iter()
+                .map(|a| RcptEntry {
+                    address: a.to_string(),
+                    params: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    const EHLO_FULL: &str = "250-customer\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000\r\n";
+
+    fn ready(ehlo_reply: &str) -> Deliverer {
+        let mut d = Deliverer::new("odmr.example.net");
+        assert_eq!(
+            feed(&mut d, "220 customer ready\r\n"),
+            ("EHLO odmr.example.net\r\n".into(), DeliverStep::NeedInput)
+        );
+        assert_eq!(feed(&mut d, ehlo_reply).1, DeliverStep::Ready);
+        d
+    }
+
+    #[test]
+    fn pipelined_transaction_with_mixed_recipient_replies() {
+        let mut d = ready(EHLO_FULL);
+        assert!(d.caps().pipelining && d.caps().eight_bit_mime);
+        d.send(msg(&["x@example.org", "y@example.org", "z@example.org"]));
+        let (out, step) = feed(&mut d, "");
+        assert_eq!(
+            out,
+            "MAIL FROM:<alice@sender.example> SIZE=20\r\nRCPT TO:<x@example.org>\r\nRCPT TO:<y@example.org>\r\nRCPT TO:<z@example.org>\r\nDATA\r\n"
+        );
+        assert_eq!(step, DeliverStep::NeedInput);
+        let (_, step) = feed(
+            &mut d,
+            "250 ok\r\n250 ok\r\n450 4.2.0 busy\r\n550 5.1.1 unknown\r\n354 go\r\n",
+        );
+        assert_eq!(step, DeliverStep::SendBody);
+        d.body(b"Subject: x\r\n\r\n.dot\r\n");
+        d.body_end();
+        let (out, step) = feed(&mut d, "");
+        assert_eq!(out, "Subject: x\r\n\r\n..dot\r\n.\r\n");
+        assert_eq!(step, DeliverStep::NeedInput);
+        let (_, step) = feed(&mut d, "250 2.0.0 queued\r\n");
+        let DeliverStep::Finished(o) = step else {
+            panic!("{step:?}")
+        };
+        assert!(matches!(&o[0], RcptOutcome::Delivered(r) if r.code == 250));
+        assert!(matches!(&o[1], RcptOutcome::Deferred(r) if r.code == 450));
+        assert!(
+            matches!(&o[2], RcptOutcome::Failed(r) if r.code == 550 && r.status.as_deref() == Some("5.1.1"))
+        );
+        assert_eq!(feed(&mut d, "").1, DeliverStep::Ready);
+        d.quit();
+        assert_eq!(feed(&mut d, "").0, "QUIT\r\n");
+        assert_eq!(feed(&mut d, "221 bye\r\n").1, DeliverStep::Done);
+    }
+
+    #[test]
+    fn lockstep_without_pipelining_and_helo_fallback() {
+        let mut d = Deliverer::new("p.example");
+        feed(&mut d, "220 hi\r\n");
+        let (out, _) = feed(&mut d, "502 no EHLO here\r\n");
+        assert_eq!(out, "HELO p.example\r\n");
+        assert_eq!(feed(&mut d, "250 hello\r\n").1, DeliverStep::Ready);
+        d.send(msg(&["x@example.org", "y@example.org"]));
+        assert_eq!(feed(&mut d, "").0, "MAIL FROM:<alice@sender.example>\r\n");
+        assert_eq!(feed(&mut d, "250 ok\r\n").0, "RCPT TO:<x@example.org>\r\n");
+        assert_eq!(feed(&mut d, "250 ok\r\n").0, "RCPT TO:<y@example.org>\r\n");
+        assert_eq!(feed(&mut d, "250 ok\r\n").0, "DATA\r\n");
+        assert_eq!(feed(&mut d, "354 go\r\n").1, DeliverStep::SendBody);
+        d.body(b"hi");
+        d.body_end();
+        assert_eq!(feed(&mut d, "").0, "hi\r\n.\r\n");
+        let DeliverStep::Finished(o) = feed(&mut d, "451 4.3.0 later\r\n").1 else {
+            panic!()
+        };
+        assert!(o.iter().all(|r| matches!(r, RcptOutcome::Deferred(_))));
+    }
+
+    #[test]
+    fn all_recipients_refused_sends_rset_not_data() {
+        let mut d = ready("250-c\r\n250 8BITMIME\r\n");
+        d.send(msg(&["x@example.org"]));
+        feed(&mut d, "");
+        assert_eq!(feed(&mut d, "250 ok\r\n").0, "RCPT TO:<x@example.org>\r\n");
+        assert_eq!(feed(&mut d, "550 no\r\n").0, "RSET\r\n");
+        let DeliverStep::Finished(o) = feed(&mut d, "250 ok\r\n").1 else {
+            panic!()
+        };
+        assert!(matches!(&o[0], RcptOutcome::Failed(_)));
+        assert_eq!(feed(&mut d, "").1, DeliverStep::Ready);
+    }
+
+    #[test]
+    fn pipelined_354_without_valid_recipients_gets_an_empty_message() {
+        let mut d = ready(EHLO_FULL);
+        d.send(msg(&["x@example.org"]));
+        feed(&mut d, "");
+        let (out, _) = feed(&mut d, "250 ok\r\n550 no\r\n354 go\r\n");
+        assert_eq!(out, ".\r\n");
+        assert_eq!(feed(&mut d, "554 no valid recipients\r\n").0, "RSET\r\n");
+        let DeliverStep::Finished(o) = feed(&mut d, "250 ok\r\n").1 else {
+            panic!()
+        };
+        assert!(matches!(&o[0], RcptOutcome::Failed(r) if r.code == 550));
+    }
+
+    #[test]
+    fn mail_refused_decides_every_recipient() {
+        let mut d = ready(EHLO_FULL);
+        d.send(msg(&["x@example.org", "y@example.org"]));
+        feed(&mut d, "");
+        let (out, step) = feed(&mut d, "451 4.3.0 later\r\n503 no\r\n503 no\r\n503 no\r\n");
+        assert_eq!(out, "RSET\r\n");
+        assert_eq!(step, DeliverStep::NeedInput);
+        let DeliverStep::Finished(o) = feed(&mut d, "250 ok\r\n").1 else {
+            panic!()
+        };
+        assert!(o
+            .iter()
+            .all(|r| matches!(r, RcptOutcome::Deferred(r) if r.code == 451)));
+    }
+
+    #[test]
+    fn a_421_mid_transaction_defers_and_ends() {
+        let mut d = ready(EHLO_FULL);
+        d.send(msg(&["x@example.org"]));
+        feed(&mut d, "");
+        let DeliverStep::Finished(o) = feed(&mut d, "421 4.3.2 shutting down\r\n").1 else {
+            panic!()
+        };
+        assert!(matches!(&o[0], RcptOutcome::Deferred(r) if r.code == 421));
+        assert_eq!(feed(&mut d, "").1, DeliverStep::Done);
+        assert!(d.error().is_some());
+    }
+
+    #[test]
+    fn size_and_eight_bit_are_decided_without_sending() {
+        let mut d = ready(EHLO_FULL);
+        let mut big = msg(&["x@example.org"]);
+        big.size = 5000;
+        d.send(big);
+        let (out, step) = feed(&mut d, "");
+        assert_eq!(out, "");
+        let DeliverStep::Finished(o) = step else { panic!() };
+        assert!(matches!(&o[0], RcptOutcome::Failed(r) if r.code == 552));
+
+        let mut d = ready("250-c\r\n250 PIPELINING\r\n");
+        let mut eight = msg(&["x@example.org"]);
+        eight.eight_bit = true;
+        d.send(eight);
+        let (out, step) = feed(&mut d, "");
+        assert_eq!(out, "");
+        let DeliverStep::Finished(o) = step else { panic!() };
+        assert!(matches!(&o[0], RcptOutcome::Deferred(r) if r.to_string().contains("8BITMIME")));
+    }
+
+    #[test]
+    fn eight_bit_is_declared_when_offered() {
+        let mut d = ready(EHLO_FULL);
+        let mut eight = msg(&["x@example.org"]);
+        eight.eight_bit = true;
+        d.send(eight);
+        let (out, _) = feed(&mut d, "");
+        assert!(
+            out.starts_with("MAIL FROM:<alice@sender.example> SIZE=20 BODY=8BITMIME\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn greeting_refusal_and_garbage() {
+        let mut d = Deliverer::new("p");
+        assert_eq!(feed(&mut d, "554 go away\r\n").0, "QUIT\r\n");
+        assert_eq!(feed(&mut d, "221 bye\r\n").1, DeliverStep::Done);
+        assert!(d.error().unwrap().contains("554"));
+
+        let mut d = Deliverer::new("p");
+        assert_eq!(feed(&mut d, "hello there\r\n").1, DeliverStep::Done);
+        assert!(d.error().is_some());
+    }
+
+    #[test]
+    fn greeting_split_across_reads() {
+        let mut d = Deliverer::new("p");
+        assert_eq!(feed(&mut d, "").1, DeliverStep::NeedInput);
+        let mut input = BytesMut::from("22");
+        assert_eq!(d.poll(&mut input), DeliverStep::NeedInput);
+        input.extend_from_slice(b"0 ok\r\n");
+        assert_eq!(d.poll(&mut input), DeliverStep::NeedInput);
+        assert_eq!(d.output().as_slice(), b"EHLO p\r\n");
+    }
+}

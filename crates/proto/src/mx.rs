@@ -557,3 +557,150 @@ fn param_error(e: smtp_proto::Error, syntax: &str) -> Reply {
         _ => Reply::new(501, "5.5.4", format!("Syntax: {syntax}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(max: u64) -> MxSession {
+        let mut cfg = MxConfig::new("mx.example.net");
+        cfg.max_message_size = max;
+        MxSession::new(
+            cfg,
+            PeerInfo {
+                ip: "192.0.2.1".into(),
+                session: "s1".into(),
+            },
+        )
+    }
+
+    /// Run to the DATA phase with one accepted recipient.
+    fn to_data(s: &mut MxSession, input: &mut BytesMut) {
+        input.extend_from_slice(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@example.org>\r\nDATA\r\n");
+        assert!(matches!(s.poll(input), MxStep::CheckRecipient { .. }));
+        s.recipient_verdict(RcptVerdict::Accept);
+        assert!(matches!(s.poll(input), MxStep::StartData(_)));
+        s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000");
+        s.output().clear();
+    }
+
+    #[test]
+    fn large_bodies_leave_in_bounded_chunks() {
+        let mut s = session(64 << 20);
+        let mut input = BytesMut::new();
+        to_data(&mut s, &mut input);
+        let line = [b'a'; 998];
+        let mut total = 0usize;
+        let mut biggest = 0usize;
+        for _ in 0..10_000 {
+            input.extend_from_slice(&line);
+            input.extend_from_slice(b"\r\n");
+            loop {
+                match s.poll(&mut input) {
+                    MxStep::Body(b) => {
+                        biggest = biggest.max(b.len());
+                        total += b.len();
+                    }
+                    MxStep::NeedInput => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        input.extend_from_slice(b".\r\n");
+        loop {
+            match s.poll(&mut input) {
+                MxStep::Body(b) => total += b.len(),
+                MxStep::EndData { size, .. } => {
+                    assert_eq!(size, 10_000 * 1000);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(biggest <= 2 * BODY_CHUNK, "chunk of {biggest}");
+        assert!(total > 10_000 * 1000, "received header plus body");
+        s.committed(Ok("7".into()));
+        assert_eq!(s.output().as_slice(), b"250 2.0.0 OK queued as 7\r\n");
+    }
+
+    #[test]
+    fn oversized_body_is_refused_at_the_end_and_the_session_goes_on() {
+        let mut s = session(65536);
+        let mut input = BytesMut::new();
+        to_data(&mut s, &mut input);
+        input.extend_from_slice(&vec![b'x'; 200_000]);
+        input.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+        let mut streamed = 0;
+        loop {
+            match s.poll(&mut input) {
+                MxStep::Body(b) => streamed += b.len(),
+                MxStep::AbortData => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            streamed <= 65536 + 1024,
+            "kept streaming past the limit: {streamed}"
+        );
+        assert_eq!(s.poll(&mut input), MxStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(out.starts_with("552 5.3.4 "), "{out}");
+        assert!(out.ends_with("250 2.0.0 OK\r\n"), "{out}");
+    }
+
+    #[test]
+    fn commit_failure_is_a_temporary_refusal() {
+        let mut s = session(1 << 20);
+        let mut input = BytesMut::from("");
+        to_data(&mut s, &mut input);
+        input.extend_from_slice(b"hi\r\n.\r\n");
+        while !matches!(s.poll(&mut input), MxStep::EndData { .. }) {}
+        s.committed(Err(Reply::new(451, "4.3.0", "try later")));
+        assert_eq!(s.output().as_slice(), b"451 4.3.0 try later\r\n");
+        // The transaction is over: RCPT needs a new MAIL.
+        input.extend_from_slice(b"RCPT TO:<x@example.org>\r\n");
+        s.output().clear();
+        assert_eq!(s.poll(&mut input), MxStep::NeedInput);
+        assert!(s.output().starts_with(b"503"));
+    }
+
+    #[test]
+    fn too_many_errors_closes_with_421() {
+        let mut s = session(1 << 20);
+        let mut input = BytesMut::from(&b"BOGUS\r\n".repeat(30)[..]);
+        assert_eq!(s.poll(&mut input), MxStep::Close);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(out.trim_end().ends_with("too many errors, closing"), "{out}");
+    }
+
+    #[test]
+    fn too_many_recipients_gets_452() {
+        let mut cfg = MxConfig::new("mx");
+        cfg.max_recipients = 100;
+        let mut s = MxSession::new(
+            cfg,
+            PeerInfo {
+                ip: "192.0.2.1".into(),
+                session: "s".into(),
+            },
+        );
+        let mut input = BytesMut::from("HELO c\r\nMAIL FROM:<>\r\n");
+        for i in 0..101 {
+            input.extend_from_slice(format!("RCPT TO:<u{i}@example.org>\r\n").as_bytes());
+        }
+        let mut accepted = 0;
+        loop {
+            match s.poll(&mut input) {
+                MxStep::CheckRecipient { .. } => {
+                    accepted += 1;
+                    s.recipient_verdict(RcptVerdict::Accept)
+                }
+                MxStep::NeedInput => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(accepted, 100);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(out.ends_with("452 4.5.3 Too many recipients\r\n"), "{out}");
+    }
+}

@@ -377,3 +377,87 @@ impl OdmrSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authed() -> (OdmrSession, BytesMut) {
+        let mut s = OdmrSession::new(OdmrConfig::new("odmr.example.net"), 7, 1_800_000_000);
+        let mut input = BytesMut::from("EHLO c\r\nAUTH CRAM-MD5\r\n");
+        assert_eq!(s.poll(&mut input), OdmrStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        let b64 = out.lines().last().unwrap().strip_prefix("334 ").unwrap();
+        let challenge = B64.decode(b64).unwrap();
+        let resp = cram_md5::client_response("acme", b"pw", &challenge);
+        input.extend_from_slice(format!("{}\r\n", B64.encode(resp)).as_bytes());
+        assert_eq!(s.poll(&mut input), OdmrStep::LookupSecret { user: "acme".into() });
+        // Not authenticated until the 235 is written.
+        assert_eq!(s.account(), None);
+        assert!(s.secret(Some(CramSecret::from_password(b"pw"))));
+        assert_eq!(s.account(), Some("acme"));
+        assert_eq!(s.output().as_slice(), b"235 Authentication successful\r\n");
+        s.output().clear();
+        (s, input)
+    }
+
+    #[test]
+    fn turnaround_keeps_the_bytes_already_buffered() {
+        let (mut s, mut input) = authed();
+        input.extend_from_slice(b"ATRN example.org\r\n220 customer ready\r\n");
+        assert_eq!(
+            s.poll(&mut input),
+            OdmrStep::Atrn {
+                account: "acme".into(),
+                domains: vec!["example.org".into()]
+            }
+        );
+        s.atrn_decision(AtrnDecision::Granted);
+        assert_eq!(s.poll(&mut input), OdmrStep::Turnaround);
+        assert_eq!(s.output().as_slice(), b"250 OK now reversing the connection\r\n");
+        assert_eq!(&input[..], b"220 customer ready\r\n");
+    }
+
+    #[test]
+    fn every_atrn_reply_is_one_line() {
+        for (d, want) in [
+            (AtrnDecision::Refused, "450 "),
+            (AtrnDecision::NoMail, "453 "),
+            (AtrnDecision::Busy, "451 "),
+            (AtrnDecision::TempError, "451 "),
+        ] {
+            let (mut s, mut input) = authed();
+            input.extend_from_slice(b"ATRN\r\n");
+            assert!(matches!(s.poll(&mut input), OdmrStep::Atrn { ref domains, .. } if domains.is_empty()));
+            s.atrn_decision(d);
+            let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+            assert!(
+                out.starts_with(want) && out.matches("\r\n").count() == 1,
+                "{out:?}"
+            );
+            // Still authenticated: another ATRN is allowed.
+            assert_eq!(s.account(), Some("acme"));
+        }
+    }
+
+    #[test]
+    fn repeated_auth_failures_close_after_the_limit_but_not_before_three() {
+        let mut s = OdmrSession::new(OdmrConfig::new("h"), 1, 1);
+        let mut input = BytesMut::new();
+        for i in 1..=5 {
+            input.extend_from_slice(b"AUTH CRAM-MD5\r\n");
+            assert_eq!(s.poll(&mut input), OdmrStep::NeedInput);
+            input.extend_from_slice(
+                format!("{}\r\n", B64.encode("acme 00000000000000000000000000000000")).as_bytes(),
+            );
+            assert_eq!(s.poll(&mut input), OdmrStep::LookupSecret { user: "acme".into() });
+            assert!(!s.secret(None));
+            let step = s.poll(&mut input);
+            if i < 5 {
+                assert_eq!(step, OdmrStep::NeedInput, "closed after {i} failures");
+            } else {
+                assert_eq!(step, OdmrStep::Close);
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The operators' side: config errors that name the key and the fix, account and domain
+//! management, and changes that reach a running server without a restart.
+
+mod common;
+
+use base64::Engine;
+use common::{cli_with, send_mail, Line, Server};
+use odmr_proto::sasl::cram_md5;
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("odmr.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn server_fails(config: &std::path::Path) -> String {
+    let (st, _, err) = cli_with(config, &["server"], None);
+    assert_eq!(st, 1, "server should refuse to start: {err}");
+    err
+}
+
+#[test]
+fn config_errors_name_the_file_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let base = format!("hostname = \"h.test\"\n[store]\npath = \"{}\"\n", store.display());
+
+    let cfg = write_config(dir.path(), &format!("{base}[smtp]\nlisen = [\"127.0.0.1:0\"]\n"));
+    let err = server_fails(&cfg);
+    assert!(
+        err.contains("odmr.toml") && err.contains("lisen") && err.contains("listen"),
+        "{err}"
+    );
+
+    let cfg = write_config(dir.path(), &format!("{base}[odmr]\nlisten = [\"localhost\"]\n"));
+    let err = server_fails(&cfg);
+    assert!(err.contains("odmr.listen") && err.contains("IP:PORT"), "{err}");
+
+    let cfg = write_config(
+        dir.path(),
+        &format!("{base}[smtp]\nmax_message_size = \"huge\"\n"),
+    );
+    let err = server_fails(&cfg);
+    assert!(
+        err.contains("smtp.max_message_size") && err.contains("50MiB"),
+        "{err}"
+    );
+
+    // A store that cannot be created: its parent is a regular file.
+    std::fs::write(dir.path().join("file"), "x").unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "hostname = \"h.test\"\n[store]\npath = \"{}\"\n[smtp]\nlisten = []\n[odmr]\nlisten = []\n",
+            dir.path().join("file/store").display()
+        ),
+    );
+    let err = server_fails(&cfg);
+    assert!(err.contains("store.path") && err.contains("writable"), "{err}");
+
+    let err = server_fails(&dir.path().join("missing.toml"));
+    assert!(err.contains("missing.toml") && err.contains("--config"), "{err}");
+}
+
+#[test]
+fn listener_that_cannot_bind_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "hostname = \"h.test\"\n[store]\npath = \"{}\"\n[smtp]\nlisten = [\"{addr}\"]\n[odmr]\nlisten = []\n",
+            dir.path().join("s").display()
+        ),
+    );
+    let err = server_fails(&cfg);
+    assert!(
+        err.contains("smtp.listen") && err.contains(&addr.to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn accounts_and_domains() {
+    let s = Server::start();
+    s.account("acme", "pw1", &["Example.ORG", "example.com"]);
+    let (st, out, _) = s.cli(&["account", "list"], None);
+    assert_eq!(st, 0);
+    assert!(
+        out.contains("acme") && out.contains("example.com, example.org"),
+        "{out}"
+    );
+
+    // A domain belongs to at most one account.
+    let (st, _, err) = s.cli(
+        &[
+            "account",
+            "add",
+            "other",
+            "--domain",
+            "example.org",
+            "--password-stdin",
+        ],
+        Some("x\n"),
+    );
+    assert_eq!(st, 1);
+    assert!(err.contains("example.org") && err.contains("acme"), "{err}");
+    let (st, _, err) = s.cli(&["domain", "add", "acme", "example.com"], None);
+    assert_eq!(st, 1, "{err}");
+
+    // No password on stdin is an error that says how to give one.
+    let (st, _, err) = s.cli(
+        &["account", "add", "nopw", "--domain", "n.test", "--password-stdin"],
+        Some(""),
+    );
+    assert_eq!(st, 1);
+    assert!(err.contains("standard input"), "{err}");
+
+    // The password is not stored in plain text.
+    let db = std::fs::read(s.dir.path().join("store/odmr.db")).unwrap();
+    let wal = std::fs::read(s.dir.path().join("store/odmr.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes.windows(3).any(|w| w == b"pw1"),
+            "plain-text password in the store"
+        );
+    }
+
+    let (st, out, _) = s.cli(&["account", "list", "--json"], None);
+    assert_eq!(st, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["domains"], serde_json::json!(["example.com", "example.org"]));
+
+    assert_eq!(s.cli(&["domain", "remove", "example.com"], None).0, 0);
+    assert_eq!(s.cli(&["domain", "add", "acme", "example.net"], None).0, 0);
+    let (_, out, _) = s.cli(&["account", "list"], None);
+    assert!(
+        out.contains("example.net, example.org") && !out.contains("example.com"),
+        "{out}"
+    );
+
+    assert_eq!(s.cli(&["account", "remove", "acme"], None).0, 0);
+    let (st, _, err) = s.cli(&["account", "remove", "acme"], None);
+    assert_eq!(st, 1);
+    assert!(err.contains("acme"), "{err}");
+    let (_, out, _) = s.cli(&["account", "list"], None);
+    assert!(out.contains("no accounts"), "{out}");
+}
+
+fn cram_login(s: &Server, user: &str, pw: &str) -> String {
+    let mut c = Line::connect(s.odmr);
+    c.reply();
+    c.ask("EHLO client");
+    let r = c.ask("AUTH CRAM-MD5");
+    let challenge = base64::engine::general_purpose::STANDARD.decode(&r[4..]).unwrap();
+    let resp = cram_md5::client_response(user, pw.as_bytes(), &challenge);
+    c.ask(&base64::engine::general_purpose::STANDARD.encode(resp))
+}
+
+#[test]
+fn changes_reach_the_running_server_without_restart() {
+    let s = Server::start();
+    s.account("acme", "old", &["example.org"]);
+
+    let mut c = Line::connect(s.smtp);
+    c.reply();
+    c.ask("EHLO c");
+    c.ask("MAIL FROM:<a@b.test>");
+    assert!(c.ask("RCPT TO:<x@new.test>").starts_with("550 5.7.1"));
+    assert_eq!(s.cli(&["domain", "add", "acme", "new.test"], None).0, 0);
+    assert!(c.ask("RCPT TO:<x@new.test>").starts_with("250"));
+    assert_eq!(s.cli(&["domain", "remove", "new.test"], None).0, 0);
+    assert!(c.ask("RCPT TO:<y@new.test>").starts_with("550 5.7.1"));
+
+    assert!(cram_login(&s, "acme", "old").starts_with("235"));
+    assert_eq!(
+        s.cli(&["account", "passwd", "acme", "--password-stdin"], Some("new\n"))
+            .0,
+        0
+    );
+    assert!(cram_login(&s, "acme", "old").starts_with("535"));
+    assert!(cram_login(&s, "acme", "new").starts_with("235"));
+}
+
+#[test]
+fn queue_list_shows_messages_and_recipients() {
+    let s = Server::start();
+    s.account("acme", "pw", &["example.org"]);
+    let (_, out, _) = s.cli(&["queue", "list"], None);
+    assert!(out.contains("queue is empty"), "{out}");
+    assert!(send_mail(
+        s.smtp,
+        "alice@sender.test",
+        &["bob@example.org"],
+        "Subject: x\n\nhi\n"
+    )
+    .starts_with("250"));
+    let (st, out, _) = s.cli(&["queue", "list"], None);
+    assert_eq!(st, 0);
+    assert!(
+        out.contains("alice@sender.test") && out.contains("queued") && out.contains("bob@example.org"),
+        "{out}"
+    );
+    let q = s.queue();
+    let m = &q[0];
+    assert_eq!(m["sender"], "alice@sender.test");
+    assert!(m["size"].as_u64().unwrap() > 10);
+    assert!(m["age_seconds"].as_i64().unwrap() >= 0);
+    assert_eq!(m["recipients"][0]["state"], "queued");
+    assert!(m["id"].as_i64().is_some());
+}

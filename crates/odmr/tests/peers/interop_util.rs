@@ -1,0 +1,114 @@
+//! Helpers shared by `interop_fetchmail.rs` and `interop_senders.rs`: running a real peer
+//! program under `timeout`, random ports, and swaks.
+//!
+//! Included with `#[path = "peers/interop_util.rs"] mod interop_util;` (the test file must also
+//! declare `mod common;`).
+#![allow(dead_code)]
+
+use std::hash::{BuildHasher, Hasher};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// What a finished peer program left behind.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code; `None` when killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout and stderr together, for searching and for failure messages.
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Run `program args…` under `timeout SECS`, with stdin closed, and panic if it had to be
+/// killed: a peer that hangs is a failure, never a pass.
+pub fn run_timeout(secs: u32, program: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Run {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("--kill-after=5")
+        .arg(secs.to_string())
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run timeout(1)");
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !matches!(run.code, Some(124) | Some(137) | None),
+        "{} {args:?} hung and was killed after {secs} s:\n{}",
+        program.display(),
+        run.all()
+    );
+    run
+}
+
+/// A random number, without a dependency: std's per-process random hash keys.
+pub fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// A port chosen at random in 20000..60000 that was free a moment ago (the caller retries
+/// with another one if its program still fails to bind it).
+pub fn random_free_port() -> u16 {
+    loop {
+        let port = 20000 + (random_u64() % 40000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Whether this process runs as root (smtp-sink then needs `-u`).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// `swaks` under a 30 s timeout; `None` (test skipped) when swaks is not installed.
+pub fn swaks(args: &[&str]) -> Option<Run> {
+    let swaks = crate::common::peer("swaks", "swaks")?;
+    Some(run_timeout(30, &swaks, args, &[]))
+}
+
+/// The reply lines swaks printed as received from the server (`<-` lines, and `<**` for
+/// errors, which swaks writes to stderr).
+pub fn swaks_replies(run: &Run) -> Vec<String> {
+    run.all()
+        .lines()
+        .filter_map(|l| l.strip_prefix("<-  ").or_else(|| l.strip_prefix("<** ")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The server's reply (first line) to the first command swaks sent that starts with `cmd`.
+pub fn swaks_reply_to(run: &Run, cmd: &str) -> Option<String> {
+    let all = run.all();
+    let mut lines = all
+        .lines()
+        .skip_while(|l| !l.strip_prefix(" -> ").is_some_and(|c| c.starts_with(cmd)));
+    lines.next()?;
+    lines
+        .find_map(|l| l.strip_prefix("<-  ").or_else(|| l.strip_prefix("<** ")))
+        .map(str::to_string)
+}

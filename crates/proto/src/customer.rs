@@ -1,0 +1,344 @@
+//! The customer's ODMR front half (RFC 2645 §5.1–5.2): greeting, EHLO, AUTH, ATRN, as the
+//! client. After a `250` to ATRN the connection belongs to the customer's receiving SMTP server.
+//!
+//! Invariants:
+//! - **Turnaround keeps buffered input.** The machine reads exactly one reply to ATRN and stops
+//!   consuming; anything after it in the buffer is the provider's first command (RFC 2645 §5.3).
+//! - **No STARTTLS/AUTH surprises.** We refuse to go on unless EHLO lists both ATRN and AUTH
+//!   (RFC 2645 §5.1.1) and CRAM-MD5 is among the mechanisms.
+//! - **A refused ATRN ends politely with QUIT** (PROTOCOL.md C08).
+//! - A challenge we cannot decode is cancelled with `*` (RFC 4954 §4).
+
+use crate::reply::{parse_reply, Reply};
+use crate::sasl::cram_md5;
+use base64::Engine;
+use bytes::BytesMut;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+#[derive(Debug, Clone)]
+pub struct CustomerConfig {
+    /// Our name in EHLO.
+    pub ehlo_name: String,
+    pub user: String,
+    pub password: Vec<u8>,
+    /// Domains to request; empty sends a bare ATRN (all of the account's domains).
+    pub domains: Vec<String>,
+}
+
+/// How the front half ended, when it did not turn around.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrontEnd {
+    /// 453: no mail waiting.
+    NoMail(Reply),
+    /// 450: the provider refused the request (a domain not ours, or rate limiting).
+    Refused(Reply),
+    /// 451: try later (another session is delivering, or a provider-side error).
+    TryLater(Reply),
+    /// 530 to ATRN: the provider does not consider us authenticated.
+    AuthRequired(Reply),
+    /// AUTH was refused (535 and friends).
+    AuthFailed(Reply),
+    /// Anything else that stops the session: what went wrong, in words.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomerStep {
+    /// Flush the output, then read more input.
+    NeedInput,
+    /// The provider said 250 to ATRN: the output is empty, and the connection now carries SMTP
+    /// with us as the server. Bytes left in the input belong to it.
+    Turnaround,
+    /// The front half ended without a turnaround; a QUIT may be in the output to flush.
+    Ended(FrontEnd),
+}
+
+/// What the machine waits for, so the driver can choose the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Command,
+    /// The reply to ATRN: RFC 2645 §5.2.1 requires the customer to wait at least 10 minutes.
+    Atrn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Greeting,
+    Ehlo,
+    AuthStart,
+    AuthResult,
+    Atrn,
+    Quit,
+    Done,
+}
+
+pub struct Customer {
+    cfg: CustomerConfig,
+    out: Vec<u8>,
+    state: State,
+    ended: Option<FrontEnd>,
+}
+
+impl Customer {
+    pub fn new(cfg: CustomerConfig) -> Self {
+        Customer {
+            cfg,
+            out: Vec::with_capacity(512),
+            state: State::Greeting,
+            ended: None,
+        }
+    }
+
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    pub fn waiting_for(&self) -> Wait {
+        if self.state == State::Atrn {
+            Wait::Atrn
+        } else {
+            Wait::Command
+        }
+    }
+
+    fn cmd(&mut self, s: &str) {
+        self.out.extend_from_slice(s.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// End with `e`, after a polite QUIT whose reply we still read (or not: the end is final).
+    fn end(&mut self, e: FrontEnd) {
+        self.cmd("QUIT");
+        self.ended = Some(e);
+        self.state = State::Quit;
+    }
+
+    /// The connection closed (or timed out). If we were only waiting for the reply to our QUIT,
+    /// the front half had already ended: return how.
+    pub fn closed(&mut self) -> Option<FrontEnd> {
+        if self.state == State::Quit {
+            self.state = State::Done;
+            self.ended.clone()
+        } else {
+            None
+        }
+    }
+
+    pub fn poll(&mut self, input: &mut BytesMut) -> CustomerStep {
+        loop {
+            if self.state == State::Done {
+                return match self.ended.clone() {
+                    Some(e) => CustomerStep::Ended(e),
+                    None => CustomerStep::Turnaround,
+                };
+            }
+            let r = match parse_reply(input) {
+                Ok(Some(r)) => r,
+                Ok(None) => return CustomerStep::NeedInput,
+                Err(e) => {
+                    self.ended
+                        .get_or_insert(FrontEnd::Failed(format!("provider sent an invalid reply: {e}")));
+                    self.state = State::Done;
+                    continue;
+                }
+            };
+            self.on_reply(r);
+        }
+    }
+
+    fn on_reply(&mut self, r: Reply) {
+        match self.state {
+            State::Greeting => {
+                if r.code == 220 {
+                    let e = format!("EHLO {}", self.cfg.ehlo_name);
+                    self.cmd(&e);
+                    self.state = State::Ehlo;
+                } else {
+                    self.end(FrontEnd::Failed(format!("provider refused the connection: {r}")));
+                }
+            }
+            State::Ehlo => {
+                if !r.is_positive() {
+                    return self.end(FrontEnd::Failed(format!("provider refused EHLO: {r}")));
+                }
+                let kw = |k: &str| {
+                    r.lines.iter().skip(1).find_map(|l| {
+                        let mut w = l.split_whitespace();
+                        w.next()
+                            .filter(|x| x.eq_ignore_ascii_case(k))
+                            .map(|_| w.map(str::to_ascii_uppercase).collect::<Vec<_>>())
+                    })
+                };
+                if kw("ATRN").is_none() {
+                    return self.end(FrontEnd::Failed(
+                        "provider does not offer ATRN (its EHLO reply lacks ATRN); is this the ODMR port (366)?".into(),
+                    ));
+                }
+                match kw("AUTH") {
+                    Some(m) if m.iter().any(|x| x == "CRAM-MD5") => {
+                        self.cmd("AUTH CRAM-MD5");
+                        self.state = State::AuthStart;
+                    }
+                    Some(m) => self.end(FrontEnd::Failed(format!(
+                        "provider offers AUTH {} but not CRAM-MD5, the only mechanism this client speaks without TLS",
+                        m.join(" ")
+                    ))),
+                    None => self.end(FrontEnd::Failed("provider does not offer AUTH".into())),
+                }
+            }
+            State::AuthStart => {
+                if r.code != 334 {
+                    return self.end(FrontEnd::AuthFailed(r));
+                }
+                let text = r.lines.first().map(String::as_str).unwrap_or("");
+                match B64.decode(text.trim()) {
+                    Ok(challenge) => {
+                        let resp = cram_md5::client_response(&self.cfg.user, &self.cfg.password, &challenge);
+                        let line = B64.encode(resp);
+                        self.cmd(&line);
+                        self.state = State::AuthResult;
+                    }
+                    Err(_) => {
+                        self.cmd("*");
+                        self.state = State::AuthResult;
+                        self.ended = Some(FrontEnd::Failed(
+                            "provider sent an undecodable CRAM-MD5 challenge".into(),
+                        ));
+                    }
+                }
+            }
+            State::AuthResult => {
+                if let Some(e) = self.ended.take() {
+                    return self.end(e);
+                }
+                if r.code != 235 {
+                    return self.end(FrontEnd::AuthFailed(r));
+                }
+                let atrn = if self.cfg.domains.is_empty() {
+                    "ATRN".to_string()
+                } else {
+                    format!("ATRN {}", self.cfg.domains.join(","))
+                };
+                self.cmd(&atrn);
+                self.state = State::Atrn;
+            }
+            State::Atrn => match r.code {
+                250 => {
+                    self.ended = None;
+                    self.state = State::Done;
+                }
+                453 => self.end(FrontEnd::NoMail(r)),
+                450 => self.end(FrontEnd::Refused(r)),
+                451 => self.end(FrontEnd::TryLater(r)),
+                530 => self.end(FrontEnd::AuthRequired(r)),
+                _ if r.is_transient() => self.end(FrontEnd::TryLater(r)),
+                _ => self.end(FrontEnd::Failed(format!("provider refused ATRN: {r}"))),
+            },
+            State::Quit => self.state = State::Done,
+            State::Done => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer(domains: &[&str]) -> Customer {
+        Customer::new(CustomerConfig {
+            ehlo_name: "cust.example".into(),
+            user: "tim".into(),
+            password: b"tanstaaftanstaaf".to_vec(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+        })
+    }
+
+    fn step(c: &mut Customer, input: &str) -> (String, CustomerStep) {
+        let mut b = BytesMut::from(input);
+        let s = c.poll(&mut b);
+        (String::from_utf8(std::mem::take(c.output())).unwrap(), s)
+    }
+
+    fn through_auth(c: &mut Customer) {
+        assert_eq!(step(c, "220 p ESMTP\r\n").0, "EHLO cust.example\r\n");
+        assert_eq!(
+            step(c, "250-p\r\n250-AUTH CRAM-MD5\r\n250 ATRN\r\n").0,
+            "AUTH CRAM-MD5\r\n"
+        );
+        // RFC 2195's vector.
+        let (out, _) = step(
+            c,
+            "334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+\r\n",
+        );
+        assert_eq!(out, "dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw\r\n");
+    }
+
+    #[test]
+    fn turnaround_keeps_what_follows_the_250() {
+        let mut c = customer(&["example.org", "example.com"]);
+        through_auth(&mut c);
+        assert_eq!(step(&mut c, "235 ok\r\n").0, "ATRN example.org,example.com\r\n");
+        assert_eq!(c.waiting_for(), Wait::Atrn);
+        let mut b = BytesMut::from("250 OK now reversing the connection\r\nEHLO p\r\n");
+        assert_eq!(c.poll(&mut b), CustomerStep::Turnaround);
+        assert_eq!(&b[..], b"EHLO p\r\n");
+        assert!(c.output().is_empty());
+    }
+
+    #[test]
+    fn bare_atrn_and_each_refusal() {
+        for (code, want) in [
+            ("453 You have no mail", "NoMail"),
+            ("450 refused", "Refused"),
+            ("451 later", "TryLater"),
+            ("530 auth", "AuthRequired"),
+            ("502 nope", "Failed"),
+        ] {
+            let mut c = customer(&[]);
+            through_auth(&mut c);
+            assert_eq!(step(&mut c, "235 ok\r\n").0, "ATRN\r\n");
+            let (out, s) = step(&mut c, &format!("{code}\r\n"));
+            assert_eq!(out, "QUIT\r\n");
+            assert_eq!(s, CustomerStep::NeedInput);
+            let (_, s) = step(&mut c, "221 bye\r\n");
+            let CustomerStep::Ended(e) = s else {
+                panic!("{s:?}")
+            };
+            assert!(format!("{e:?}").starts_with(want), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn auth_failure_and_missing_capabilities() {
+        let mut c = customer(&[]);
+        through_auth(&mut c);
+        step(&mut c, "535 no\r\n");
+        let (_, s) = step(&mut c, "221 bye\r\n");
+        assert!(matches!(s, CustomerStep::Ended(FrontEnd::AuthFailed(r)) if r.code == 535));
+
+        let mut c = customer(&[]);
+        step(&mut c, "220 p\r\n");
+        let (out, _) = step(&mut c, "250-p\r\n250 AUTH CRAM-MD5\r\n");
+        assert_eq!(out, "QUIT\r\n");
+        // The provider closes without answering QUIT: the reason is still known.
+        assert!(matches!(c.closed(), Some(FrontEnd::Failed(m)) if m.contains("ATRN")));
+
+        let mut c = customer(&[]);
+        step(&mut c, "220 p\r\n");
+        step(&mut c, "250-p\r\n250-AUTH PLAIN\r\n250 ATRN\r\n");
+        let (_, s) = step(&mut c, "221 bye\r\n");
+        assert!(matches!(s, CustomerStep::Ended(FrontEnd::Failed(m)) if m.contains("CRAM-MD5")));
+    }
+
+    #[test]
+    fn undecodable_challenge_is_cancelled() {
+        let mut c = customer(&[]);
+        step(&mut c, "220 p\r\n");
+        step(&mut c, "250-p\r\n250-AUTH CRAM-MD5\r\n250 ATRN\r\n");
+        assert_eq!(step(&mut c, "334 !!!\r\n").0, "*\r\n");
+        assert_eq!(step(&mut c, "501 cancelled\r\n").0, "QUIT\r\n");
+        let (_, s) = step(&mut c, "221 bye\r\n");
+        assert!(matches!(s, CustomerStep::Ended(FrontEnd::Failed(m)) if m.contains("undecodable")));
+    }
+}

@@ -67,6 +67,10 @@ pub enum RcptOutcome {
     Delivered(Reply),
     Deferred(Reply),
     Failed(Reply),
+    /// Refused at RCPT for "too many recipients" (452, or 552 5.5.3) while others in the same
+    /// transaction were accepted: send it again, in a new transaction, in this session
+    /// (RFC 5321 §4.5.3.1.10). LMTP-fronted customers accept one recipient per transaction.
+    Again(Reply),
 }
 
 impl RcptOutcome {
@@ -81,7 +85,10 @@ impl RcptOutcome {
     }
     pub fn reply(&self) -> &Reply {
         match self {
-            RcptOutcome::Delivered(r) | RcptOutcome::Deferred(r) | RcptOutcome::Failed(r) => r,
+            RcptOutcome::Delivered(r)
+            | RcptOutcome::Deferred(r)
+            | RcptOutcome::Failed(r)
+            | RcptOutcome::Again(r) => r,
         }
     }
 }
@@ -462,12 +469,22 @@ impl Deliverer {
     fn finish(&mut self) {
         let tx = std::mem::take(&mut self.tx);
         let lost = || Reply::new(451, "4.4.2", "no reply from customer");
+        let progress = tx.mail.as_ref().is_some_and(Reply::is_positive)
+            && tx
+                .rcpts
+                .iter()
+                .any(|r| r.as_ref().is_some_and(Reply::is_positive));
+        let too_many = |r: &Reply| r.code == 452 || (r.code == 552 && r.status.as_deref() == Some("5.5.3"));
         let outcomes = tx
             .rcpts
             .iter()
             .map(|rr| {
                 let decided = match (&tx.mail, rr, &tx.data, &tx.fin) {
                     (Some(m), _, _, _) if !m.is_positive() => Some(RcptOutcome::from_reply(m)),
+                    (_, Some(r), _, _) if too_many(r) && progress && tx.closing.is_none() => {
+                        Some(RcptOutcome::Again(r.clone()))
+                    }
+                    (_, Some(r), _, _) if too_many(r) => Some(RcptOutcome::Deferred(r.clone())),
                     (_, Some(r), _, _) if !r.is_positive() => Some(RcptOutcome::from_reply(r)),
                     (_, _, Some(d), _) if d.code != 354 => Some(RcptOutcome::from_reply(d)),
                     (_, _, _, Some(f)) => Some(RcptOutcome::from_reply(f)),
@@ -612,6 +629,38 @@ mod tests {
             panic!()
         };
         assert!(o.iter().all(|r| matches!(r, RcptOutcome::Deferred(_))));
+    }
+
+    #[test]
+    fn too_many_recipients_are_sent_again_only_when_others_went_through() {
+        let mut d = ready(EHLO_FULL);
+        d.send(msg(&["x@example.org", "y@example.org"]));
+        feed(&mut d, "");
+        feed(
+            &mut d,
+            "250 ok\r\n250 ok\r\n452 4.5.3 one at a time\r\n354 go\r\n",
+        );
+        d.body(b"hi\r\n");
+        d.body_end();
+        feed(&mut d, "");
+        let DeliverStep::Finished(o) = feed(&mut d, "250 ok\r\n").1 else {
+            panic!()
+        };
+        assert!(matches!(&o[0], RcptOutcome::Delivered(_)));
+        assert!(matches!(&o[1], RcptOutcome::Again(r) if r.code == 452));
+
+        // No recipient accepted at all: no progress, so it is an ordinary deferral.
+        assert_eq!(feed(&mut d, "").1, DeliverStep::Ready);
+        d.send(msg(&["y@example.org"]));
+        feed(&mut d, "");
+        assert_eq!(
+            feed(&mut d, "250 ok\r\n452 4.5.3 full\r\n503 no\r\n").0,
+            "RSET\r\n"
+        );
+        let DeliverStep::Finished(o) = feed(&mut d, "250 ok\r\n").1 else {
+            panic!()
+        };
+        assert!(matches!(&o[0], RcptOutcome::Deferred(r) if r.code == 452));
     }
 
     #[test]

@@ -4,9 +4,9 @@
 
 use base64::Engine;
 use bytes::BytesMut;
-use odmr_proto::mx::{MxConfig, MxSession, MxStep, PeerInfo, RcptVerdict};
 use odmr_proto::odmr::{AtrnDecision, OdmrConfig, OdmrSession, OdmrStep};
 use odmr_proto::sasl::cram_md5::{self, CramSecret};
+use odmr_proto::smtp_server::{PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer};
 use odmr_proto::transcript::{matches, Step, Transcript};
 use std::path::PathBuf;
 
@@ -19,7 +19,7 @@ trait Machine {
 }
 
 struct Mx {
-    s: MxSession,
+    s: SmtpServer,
     messages: Vec<Vec<u8>>,
     body: Vec<u8>,
 }
@@ -29,25 +29,26 @@ impl Machine for Mx {
         let owners = t.domain_owners();
         loop {
             match self.s.poll(input) {
-                MxStep::NeedInput => return true,
-                MxStep::Close => return false,
-                MxStep::CheckRecipient { domain, .. } => {
+                ServerStep::NeedInput => return true,
+                ServerStep::Close => return false,
+                ServerStep::CheckSender { .. } => self.s.sender_verdict(Ok(())),
+                ServerStep::CheckRecipient { domain, .. } => {
                     self.s.recipient_verdict(if owners.contains_key(&domain) {
                         RcptVerdict::Accept
                     } else {
                         RcptVerdict::NotHosted
                     })
                 }
-                MxStep::StartData(_) => {
+                ServerStep::StartData(_) => {
                     self.body.clear();
                     self.s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000")
                 }
-                MxStep::Body(b) => self.body.extend_from_slice(&b),
-                MxStep::EndData { .. } => {
+                ServerStep::Body(b) => self.body.extend_from_slice(&b),
+                ServerStep::EndData { .. } => {
                     self.messages.push(std::mem::take(&mut self.body));
                     self.s.committed(Ok(self.messages.len().to_string()))
                 }
-                MxStep::AbortData => self.body.clear(),
+                ServerStep::AbortData => self.body.clear(),
             }
         }
     }
@@ -170,7 +171,7 @@ fn mx_transcripts() {
             session: "test".into(),
         };
         let mut m = Mx {
-            s: MxSession::new(MxConfig::new("mx.example.net"), peer),
+            s: SmtpServer::new(ServerConfig::new("mx.example.net"), peer),
             messages: Vec::new(),
             body: Vec::new(),
         };

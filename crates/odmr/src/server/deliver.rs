@@ -131,8 +131,15 @@ async fn run(
             DeliverStep::Finished(outcomes) => {
                 let Some(p) = current.take() else { continue };
                 let mut rec = Vec::with_capacity(outcomes.len());
+                let mut again = Vec::new();
                 for (r, o) in p.recipients.iter().zip(outcomes.iter()) {
                     let state = match o {
+                        RcptOutcome::Again(_) => {
+                            // The customer takes fewer recipients per transaction: send these
+                            // in the next transaction of this session.
+                            again.push(r.clone());
+                            continue;
+                        }
                         RcptOutcome::Delivered(_) => {
                             delivered += 1;
                             RecipientState::Delivered
@@ -156,6 +163,12 @@ async fn run(
                 if let Err(e) = store.record(lease, &rec).await {
                     tracing::error!(msg = p.id, error = %e, "cannot record outcomes; stopping delivery");
                     lost.store(true, Ordering::SeqCst);
+                }
+                if !again.is_empty() {
+                    batch.push_front(Pending {
+                        recipients: again,
+                        ..p
+                    });
                 }
             }
             DeliverStep::Done => {

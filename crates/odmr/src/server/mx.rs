@@ -3,8 +3,8 @@
 
 use super::{session_id, Shared};
 use crate::net::conn::Conn;
-use odmr_proto::mx::{MxConfig, MxSession, MxStep, PeerInfo, RcptVerdict};
 use odmr_proto::reply::Reply;
+use odmr_proto::smtp_server::{PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer};
 use odmr_store::{CommitInfo, Envelope, EnvelopeRecipient, MessageWriter};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,11 +20,11 @@ pub async fn session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
     let c = &shared.cfg;
     let timeout = c.smtp.command_timeout;
-    let mut mcfg = MxConfig::new(c.hostname.clone());
+    let mut mcfg = ServerConfig::new(c.hostname.clone());
     mcfg.max_message_size = c.smtp.max_message_size;
     mcfg.max_recipients = c.smtp.max_recipients;
     mcfg.max_received = c.smtp.max_received_headers;
-    let mut s = MxSession::new(
+    let mut s = SmtpServer::new(
         mcfg,
         PeerInfo {
             ip: conn.peer.ip().to_string(),
@@ -38,7 +38,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
     tracing::debug!("connected");
     loop {
         match s.poll(&mut conn.buf) {
-            MxStep::NeedInput => {
+            ServerStep::NeedInput => {
                 if let Err(e) = conn.send(s.output(), timeout).await {
                     tracing::info!(error = %e, "write failed");
                     break;
@@ -72,7 +72,9 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                     }
                 }
             }
-            MxStep::CheckRecipient { address, domain } => {
+            // The MX takes any sender: relay control is per recipient.
+            ServerStep::CheckSender { .. } => s.sender_verdict(Ok(())),
+            ServerStep::CheckRecipient { address, domain } => {
                 let verdict = match shared.store.domain_owner(&domain).await {
                     Ok(Some(_)) => RcptVerdict::Accept,
                     Ok(None) => {
@@ -90,7 +92,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 };
                 s.recipient_verdict(verdict);
             }
-            MxStep::StartData(env) => {
+            ServerStep::StartData(env) => {
                 envelope_log = (env.mail_from.clone(), env.recipients.len());
                 let envelope = Envelope {
                     mail_from: env.mail_from,
@@ -122,7 +124,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                     }
                 }
             }
-            MxStep::Body(chunk) => {
+            ServerStep::Body(chunk) => {
                 if let Some(w) = writer.as_mut() {
                     if !store_failed {
                         if let Err(e) = w.write(&chunk).await {
@@ -132,7 +134,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                     }
                 }
             }
-            MxStep::EndData { size, eight_bit } => {
+            ServerStep::EndData { size, eight_bit } => {
                 let result: Result<i64, String> = match writer.take() {
                     Some(w) if !store_failed => w
                         .commit(CommitInfo { eight_bit })
@@ -159,13 +161,13 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                     }
                 }
             }
-            MxStep::AbortData => {
+            ServerStep::AbortData => {
                 if let Some(w) = writer.take() {
                     let _ = w.abort().await;
                 }
                 tracing::info!(from = %envelope_log.0, "message refused");
             }
-            MxStep::Close => {
+            ServerStep::Close => {
                 let _ = conn.send(s.output(), timeout).await;
                 break;
             }

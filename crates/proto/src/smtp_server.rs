@@ -1,10 +1,12 @@
-//! The inbound MX dialogue: an ESMTP server that accepts mail for hosted domains only.
+//! An ESMTP server dialogue. It serves two places: the provider's inbound MX (which accepts
+//! mail for hosted domains only), and the customer's side of the reversed ODMR session (which
+//! relays each command to the local mail system and answers with its verdict).
 //!
 //! Invariants:
 //! - **250 after DATA only once the message is durable.** The machine never writes that reply
-//!   itself: it emits [`MxStep::EndData`] and waits for [`MxSession::committed`], which the
+//!   itself: it emits [`ServerStep::EndData`] and waits for [`SmtpServer::committed`], which the
 //!   driver calls after the store commit.
-//! - **Never an open relay.** Every RCPT goes to the driver as [`MxStep::CheckRecipient`]; only
+//! - **Never an open relay.** Every RCPT goes to the driver as [`ServerStep::CheckRecipient`]; only
 //!   a verdict of [`RcptVerdict::Accept`] adds the recipient.
 //! - **Bounded memory.** Command lines are capped (and overlong ones discarded while they
 //!   arrive); the body leaves the machine in chunks of at most [`BODY_CHUNK`] octets; a message
@@ -28,7 +30,7 @@ pub const MAX_COMMAND_LINE: usize = 2048;
 pub const BODY_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
-pub struct MxConfig {
+pub struct ServerConfig {
     pub hostname: String,
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -36,16 +38,25 @@ pub struct MxConfig {
     pub max_received: usize,
     /// After this many refused commands the session is closed with 421.
     pub max_errors: usize,
+    /// Offer 8BITMIME (and accept `BODY=8BITMIME`).
+    pub eight_bit_mime: bool,
+    /// Offer SMTPUTF8 (and accept the `SMTPUTF8` parameter). Implies 8BITMIME (RFC 6531 §3.1).
+    pub smtputf8: bool,
+    /// Ask the driver about each MAIL ([`ServerStep::CheckSender`]) instead of accepting it.
+    pub check_sender: bool,
 }
 
-impl MxConfig {
+impl ServerConfig {
     pub fn new(hostname: impl Into<String>) -> Self {
-        MxConfig {
+        ServerConfig {
             hostname: hostname.into(),
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
             max_received: 100,
             max_errors: 20,
+            eight_bit_mime: true,
+            smtputf8: true,
+            check_sender: false,
         }
     }
 }
@@ -60,17 +71,19 @@ pub struct PeerInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MxStep {
+pub enum ServerStep {
     /// Flush the output, then read more input (and call `poll` again).
     NeedInput,
-    /// Decide whether `address` is hosted here; answer with [`MxSession::recipient_verdict`].
+    /// Only with `check_sender`: decide on MAIL; answer with [`SmtpServer::sender_verdict`].
+    CheckSender { from: String, params: String },
+    /// Decide whether `address` is hosted here; answer with [`SmtpServer::recipient_verdict`].
     CheckRecipient { address: String, domain: String },
     /// The client sent DATA for this envelope: open a store writer, then call
-    /// [`MxSession::data_ready`] (or [`MxSession::data_refused`]).
+    /// [`SmtpServer::data_ready`] (or [`SmtpServer::data_refused`]).
     StartData(MailEnvelope),
     /// Append these octets to the open message.
     Body(Vec<u8>),
-    /// The body is complete and valid: commit it durably, then call [`MxSession::committed`].
+    /// The body is complete and valid: commit it durably, then call [`SmtpServer::committed`].
     EndData { size: u64, eight_bit: bool },
     /// The body was refused (the reply is already queued): discard the open message.
     AbortData,
@@ -90,6 +103,7 @@ pub enum RcptVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Command,
+    AwaitSender { from: String, params: String },
     AwaitRcpt { address: String, params: String },
     AwaitDataStart,
     Data,
@@ -97,13 +111,13 @@ enum State {
     Closed,
 }
 
-pub struct MxSession {
-    cfg: MxConfig,
+pub struct SmtpServer {
+    cfg: ServerConfig,
     peer: PeerInfo,
     out: Vec<u8>,
     lines: LineReader,
     state: State,
-    pending: Option<MxStep>,
+    pending: Option<ServerStep>,
     helo: Option<(String, bool)>,
     mail: Option<(String, String)>,
     rcpts: Vec<RcptEntry>,
@@ -113,10 +127,10 @@ pub struct MxSession {
     messages: u64,
 }
 
-impl MxSession {
+impl SmtpServer {
     /// A new session; the 220 greeting is already in the output.
-    pub fn new(cfg: MxConfig, peer: PeerInfo) -> Self {
-        let mut s = MxSession {
+    pub fn new(cfg: ServerConfig, peer: PeerInfo) -> Self {
+        let mut s = SmtpServer {
             lines: LineReader::new(MAX_COMMAND_LINE),
             out: Vec::with_capacity(1024),
             state: State::Command,
@@ -177,17 +191,20 @@ impl MxSession {
     }
 
     /// Advance the dialogue with the bytes in `input` (consumed as they are used).
-    pub fn poll(&mut self, input: &mut BytesMut) -> MxStep {
+    pub fn poll(&mut self, input: &mut BytesMut) -> ServerStep {
         if let Some(p) = &self.pending {
             return p.clone();
         }
         loop {
             match self.state {
-                State::Closed => return MxStep::Close,
-                State::AwaitRcpt { .. } | State::AwaitDataStart | State::AwaitCommit => {
+                State::Closed => return ServerStep::Close,
+                State::AwaitSender { .. }
+                | State::AwaitRcpt { .. }
+                | State::AwaitDataStart
+                | State::AwaitCommit => {
                     // A decision is outstanding; `pending` holds it. Unreachable in a correct
                     // driver, harmless otherwise.
-                    return MxStep::NeedInput;
+                    return ServerStep::NeedInput;
                 }
                 State::Data => return self.poll_data(input),
                 State::Command => {}
@@ -199,10 +216,10 @@ impl MxSession {
                     format!("{} too many errors, closing", self.cfg.hostname),
                 ));
                 self.state = State::Closed;
-                return MxStep::Close;
+                return ServerStep::Close;
             }
             let line = match self.lines.next_line(input) {
-                None => return MxStep::NeedInput,
+                None => return ServerStep::NeedInput,
                 Some(Line::TooLong) => {
                     self.reply(Reply::new(500, "5.5.6", "Line too long"));
                     continue;
@@ -218,7 +235,7 @@ impl MxSession {
                 Some(Line::Ok(l)) => l,
             };
             if let Some(step) = self.command(&line) {
-                if matches!(step, MxStep::Close) {
+                if matches!(step, ServerStep::Close) {
                     self.state = State::Closed;
                 } else {
                     self.pending = Some(step.clone());
@@ -228,7 +245,7 @@ impl MxSession {
         }
     }
 
-    fn command(&mut self, line: &[u8]) -> Option<MxStep> {
+    fn command(&mut self, line: &[u8]) -> Option<ServerStep> {
         if line.iter().any(|&b| b == 0 || b == b'\r') {
             self.reply(Reply::new(500, "5.5.2", "NUL or bare CR in command"));
             return None;
@@ -247,21 +264,25 @@ impl MxSession {
                 let greet = format!("{} greets {}", self.cfg.hostname, name);
                 self.helo = Some((name, esmtp));
                 if esmtp {
-                    let lines = vec![
+                    let mut lines = vec![
                         greet,
                         "PIPELINING".into(),
                         format!("SIZE {}", self.cfg.max_message_size),
-                        "8BITMIME".into(),
-                        "ENHANCEDSTATUSCODES".into(),
-                        "SMTPUTF8".into(),
-                        "HELP".into(),
                     ];
+                    if self.cfg.eight_bit_mime || self.cfg.smtputf8 {
+                        lines.push("8BITMIME".into());
+                    }
+                    lines.push("ENHANCEDSTATUSCODES".into());
+                    if self.cfg.smtputf8 {
+                        lines.push("SMTPUTF8".into());
+                    }
+                    lines.push("HELP".into());
                     Reply::multi(250, lines).write(&mut self.out, false);
                 } else {
                     Reply::multi(250, vec![self.cfg.hostname.clone()]).write(&mut self.out, false);
                 }
             }
-            "MAIL" => self.mail(line),
+            "MAIL" => return self.mail(line),
             "RCPT" => return self.rcpt(line),
             "DATA" => {
                 if has_args {
@@ -273,7 +294,7 @@ impl MxSession {
                 } else {
                     let (from, params) = self.mail.clone().unwrap_or_default();
                     self.state = State::AwaitDataStart;
-                    return Some(MxStep::StartData(MailEnvelope {
+                    return Some(ServerStep::StartData(MailEnvelope {
                         mail_from: from,
                         mail_params: params,
                         recipients: self.rcpts.clone(),
@@ -291,7 +312,7 @@ impl MxSession {
                     "2.0.0",
                     format!("{} closing connection", self.cfg.hostname),
                 ));
-                return Some(MxStep::Close);
+                return Some(ServerStep::Close);
             }
             "HELP" => self.reply(Reply::new(
                 214,
@@ -313,41 +334,83 @@ impl MxSession {
         None
     }
 
-    fn mail(&mut self, line: &[u8]) {
+    fn mail(&mut self, line: &[u8]) -> Option<ServerStep> {
         if self.helo.is_none() {
-            return self.reply(Reply::new(503, "5.5.1", "Send EHLO or HELO first"));
+            self.reply(Reply::new(503, "5.5.1", "Send EHLO or HELO first"));
+            return None;
         }
         if self.mail.is_some() {
-            return self.reply(Reply::new(503, "5.5.1", "Nested MAIL command"));
+            self.reply(Reply::new(503, "5.5.1", "Nested MAIL command"));
+            return None;
         }
         let mut l = line.to_vec();
         l.extend_from_slice(b"\r\n");
-        match smtp_proto::Request::parse(&mut l.iter()) {
-            Ok(smtp_proto::Request::Mail { from }) => {
-                if from.size as u64 > self.cfg.max_message_size {
-                    return self.reply(Reply::new(
-                        552,
-                        "5.3.4",
-                        format!(
-                            "Message size exceeds the limit of {} octets",
-                            self.cfg.max_message_size
-                        ),
-                    ));
-                }
-                let params = match mail_params_text(&from) {
-                    Ok(p) => p,
-                    Err(e) => return self.reply(Reply::new(555, "5.5.4", format!("MAIL {e}"))),
-                };
-                let addr = from.address.to_string();
-                self.mail = Some((addr, params));
+        let from = match smtp_proto::Request::parse(&mut l.iter()) {
+            Ok(smtp_proto::Request::Mail { from }) => from,
+            Err(e) => {
+                self.reply(param_error(e, "MAIL FROM:<address> [parameters]"));
+                return None;
+            }
+            Ok(_) => {
+                self.reply(Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>"));
+                return None;
+            }
+        };
+        if from.size as u64 > self.cfg.max_message_size {
+            self.reply(Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "Message size exceeds the limit of {} octets",
+                    self.cfg.max_message_size
+                ),
+            ));
+            return None;
+        }
+        let params = match mail_params_text(&from) {
+            Ok(p) => p,
+            Err(e) => {
+                self.reply(Reply::new(555, "5.5.4", format!("MAIL {e}")));
+                return None;
+            }
+        };
+        let not_offered = |k: &str| crate::envelope::param(&params, k).is_some();
+        if (!self.cfg.smtputf8 && not_offered("SMTPUTF8"))
+            || (!(self.cfg.eight_bit_mime || self.cfg.smtputf8)
+                && crate::envelope::param(&params, "BODY") == Some("8BITMIME"))
+        {
+            self.reply(Reply::new(555, "5.5.4", "MAIL parameter not offered here"));
+            return None;
+        }
+        let from = from.address.to_string();
+        if self.cfg.check_sender {
+            self.state = State::AwaitSender {
+                from: from.clone(),
+                params: params.clone(),
+            };
+            return Some(ServerStep::CheckSender { from, params });
+        }
+        self.mail = Some((from, params));
+        self.reply(Reply::new(250, "2.1.0", "Sender OK"));
+        None
+    }
+
+    /// The driver's answer to [`ServerStep::CheckSender`]: `Ok` accepts, or the reply to give.
+    pub fn sender_verdict(&mut self, verdict: Result<(), Reply>) {
+        let State::AwaitSender { from, params } = std::mem::replace(&mut self.state, State::Command) else {
+            return;
+        };
+        self.pending = None;
+        match verdict {
+            Ok(()) => {
+                self.mail = Some((from, params));
                 self.reply(Reply::new(250, "2.1.0", "Sender OK"));
             }
-            Err(e) => self.reply(param_error(e, "MAIL FROM:<address> [parameters]")),
-            Ok(_) => self.reply(Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>")),
+            Err(r) => self.reply(r),
         }
     }
 
-    fn rcpt(&mut self, line: &[u8]) -> Option<MxStep> {
+    fn rcpt(&mut self, line: &[u8]) -> Option<ServerStep> {
         if self.mail.is_none() {
             self.reply(Reply::new(503, "5.5.1", "Need MAIL command first"));
             return None;
@@ -392,10 +455,10 @@ impl MxSession {
             address: address.clone(),
             params,
         };
-        Some(MxStep::CheckRecipient { address, domain })
+        Some(ServerStep::CheckRecipient { address, domain })
     }
 
-    /// The driver's answer to [`MxStep::CheckRecipient`].
+    /// The driver's answer to [`ServerStep::CheckRecipient`].
     pub fn recipient_verdict(&mut self, verdict: RcptVerdict) {
         let State::AwaitRcpt { address, params } = std::mem::replace(&mut self.state, State::Command) else {
             return;
@@ -461,34 +524,34 @@ impl MxSession {
         )
     }
 
-    fn poll_data(&mut self, input: &mut BytesMut) -> MxStep {
+    fn poll_data(&mut self, input: &mut BytesMut) -> ServerStep {
         let Some(rx) = self.data.as_mut() else {
             self.state = State::Command;
-            return MxStep::NeedInput;
+            return ServerStep::NeedInput;
         };
         if self.body.len() >= BODY_CHUNK {
-            return MxStep::Body(std::mem::take(&mut self.body));
+            return ServerStep::Body(std::mem::take(&mut self.body));
         }
         match rx.feed(input, &mut self.body) {
             DataStatus::NeedMore => {
                 if self.body.is_empty() {
-                    MxStep::NeedInput
+                    ServerStep::NeedInput
                 } else {
-                    MxStep::Body(std::mem::take(&mut self.body))
+                    ServerStep::Body(std::mem::take(&mut self.body))
                 }
             }
             DataStatus::Done => {
                 if !self.body.is_empty() {
                     // Hand over the tail first; the next poll finds the receiver done again
                     // with nothing more to add.
-                    return MxStep::Body(std::mem::take(&mut self.body));
+                    return ServerStep::Body(std::mem::take(&mut self.body));
                 }
                 let (size, eight_bit, verdict) = (rx.size(), rx.eight_bit(), rx.verdict());
                 self.data = None;
                 match verdict {
                     Ok(()) => {
                         self.state = State::AwaitCommit;
-                        let step = MxStep::EndData { size, eight_bit };
+                        let step = ServerStep::EndData { size, eight_bit };
                         self.pending = Some(step.clone());
                         step
                     }
@@ -519,14 +582,14 @@ impl MxSession {
                         self.reply(r);
                         self.reset_tx();
                         self.state = State::Command;
-                        MxStep::AbortData
+                        ServerStep::AbortData
                     }
                 }
             }
         }
     }
 
-    /// The driver's answer to [`MxStep::EndData`]: `Ok(queue id)` once the message is durable,
+    /// The driver's answer to [`ServerStep::EndData`]: `Ok(queue id)` once the message is durable,
     /// or the reply to give (typically 451) when the commit failed.
     pub fn committed(&mut self, result: Result<String, Reply>) {
         if self.state != State::AwaitCommit {
@@ -562,10 +625,10 @@ fn param_error(e: smtp_proto::Error, syntax: &str) -> Reply {
 mod tests {
     use super::*;
 
-    fn session(max: u64) -> MxSession {
-        let mut cfg = MxConfig::new("mx.example.net");
+    fn session(max: u64) -> SmtpServer {
+        let mut cfg = ServerConfig::new("mx.example.net");
         cfg.max_message_size = max;
-        MxSession::new(
+        SmtpServer::new(
             cfg,
             PeerInfo {
                 ip: "192.0.2.1".into(),
@@ -575,11 +638,11 @@ mod tests {
     }
 
     /// Run to the DATA phase with one accepted recipient.
-    fn to_data(s: &mut MxSession, input: &mut BytesMut) {
+    fn to_data(s: &mut SmtpServer, input: &mut BytesMut) {
         input.extend_from_slice(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@example.org>\r\nDATA\r\n");
-        assert!(matches!(s.poll(input), MxStep::CheckRecipient { .. }));
+        assert!(matches!(s.poll(input), ServerStep::CheckRecipient { .. }));
         s.recipient_verdict(RcptVerdict::Accept);
-        assert!(matches!(s.poll(input), MxStep::StartData(_)));
+        assert!(matches!(s.poll(input), ServerStep::StartData(_)));
         s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000");
         s.output().clear();
     }
@@ -597,11 +660,11 @@ mod tests {
             input.extend_from_slice(b"\r\n");
             loop {
                 match s.poll(&mut input) {
-                    MxStep::Body(b) => {
+                    ServerStep::Body(b) => {
                         biggest = biggest.max(b.len());
                         total += b.len();
                     }
-                    MxStep::NeedInput => break,
+                    ServerStep::NeedInput => break,
                     other => panic!("{other:?}"),
                 }
             }
@@ -609,8 +672,8 @@ mod tests {
         input.extend_from_slice(b".\r\n");
         loop {
             match s.poll(&mut input) {
-                MxStep::Body(b) => total += b.len(),
-                MxStep::EndData { size, .. } => {
+                ServerStep::Body(b) => total += b.len(),
+                ServerStep::EndData { size, .. } => {
                     assert_eq!(size, 10_000 * 1000);
                     break;
                 }
@@ -633,8 +696,8 @@ mod tests {
         let mut streamed = 0;
         loop {
             match s.poll(&mut input) {
-                MxStep::Body(b) => streamed += b.len(),
-                MxStep::AbortData => break,
+                ServerStep::Body(b) => streamed += b.len(),
+                ServerStep::AbortData => break,
                 other => panic!("{other:?}"),
             }
         }
@@ -642,7 +705,7 @@ mod tests {
             streamed <= 65536 + 1024,
             "kept streaming past the limit: {streamed}"
         );
-        assert_eq!(s.poll(&mut input), MxStep::NeedInput);
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
         let out = String::from_utf8(std::mem::take(s.output())).unwrap();
         assert!(out.starts_with("552 5.3.4 "), "{out}");
         assert!(out.ends_with("250 2.0.0 OK\r\n"), "{out}");
@@ -654,13 +717,13 @@ mod tests {
         let mut input = BytesMut::from("");
         to_data(&mut s, &mut input);
         input.extend_from_slice(b"hi\r\n.\r\n");
-        while !matches!(s.poll(&mut input), MxStep::EndData { .. }) {}
+        while !matches!(s.poll(&mut input), ServerStep::EndData { .. }) {}
         s.committed(Err(Reply::new(451, "4.3.0", "try later")));
         assert_eq!(s.output().as_slice(), b"451 4.3.0 try later\r\n");
         // The transaction is over: RCPT needs a new MAIL.
         input.extend_from_slice(b"RCPT TO:<x@example.org>\r\n");
         s.output().clear();
-        assert_eq!(s.poll(&mut input), MxStep::NeedInput);
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
         assert!(s.output().starts_with(b"503"));
     }
 
@@ -668,16 +731,16 @@ mod tests {
     fn too_many_errors_closes_with_421() {
         let mut s = session(1 << 20);
         let mut input = BytesMut::from(&b"BOGUS\r\n".repeat(30)[..]);
-        assert_eq!(s.poll(&mut input), MxStep::Close);
+        assert_eq!(s.poll(&mut input), ServerStep::Close);
         let out = String::from_utf8(std::mem::take(s.output())).unwrap();
         assert!(out.trim_end().ends_with("too many errors, closing"), "{out}");
     }
 
     #[test]
     fn too_many_recipients_gets_452() {
-        let mut cfg = MxConfig::new("mx");
+        let mut cfg = ServerConfig::new("mx");
         cfg.max_recipients = 100;
-        let mut s = MxSession::new(
+        let mut s = SmtpServer::new(
             cfg,
             PeerInfo {
                 ip: "192.0.2.1".into(),
@@ -691,11 +754,11 @@ mod tests {
         let mut accepted = 0;
         loop {
             match s.poll(&mut input) {
-                MxStep::CheckRecipient { .. } => {
+                ServerStep::CheckRecipient { .. } => {
                     accepted += 1;
                     s.recipient_verdict(RcptVerdict::Accept)
                 }
-                MxStep::NeedInput => break,
+                ServerStep::NeedInput => break,
                 other => panic!("{other:?}"),
             }
         }

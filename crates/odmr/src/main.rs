@@ -2,6 +2,7 @@
 //! `domain`, `queue`). Errors end here as anyhow reports; library code uses typed errors.
 
 mod cli;
+mod client;
 mod config;
 mod net;
 mod server;
@@ -34,6 +35,19 @@ struct Cli {
 enum Command {
     /// Run the provider: the inbound MX listener(s) and the ODMR listener(s), in the foreground.
     Server,
+    /// Run the customer: poll the providers of the config file and deliver their mail locally.
+    #[command(
+        after_help = "Exit status with --once (the most serious over all providers):\n  \
+        0  mail was delivered\n  \
+        1  no mail was waiting\n  \
+        2  error: network, protocol, refusal (450/451/530) or local delivery\n  \
+        3  authentication failed"
+    )]
+    Client {
+        /// Poll each provider once and exit with a status scripts can use (see below).
+        #[arg(long)]
+        once: bool,
+    },
     /// Manage customer accounts (works while the server runs).
     #[command(subcommand)]
     Account(cli::account::AccountCmd),
@@ -61,21 +75,33 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let is_client = matches!(cli.command, Command::Client { .. });
     match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("odmr: {e:#}");
-            ExitCode::from(1)
+            // 2 is `odmr client`'s documented "error" status.
+            ExitCode::from(if is_client { 2 } else { 1 })
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Client { once } = cli.command {
+        let cfg = client::config::ClientConfig::load(&cli.config)?;
+        if once {
+            return Ok(client::once(&cfg).await);
+        }
+        client::daemon(cfg).await?;
+        return Ok(0);
+    }
     let cfg = config::Config::load(&cli.config)?;
     match cli.command {
-        Command::Server => server::run(cfg).await,
-        Command::Account(c) => cli::account::account(&cfg, c).await,
-        Command::Domain(c) => cli::account::domain(&cfg, c).await,
-        Command::Queue(c) => cli::queue::queue(&cfg, c).await,
+        Command::Server => server::run(cfg).await?,
+        Command::Account(c) => cli::account::account(&cfg, c).await?,
+        Command::Domain(c) => cli::account::domain(&cfg, c).await?,
+        Command::Queue(c) => cli::queue::queue(&cfg, c).await?,
+        Command::Client { .. } => {}
     }
+    Ok(0)
 }

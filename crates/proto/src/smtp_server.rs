@@ -87,6 +87,9 @@ pub enum ServerStep {
     EndData { size: u64, eight_bit: bool },
     /// The body was refused (the reply is already queued): discard the open message.
     AbortData,
+    /// The client abandoned an open transaction (RSET, or EHLO/HELO again): reset whatever the
+    /// driver opened for it. No answer is needed.
+    Reset,
     /// Flush the output and close the connection.
     Close,
 }
@@ -235,10 +238,10 @@ impl SmtpServer {
                 Some(Line::Ok(l)) => l,
             };
             if let Some(step) = self.command(&line) {
-                if matches!(step, ServerStep::Close) {
-                    self.state = State::Closed;
-                } else {
-                    self.pending = Some(step.clone());
+                match step {
+                    ServerStep::Close => self.state = State::Closed,
+                    ServerStep::Reset => {}
+                    _ => self.pending = Some(step.clone()),
                 }
                 return step;
             }
@@ -259,6 +262,7 @@ impl SmtpServer {
                     self.reply(Reply::new(501, "5.5.4", format!("Syntax: {verb} hostname")));
                     return None;
                 }
+                let had_tx = self.mail.is_some();
                 self.reset_tx();
                 let esmtp = verb == "EHLO";
                 let greet = format!("{} greets {}", self.cfg.hostname, name);
@@ -281,6 +285,9 @@ impl SmtpServer {
                 } else {
                     Reply::multi(250, vec![self.cfg.hostname.clone()]).write(&mut self.out, false);
                 }
+                if had_tx {
+                    return Some(ServerStep::Reset);
+                }
             }
             "MAIL" => return self.mail(line),
             "RCPT" => return self.rcpt(line),
@@ -302,8 +309,12 @@ impl SmtpServer {
                 }
             }
             "RSET" => {
+                let had_tx = self.mail.is_some();
                 self.reset_tx();
                 self.reply(Reply::new(250, "2.0.0", "OK"));
+                if had_tx {
+                    return Some(ServerStep::Reset);
+                }
             }
             "NOOP" => self.reply(Reply::new(250, "2.0.0", "OK")),
             "QUIT" => {
@@ -589,17 +600,18 @@ impl SmtpServer {
         }
     }
 
-    /// The driver's answer to [`ServerStep::EndData`]: `Ok(queue id)` once the message is durable,
-    /// or the reply to give (typically 451) when the commit failed.
+    /// The driver's answer to [`ServerStep::EndData`]: `Ok(text)` for the 250 once the message
+    /// is durable (e.g. "OK queued as 12"), or the reply to give (typically 451) when the commit
+    /// failed.
     pub fn committed(&mut self, result: Result<String, Reply>) {
         if self.state != State::AwaitCommit {
             return;
         }
         self.pending = None;
         match result {
-            Ok(id) => {
+            Ok(text) => {
                 self.messages += 1;
-                self.reply(Reply::new(250, "2.0.0", format!("OK queued as {id}")));
+                self.reply(Reply::new(250, "2.0.0", text));
             }
             Err(r) => self.reply(r),
         }
@@ -682,7 +694,7 @@ mod tests {
         }
         assert!(biggest <= 2 * BODY_CHUNK, "chunk of {biggest}");
         assert!(total > 10_000 * 1000, "received header plus body");
-        s.committed(Ok("7".into()));
+        s.committed(Ok("OK queued as 7".into()));
         assert_eq!(s.output().as_slice(), b"250 2.0.0 OK queued as 7\r\n");
     }
 
@@ -765,5 +777,59 @@ mod tests {
         assert_eq!(accepted, 100);
         let out = String::from_utf8(std::mem::take(s.output())).unwrap();
         assert!(out.ends_with("452 4.5.3 Too many recipients\r\n"), "{out}");
+    }
+
+    #[test]
+    fn customer_mode_asks_about_senders_and_offers_only_what_the_sink_carries() {
+        let mut cfg = ServerConfig::new("cust.example");
+        cfg.check_sender = true;
+        cfg.eight_bit_mime = false;
+        cfg.smtputf8 = false;
+        cfg.max_recipients = 1;
+        let mut s = SmtpServer::new(
+            cfg,
+            PeerInfo {
+                ip: "192.0.2.9".into(),
+                session: "r".into(),
+            },
+        );
+        let mut input = BytesMut::from("EHLO provider\r\n");
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+        let ehlo = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(
+            !ehlo.contains("8BITMIME") && !ehlo.contains("SMTPUTF8") && ehlo.contains("PIPELINING"),
+            "{ehlo}"
+        );
+
+        input.extend_from_slice(b"MAIL FROM:<a@b.example> BODY=8BITMIME\r\nMAIL FROM:<a@b.example>\r\n");
+        assert_eq!(
+            s.poll(&mut input),
+            ServerStep::CheckSender {
+                from: "a@b.example".into(),
+                params: String::new()
+            }
+        );
+        s.sender_verdict(Err(Reply::new(451, "4.3.0", "local MTA busy")));
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(
+            out.starts_with("555 ") && out.ends_with("451 4.3.0 local MTA busy\r\n"),
+            "{out}"
+        );
+
+        input.extend_from_slice(
+            b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@c.example>\r\nRCPT TO:<y@c.example>\r\nRSET\r\n",
+        );
+        assert!(matches!(s.poll(&mut input), ServerStep::CheckSender { .. }));
+        s.sender_verdict(Ok(()));
+        assert!(matches!(s.poll(&mut input), ServerStep::CheckRecipient { .. }));
+        s.recipient_verdict(RcptVerdict::Accept);
+        // One recipient per transaction: the second gets 452, then RSET tells the driver.
+        assert_eq!(s.poll(&mut input), ServerStep::Reset);
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(
+            out.contains("452 4.5.3") && out.ends_with("250 2.0.0 OK\r\n"),
+            "{out}"
+        );
     }
 }

@@ -31,6 +31,7 @@ impl Machine for Mx {
             match self.s.poll(input) {
                 ServerStep::NeedInput => return true,
                 ServerStep::Close => return false,
+                ServerStep::Reset => {}
                 ServerStep::CheckSender { .. } => self.s.sender_verdict(Ok(())),
                 ServerStep::CheckRecipient { domain, .. } => {
                     self.s.recipient_verdict(if owners.contains_key(&domain) {
@@ -46,7 +47,8 @@ impl Machine for Mx {
                 ServerStep::Body(b) => self.body.extend_from_slice(&b),
                 ServerStep::EndData { .. } => {
                     self.messages.push(std::mem::take(&mut self.body));
-                    self.s.committed(Ok(self.messages.len().to_string()))
+                    self.s
+                        .committed(Ok(format!("OK queued as {}", self.messages.len())))
                 }
                 ServerStep::AbortData => self.body.clear(),
             }

@@ -11,13 +11,15 @@
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
+    #[error("timed out after {0:?} connecting")]
+    ConnectTimeout(Duration),
     #[error("timed out after {0:?} waiting for the peer")]
     ReadTimeout(Duration),
     #[error("timed out after {0:?} writing to the peer")]
@@ -26,9 +28,14 @@ pub enum ConnError {
     Io(#[from] std::io::Error),
 }
 
+/// Any byte stream a session can run on: TCP, a Unix socket, and (later) TLS over either.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 pub struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     pub buf: BytesMut,
+    /// The peer's address; unspecified for a Unix socket.
     pub peer: SocketAddr,
 }
 
@@ -36,11 +43,39 @@ impl Conn {
     pub fn new(stream: TcpStream, peer: SocketAddr) -> Self {
         // We batch our own writes (one flush per pipelined group), so Nagle only adds latency.
         let _ = stream.set_nodelay(true);
+        Self::from_stream(Box::new(stream), peer)
+    }
+
+    pub fn from_stream(stream: Box<dyn Stream>, peer: SocketAddr) -> Self {
         Conn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             peer,
         }
+    }
+
+    /// Connect to `host:port` (TCP) or `unix:/path`, within `timeout`.
+    pub async fn connect(target: &str, timeout: Duration) -> Result<Conn, ConnError> {
+        let fut = async {
+            if let Some(path) = target.strip_prefix("unix:") {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+                Ok::<_, std::io::Error>(Conn::from_stream(Box::new(s), unspecified))
+            } else {
+                let s = TcpStream::connect(target).await?;
+                let peer = s.peer_addr()?;
+                Ok(Conn::new(s, peer))
+            }
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ConnError::ConnectTimeout(timeout)),
+        }
+    }
+
+    /// The stream and the bytes read but not yet consumed, for a byte-level splice.
+    pub fn into_parts(self) -> (Box<dyn Stream>, BytesMut) {
+        (self.stream, self.buf)
     }
 
     /// Read more input. `Ok(0)` means the peer closed the connection.

@@ -73,6 +73,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 }
             }
             // The MX takes any sender: relay control is per recipient.
+            ServerStep::Reset => {}
             ServerStep::CheckSender { .. } => s.sender_verdict(Ok(())),
             ServerStep::CheckRecipient { address, domain } => {
                 let verdict = match shared.store.domain_owner(&domain).await {
@@ -149,7 +150,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 match result {
                     Ok(msg) => {
                         tracing::info!(msg, from = %envelope_log.0, rcpts = envelope_log.1, size, "message queued");
-                        s.committed(Ok(msg.to_string()));
+                        s.committed(Ok(format!("OK queued as {msg}")));
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "commit failed; message refused with 451");

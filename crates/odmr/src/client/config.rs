@@ -1,0 +1,324 @@
+//! The customer's configuration (`odmr client --config FILE`): one `[[provider]]` table per
+//! provider to poll, each with exactly one `[provider.deliver]` target.
+//!
+//! As for the server, every error names the file, the key and the fix, and unknown keys are
+//! errors.
+
+use crate::config::ConfigError;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    /// Our name in EHLO; defaults to the system host name.
+    hostname: Option<String>,
+    #[serde(default)]
+    provider: Vec<RawProvider>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: Option<String>,
+    host: String,
+    port: Option<u16>,
+    user: String,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    #[serde(default)]
+    domains: Vec<String>,
+    tls: Option<String>,
+    interval: Option<String>,
+    /// Idle timeout of the reversed session, per command.
+    timeout: Option<String>,
+    /// How long to wait for the ATRN reply (RFC 2645: at least 10 minutes).
+    atrn_timeout: Option<String>,
+    deliver: Option<RawDeliver>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeliver {
+    smtp: Option<String>,
+    lmtp: Option<String>,
+    maildir: Option<String>,
+    command: Option<String>,
+    splice: Option<String>,
+    max_message_size: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub hostname: String,
+    pub providers: Vec<Provider>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub domains: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub atrn_timeout: Duration,
+    pub deliver: Deliver,
+    pub max_message_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deliver {
+    /// Relay to the local MTA over SMTP, in lockstep.
+    Smtp(Endpoint),
+    /// Relay to the local MTA over LMTP, in lockstep.
+    Lmtp(Endpoint),
+    /// Write into Maildirs; the template is applied per recipient.
+    Maildir(String),
+    /// Run a command per recipient with the message on stdin.
+    Command(String),
+    /// Copy bytes both ways between the provider and a local SMTP server.
+    Splice(Endpoint),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => f.write_str(a),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> Result<ClientConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<ClientConfig, ConfigError> {
+        let raw: RawClient = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |key: String, value: &str, problem: &str, fix: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            value: value.to_string(),
+            problem: problem.to_string(),
+            fix: fix.to_string(),
+        };
+        if raw.provider.is_empty() {
+            return Err(invalid(
+                "provider".into(),
+                "",
+                "no [[provider]] table",
+                "add one: [[provider]] host = \"odmr.example.net\" user = \"…\" password = \"…\" with a [provider.deliver] target",
+            ));
+        }
+        let hostname = raw.hostname.clone().unwrap_or_else(system_hostname);
+        let mut providers = Vec::new();
+        for (i, p) in raw.provider.iter().enumerate() {
+            let name = p.name.clone().unwrap_or_else(|| p.host.clone());
+            let key = |k: &str| format!("provider[{i}].{k}");
+            let password = match (&p.password, &p.password_file) {
+                (Some(pw), None) => pw.clone(),
+                (None, Some(f)) => std::fs::read_to_string(f)
+                    .map_err(|e| {
+                        invalid(
+                            key("password_file"),
+                            &f.display().to_string(),
+                            &format!("cannot read it ({e})"),
+                            "point it at a readable file holding the password",
+                        )
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+                _ => {
+                    return Err(invalid(
+                        key("password"),
+                        "",
+                        "set exactly one of password and password_file",
+                        "e.g. password_file = \"/etc/odmr/isp.secret\"",
+                    ))
+                }
+            };
+            match p.tls.as_deref().unwrap_or("none") {
+                "none" => {}
+                t @ ("starttls" | "implicit") => {
+                    return Err(invalid(
+                        key("tls"),
+                        t,
+                        "TLS is not available in this version yet",
+                        "set tls = \"none\" for now",
+                    ))
+                }
+                t => {
+                    return Err(invalid(
+                        key("tls"),
+                        t,
+                        "unknown TLS mode",
+                        "use \"none\", \"starttls\" or \"implicit\"",
+                    ))
+                }
+            }
+            let dur =
+                |k: &str, v: &Option<String>, default: u64, min: u64| -> Result<Duration, ConfigError> {
+                    let Some(s) = v else {
+                        return Ok(Duration::from_secs(default));
+                    };
+                    let d = humantime::parse_duration(s).map_err(|e| {
+                        invalid(key(k), s, &e.to_string(), "write a duration such as \"10m\"")
+                    })?;
+                    if d < Duration::from_secs(min) {
+                        return Err(invalid(key(k), s, "too short", &format!("use at least {min}s")));
+                    }
+                    Ok(d)
+                };
+            let Some(d) = &p.deliver else {
+                return Err(invalid(
+                    key("deliver"),
+                    "",
+                    "missing",
+                    "add a [provider.deliver] table with one of smtp, lmtp, maildir, command, splice",
+                ));
+            };
+            let targets: Vec<(&str, &String)> = [
+                ("smtp", &d.smtp),
+                ("lmtp", &d.lmtp),
+                ("maildir", &d.maildir),
+                ("command", &d.command),
+                ("splice", &d.splice),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+            .collect();
+            let [(kind, value)] = targets[..] else {
+                let set: Vec<&str> = targets.iter().map(|(k, _)| *k).collect();
+                return Err(invalid(
+                    key("deliver"),
+                    &set.join(", "),
+                    "exactly one delivery target is needed",
+                    "keep one of smtp, lmtp, maildir, command, splice",
+                ));
+            };
+            let endpoint = |v: &str| -> Result<Endpoint, ConfigError> {
+                if let Some(path) = v.strip_prefix("unix:") {
+                    return Ok(Endpoint::Unix(PathBuf::from(path)));
+                }
+                match v.rsplit_once(':') {
+                    Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok() => {
+                        Ok(Endpoint::Tcp(v.to_string()))
+                    }
+                    _ => Err(invalid(
+                        key(&format!("deliver.{kind}")),
+                        v,
+                        "not HOST:PORT or unix:/path",
+                        "e.g. \"127.0.0.1:25\"",
+                    )),
+                }
+            };
+            let deliver = match kind {
+                "smtp" => Deliver::Smtp(endpoint(value)?),
+                "lmtp" => Deliver::Lmtp(endpoint(value)?),
+                "splice" => Deliver::Splice(endpoint(value)?),
+                "maildir" => Deliver::Maildir(value.clone()),
+                _ => Deliver::Command(value.clone()),
+            };
+            providers.push(Provider {
+                name,
+                host: p.host.clone(),
+                port: p.port.unwrap_or(366),
+                user: p.user.clone(),
+                password,
+                domains: p.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
+                interval: dur("interval", &p.interval, 600, 1)?,
+                timeout: dur("timeout", &p.timeout, 300, 1)?,
+                // RFC 2645 §5.2.1: the customer MUST wait at least 10 minutes for the reply.
+                atrn_timeout: dur("atrn_timeout", &p.atrn_timeout, 600, 600)?,
+                deliver,
+                max_message_size: d.max_message_size.unwrap_or(50 * 1024 * 1024),
+            });
+        }
+        Ok(ClientConfig { hostname, providers })
+    }
+}
+
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<ClientConfig, ConfigError> {
+        ClientConfig::parse(Path::new("client.toml"), s)
+    }
+
+    const OK: &str = r#"
+[[provider]]
+name = "isp"
+host = "odmr.example.net"
+port = 366
+user = "example.org"
+password = "pw"
+domains = ["example.org"]
+tls = "none"
+interval = "10m"
+[provider.deliver]
+smtp = "127.0.0.1:25"
+"#;
+
+    #[test]
+    fn accepts_the_documented_keys() {
+        let c = parse(OK).unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.deliver, Deliver::Smtp(Endpoint::Tcp("127.0.0.1:25".into())));
+        assert_eq!(p.interval, Duration::from_secs(600));
+        assert_eq!(p.atrn_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn errors_name_key_and_fix() {
+        let e = parse(&OK.replace("smtp = ", "lmtp = \"unix:/run/lmtp\"\nsmtp = "))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("provider[0].deliver") && e.contains("exactly one"),
+            "{e}"
+        );
+        let e = parse(&OK.replace("127.0.0.1:25", "localhost"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("deliver.smtp") && e.contains("HOST:PORT"), "{e}");
+        let e = parse(&OK.replace("password = \"pw\"", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("provider[0].password"), "{e}");
+        let e = parse(&OK.replace("tls = \"none\"", "tls = \"sometimes\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("provider[0].tls"), "{e}");
+        let e = parse(&OK.replace("interval", "intervall"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("intervall"), "{e}");
+    }
+}

@@ -1,0 +1,175 @@
+//! One poll of one provider: open the sink, connect, EHLO/AUTH/ATRN, and on 250 receive the
+//! mail (or splice it through).
+//!
+//! The sink is opened before ATRN, so no ATRN is sent while local delivery is impossible: the
+//! provider keeps the mail instead of turning around into a session we cannot finish.
+
+use super::config::{ClientConfig, Deliver, Provider};
+use super::receive::{receive, Received, Session};
+use super::sink::{command, maildir, relay, Sink};
+use super::splice::splice;
+use crate::net::conn::Conn;
+use odmr_proto::customer::{Customer, CustomerConfig, CustomerStep, FrontEnd, Wait};
+use std::io::IsTerminal;
+
+/// How a poll ended; [`PollOutcome::exit_code`] is what `--once` reports.
+#[derive(Debug, Clone)]
+pub enum PollOutcome {
+    /// The provider turned around and this many messages reached the sink.
+    Delivered(Received),
+    /// 453: nothing waiting.
+    NoMail,
+    AuthFailed(String),
+    /// Network, protocol, refusal (450/451/530) or local delivery failure.
+    Failed(String),
+}
+
+impl PollOutcome {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            PollOutcome::Delivered(r) if r.error.is_none() && r.refused == 0 && r.messages > 0 => 0,
+            PollOutcome::Delivered(r) if r.error.is_none() && r.refused == 0 => 1,
+            PollOutcome::NoMail => 1,
+            PollOutcome::AuthFailed(_) => 3,
+            PollOutcome::Delivered(_) | PollOutcome::Failed(_) => 2,
+        }
+    }
+}
+
+async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Option<Sink>, String> {
+    let sink = match &p.deliver {
+        Deliver::Smtp(e) => Sink::Relay(
+            relay::Relay::connect(e, false, &cfg.hostname, p.timeout)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        Deliver::Lmtp(e) => Sink::Relay(
+            relay::Relay::connect(e, true, &cfg.hostname, p.timeout)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        Deliver::Maildir(t) => {
+            Sink::Maildir(maildir::Maildir::new(t, p.max_message_size).map_err(|e| e.to_string())?)
+        }
+        Deliver::Command(t) => {
+            Sink::Command(command::Command::new(t, p.max_message_size).map_err(|e| e.to_string())?)
+        }
+        Deliver::Splice(_) => return Ok(None),
+    };
+    Ok(Some(sink))
+}
+
+pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
+    let sink = match open_sink(cfg, p).await {
+        Ok(s) => s,
+        Err(e) => return PollOutcome::Failed(format!("local delivery is not possible, not polling: {e}")),
+    };
+    let target = format!("{}:{}", p.host, p.port);
+    let mut conn = match Conn::connect(&target, p.timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(s) = sink {
+                s.close().await;
+            }
+            return PollOutcome::Failed(format!("cannot connect to {target}: {e}"));
+        }
+    };
+    let mut front = Customer::new(CustomerConfig {
+        ehlo_name: cfg.hostname.clone(),
+        user: p.user.clone(),
+        password: p.password.clone().into_bytes(),
+        domains: p.domains.clone(),
+    });
+    let ended = loop {
+        match front.poll(&mut conn.buf) {
+            CustomerStep::NeedInput => {
+                if let Err(e) = conn.send(front.output(), p.timeout).await {
+                    break Some(FrontEnd::Failed(format!("connection to {target} failed: {e}")));
+                }
+                let timeout = match front.waiting_for() {
+                    Wait::Atrn => p.atrn_timeout,
+                    Wait::Command => p.timeout,
+                };
+                match conn.fill(timeout).await {
+                    Ok(n) if n > 0 => {}
+                    Ok(_) => {
+                        break Some(
+                            front
+                                .closed()
+                                .unwrap_or(FrontEnd::Failed(format!("{target} closed the connection"))),
+                        )
+                    }
+                    Err(e) => {
+                        break Some(
+                            front
+                                .closed()
+                                .unwrap_or(FrontEnd::Failed(format!("{target}: {e}"))),
+                        )
+                    }
+                }
+            }
+            CustomerStep::Ended(e) => {
+                let _ = conn.send(front.output(), p.timeout).await;
+                break Some(e);
+            }
+            CustomerStep::Turnaround => break None,
+        }
+    };
+    if let Some(e) = ended {
+        conn.shutdown().await;
+        if let Some(s) = sink {
+            s.close().await;
+        }
+        return match e {
+            FrontEnd::NoMail(_) => PollOutcome::NoMail,
+            FrontEnd::AuthFailed(r) => {
+                PollOutcome::AuthFailed(format!("authentication as {} failed: {r}", p.user))
+            }
+            FrontEnd::Refused(r) => PollOutcome::Failed(format!(
+                "ATRN refused ({r}): check that the domains {:?} belong to account {}",
+                p.domains, p.user
+            )),
+            FrontEnd::TryLater(r) => PollOutcome::Failed(format!("provider asked to try later: {r}")),
+            FrontEnd::AuthRequired(r) => {
+                PollOutcome::Failed(format!("provider says we are not authenticated: {r}"))
+            }
+            FrontEnd::Failed(m) => PollOutcome::Failed(m),
+        };
+    }
+    tracing::info!(provider = %p.name, "turnaround: receiving mail");
+    let interactive = std::io::stderr().is_terminal();
+    let name = p.name.clone();
+    let mut progress = move |r: &Received| {
+        if interactive {
+            eprint!("\r{name}: {} messages, {} bytes", r.messages, r.bytes);
+        }
+    };
+    match (&p.deliver, sink) {
+        (Deliver::Splice(local), _) => {
+            let s = splice(conn, local, p.timeout).await;
+            tracing::info!(provider = %p.name, to_local = s.to_local, to_provider = s.to_provider, "splice finished");
+            PollOutcome::Delivered(Received {
+                messages: u64::from(s.to_local > 0),
+                bytes: s.to_local,
+                refused: 0,
+                error: s.error,
+            })
+        }
+        (_, Some(mut sink)) => {
+            let session = Session {
+                provider: &p.name,
+                hostname: &cfg.hostname,
+                timeout: p.timeout,
+                progress: &mut progress,
+            };
+            let got = receive(&mut conn, &mut sink, session).await;
+            if interactive && got.messages > 0 {
+                eprintln!();
+            }
+            sink.close().await;
+            conn.shutdown().await;
+            PollOutcome::Delivered(got)
+        }
+        (_, None) => PollOutcome::Failed("no sink".into()),
+    }
+}

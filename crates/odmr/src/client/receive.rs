@@ -1,0 +1,124 @@
+//! The customer's side of the reversed session: an SMTP server on the provider's connection
+//! ([`odmr_proto::smtp_server`] with `check_sender`), each command relayed to the sink.
+//!
+//! Invariants:
+//! - **250 after DATA only once the sink holds the message durably** ([`Sink::end`]).
+//! - **A transaction the provider abandons is abandoned in the sink too** (RSET, a dropped
+//!   connection, a timeout), so nothing half-received is ever delivered locally.
+//! - Every read has the configured idle timeout: a provider that goes quiet ends the session.
+
+use super::sink::Sink;
+use crate::net::conn::Conn;
+use odmr_proto::smtp_server::{PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer};
+use std::time::Duration;
+
+#[derive(Debug, Default, Clone)]
+pub struct Received {
+    pub messages: u64,
+    pub bytes: u64,
+    /// Messages or recipients the sink refused (4xx/5xx given to the provider).
+    pub refused: u64,
+    /// Why the session ended early, if it did.
+    pub error: Option<String>,
+}
+
+pub struct Session<'a> {
+    pub provider: &'a str,
+    pub hostname: &'a str,
+    pub timeout: Duration,
+    /// Called after each message with the running totals (for the progress line).
+    pub progress: &'a mut (dyn FnMut(&Received) + Send),
+}
+
+pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Received {
+    let caps = sink.caps();
+    let mut cfg = ServerConfig::new(s.hostname.to_string());
+    cfg.max_message_size = caps.max_size;
+    cfg.eight_bit_mime = caps.eight_bit_mime;
+    cfg.smtputf8 = caps.smtputf8;
+    cfg.max_recipients = caps.max_recipients.max(1);
+    cfg.check_sender = true;
+    let peer = PeerInfo {
+        ip: conn.peer.ip().to_string(),
+        session: crate::server::session_id(),
+    };
+    let mut m = SmtpServer::new(cfg, peer);
+    let mut got = Received::default();
+    let mut current: Option<(String, Vec<String>)> = None;
+    loop {
+        match m.poll(&mut conn.buf) {
+            ServerStep::NeedInput => {
+                if let Err(e) = conn.send(m.output(), s.timeout).await {
+                    got.error = Some(format!("provider connection failed: {e}"));
+                    break;
+                }
+                match conn.fill(s.timeout).await {
+                    Ok(0) => {
+                        got.error = Some("provider closed the connection without QUIT".into());
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        got.error = Some(format!("provider connection failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            ServerStep::CheckSender { from, params } => {
+                let v = sink.mail(&from, &params).await;
+                m.sender_verdict(v);
+            }
+            ServerStep::CheckRecipient { address, .. } => {
+                let v = match sink.rcpt(&address, "").await {
+                    Ok(()) => RcptVerdict::Accept,
+                    Err(r) => {
+                        tracing::info!(provider = s.provider, rcpt = %address, reply = %r, "recipient refused by the local mail system");
+                        got.refused += 1;
+                        RcptVerdict::Refuse(r)
+                    }
+                };
+                m.recipient_verdict(v);
+            }
+            ServerStep::StartData(env) => match sink.data().await {
+                Ok(()) => {
+                    current = Some((
+                        env.mail_from,
+                        env.recipients.into_iter().map(|r| r.address).collect(),
+                    ));
+                    m.data_ready(&chrono::Local::now().to_rfc2822());
+                }
+                Err(r) => {
+                    sink.reset().await;
+                    m.data_refused(r);
+                }
+            },
+            ServerStep::Body(chunk) => sink.body(&chunk).await,
+            ServerStep::EndData { size, .. } => {
+                let reply = sink.end().await;
+                let (from, rcpts) = current.take().unwrap_or_default();
+                let from = if from.is_empty() { "<>".to_string() } else { from };
+                if reply.is_positive() {
+                    got.messages += 1;
+                    got.bytes += size;
+                    tracing::info!(provider = s.provider, from = %from, rcpts = %rcpts.join(","), size, result = %reply, "message delivered");
+                    m.committed(Ok(format!("OK delivered locally: {reply}")));
+                } else {
+                    got.refused += 1;
+                    tracing::warn!(provider = s.provider, from = %from, rcpts = %rcpts.join(","), size, result = %reply, "message refused by the local mail system; the provider keeps it");
+                    m.committed(Err(reply));
+                }
+                (s.progress)(&got);
+            }
+            ServerStep::AbortData | ServerStep::Reset => sink.reset().await,
+            ServerStep::Close => {
+                let _ = conn.send(m.output(), s.timeout).await;
+                break;
+            }
+        }
+    }
+    if m.in_data() || got.error.is_some() {
+        // Whatever was in flight was never acknowledged: the provider still has it.
+        sink.reset().await;
+    }
+    got
+}

@@ -1,0 +1,239 @@
+//! Relay to the local MTA over SMTP or LMTP, in lockstep with the provider: each MAIL, RCPT and
+//! DATA is passed on and the local verdict is the provider's reply, so a recipient the local MTA
+//! rejects is rejected to the provider at RCPT time, in the same code class.
+//!
+//! Invariants:
+//! - **250 to the provider only after the local MTA's 250** for the final dot.
+//! - **A transaction abandoned mid-DATA is never completed locally.** We cannot RSET inside
+//!   DATA, and sending the end marker would deliver a truncated message; so we drop the local
+//!   connection, which makes the local MTA discard it.
+//! - **LMTP takes one recipient per transaction**, so its single per-recipient reply after the
+//!   dot is exactly the one SMTP reply the provider needs (PROTOCOL.md §9.3), with nothing lost
+//!   or duplicated.
+//! - Only parameters the local MTA offered are passed on.
+
+use super::{SinkCaps, SinkError};
+use crate::client::config::Endpoint;
+use crate::net::conn::Conn;
+use odmr_proto::dot::DotStuffer;
+use odmr_proto::envelope::param;
+use odmr_proto::reply::{parse_reply, Reply};
+use std::time::Duration;
+
+const FLUSH_AT: usize = 64 * 1024;
+
+pub struct Relay {
+    target: String,
+    conn: Option<Conn>,
+    caps: SinkCaps,
+    timeout: Duration,
+    out: Vec<u8>,
+    stuffer: DotStuffer,
+    in_data: bool,
+    in_tx: bool,
+    failed: Option<Reply>,
+}
+
+fn unavailable(why: impl std::fmt::Display) -> Reply {
+    Reply::new(451, "4.4.0", format!("local mail system unavailable: {why}"))
+}
+
+impl Relay {
+    /// Connect, read the greeting and learn the local MTA's capabilities (EHLO, or LHLO).
+    pub async fn connect(
+        endpoint: &Endpoint,
+        lmtp: bool,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Relay, SinkError> {
+        let target = endpoint.to_string();
+        let err = |reason: String| SinkError::Unreachable {
+            target: target.clone(),
+            reason,
+        };
+        let conn = Conn::connect(&target, timeout)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mut r = Relay {
+            target: target.clone(),
+            conn: Some(conn),
+            caps: SinkCaps {
+                max_size: 0,
+                eight_bit_mime: false,
+                smtputf8: false,
+                max_recipients: if lmtp { 1 } else { 100 },
+            },
+            timeout,
+            out: Vec::new(),
+            stuffer: DotStuffer::new(),
+            in_data: false,
+            in_tx: false,
+            failed: None,
+        };
+        let greeting = r.read_reply().await.map_err(|e| err(e.to_string()))?;
+        if greeting.code != 220 {
+            return Err(err(format!("greeting was {greeting}")));
+        }
+        let hello = if lmtp { "LHLO" } else { "EHLO" };
+        let mut reply = r
+            .command(&format!("{hello} {name}"))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if !reply.is_positive() && !lmtp {
+            reply = r
+                .command(&format!("HELO {name}"))
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            if reply.is_positive() {
+                reply.lines.truncate(1);
+            }
+        }
+        if !reply.is_positive() {
+            return Err(err(format!("{hello} was refused: {reply}")));
+        }
+        for l in reply.lines.iter().skip(1) {
+            let mut w = l.split_whitespace();
+            match w.next().unwrap_or("").to_ascii_uppercase().as_str() {
+                "8BITMIME" => r.caps.eight_bit_mime = true,
+                "SMTPUTF8" => r.caps.smtputf8 = true,
+                "SIZE" => r.caps.max_size = w.next().and_then(|n| n.parse().ok()).unwrap_or(0),
+                _ => {}
+            }
+        }
+        tracing::debug!(target = %r.target, caps = ?r.caps, "local mail system ready");
+        Ok(r)
+    }
+
+    pub fn caps(&self) -> SinkCaps {
+        let mut c = self.caps.clone();
+        if c.max_size == 0 {
+            // The local MTA states no limit; still announce a finite one to the provider.
+            c.max_size = 50 * 1024 * 1024;
+        }
+        c
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, String> {
+        let conn = self.conn.as_mut().ok_or("connection closed")?;
+        loop {
+            match parse_reply(&mut conn.buf) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            match conn.fill(self.timeout).await {
+                Ok(0) => return Err("the local mail system closed the connection".into()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    async fn command(&mut self, line: &str) -> Result<Reply, String> {
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        self.flush().await?;
+        self.read_reply().await
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        let conn = self.conn.as_mut().ok_or("connection closed")?;
+        conn.send(&mut self.out, self.timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// A command whose failure to get any reply is a temporary local failure.
+    async fn ask(&mut self, line: &str) -> Result<(), Reply> {
+        match self.command(line).await {
+            Ok(r) if r.is_positive() || r.code == 354 => Ok(()),
+            Ok(r) => Err(r),
+            Err(e) => {
+                self.conn = None;
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    pub async fn mail(&mut self, from: &str, params: &str) -> Result<(), Reply> {
+        let mut cmd = format!("MAIL FROM:<{from}>");
+        if self.caps.eight_bit_mime {
+            if let Some(b) = param(params, "BODY") {
+                cmd.push_str(&format!(" BODY={b}"));
+            }
+        }
+        if self.caps.smtputf8 && param(params, "SMTPUTF8").is_some() {
+            cmd.push_str(" SMTPUTF8");
+        }
+        let r = self.ask(&cmd).await;
+        self.in_tx = r.is_ok();
+        r
+    }
+
+    pub async fn rcpt(&mut self, to: &str, _params: &str) -> Result<(), Reply> {
+        self.ask(&format!("RCPT TO:<{to}>")).await
+    }
+
+    pub async fn data(&mut self) -> Result<(), Reply> {
+        self.ask("DATA").await?;
+        self.in_data = true;
+        self.failed = None;
+        self.stuffer = DotStuffer::new();
+        Ok(())
+    }
+
+    pub async fn body(&mut self, chunk: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.stuffer.stuff(chunk, &mut self.out);
+        if self.out.len() >= FLUSH_AT {
+            if let Err(e) = self.flush().await {
+                self.failed = Some(unavailable(e));
+            }
+        }
+    }
+
+    pub async fn end(&mut self) -> Reply {
+        self.in_data = false;
+        self.in_tx = false;
+        if let Some(r) = self.failed.take() {
+            self.conn = None;
+            return r;
+        }
+        self.stuffer.finish(&mut self.out);
+        if let Err(e) = self.flush().await {
+            self.conn = None;
+            return unavailable(e);
+        }
+        // SMTP: one reply. LMTP: one per accepted recipient, and we accept one per transaction.
+        match self.read_reply().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                unavailable(e)
+            }
+        }
+    }
+
+    pub async fn reset(&mut self) {
+        if self.in_data {
+            // Never finish a truncated message: drop the connection instead.
+            self.conn = None;
+            self.in_data = false;
+        } else if self.in_tx && self.conn.is_some() {
+            let _ = self.command("RSET").await;
+        }
+        self.in_tx = false;
+        self.out.clear();
+    }
+
+    pub async fn close(mut self) {
+        if self.conn.is_some() && !self.in_data {
+            let _ = self.command("QUIT").await;
+        }
+        if let Some(mut c) = self.conn.take() {
+            c.shutdown().await;
+        }
+    }
+}

@@ -36,6 +36,14 @@ struct RawConfig {
     smtp: RawSmtp,
     #[serde(default)]
     odmr: RawOdmr,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +102,10 @@ struct RawOdmr {
     #[serde(default = "default_odmr_listen")]
     listen: Vec<String>,
     #[serde(default)]
+    listen_tls: Vec<String>,
+    #[serde(default)]
+    require_tls: bool,
+    #[serde(default)]
     command_timeout: Option<String>,
     #[serde(default)]
     reply_timeout: Option<String>,
@@ -105,6 +117,8 @@ impl Default for RawOdmr {
     fn default() -> Self {
         RawOdmr {
             listen: default_odmr_listen(),
+            listen_tls: Vec::new(),
+            require_tls: false,
             command_timeout: None,
             reply_timeout: None,
             data_timeout: None,
@@ -132,6 +146,14 @@ pub struct Config {
     pub store_path: PathBuf,
     pub smtp: SmtpConfig,
     pub odmr: OdmrConfig,
+    /// Certificate and key (PEM) for STARTTLS and the implicit-TLS listener.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +169,10 @@ pub struct SmtpConfig {
 #[derive(Debug, Clone)]
 pub struct OdmrConfig {
     pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS ODMR listeners (fetchmail's `ssl`).
+    pub listen_tls: Vec<SocketAddr>,
+    /// Answer 530 5.7.0 to everything but EHLO/STARTTLS/QUIT until TLS is active.
+    pub require_tls: bool,
     /// Idle time allowed before ATRN (RFC 5321 §4.5.3.2.7).
     pub command_timeout: Duration,
     /// After the turnaround: how long to wait for the customer's greeting and each reply
@@ -254,7 +280,24 @@ impl Config {
             ));
         }
         let sec = Duration::from_secs;
+        if raw.tls.is_none() && (!raw.odmr.listen_tls.is_empty() || raw.odmr.require_tls) {
+            let key = if raw.odmr.require_tls {
+                "odmr.require_tls"
+            } else {
+                "odmr.listen_tls"
+            };
+            return Err(invalid(
+                key,
+                "set",
+                "needs a certificate",
+                "add a [tls] table with cert = \"/path/fullchain.pem\" and key = \"/path/key.pem\"",
+            ));
+        }
         Ok(Config {
+            tls: raw.tls.as_ref().map(|t| TlsFiles {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            }),
             path: path.to_path_buf(),
             hostname,
             store_path: raw.store.path.clone(),
@@ -272,6 +315,8 @@ impl Config {
             },
             odmr: OdmrConfig {
                 listen: addrs("odmr.listen", &raw.odmr.listen, "0.0.0.0:366")?,
+                listen_tls: addrs("odmr.listen_tls", &raw.odmr.listen_tls, "0.0.0.0:2366")?,
+                require_tls: raw.odmr.require_tls,
                 command_timeout: dur(
                     "odmr.command_timeout",
                     &raw.odmr.command_timeout,

@@ -24,6 +24,8 @@ pub struct CustomerConfig {
     pub password: Vec<u8>,
     /// Domains to request; empty sends a bare ATRN (all of the account's domains).
     pub domains: Vec<String>,
+    /// Insist on STARTTLS before AUTH (the driver is not already on TLS).
+    pub starttls: bool,
 }
 
 /// How the front half ended, when it did not turn around.
@@ -52,6 +54,9 @@ pub enum CustomerStep {
     Turnaround,
     /// The front half ended without a turnaround; a QUIT may be in the output to flush.
     Ended(FrontEnd),
+    /// The provider said 220 to STARTTLS: run the TLS handshake now (before sending anything),
+    /// then call [`Customer::tls_started`].
+    StartTls,
 }
 
 /// What the machine waits for, so the driver can choose the timeout.
@@ -66,6 +71,8 @@ pub enum Wait {
 enum State {
     Greeting,
     Ehlo,
+    StartTls,
+    Handshake,
     AuthStart,
     AuthResult,
     Atrn,
@@ -78,6 +85,7 @@ pub struct Customer {
     out: Vec<u8>,
     state: State,
     ended: Option<FrontEnd>,
+    tls: bool,
 }
 
 impl Customer {
@@ -87,6 +95,7 @@ impl Customer {
             out: Vec::with_capacity(512),
             state: State::Greeting,
             ended: None,
+            tls: false,
         }
     }
 
@@ -125,8 +134,21 @@ impl Customer {
         }
     }
 
+    /// The handshake after STARTTLS succeeded: say EHLO again (RFC 3207 §4.2).
+    pub fn tls_started(&mut self) {
+        if self.state == State::Handshake {
+            self.tls = true;
+            let e = format!("EHLO {}", self.cfg.ehlo_name);
+            self.cmd(&e);
+            self.state = State::Ehlo;
+        }
+    }
+
     pub fn poll(&mut self, input: &mut BytesMut) -> CustomerStep {
         loop {
+            if self.state == State::Handshake {
+                return CustomerStep::StartTls;
+            }
             if self.state == State::Done {
                 return match self.ended.clone() {
                     Some(e) => CustomerStep::Ended(e),
@@ -170,6 +192,16 @@ impl Customer {
                             .map(|_| w.map(str::to_ascii_uppercase).collect::<Vec<_>>())
                     })
                 };
+                if self.cfg.starttls && !self.tls {
+                    if kw("STARTTLS").is_none() {
+                        return self.end(FrontEnd::Failed(
+                            "provider does not offer STARTTLS; refusing to authenticate in plaintext (set tls = \"none\" only if you accept that)".into(),
+                        ));
+                    }
+                    self.cmd("STARTTLS");
+                    self.state = State::StartTls;
+                    return;
+                }
                 if kw("ATRN").is_none() {
                     return self.end(FrontEnd::Failed(
                         "provider does not offer ATRN (its EHLO reply lacks ATRN); is this the ODMR port (366)?".into(),
@@ -187,6 +219,14 @@ impl Customer {
                     None => self.end(FrontEnd::Failed("provider does not offer AUTH".into())),
                 }
             }
+            State::StartTls => {
+                if r.code == 220 {
+                    self.state = State::Handshake;
+                } else {
+                    self.end(FrontEnd::Failed(format!("provider refused STARTTLS: {r}")));
+                }
+            }
+            State::Handshake => {}
             State::AuthStart => {
                 if r.code != 334 {
                     return self.end(FrontEnd::AuthFailed(r));
@@ -251,6 +291,7 @@ mod tests {
             user: "tim".into(),
             password: b"tanstaaftanstaaf".to_vec(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
+            starttls: false,
         })
     }
 
@@ -340,5 +381,37 @@ mod tests {
         assert_eq!(step(&mut c, "501 cancelled\r\n").0, "QUIT\r\n");
         let (_, s) = step(&mut c, "221 bye\r\n");
         assert!(matches!(s, CustomerStep::Ended(FrontEnd::Failed(m)) if m.contains("undecodable")));
+    }
+
+    #[test]
+    fn starttls_first_then_ehlo_again_and_never_a_plaintext_fallback() {
+        let mut c = customer(&[]);
+        c.cfg.starttls = true;
+        step(&mut c, "220 p\r\n");
+        assert_eq!(
+            step(
+                &mut c,
+                "250-p\r\n250-AUTH CRAM-MD5\r\n250-STARTTLS\r\n250 ATRN\r\n"
+            )
+            .0,
+            "STARTTLS\r\n"
+        );
+        let (out, s) = step(&mut c, "220 go ahead\r\n");
+        assert_eq!((out.as_str(), s), ("", CustomerStep::StartTls));
+        c.tls_started();
+        assert_eq!(step(&mut c, "").0, "EHLO cust.example\r\n");
+        assert_eq!(
+            step(&mut c, "250-p\r\n250-AUTH CRAM-MD5\r\n250 ATRN\r\n").0,
+            "AUTH CRAM-MD5\r\n"
+        );
+
+        let mut c = customer(&[]);
+        c.cfg.starttls = true;
+        step(&mut c, "220 p\r\n");
+        assert_eq!(
+            step(&mut c, "250-p\r\n250-AUTH CRAM-MD5\r\n250 ATRN\r\n").0,
+            "QUIT\r\n"
+        );
+        assert!(matches!(c.closed(), Some(FrontEnd::Failed(m)) if m.contains("STARTTLS")));
     }
 }

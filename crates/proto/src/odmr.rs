@@ -9,6 +9,8 @@
 //! - **Turnaround keeps buffered input**: after the 250 the machine stops consuming input and
 //!   returns [`OdmrStep::Turnaround`]; whatever is still in the buffer is the start of the
 //!   customer's greeting and belongs to the delivering client.
+//! - **STARTTLS drops buffered input** (as in [`crate::smtp_server`]): after the 220 the machine
+//!   returns [`OdmrStep::StartTls`] and consumes nothing until [`OdmrSession::tls_started`].
 //! - No ENHANCEDSTATUSCODES and no PIPELINING here (PROTOCOL.md §2.4), so replies carry no
 //!   enhanced codes.
 
@@ -32,6 +34,10 @@ pub struct OdmrConfig {
     /// After this many failed AUTH attempts the session ends with 421 (RFC 4954 §9: not
     /// before 3).
     pub max_auth_failures: usize,
+    /// Offer STARTTLS (a certificate is configured and TLS is not active yet).
+    pub starttls: bool,
+    /// Refuse everything but EHLO, HELO, NOOP, RSET, STARTTLS and QUIT until TLS is active.
+    pub require_tls: bool,
 }
 
 impl OdmrConfig {
@@ -40,6 +46,8 @@ impl OdmrConfig {
             hostname: hostname.into(),
             max_errors: 20,
             max_auth_failures: 5,
+            starttls: false,
+            require_tls: false,
         }
     }
 }
@@ -60,6 +68,9 @@ pub enum OdmrStep {
     /// The 250 is in the output: flush it, then run the delivering client on the same stream
     /// with the remaining input.
     Turnaround,
+    /// The 220 to STARTTLS is in the output: flush it, refuse to go on if input is buffered,
+    /// handshake, then call [`OdmrSession::tls_started`].
+    StartTls,
     Close,
 }
 
@@ -95,6 +106,7 @@ enum State {
         account: String,
     },
     Turned,
+    Tls,
     Closed,
 }
 
@@ -109,6 +121,7 @@ pub struct OdmrSession {
     attempts: u64,
     auth_failures: usize,
     errors: usize,
+    tls: bool,
 }
 
 impl OdmrSession {
@@ -125,6 +138,7 @@ impl OdmrSession {
             attempts: 0,
             auth_failures: 0,
             errors: 0,
+            tls: false,
             cfg,
         };
         let host = s.cfg.hostname.clone();
@@ -134,6 +148,22 @@ impl OdmrSession {
 
     pub fn output(&mut self) -> &mut Vec<u8> {
         &mut self.out
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: back to the initial state, without a new
+    /// greeting (RFC 3207 §4.2).
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.state = State::Initial;
+    }
+
+    /// The connection is TLS from the start (the implicit-TLS listener).
+    pub fn set_tls(&mut self) {
+        self.tls = true;
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The authenticated account, if any.
@@ -159,6 +189,7 @@ impl OdmrSession {
             match &self.state {
                 State::Closed => return OdmrStep::Close,
                 State::Turned => return OdmrStep::Turnaround,
+                State::Tls => return OdmrStep::StartTls,
                 State::AwaitSecret { .. } | State::AwaitAtrn { .. } => return OdmrStep::NeedInput,
                 _ => {}
             }
@@ -195,6 +226,7 @@ impl OdmrSession {
                 match step {
                     OdmrStep::Close => self.state = State::Closed,
                     OdmrStep::Turnaround => self.state = State::Turned,
+                    OdmrStep::StartTls => self.state = State::Tls,
                     _ => self.pending = Some(step.clone()),
                 }
                 return step;
@@ -210,6 +242,17 @@ impl OdmrSession {
         let (verb, args) = split_verb(line);
         let args = String::from_utf8_lossy(args).trim().to_string();
         let authed = self.account().map(str::to_string);
+        let before_tls = self.cfg.require_tls && !self.tls;
+        if before_tls
+            && !matches!(
+                verb.as_str(),
+                "EHLO" | "HELO" | "NOOP" | "RSET" | "STARTTLS" | "QUIT"
+            )
+        {
+            // RFC 3207 §4, with the enhanced code in the text as we offer no ENHANCEDSTATUSCODES.
+            self.reply(530, "5.7.0 Must issue a STARTTLS command first");
+            return None;
+        }
         match verb.as_str() {
             "EHLO" => {
                 if args.is_empty() {
@@ -218,8 +261,11 @@ impl OdmrSession {
                 }
                 // Names without a dot are fine: fetchmail sends the bare host name.
                 let mut lines = vec![format!("{} greets {}", self.cfg.hostname, args)];
-                if authed.is_none() {
+                if authed.is_none() && !before_tls {
                     lines.push("AUTH CRAM-MD5".into());
+                }
+                if self.cfg.starttls && !self.tls && authed.is_none() {
+                    lines.push("STARTTLS".into());
                 }
                 lines.push("ATRN".into());
                 lines.push("HELP".into());
@@ -256,6 +302,14 @@ impl OdmrSession {
                 self.reply(221, format!("{host} closing connection"));
                 return Some(OdmrStep::Close);
             }
+            "STARTTLS" if self.cfg.starttls && !self.tls && authed.is_none() => {
+                if args.is_empty() {
+                    self.reply(220, "Ready to start TLS");
+                    return Some(OdmrStep::StartTls);
+                }
+                self.reply(501, "STARTTLS takes no arguments");
+            }
+            "STARTTLS" if self.tls || authed.is_some() => self.reply(503, "STARTTLS not allowed now"),
             "MAIL" | "RCPT" | "DATA" | "BDAT" | "VRFY" | "EXPN" | "ETRN" | "TURN" | "STARTTLS" => {
                 self.reply(502, format!("{verb} not implemented on the ODMR service"))
             }
@@ -459,5 +513,42 @@ mod tests {
                 assert_eq!(step, OdmrStep::Close);
             }
         }
+    }
+
+    #[test]
+    fn require_tls_refuses_auth_and_atrn_until_starttls() {
+        let mut cfg = OdmrConfig::new("h");
+        cfg.starttls = true;
+        cfg.require_tls = true;
+        let mut s = OdmrSession::new(cfg, 1, 1);
+        s.output().clear();
+        let mut input = BytesMut::from("EHLO c\r\nAUTH CRAM-MD5\r\nATRN\r\nSTARTTLS\r\nEHLO injected\r\n");
+        assert_eq!(s.poll(&mut input), OdmrStep::StartTls);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(
+            !out.contains("AUTH CRAM-MD5\r\n") && out.contains("250-STARTTLS"),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("530 5.7.0 Must issue a STARTTLS command first")
+                .count(),
+            2,
+            "{out}"
+        );
+        assert!(out.ends_with("220 Ready to start TLS\r\n"));
+        assert_eq!(
+            &input[..],
+            b"EHLO injected\r\n",
+            "buffered plaintext is left for the driver to refuse"
+        );
+        input.clear();
+        s.tls_started();
+        input.extend_from_slice(b"EHLO c\r\n");
+        assert_eq!(s.poll(&mut input), OdmrStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(
+            out.contains("AUTH CRAM-MD5") && !out.contains("STARTTLS"),
+            "{out}"
+        );
     }
 }

@@ -13,6 +13,11 @@
 //!   over the size limit stops being buffered and is refused with 552 at its end.
 //! - **Only CRLF.CRLF ends DATA** (see [`crate::data`]); bare LF/CR, NUL or a mail loop get 554
 //!   and the message is discarded, never split into a second one.
+//! - **STARTTLS drops buffered input.** After the 220 to STARTTLS the machine returns
+//!   [`ServerStep::StartTls`] and consumes nothing more; the driver must find the input buffer
+//!   empty before the handshake, or close the connection: plaintext sent after STARTTLS must
+//!   never be executed inside the TLS session (command injection). After the handshake,
+//!   [`SmtpServer::tls_started`] forgets everything learnt before it (RFC 3207 §4.2).
 //! - **Pipelining.** Replies accumulate in the output buffer while commands remain in the input;
 //!   the driver flushes whenever the machine asks for more input (RFC 2920 §3.2).
 
@@ -44,6 +49,8 @@ pub struct ServerConfig {
     pub smtputf8: bool,
     /// Ask the driver about each MAIL ([`ServerStep::CheckSender`]) instead of accepting it.
     pub check_sender: bool,
+    /// Offer STARTTLS (the driver has a certificate and TLS is not active yet).
+    pub starttls: bool,
 }
 
 impl ServerConfig {
@@ -57,6 +64,7 @@ impl ServerConfig {
             eight_bit_mime: true,
             smtputf8: true,
             check_sender: false,
+            starttls: false,
         }
     }
 }
@@ -90,6 +98,9 @@ pub enum ServerStep {
     /// The client abandoned an open transaction (RSET, or EHLO/HELO again): reset whatever the
     /// driver opened for it. No answer is needed.
     Reset,
+    /// The 220 to STARTTLS is in the output: flush it, check that no input is buffered (else
+    /// close), run the TLS handshake, then call [`SmtpServer::tls_started`].
+    StartTls,
     /// Flush the output and close the connection.
     Close,
 }
@@ -106,11 +117,19 @@ pub enum RcptVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Command,
-    AwaitSender { from: String, params: String },
-    AwaitRcpt { address: String, params: String },
+    AwaitSender {
+        from: String,
+        params: String,
+    },
+    AwaitRcpt {
+        address: String,
+        params: String,
+    },
     AwaitDataStart,
     Data,
     AwaitCommit,
+    /// Waiting for the driver's TLS handshake.
+    Tls,
     Closed,
 }
 
@@ -128,6 +147,7 @@ pub struct SmtpServer {
     body: Vec<u8>,
     errors: usize,
     messages: u64,
+    tls: bool,
 }
 
 impl SmtpServer {
@@ -145,6 +165,7 @@ impl SmtpServer {
             body: Vec::new(),
             errors: 0,
             messages: 0,
+            tls: false,
             cfg,
             peer,
         };
@@ -161,6 +182,25 @@ impl SmtpServer {
     /// The client's HELO/EHLO name, once given.
     pub fn helo(&self) -> Option<&str> {
         self.helo.as_ref().map(|(h, _)| h.as_str())
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: start over from the greeting state, without
+    /// a new greeting, forgetting the client's name (RFC 3207 §4.2). STARTTLS is no longer
+    /// offered.
+    pub fn tls_started(&mut self) {
+        self.reset_tx();
+        self.helo = None;
+        self.tls = true;
+        self.state = State::Command;
+    }
+
+    /// TLS is active (STARTTLS done, or the driver says the connection was TLS from the start).
+    pub fn set_tls(&mut self) {
+        self.tls = true;
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// Messages accepted in this session so far.
@@ -201,6 +241,7 @@ impl SmtpServer {
         loop {
             match self.state {
                 State::Closed => return ServerStep::Close,
+                State::Tls => return ServerStep::StartTls,
                 State::AwaitSender { .. }
                 | State::AwaitRcpt { .. }
                 | State::AwaitDataStart
@@ -240,6 +281,7 @@ impl SmtpServer {
             if let Some(step) = self.command(&line) {
                 match step {
                     ServerStep::Close => self.state = State::Closed,
+                    ServerStep::StartTls => self.state = State::Tls,
                     ServerStep::Reset => {}
                     _ => self.pending = Some(step.clone()),
                 }
@@ -279,6 +321,9 @@ impl SmtpServer {
                     lines.push("ENHANCEDSTATUSCODES".into());
                     if self.cfg.smtputf8 {
                         lines.push("SMTPUTF8".into());
+                    }
+                    if self.cfg.starttls && !self.tls {
+                        lines.push("STARTTLS".into());
                     }
                     lines.push("HELP".into());
                     Reply::multi(250, lines).write(&mut self.out, false);
@@ -335,6 +380,21 @@ impl SmtpServer {
                 "2.5.0",
                 "Cannot VRFY user, but will accept message and attempt delivery",
             )),
+            "STARTTLS" if self.cfg.starttls && !self.tls => {
+                if has_args {
+                    self.reply(Reply::new(501, "5.5.4", "STARTTLS takes no arguments"));
+                } else if self.mail.is_some() {
+                    self.reply(Reply::new(
+                        503,
+                        "5.5.1",
+                        "STARTTLS is not allowed inside a mail transaction",
+                    ));
+                } else {
+                    self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+                    return Some(ServerStep::StartTls);
+                }
+            }
+            "STARTTLS" if self.tls => self.reply(Reply::new(503, "5.5.1", "TLS is already active")),
             "EXPN" | "TURN" | "ATRN" | "ETRN" | "AUTH" | "STARTTLS" | "BDAT" => self.reply(Reply::new(
                 502,
                 "5.5.1",
@@ -521,7 +581,12 @@ impl SmtpServer {
 
     fn received_header(&self, date: &str) -> String {
         let (helo, esmtp) = self.helo.clone().unwrap_or_default();
-        let with = if esmtp { "ESMTP" } else { "SMTP" };
+        let with = match (esmtp, self.tls) {
+            (true, true) => "ESMTPS",
+            (true, false) => "ESMTP",
+            (false, true) => "SMTPS",
+            (false, false) => "SMTP",
+        };
         let for_clause = match self.rcpts.as_slice() {
             [one] => format!("\r\n\tfor <{}>", one.address),
             _ => String::new(),
@@ -831,5 +896,44 @@ mod tests {
             out.contains("452 4.5.3") && out.ends_with("250 2.0.0 OK\r\n"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn starttls_stops_consuming_and_forgets_the_session() {
+        let mut cfg = ServerConfig::new("mx.example.net");
+        cfg.starttls = true;
+        let mut s = SmtpServer::new(
+            cfg,
+            PeerInfo {
+                ip: "192.0.2.1".into(),
+                session: "t".into(),
+            },
+        );
+        let mut input = BytesMut::from("EHLO c\r\nSTARTTLS\r\nHELP\r\n");
+        assert_eq!(s.poll(&mut input), ServerStep::StartTls);
+        // The injected HELP is still buffered: the driver must see it and refuse to go on.
+        assert_eq!(&input[..], b"HELP\r\n");
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(
+            out.contains("250-STARTTLS") && out.ends_with("220 2.0.0 Ready to start TLS\r\n"),
+            "{out}"
+        );
+        assert_eq!(
+            s.poll(&mut input),
+            ServerStep::StartTls,
+            "nothing is consumed until the handshake"
+        );
+        input.clear();
+        s.tls_started();
+        assert_eq!(s.helo(), None);
+        input.extend_from_slice(b"MAIL FROM:<a@b.example>\r\nEHLO c\r\nSTARTTLS\r\n");
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(out.starts_with("503 5.5.1 Send EHLO"), "{out}");
+        assert!(
+            !out.contains("STARTTLS\r\n250") && !out.contains("-STARTTLS"),
+            "{out}"
+        );
+        assert!(out.ends_with("503 5.5.1 TLS is already active\r\n"), "{out}");
     }
 }

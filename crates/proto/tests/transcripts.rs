@@ -32,6 +32,8 @@ impl Machine for Mx {
                 ServerStep::NeedInput => return true,
                 ServerStep::Close => return false,
                 ServerStep::Reset => {}
+                // The unit-level world has no TLS; STARTTLS is tested over sockets.
+                ServerStep::StartTls => return false,
                 ServerStep::CheckSender { .. } => self.s.sender_verdict(Ok(())),
                 ServerStep::CheckRecipient { domain, .. } => {
                     self.s.recipient_verdict(if owners.contains_key(&domain) {
@@ -68,7 +70,7 @@ impl Machine for Odmr {
         loop {
             match self.s.poll(input) {
                 OdmrStep::NeedInput => return true,
-                OdmrStep::Close | OdmrStep::Turnaround => return false,
+                OdmrStep::Close | OdmrStep::Turnaround | OdmrStep::StartTls => return false,
                 OdmrStep::LookupSecret { user } => {
                     let secret = t
                         .accounts

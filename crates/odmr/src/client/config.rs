@@ -30,6 +30,8 @@ struct RawProvider {
     #[serde(default)]
     domains: Vec<String>,
     tls: Option<String>,
+    ca_file: Option<PathBuf>,
+    tls_verify: Option<bool>,
     interval: Option<String>,
     /// Idle timeout of the reversed session, per command.
     timeout: Option<String>,
@@ -63,11 +65,23 @@ pub struct Provider {
     pub user: String,
     pub password: String,
     pub domains: Vec<String>,
+    pub tls: TlsMode,
+    /// CA certificates to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// `false` only when chosen explicitly: accept any certificate.
+    pub tls_verify: bool,
     pub interval: Duration,
     pub timeout: Duration,
     pub atrn_timeout: Duration,
     pub deliver: Deliver,
     pub max_message_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    None,
+    StartTls,
+    Implicit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,25 +169,19 @@ impl ClientConfig {
                     ))
                 }
             };
-            match p.tls.as_deref().unwrap_or("none") {
-                "none" => {}
-                t @ ("starttls" | "implicit") => {
-                    return Err(invalid(
-                        key("tls"),
-                        t,
-                        "TLS is not available in this version yet",
-                        "set tls = \"none\" for now",
-                    ))
-                }
+            let tls = match p.tls.as_deref().unwrap_or("starttls") {
+                "none" => TlsMode::None,
+                "starttls" => TlsMode::StartTls,
+                "implicit" => TlsMode::Implicit,
                 t => {
                     return Err(invalid(
                         key("tls"),
                         t,
                         "unknown TLS mode",
-                        "use \"none\", \"starttls\" or \"implicit\"",
+                        "use \"starttls\" (the default), \"implicit\" or \"none\"",
                     ))
                 }
-            }
+            };
             let dur =
                 |k: &str, v: &Option<String>, default: u64, min: u64| -> Result<Duration, ConfigError> {
                     let Some(s) = v else {
@@ -244,6 +252,9 @@ impl ClientConfig {
                 user: p.user.clone(),
                 password,
                 domains: p.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
+                tls,
+                ca_file: p.ca_file.clone(),
+                tls_verify: p.tls_verify.unwrap_or(true),
                 interval: dur("interval", &p.interval, 600, 1)?,
                 timeout: dur("timeout", &p.timeout, 300, 1)?,
                 // RFC 2645 §5.2.1: the customer MUST wait at least 10 minutes for the reply.

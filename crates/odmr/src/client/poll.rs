@@ -4,12 +4,14 @@
 //! The sink is opened before ATRN, so no ATRN is sent while local delivery is impossible: the
 //! provider keeps the mail instead of turning around into a session we cannot finish.
 
-use super::config::{ClientConfig, Deliver, Provider};
+use super::config::{ClientConfig, Deliver, Provider, TlsMode};
 use super::receive::{receive, Received, Session};
 use super::sink::{command, maildir, relay, Sink};
 use super::splice::splice;
 use crate::net::conn::Conn;
+use crate::net::tls::client_connector;
 use odmr_proto::customer::{Customer, CustomerConfig, CustomerStep, FrontEnd, Wait};
+use rustls_pki_types::ServerName;
 use std::io::IsTerminal;
 
 /// How a poll ended; [`PollOutcome::exit_code`] is what `--once` reports.
@@ -59,19 +61,41 @@ async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Option<Sink>, Str
     Ok(Some(sink))
 }
 
+/// The provider's certificate must name the host we dialled (RFC 4954 §14 for PLAIN; and
+/// simply what TLS is for).
+async fn start_tls(p: &Provider, conn: &mut Conn) -> Result<(), String> {
+    let connector = client_connector(p.ca_file.as_deref(), p.tls_verify).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(p.host.clone()).map_err(|e| format!("{}: {e}", p.host))?;
+    conn.connect_tls(&connector, name, p.timeout)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn connect(p: &Provider, target: &str) -> Result<Conn, String> {
+    let mut conn = Conn::connect(target, p.timeout)
+        .await
+        .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+    if p.tls == TlsMode::Implicit {
+        start_tls(p, &mut conn)
+            .await
+            .map_err(|e| format!("TLS with {target}: {e}"))?;
+    }
+    Ok(conn)
+}
+
 pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
     let sink = match open_sink(cfg, p).await {
         Ok(s) => s,
         Err(e) => return PollOutcome::Failed(format!("local delivery is not possible, not polling: {e}")),
     };
     let target = format!("{}:{}", p.host, p.port);
-    let mut conn = match Conn::connect(&target, p.timeout).await {
+    let mut conn = match connect(p, &target).await {
         Ok(c) => c,
         Err(e) => {
             if let Some(s) = sink {
                 s.close().await;
             }
-            return PollOutcome::Failed(format!("cannot connect to {target}: {e}"));
+            return PollOutcome::Failed(e);
         }
     };
     let mut front = Customer::new(CustomerConfig {
@@ -79,6 +103,7 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
         user: p.user.clone(),
         password: p.password.clone().into_bytes(),
         domains: p.domains.clone(),
+        starttls: p.tls == TlsMode::StartTls,
     });
     let ended = loop {
         match front.poll(&mut conn.buf) {
@@ -111,6 +136,12 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
             CustomerStep::Ended(e) => {
                 let _ = conn.send(front.output(), p.timeout).await;
                 break Some(e);
+            }
+            CustomerStep::StartTls => {
+                if let Err(e) = start_tls(p, &mut conn).await {
+                    break Some(FrontEnd::Failed(format!("STARTTLS with {target}: {e}")));
+                }
+                front.tls_started();
             }
             CustomerStep::Turnaround => break None,
         }

@@ -43,6 +43,10 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
         session: crate::server::session_id(),
     };
     let mut m = SmtpServer::new(cfg, peer);
+    if conn.is_tls() {
+        // TLS negotiated before ATRN carries over (Received: says ESMTPS; no STARTTLS offered).
+        m.set_tls();
+    }
     let mut got = Received::default();
     let mut current: Option<(String, Vec<String>)> = None;
     loop {
@@ -110,6 +114,8 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
                 (s.progress)(&got);
             }
             ServerStep::AbortData | ServerStep::Reset => sink.reset().await,
+            // Not offered in the reversed session (TLS, if any, carries over from before ATRN).
+            ServerStep::StartTls => break,
             ServerStep::Close => {
                 let _ = conn.send(m.output(), s.timeout).await;
                 break;

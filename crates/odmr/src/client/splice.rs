@@ -30,8 +30,10 @@ pub async fn splice(provider: Conn, local: &Endpoint, idle: Duration) -> Spliced
             return out;
         }
     };
-    let (p_stream, pending) = provider.into_parts();
-    let (l_stream, _) = local.into_parts();
+    let (Some((p_stream, pending)), Some((l_stream, _))) = (provider.into_parts(), local.into_parts()) else {
+        out.error = Some("connection already closed".into());
+        return out;
+    };
     let (mut pr, mut pw) = tokio::io::split(p_stream);
     let (mut lr, mut lw) = tokio::io::split(l_stream);
     if !pending.is_empty() {

@@ -18,6 +18,12 @@ const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
+    #[error("connection already closed")]
+    Closed,
+    #[error("plaintext arrived after STARTTLS (possible command injection); closing")]
+    PlaintextAfterStartTls,
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     #[error("timed out after {0:?} connecting")]
     ConnectTimeout(Duration),
     #[error("timed out after {0:?} waiting for the peer")]
@@ -33,7 +39,11 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 pub struct Conn {
-    stream: Box<dyn Stream>,
+    /// `None` only for the moment of a TLS upgrade.
+    stream: Option<Box<dyn Stream>>,
+    tls: bool,
+    /// Write each CRLF-terminated line in its own TLS record (see [`Conn::one_line_per_record`]).
+    line_records: bool,
     pub buf: BytesMut,
     /// The peer's address; unspecified for a Unix socket.
     pub peer: SocketAddr,
@@ -48,7 +58,9 @@ impl Conn {
 
     pub fn from_stream(stream: Box<dyn Stream>, peer: SocketAddr) -> Self {
         Conn {
-            stream,
+            stream: Some(stream),
+            tls: false,
+            line_records: false,
             buf: BytesMut::with_capacity(READ_CHUNK),
             peer,
         }
@@ -74,14 +86,76 @@ impl Conn {
     }
 
     /// The stream and the bytes read but not yet consumed, for a byte-level splice.
-    pub fn into_parts(self) -> (Box<dyn Stream>, BytesMut) {
-        (self.stream, self.buf)
+    pub fn into_parts(self) -> Option<(Box<dyn Stream>, BytesMut)> {
+        Some((self.stream?, self.buf))
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Write every line in its own TLS record from now on. fetchmail over implicit TLS waits on
+    /// the raw socket after reading one line, so lines sharing a record with it stall until a
+    /// timeout (PEERS.md); one record per line serves it, at a cost other clients need not pay.
+    pub fn one_line_per_record(&mut self, on: bool) {
+        self.line_records = on && self.tls;
+    }
+
+    fn stream(&mut self) -> Result<&mut Box<dyn Stream>, ConnError> {
+        self.stream.as_mut().ok_or(ConnError::Closed)
+    }
+
+    /// Server side of STARTTLS or implicit TLS. Refuses (and the caller must close) when
+    /// plaintext is still buffered: it arrived after STARTTLS and must never be executed.
+    pub async fn accept_tls(
+        &mut self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        timeout: Duration,
+    ) -> Result<(), ConnError> {
+        if !self.buf.is_empty() {
+            self.buf.clear();
+            return Err(ConnError::PlaintextAfterStartTls);
+        }
+        let plain = self.stream.take().ok_or(ConnError::Closed)?;
+        match tokio::time::timeout(timeout, acceptor.accept(plain)).await {
+            Ok(Ok(s)) => {
+                self.stream = Some(Box::new(s));
+                self.tls = true;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),
+            Err(_) => Err(ConnError::ReadTimeout(timeout)),
+        }
+    }
+
+    /// Client side of STARTTLS or implicit TLS.
+    pub async fn connect_tls(
+        &mut self,
+        connector: &tokio_rustls::TlsConnector,
+        name: rustls_pki_types::ServerName<'static>,
+        timeout: Duration,
+    ) -> Result<(), ConnError> {
+        if !self.buf.is_empty() {
+            self.buf.clear();
+            return Err(ConnError::PlaintextAfterStartTls);
+        }
+        let plain = self.stream.take().ok_or(ConnError::Closed)?;
+        match tokio::time::timeout(timeout, connector.connect(name, plain)).await {
+            Ok(Ok(s)) => {
+                self.stream = Some(Box::new(s));
+                self.tls = true;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),
+            Err(_) => Err(ConnError::ReadTimeout(timeout)),
+        }
     }
 
     /// Read more input. `Ok(0)` means the peer closed the connection.
     pub async fn fill(&mut self, timeout: Duration) -> Result<usize, ConnError> {
         self.buf.reserve(READ_CHUNK);
-        match tokio::time::timeout(timeout, self.stream.read_buf(&mut self.buf)).await {
+        let stream = self.stream.as_mut().ok_or(ConnError::Closed)?;
+        match tokio::time::timeout(timeout, stream.read_buf(&mut self.buf)).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(ConnError::ReadTimeout(timeout)),
         }
@@ -92,7 +166,22 @@ impl Conn {
         if out.is_empty() {
             return Ok(());
         }
-        let res = tokio::time::timeout(timeout, self.stream.write_all(out)).await;
+        let line_records = self.line_records;
+        let stream = self.stream()?;
+        let write = async {
+            if line_records {
+                // One write + flush per line: tokio-rustls seals each flush into its own record.
+                for line in out.split_inclusive(|&b| b == b'\n') {
+                    stream.write_all(line).await?;
+                    stream.flush().await?;
+                }
+                Ok(())
+            } else {
+                stream.write_all(out).await?;
+                stream.flush().await
+            }
+        };
+        let res = tokio::time::timeout(timeout, write).await;
         out.clear();
         match res {
             Ok(r) => Ok(r?),
@@ -101,6 +190,8 @@ impl Conn {
     }
 
     pub async fn shutdown(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
+        if let Some(s) = self.stream.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.shutdown()).await;
+        }
     }
 }

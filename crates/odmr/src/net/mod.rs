@@ -1,3 +1,4 @@
 //! The one place that does socket I/O for the protocol machines.
 
 pub mod conn;
+pub mod tls;

@@ -11,6 +11,7 @@ mod mx;
 mod odmr;
 
 use crate::config::Config;
+use crate::net::tls::TlsServer;
 use anyhow::Context;
 use odmr_store::Store;
 use std::net::SocketAddr;
@@ -27,6 +28,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 pub struct Shared {
     pub cfg: Config,
     pub store: Store,
+    /// The certificate for STARTTLS and implicit TLS, if configured.
+    pub tls: Option<Arc<TlsServer>>,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -37,6 +40,13 @@ pub fn session_id() -> String {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let tls = match &cfg.tls {
+        Some(f) => Some(Arc::new(
+            TlsServer::load(&f.cert, &f.key)
+                .with_context(|| format!("config file {}", cfg.path.display()))?,
+        )),
+        None => None,
+    };
     let store = Store::open_sqlite(&cfg.store_path)
         .await
         .map_err(|e| cfg.store_error(e))?;
@@ -44,6 +54,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         store: store.clone(),
+        tls: tls.clone(),
         shutdown: stop_rx,
     });
 
@@ -51,6 +62,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     for (kind, key, addrs) in [
         (Kind::Smtp, "smtp.listen", &cfg.smtp.listen),
         (Kind::Odmr, "odmr.listen", &cfg.odmr.listen),
+        (Kind::OdmrTls, "odmr.listen_tls", &cfg.odmr.listen_tls),
     ] {
         for addr in addrs {
             let l = TcpListener::bind(addr).await.with_context(|| {
@@ -75,11 +87,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     drop(sess_tx);
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = hup.recv() => match &tls {
+                // New handshakes get the new certificate; running sessions keep theirs.
+                Some(t) => match t.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: certificate reload failed; keeping the old one"),
+                },
+                None => tracing::info!("SIGHUP: no [tls] configured, nothing to reload"),
+            },
             Some(fut) = sess_rx.recv() => { sessions.spawn(fut); }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
@@ -104,6 +126,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 enum Kind {
     Smtp,
     Odmr,
+    OdmrTls,
 }
 
 impl Kind {
@@ -111,6 +134,7 @@ impl Kind {
         match self {
             Kind::Smtp => "smtp",
             Kind::Odmr => "odmr",
+            Kind::OdmrTls => "odmr-tls",
         }
     }
 }
@@ -136,7 +160,8 @@ async fn accept_loop(
         let shared = shared.clone();
         let fut: SessionFuture = match kind {
             Kind::Smtp => Box::pin(mx::session(shared, stream, peer)),
-            Kind::Odmr => Box::pin(odmr::session(shared, stream, peer)),
+            Kind::Odmr => Box::pin(odmr::session(shared, stream, peer, false)),
+            Kind::OdmrTls => Box::pin(odmr::session(shared, stream, peer, true)),
         };
         if sessions.send(fut).is_err() {
             return;

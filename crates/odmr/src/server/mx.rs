@@ -24,6 +24,8 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
     mcfg.max_message_size = c.smtp.max_message_size;
     mcfg.max_recipients = c.smtp.max_recipients;
     mcfg.max_received = c.smtp.max_received_headers;
+    // STARTTLS is offered, never required: RFC 3207 §4 forbids requiring it on a public MX.
+    mcfg.starttls = shared.tls.is_some();
     let mut s = SmtpServer::new(
         mcfg,
         PeerInfo {
@@ -74,6 +76,19 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
             }
             // The MX takes any sender: relay control is per recipient.
             ServerStep::Reset => {}
+            ServerStep::StartTls => {
+                let Some(tls) = shared.tls.as_ref() else { break };
+                if let Err(e) = conn.send(s.output(), timeout).await {
+                    tracing::info!(error = %e, "write failed");
+                    break;
+                }
+                if let Err(e) = conn.accept_tls(&tls.acceptor(), timeout).await {
+                    tracing::warn!(error = %e, "STARTTLS failed; closing");
+                    break;
+                }
+                tracing::debug!("TLS established");
+                s.tls_started();
+            }
             ServerStep::CheckSender { .. } => s.sender_verdict(Ok(())),
             ServerStep::CheckRecipient { address, domain } => {
                 let verdict = match shared.store.domain_owner(&domain).await {

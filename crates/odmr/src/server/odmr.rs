@@ -21,20 +21,38 @@ use tracing::Instrument;
 /// crashed node's lease frees its domains within this time.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
 
-pub async fn session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// `implicit`: the listener is implicit TLS; the handshake comes before the greeting.
+pub async fn session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, implicit: bool) {
     let id = session_id();
     let span = tracing::info_span!("odmr", session = %id, peer = %peer);
-    run(shared, Conn::new(stream, peer), id).instrument(span).await
+    let mut conn = Conn::new(stream, peer);
+    if implicit {
+        let Some(tls) = shared.tls.as_ref() else { return };
+        if let Err(e) = conn
+            .accept_tls(&tls.acceptor(), shared.cfg.odmr.command_timeout)
+            .await
+        {
+            span.in_scope(|| tracing::info!(error = %e, "TLS handshake failed"));
+            return;
+        }
+    }
+    run(shared, conn, id, implicit).instrument(span).await
 }
 
-async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
+async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
     let c = &shared.cfg;
     let timeout = c.odmr.command_timeout;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let mut s = OdmrSession::new(OdmrConfig::new(c.hostname.clone()), rand::random(), now);
+    let mut ocfg = OdmrConfig::new(c.hostname.clone());
+    ocfg.starttls = shared.tls.is_some();
+    ocfg.require_tls = c.odmr.require_tls;
+    let mut s = OdmrSession::new(ocfg, rand::random(), now);
+    if conn.is_tls() {
+        s.set_tls();
+    }
     let mut shutdown = shared.shutdown.clone();
     let mut granted: Option<(Lease, Vec<String>, String)> = None;
     loop {
@@ -92,6 +110,18 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 }
                 s.atrn_decision(decision);
             }
+            OdmrStep::StartTls => {
+                let Some(tls) = shared.tls.as_ref() else { break };
+                if let Err(e) = conn.send(s.output(), timeout).await {
+                    tracing::info!(error = %e, "write failed");
+                    break;
+                }
+                if let Err(e) = conn.accept_tls(&tls.acceptor(), timeout).await {
+                    tracing::warn!(error = %e, "STARTTLS failed; closing");
+                    break;
+                }
+                s.tls_started();
+            }
             OdmrStep::Turnaround => {
                 if let Err(e) = conn.send(s.output(), timeout).await {
                     tracing::info!(error = %e, "write failed at turnaround");
@@ -100,6 +130,9 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 let Some((lease, domains, account)) = granted.take() else {
                     break;
                 };
+                // fetchmail is the implicit-TLS client in the field, and it stalls when a TLS
+                // record holds more than one line; STARTTLS clients are not slowed down.
+                conn.one_line_per_record(implicit);
                 let span = tracing::info_span!("deliver", account = %account);
                 deliver::deliver(&shared, &mut conn, &lease, &domains)
                     .instrument(span)

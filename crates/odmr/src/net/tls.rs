@@ -1,0 +1,180 @@
+//! TLS with rustls (ring backend): the server's certificate, reloadable without dropping
+//! sessions, and the client's verification settings.
+//!
+//! Invariants:
+//! - The certificate lives behind an `ArcSwap`: a reload swaps in a new config for new
+//!   handshakes while sessions already running keep theirs. A reload that fails leaves the old
+//!   certificate in place and says why.
+//! - Errors name the file and the fix.
+
+use arc_swap::ArcSwap;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{key} = {path:?}: {problem}; {fix}")]
+    File {
+        key: &'static str,
+        path: PathBuf,
+        problem: String,
+        fix: &'static str,
+    },
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |problem: String| TlsError::File {
+        key,
+        path: path.to_path_buf(),
+        problem,
+        fix: "give a PEM file with the certificate chain (leaf first)",
+    };
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate found".into()));
+    }
+    Ok(certs)
+}
+
+/// The server side: certificate and key, reloadable.
+pub struct TlsServer {
+    cert: PathBuf,
+    key: PathBuf,
+    config: ArcSwap<rustls::ServerConfig>,
+}
+
+impl TlsServer {
+    pub fn load(cert: &Path, key: &Path) -> Result<TlsServer, TlsError> {
+        let config = Self::build(cert, key)?;
+        Ok(TlsServer {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            config: ArcSwap::from_pointee(config),
+        })
+    }
+
+    fn build(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+        let certs = read_certs("tls.cert", cert)?;
+        let private = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+            key: "tls.key",
+            path: key.to_path_buf(),
+            problem: e.to_string(),
+            fix: "give a PEM file with the private key (PKCS#8, PKCS#1 or SEC1) of the certificate",
+        })?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, private)
+            .map_err(|e| TlsError::File {
+                key: "tls.key",
+                path: key.to_path_buf(),
+                problem: e.to_string(),
+                fix: "the key must belong to the certificate in tls.cert",
+            })?;
+        Ok(config)
+    }
+
+    /// Read the files again (SIGHUP). New handshakes use the new certificate.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = Self::build(&self.cert, &self.key)?;
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.load_full())
+    }
+}
+
+/// The client side: verify against the system roots, or `ca_file`, or (only when chosen
+/// explicitly) not at all.
+pub fn client_connector(
+    ca_file: Option<&Path>,
+    verify: bool,
+) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let config = if !verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_file {
+            Some(path) => {
+                for c in read_certs("ca_file", path)? {
+                    roots.add(c).map_err(|e| TlsError::File {
+                        key: "ca_file",
+                        path: path.to_path_buf(),
+                        problem: e.to_string(),
+                        fix: "give a PEM file with the CA certificate(s) that signed the provider's certificate",
+                    })?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                for c in found.certs {
+                    let _ = roots.add(c);
+                }
+                if roots.is_empty() {
+                    return Err(TlsError::File {
+                        key: "ca_file",
+                        path: PathBuf::from("(system roots)"),
+                        problem: "no trusted CA certificates found on this system".into(),
+                        fix: "install ca-certificates or set ca_file",
+                    });
+                }
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// `tls_verify = false`: accept any certificate (the handshake signature is still checked).
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

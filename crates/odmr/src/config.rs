@@ -37,6 +37,17 @@ struct RawConfig {
     #[serde(default)]
     odmr: RawOdmr,
     tls: Option<RawTls>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    auth_lockout_after: Option<u32>,
+    auth_lockout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +159,7 @@ pub struct Config {
     pub odmr: OdmrConfig,
     /// Certificate and key (PEM) for STARTTLS and the implicit-TLS listener.
     pub tls: Option<TlsFiles>,
+    pub limits: crate::server::limits::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -293,7 +305,23 @@ impl Config {
                 "add a [tls] table with cert = \"/path/fullchain.pem\" and key = \"/path/key.pem\"",
             ));
         }
+        let d = crate::server::limits::Limits::default();
+        let limits = crate::server::limits::Limits {
+            max_connections: raw.limits.max_connections.unwrap_or(d.max_connections).max(1),
+            max_connections_per_ip: raw
+                .limits
+                .max_connections_per_ip
+                .unwrap_or(d.max_connections_per_ip)
+                .max(1),
+            auth_lockout_after: raw
+                .limits
+                .auth_lockout_after
+                .unwrap_or(d.auth_lockout_after)
+                .max(3),
+            lockout: dur("limits.auth_lockout", &raw.limits.auth_lockout, d.lockout, sec(1))?,
+        };
         Ok(Config {
+            limits,
             tls: raw.tls.as_ref().map(|t| TlsFiles {
                 cert: t.cert.clone(),
                 key: t.key.clone(),

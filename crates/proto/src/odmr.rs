@@ -409,6 +409,19 @@ impl OdmrSession {
         ok
     }
 
+    /// The driver's answer to [`OdmrStep::LookupSecret`] when it will not check the credentials
+    /// now (too many recent failures): a temporary refusal, 454 (RFC 4954 §4).
+    pub fn auth_temporary_failure(&mut self) {
+        if matches!(self.state, State::AwaitSecret { .. }) {
+            self.pending = None;
+            self.state = State::Initial;
+            self.reply(
+                454,
+                "4.7.0 Temporary authentication failure: too many failures, try again later",
+            );
+        }
+    }
+
     /// The driver's answer to [`OdmrStep::Atrn`].
     pub fn atrn_decision(&mut self, decision: AtrnDecision) {
         let State::AwaitAtrn { account } = std::mem::replace(&mut self.state, State::Initial) else {

@@ -7,6 +7,7 @@
 //! leaves the queue only after the customer's `250`.
 
 mod deliver;
+pub mod limits;
 mod mx;
 mod odmr;
 
@@ -30,6 +31,8 @@ pub struct Shared {
     pub store: Store,
     /// The certificate for STARTTLS and implicit TLS, if configured.
     pub tls: Option<Arc<TlsServer>>,
+    /// Connection counts and AUTH failure throttling.
+    pub guards: limits::Guards,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -55,6 +58,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg: cfg.clone(),
         store: store.clone(),
         tls: tls.clone(),
+        guards: limits::Guards::new(cfg.limits.clone()),
         shutdown: stop_rx,
     });
 
@@ -157,12 +161,31 @@ async fn accept_loop(
                 continue;
             }
         };
+        let slot = match shared.guards.connect(peer.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::warn!(kind = kind.name(), peer = %peer, "refused: {why}");
+                let msg = format!("421 4.7.0 {} {why}, try again later\r\n", shared.cfg.hostname);
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), stream.write_all(msg.as_bytes())).await;
+                });
+                continue;
+            }
+        };
         let shared = shared.clone();
-        let fut: SessionFuture = match kind {
+        let session: SessionFuture = match kind {
             Kind::Smtp => Box::pin(mx::session(shared, stream, peer)),
             Kind::Odmr => Box::pin(odmr::session(shared, stream, peer, false)),
             Kind::OdmrTls => Box::pin(odmr::session(shared, stream, peer, true)),
         };
+        // The slot is released when the session ends, however it ends.
+        let fut: SessionFuture = Box::pin(async move {
+            session.await;
+            drop(slot);
+        });
         if sessions.send(fut).is_err() {
             return;
         }

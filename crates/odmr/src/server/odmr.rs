@@ -6,6 +6,7 @@
 //! lease held by another session → 451; otherwise 250 with the lease held for the whole
 //! reversed session.
 
+use super::limits::AuthGate;
 use super::{deliver, session_id, Shared};
 use crate::net::conn::Conn;
 use odmr_proto::odmr::{AtrnDecision, OdmrConfig, OdmrSession, OdmrStep};
@@ -83,6 +84,15 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                 }
             }
             OdmrStep::LookupSecret { user } => {
+                let ip = conn.peer.ip();
+                match shared.guards.auth_gate(ip, Some(&user)) {
+                    AuthGate::LockedOut => {
+                        tracing::warn!(account = %user, "AUTH refused: too many recent failures");
+                        s.auth_temporary_failure();
+                        continue;
+                    }
+                    AuthGate::Proceed(delay) => tokio::time::sleep(delay).await,
+                }
                 let secret = match shared.store.account_credential(&user, cram_md5::SCHEME).await {
                     Ok(Some(bytes)) => CramSecret::from_bytes(&bytes).ok(),
                     Ok(None) => None,
@@ -92,8 +102,10 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                     }
                 };
                 if s.secret(secret) {
+                    shared.guards.auth_succeeded(ip, &user);
                     tracing::info!(account = %user, "authenticated");
                 } else {
+                    shared.guards.auth_failed(ip, &user);
                     tracing::warn!(account = %user, "authentication failed");
                 }
             }

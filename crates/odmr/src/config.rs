@@ -88,6 +88,8 @@ struct RawSmtp {
     #[serde(default)]
     max_received_headers: Option<usize>,
     #[serde(default)]
+    max_messages_per_session: Option<u64>,
+    #[serde(default)]
     command_timeout: Option<String>,
 }
 
@@ -98,6 +100,7 @@ impl Default for RawSmtp {
             max_message_size: None,
             max_recipients: None,
             max_received_headers: None,
+            max_messages_per_session: None,
             command_timeout: None,
         }
     }
@@ -174,6 +177,7 @@ pub struct SmtpConfig {
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub max_received_headers: usize,
+    pub max_messages_per_session: u64,
     /// Idle time allowed between commands and between data blocks (RFC 5321 §4.5.3.2.7: ≥ 5 min).
     pub command_timeout: Duration,
 }
@@ -334,6 +338,7 @@ impl Config {
                 max_message_size,
                 max_recipients,
                 max_received_headers: raw.smtp.max_received_headers.unwrap_or(100).max(1),
+                max_messages_per_session: raw.smtp.max_messages_per_session.unwrap_or(10_000).max(1),
                 command_timeout: dur(
                     "smtp.command_timeout",
                     &raw.smtp.command_timeout,
@@ -424,6 +429,13 @@ listen = ["0.0.0.0:366"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("odmr.listen") && e.contains("IP:PORT"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let c = parse(include_str!("../../../odmr.example.toml")).unwrap();
+        assert_eq!(c.smtp.listen[0].port(), 10025);
+        assert_eq!(c.limits.max_connections_per_ip, 20);
     }
 
     #[test]

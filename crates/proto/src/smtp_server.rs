@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub check_sender: bool,
     /// Offer STARTTLS (the driver has a certificate and TLS is not active yet).
     pub starttls: bool,
+    /// Messages accepted per session; MAIL after that gets 421 and the session ends.
+    pub max_messages: u64,
 }
 
 impl ServerConfig {
@@ -65,6 +67,7 @@ impl ServerConfig {
             smtputf8: true,
             check_sender: false,
             starttls: false,
+            max_messages: 10_000,
         }
     }
 }
@@ -413,6 +416,15 @@ impl SmtpServer {
         if self.mail.is_some() {
             self.reply(Reply::new(503, "5.5.1", "Nested MAIL command"));
             return None;
+        }
+        if self.messages >= self.cfg.max_messages {
+            let host = self.cfg.hostname.clone();
+            self.reply(Reply::new(
+                421,
+                "4.7.0",
+                format!("{host} too many messages in one session, reconnect"),
+            ));
+            return Some(ServerStep::Close);
         }
         let mut l = line.to_vec();
         l.extend_from_slice(b"\r\n");
@@ -935,5 +947,27 @@ mod tests {
             "{out}"
         );
         assert!(out.ends_with("503 5.5.1 TLS is already active\r\n"), "{out}");
+    }
+
+    #[test]
+    fn messages_per_session_are_limited() {
+        let mut cfg = ServerConfig::new("mx");
+        cfg.max_messages = 1;
+        let mut s = SmtpServer::new(
+            cfg,
+            PeerInfo {
+                ip: "192.0.2.1".into(),
+                session: "m".into(),
+            },
+        );
+        let mut input = BytesMut::new();
+        to_data(&mut s, &mut input);
+        input.extend_from_slice(b"x\r\n.\r\nMAIL FROM:<a@b.example>\r\n");
+        while !matches!(s.poll(&mut input), ServerStep::EndData { .. }) {}
+        s.committed(Ok("OK".into()));
+        assert_eq!(s.poll(&mut input), ServerStep::Close);
+        assert!(s
+            .output()
+            .ends_with(b"421 4.7.0 mx too many messages in one session, reconnect\r\n"));
     }
 }

@@ -307,6 +307,13 @@ smtp = "127.0.0.1:25"
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let c = parse(include_str!("../../../../odmr-client.example.toml")).unwrap();
+        assert_eq!(c.providers[0].tls, TlsMode::StartTls);
+        assert_eq!(c.providers[0].port, 366);
+    }
+
+    #[test]
     fn errors_name_key_and_fix() {
         let e = parse(&OK.replace("smtp = ", "lmtp = \"unix:/run/lmtp\"\nsmtp = "))
             .unwrap_err()

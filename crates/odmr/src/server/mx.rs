@@ -24,6 +24,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
     mcfg.max_message_size = c.smtp.max_message_size;
     mcfg.max_recipients = c.smtp.max_recipients;
     mcfg.max_received = c.smtp.max_received_headers;
+    mcfg.max_messages = c.smtp.max_messages_per_session;
     // STARTTLS is offered, never required: RFC 3207 §4 forbids requiring it on a public MX.
     mcfg.starttls = shared.tls.is_some();
     let mut s = SmtpServer::new(

@@ -256,7 +256,13 @@ fn python_smtplib_sends_and_authenticates_with_cram_md5() {
         .map(|f| f.as_str().unwrap())
         .collect();
     assert!(features.contains(&"ATRN"), "{v}");
-    assert!(features.contains(&"AUTH CRAM-MD5"), "{v}");
+    // One AUTH line listing CRAM-MD5 (fetchmail's only mechanism) among others.
+    assert!(
+        features
+            .iter()
+            .any(|f| f.starts_with("AUTH ") && f.split(' ').any(|m| m == "CRAM-MD5")),
+        "{v}"
+    );
     assert_eq!(v["atrn_before_auth"][0], 530, "{v}");
     assert_eq!(v["auth"][0], 235, "{v}");
     assert_eq!(v["atrn"][0], 453, "ATRN with no mail: {v}");

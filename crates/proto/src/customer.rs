@@ -11,6 +11,8 @@
 
 use crate::reply::{parse_reply, Reply};
 use crate::sasl::cram_md5;
+use crate::sasl::plain;
+use crate::sasl::scram::{ScramClient, ScramError};
 use base64::Engine;
 use bytes::BytesMut;
 
@@ -26,6 +28,10 @@ pub struct CustomerConfig {
     pub domains: Vec<String>,
     /// Insist on STARTTLS before AUTH (the driver is not already on TLS).
     pub starttls: bool,
+    /// The connection is already TLS (implicit TLS).
+    pub tls_active: bool,
+    /// Our SCRAM nonce (random, from the driver).
+    pub nonce: String,
 }
 
 /// How the front half ended, when it did not turn around.
@@ -73,6 +79,8 @@ enum State {
     Ehlo,
     StartTls,
     Handshake,
+    ScramFirst,
+    ScramFinal,
     AuthStart,
     AuthResult,
     Atrn,
@@ -86,16 +94,19 @@ pub struct Customer {
     state: State,
     ended: Option<FrontEnd>,
     tls: bool,
+    scram: Option<ScramClient>,
 }
 
 impl Customer {
     pub fn new(cfg: CustomerConfig) -> Self {
+        let cfg_tls = cfg.tls_active;
         Customer {
             cfg,
             out: Vec::with_capacity(512),
             state: State::Greeting,
             ended: None,
-            tls: false,
+            tls: cfg_tls,
+            scram: None,
         }
     }
 
@@ -207,16 +218,42 @@ impl Customer {
                         "provider does not offer ATRN (its EHLO reply lacks ATRN); is this the ODMR port (366)?".into(),
                     ));
                 }
-                match kw("AUTH") {
-                    Some(m) if m.iter().any(|x| x == "CRAM-MD5") => {
-                        self.cmd("AUTH CRAM-MD5");
-                        self.state = State::AuthStart;
+                // Preference: SCRAM-SHA-256 > CRAM-MD5 > PLAIN (PLAIN only under TLS).
+                let offered = kw("AUTH").unwrap_or_default();
+                let has = |m: &str| offered.iter().any(|x| x == m);
+                if has("SCRAM-SHA-256") {
+                    match ScramClient::new(
+                        &self.cfg.user,
+                        &String::from_utf8_lossy(&self.cfg.password),
+                        &self.cfg.nonce,
+                    ) {
+                        Ok(client) => {
+                            let first = B64.encode(client.client_first());
+                            self.cmd(&format!("AUTH SCRAM-SHA-256 {first}"));
+                            self.scram = Some(client);
+                            self.state = State::ScramFirst;
+                        }
+                        Err(e) => self.end(FrontEnd::Failed(format!(
+                            "cannot use SCRAM-SHA-256 with this user name or password: {e}"
+                        ))),
                     }
-                    Some(m) => self.end(FrontEnd::Failed(format!(
-                        "provider offers AUTH {} but not CRAM-MD5, the only mechanism this client speaks without TLS",
-                        m.join(" ")
-                    ))),
-                    None => self.end(FrontEnd::Failed("provider does not offer AUTH".into())),
+                } else if has("CRAM-MD5") {
+                    self.cmd("AUTH CRAM-MD5");
+                    self.state = State::AuthStart;
+                } else if has("PLAIN") && self.tls {
+                    let resp = B64.encode(plain::plain_response(
+                        &self.cfg.user,
+                        &String::from_utf8_lossy(&self.cfg.password),
+                    ));
+                    self.cmd(&format!("AUTH PLAIN {resp}"));
+                    self.state = State::AuthResult;
+                } else if offered.is_empty() {
+                    self.end(FrontEnd::Failed("provider does not offer AUTH".into()))
+                } else {
+                    self.end(FrontEnd::Failed(format!(
+                        "provider offers AUTH {} but none this client can use here (SCRAM-SHA-256, CRAM-MD5, or PLAIN under TLS)",
+                        offered.join(" ")
+                    )))
                 }
             }
             State::StartTls => {
@@ -227,6 +264,36 @@ impl Customer {
                 }
             }
             State::Handshake => {}
+            State::ScramFirst | State::ScramFinal => {
+                if r.code != 334 {
+                    return self.end(FrontEnd::AuthFailed(r));
+                }
+                let data = B64.decode(r.lines.first().map(String::as_str).unwrap_or("").trim());
+                let Some(client) = self.scram.as_mut() else { return };
+                let next = match (self.state, data) {
+                    (State::ScramFirst, Ok(d)) => client.server_first(&d).map(|fin| Some(B64.encode(fin))),
+                    // The provider proved it knows our verifier: finish with an empty line.
+                    (_, Ok(d)) => client.server_final(&d).map(|()| None),
+                    (_, Err(_)) => Err(ScramError::Malformed("undecodable challenge")),
+                };
+                match next {
+                    Ok(Some(line)) => {
+                        self.cmd(&line);
+                        self.state = State::ScramFinal;
+                    }
+                    Ok(None) => {
+                        self.cmd("");
+                        self.state = State::AuthResult;
+                    }
+                    Err(e) => {
+                        self.cmd("*");
+                        self.state = State::AuthResult;
+                        self.ended = Some(FrontEnd::Failed(format!(
+                            "SCRAM-SHA-256 with the provider failed: {e}"
+                        )));
+                    }
+                }
+            }
             State::AuthStart => {
                 if r.code != 334 {
                     return self.end(FrontEnd::AuthFailed(r));
@@ -292,6 +359,8 @@ mod tests {
             password: b"tanstaaftanstaaf".to_vec(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
             starttls: false,
+            tls_active: false,
+            nonce: "testnonce".into(),
         })
     }
 

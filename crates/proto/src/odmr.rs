@@ -18,6 +18,8 @@ use crate::atrn::parse_atrn_args;
 use crate::line::{split_verb, Line, LineReader};
 use crate::reply::Reply;
 use crate::sasl::cram_md5::{self, CramSecret};
+use crate::sasl::plain::{self, LOGIN_PASS_CHALLENGE, LOGIN_USER_CHALLENGE};
+use crate::sasl::scram::{self, ScramServer, ScramVerifier};
 use base64::Engine;
 use bytes::BytesMut;
 
@@ -34,6 +36,9 @@ pub struct OdmrConfig {
     /// After this many failed AUTH attempts the session ends with 421 (RFC 4954 §9: not
     /// before 3).
     pub max_auth_failures: usize,
+    /// Salt source for unknown users in SCRAM, stable per server so that an unknown user looks
+    /// like a known one (random at startup).
+    pub decoy_secret: Vec<u8>,
     /// Offer STARTTLS (a certificate is configured and TLS is not active yet).
     pub starttls: bool,
     /// Refuse everything but EHLO, HELO, NOOP, RSET, STARTTLS and QUIT until TLS is active.
@@ -46,6 +51,7 @@ impl OdmrConfig {
             hostname: hostname.into(),
             max_errors: 20,
             max_auth_failures: 5,
+            decoy_secret: b"odmr".to_vec(),
             starttls: false,
             require_tls: false,
         }
@@ -58,6 +64,16 @@ pub enum OdmrStep {
     /// Fetch the CRAM-MD5 secret of `user`, then call [`OdmrSession::secret`].
     LookupSecret {
         user: String,
+    },
+    /// Fetch the SCRAM-SHA-256 verifier of `user`, then call [`OdmrSession::scram_verifier`].
+    LookupScram {
+        user: String,
+    },
+    /// Check a password given with PLAIN or LOGIN (only ever under TLS), then call
+    /// [`OdmrSession::password_checked`].
+    CheckPassword {
+        user: String,
+        password: String,
     },
     /// Decide on ATRN for the authenticated `account`; `domains` is empty for a bare ATRN
     /// (meaning all of the account's domains). Answer with [`OdmrSession::atrn_decision`].
@@ -88,11 +104,39 @@ pub enum AtrnDecision {
     TempError,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+enum Exchange {
+    Cram {
+        challenge: String,
+    },
+    /// SCRAM, waiting for client-first.
+    Scram(Box<ScramServer>),
+    /// SCRAM, waiting for client-final.
+    ScramFinal(Box<ScramServer>),
+    /// SCRAM's server-final was sent; the client answers with an empty line.
+    ScramDone {
+        user: String,
+    },
+    Plain,
+    LoginUser,
+    LoginPass {
+        user: String,
+    },
+}
+
+enum ExKind {
+    ScramFirst,
+    Other,
+}
+
 enum State {
     Initial,
-    AuthCram {
-        challenge: String,
+    /// A SASL exchange waiting for the client's next line.
+    Sasl(Exchange),
+    /// SCRAM: waiting for the driver's verifier.
+    AwaitScram(Box<ScramServer>),
+    /// PLAIN/LOGIN: waiting for the driver's password check.
+    AwaitPassword {
+        user: String,
     },
     AwaitSecret {
         user: String,
@@ -190,7 +234,10 @@ impl OdmrSession {
                 State::Closed => return OdmrStep::Close,
                 State::Turned => return OdmrStep::Turnaround,
                 State::Tls => return OdmrStep::StartTls,
-                State::AwaitSecret { .. } | State::AwaitAtrn { .. } => return OdmrStep::NeedInput,
+                State::AwaitSecret { .. }
+                | State::AwaitScram(_)
+                | State::AwaitPassword { .. }
+                | State::AwaitAtrn { .. } => return OdmrStep::NeedInput,
                 _ => {}
             }
             if self.errors > self.cfg.max_errors {
@@ -202,7 +249,7 @@ impl OdmrSession {
             let line = match self.lines.next_line(input) {
                 None => return OdmrStep::NeedInput,
                 Some(Line::TooLong) => {
-                    if matches!(self.state, State::AuthCram { .. }) {
+                    if matches!(self.state, State::Sasl(_)) {
                         self.state = State::Initial;
                         self.lines.set_max(MAX_COMMAND_LINE);
                     }
@@ -215,12 +262,12 @@ impl OdmrSession {
                 }
                 Some(Line::Ok(l)) => l,
             };
-            let step = if let State::AuthCram { challenge } = &self.state {
-                let challenge = challenge.clone();
-                self.lines.set_max(MAX_COMMAND_LINE);
-                self.cram_response(&line, challenge)
-            } else {
-                self.command(&line)
+            let step = match std::mem::replace(&mut self.state, State::Initial) {
+                State::Sasl(ex) => self.sasl_line(&line, ex),
+                other => {
+                    self.state = other;
+                    self.command(&line)
+                }
             };
             if let Some(step) = step {
                 match step {
@@ -262,7 +309,12 @@ impl OdmrSession {
                 // Names without a dot are fine: fetchmail sends the bare host name.
                 let mut lines = vec![format!("{} greets {}", self.cfg.hostname, args)];
                 if authed.is_none() && !before_tls {
-                    lines.push("AUTH CRAM-MD5".into());
+                    // PLAIN and LOGIN only under TLS (RFC 4954 §4, §14).
+                    lines.push(if self.tls {
+                        "AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN".into()
+                    } else {
+                        "AUTH SCRAM-SHA-256 CRAM-MD5".into()
+                    });
                 }
                 if self.cfg.starttls && !self.tls && authed.is_none() {
                     lines.push("STARTTLS".into());
@@ -330,16 +382,41 @@ impl OdmrSession {
             self.reply(501, "Syntax: AUTH mechanism");
             return None;
         }
-        if mech != "CRAM-MD5" {
-            self.reply(504, "Unrecognized authentication type");
-            return None;
+        self.attempts += 1;
+        let initial = match initial.map(|i| if i == "=" { Ok(Vec::new()) } else { B64.decode(i) }) {
+            Some(Ok(b)) => Some(b),
+            Some(Err(_)) => {
+                self.reply(501, "Invalid base64 data");
+                return None;
+            }
+            None => None,
+        };
+        match mech.as_str() {
+            "CRAM-MD5" => {}
+            "SCRAM-SHA-256" => {
+                let mut nonce_seed = self.seed.to_le_bytes().to_vec();
+                nonce_seed.extend_from_slice(&self.unix_time.to_le_bytes());
+                nonce_seed.extend_from_slice(&self.attempts.to_le_bytes());
+                let server = ScramServer::new(&scram::make_nonce(&nonce_seed))
+                    .with_decoy_secret(&self.cfg.decoy_secret);
+                return self.sasl_start(initial, "", Exchange::Scram(Box::new(server)));
+            }
+            "PLAIN" | "LOGIN" if !self.tls => {
+                self.reply(504, "Mechanism available only after STARTTLS");
+                return None;
+            }
+            "PLAIN" => return self.sasl_start(initial, "", Exchange::Plain),
+            "LOGIN" => return self.sasl_start(initial, LOGIN_USER_CHALLENGE, Exchange::LoginUser),
+            _ => {
+                self.reply(504, "Unrecognized authentication type");
+                return None;
+            }
         }
         if initial.is_some() {
             // CRAM-MD5 is server-first (RFC 4954 §4).
             self.reply(501, "CRAM-MD5 does not take an initial response");
             return None;
         }
-        self.attempts += 1;
         let challenge = cram_md5::make_challenge(
             self.seed.wrapping_add(self.attempts),
             self.unix_time,
@@ -348,12 +425,26 @@ impl OdmrSession {
         let enc = B64.encode(challenge.as_bytes());
         self.reply(334, enc);
         self.lines.set_max(MAX_AUTH_LINE);
-        self.state = State::AuthCram { challenge };
+        self.state = State::Sasl(Exchange::Cram { challenge });
         None
     }
 
-    fn cram_response(&mut self, line: &[u8], challenge: String) -> Option<OdmrStep> {
-        self.state = State::Initial;
+    /// Begin a client-first exchange: use the initial response, or ask for it.
+    fn sasl_start(&mut self, initial: Option<Vec<u8>>, prompt: &str, ex: Exchange) -> Option<OdmrStep> {
+        match initial {
+            Some(data) => self.sasl_data(&data, ex),
+            None => {
+                self.reply(334, prompt.to_string());
+                self.lines.set_max(MAX_AUTH_LINE);
+                self.state = State::Sasl(ex);
+                None
+            }
+        }
+    }
+
+    /// One line of a SASL exchange from the client.
+    fn sasl_line(&mut self, line: &[u8], ex: Exchange) -> Option<OdmrStep> {
+        self.lines.set_max(MAX_COMMAND_LINE);
         if line == b"*" {
             self.reply(501, "Authentication cancelled");
             return None;
@@ -362,7 +453,113 @@ impl OdmrSession {
             self.reply(501, "Invalid base64 data");
             return None;
         };
-        match cram_md5::parse_response(&decoded) {
+        self.sasl_data(&decoded, ex)
+    }
+
+    /// Decoded client data for the exchange `ex`.
+    fn sasl_data(&mut self, decoded: &[u8], ex: Exchange) -> Option<OdmrStep> {
+        self.state = State::Initial;
+        let continue_with = |s: &mut Self, text: String, ex: Exchange| {
+            s.reply(334, text);
+            s.lines.set_max(MAX_AUTH_LINE);
+            s.state = State::Sasl(ex);
+            None
+        };
+        let ex_kind = if matches!(ex, Exchange::Scram(_)) {
+            ExKind::ScramFirst
+        } else {
+            ExKind::Other
+        };
+        match ex {
+            Exchange::Cram { challenge } => self.cram_response(decoded, challenge),
+            Exchange::Scram(mut server) | Exchange::ScramFinal(mut server) => {
+                let step = if matches!(ex_kind, ExKind::ScramFirst) {
+                    server.client_first(decoded)
+                } else {
+                    server.client_final(decoded)
+                };
+                match step {
+                    scram::ServerStep::LookupUser(user) => {
+                        self.state = State::AwaitScram(server);
+                        Some(OdmrStep::LookupScram { user })
+                    }
+                    scram::ServerStep::Final(v) => {
+                        let user = server.user().unwrap_or_default().to_string();
+                        continue_with(self, B64.encode(v), Exchange::ScramDone { user })
+                    }
+                    scram::ServerStep::Challenge(_) | scram::ServerStep::Failed(_) => self.auth_failed(),
+                }
+            }
+            Exchange::ScramDone { user } => {
+                if decoded.is_empty() {
+                    self.reply(235, "Authentication successful");
+                    self.state = State::Authenticated { account: user };
+                    None
+                } else {
+                    self.auth_failed()
+                }
+            }
+            Exchange::Plain => match plain::parse_plain(decoded) {
+                Ok(c) => {
+                    self.state = State::AwaitPassword { user: c.user.clone() };
+                    Some(OdmrStep::CheckPassword {
+                        user: c.user,
+                        password: c.password,
+                    })
+                }
+                Err(_) => self.auth_failed(),
+            },
+            Exchange::LoginUser => match plain::parse_login_user(decoded) {
+                Ok(user) => continue_with(self, LOGIN_PASS_CHALLENGE.into(), Exchange::LoginPass { user }),
+                Err(_) => self.auth_failed(),
+            },
+            Exchange::LoginPass { user } => match plain::parse_login_password(decoded) {
+                Ok(password) => {
+                    self.state = State::AwaitPassword { user: user.clone() };
+                    Some(OdmrStep::CheckPassword { user, password })
+                }
+                Err(_) => self.auth_failed(),
+            },
+        }
+    }
+
+    /// The driver's answer to [`OdmrStep::LookupScram`].
+    pub fn scram_verifier(&mut self, v: Option<ScramVerifier>) {
+        let State::AwaitScram(mut server) = std::mem::replace(&mut self.state, State::Initial) else {
+            return;
+        };
+        self.pending = None;
+        match server.verifier(v) {
+            scram::ServerStep::Challenge(first) => {
+                self.reply(334, B64.encode(first));
+                self.lines.set_max(MAX_AUTH_LINE);
+                self.state = State::Sasl(Exchange::ScramFinal(server));
+            }
+            _ => {
+                if self.auth_failed().is_some() {
+                    self.state = State::Closed;
+                }
+            }
+        }
+    }
+
+    /// The driver's answer to [`OdmrStep::CheckPassword`]. Returns whether it succeeded.
+    pub fn password_checked(&mut self, ok: bool) -> bool {
+        let State::AwaitPassword { user } = std::mem::replace(&mut self.state, State::Initial) else {
+            return false;
+        };
+        self.pending = None;
+        if ok {
+            self.reply(235, "Authentication successful");
+            self.state = State::Authenticated { account: user };
+        } else if self.auth_failed().is_some() {
+            self.state = State::Closed;
+        }
+        ok
+    }
+
+    fn cram_response(&mut self, decoded: &[u8], challenge: String) -> Option<OdmrStep> {
+        match cram_md5::parse_response(decoded) {
             Ok((user, digest)) => {
                 self.state = State::AwaitSecret {
                     user: user.clone(),
@@ -412,7 +609,10 @@ impl OdmrSession {
     /// The driver's answer to [`OdmrStep::LookupSecret`] when it will not check the credentials
     /// now (too many recent failures): a temporary refusal, 454 (RFC 4954 §4).
     pub fn auth_temporary_failure(&mut self) {
-        if matches!(self.state, State::AwaitSecret { .. }) {
+        if matches!(
+            self.state,
+            State::AwaitSecret { .. } | State::AwaitScram(_) | State::AwaitPassword { .. }
+        ) {
             self.pending = None;
             self.state = State::Initial;
             self.reply(
@@ -559,9 +759,126 @@ mod tests {
         input.extend_from_slice(b"EHLO c\r\n");
         assert_eq!(s.poll(&mut input), OdmrStep::NeedInput);
         let out = String::from_utf8(std::mem::take(s.output())).unwrap();
-        assert!(
-            out.contains("AUTH CRAM-MD5") && !out.contains("STARTTLS"),
+        assert!(out.contains("CRAM-MD5") && !out.contains("STARTTLS"), "{out}");
+    }
+
+    fn ehlo_auth_line(s: &mut OdmrSession) -> String {
+        let mut input = BytesMut::from("EHLO c\r\n");
+        s.poll(&mut input);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        out.lines().find(|l| l.contains("AUTH")).unwrap_or("").to_string()
+    }
+
+    #[test]
+    fn scram_sha_256_with_our_client() {
+        use crate::sasl::scram::ScramClient;
+        let mut s = OdmrSession::new(OdmrConfig::new("h"), 99, 1);
+        s.output().clear();
+        assert_eq!(ehlo_auth_line(&mut s), "250-AUTH SCRAM-SHA-256 CRAM-MD5");
+        let mut client = ScramClient::new("acme", "pencil", "clientnonce123").unwrap();
+        let mut input =
+            BytesMut::from(format!("AUTH SCRAM-SHA-256 {}\r\n", B64.encode(client.client_first())).as_str());
+        assert_eq!(s.poll(&mut input), OdmrStep::LookupScram { user: "acme".into() });
+        s.scram_verifier(Some(
+            ScramVerifier::from_password("pencil", b"0123456789abcdef", 4096).unwrap(),
+        ));
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        let first = B64.decode(out.trim_end().strip_prefix("334 ").unwrap()).unwrap();
+        let fin = client.server_first(&first).unwrap();
+        input.extend_from_slice(format!("{}\r\n", B64.encode(fin)).as_bytes());
+        assert_eq!(s.poll(&mut input), OdmrStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        let server_final = B64.decode(out.trim_end().strip_prefix("334 ").unwrap()).unwrap();
+        client.server_final(&server_final).unwrap();
+        input.extend_from_slice(b"\r\n");
+        assert_eq!(s.poll(&mut input), OdmrStep::NeedInput);
+        assert_eq!(s.output().as_slice(), b"235 Authentication successful\r\n");
+        assert_eq!(s.account(), Some("acme"));
+    }
+
+    #[test]
+    fn scram_wrong_password_and_unknown_user_fail_alike() {
+        use crate::sasl::scram::ScramClient;
+        for (user, known) in [("acme", true), ("ghost", false)] {
+            let mut s = OdmrSession::new(OdmrConfig::new("h"), 5, 1);
+            s.output().clear();
+            let mut client = ScramClient::new(user, "wrong", "n0nce").unwrap();
+            let mut input = BytesMut::from("AUTH SCRAM-SHA-256\r\n");
+            assert_eq!(s.poll(&mut input), OdmrStep::NeedInput);
+            assert_eq!(s.output().as_slice(), b"334 \r\n");
+            s.output().clear();
+            input.extend_from_slice(format!("{}\r\n", B64.encode(client.client_first())).as_bytes());
+            assert!(matches!(s.poll(&mut input), OdmrStep::LookupScram { .. }));
+            let v = known.then(|| ScramVerifier::from_password("right", b"0123456789abcdef", 4096).unwrap());
+            s.scram_verifier(v);
+            let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+            let first = B64.decode(out.trim_end().strip_prefix("334 ").unwrap()).unwrap();
+            let fin = client.server_first(&first).unwrap();
+            input.extend_from_slice(format!("{}\r\n", B64.encode(fin)).as_bytes());
+            s.poll(&mut input);
+            assert_eq!(
+                s.output().as_slice(),
+                b"535 Authentication credentials invalid\r\n",
+                "{user}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_and_login_only_under_tls() {
+        let mut s = OdmrSession::new(OdmrConfig::new("h"), 5, 1);
+        s.output().clear();
+        let mut input =
+            BytesMut::from(format!("AUTH PLAIN {}\r\nAUTH LOGIN\r\n", B64.encode("\0acme\0pw")).as_str());
+        assert_eq!(s.poll(&mut input), OdmrStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert_eq!(
+            out.matches("504 Mechanism available only after STARTTLS").count(),
+            2,
             "{out}"
         );
+
+        let mut s = OdmrSession::new(OdmrConfig::new("h"), 5, 1);
+        s.set_tls();
+        s.output().clear();
+        assert_eq!(
+            ehlo_auth_line(&mut s),
+            "250-AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN"
+        );
+        input.clear();
+        input.extend_from_slice(format!("AUTH PLAIN {}\r\n", B64.encode("\0acme\0pw")).as_bytes());
+        assert_eq!(
+            s.poll(&mut input),
+            OdmrStep::CheckPassword {
+                user: "acme".into(),
+                password: "pw".into()
+            }
+        );
+        assert!(s.password_checked(true));
+        assert_eq!(s.account(), Some("acme"));
+
+        let mut s = OdmrSession::new(OdmrConfig::new("h"), 5, 1);
+        s.set_tls();
+        s.output().clear();
+        input.clear();
+        input.extend_from_slice(b"AUTH LOGIN\r\n");
+        s.poll(&mut input);
+        assert_eq!(s.output().as_slice(), b"334 VXNlcm5hbWU6\r\n");
+        s.output().clear();
+        input.extend_from_slice(format!("{}\r\n", B64.encode("acme")).as_bytes());
+        s.poll(&mut input);
+        assert_eq!(s.output().as_slice(), b"334 UGFzc3dvcmQ6\r\n");
+        input.extend_from_slice(format!("{}\r\n", B64.encode("pw")).as_bytes());
+        assert_eq!(
+            s.poll(&mut input),
+            OdmrStep::CheckPassword {
+                user: "acme".into(),
+                password: "pw".into()
+            }
+        );
+        assert!(!s.password_checked(false));
+        assert!(s
+            .output()
+            .ends_with(b"535 Authentication credentials invalid\r\n"));
     }
 }

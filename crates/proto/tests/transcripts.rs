@@ -79,6 +79,24 @@ impl Machine for Odmr {
                         .map(|a| CramSecret::from_password(a.password.as_bytes()));
                     self.s.secret(secret);
                 }
+                OdmrStep::LookupScram { user } => {
+                    let v = t.accounts.iter().find(|a| a.name == user).map(|a| {
+                        odmr_proto::sasl::scram::ScramVerifier::from_password(
+                            &a.password,
+                            b"transcript-salt!",
+                            4096,
+                        )
+                        .expect("verifier")
+                    });
+                    self.s.scram_verifier(v);
+                }
+                OdmrStep::CheckPassword { user, password } => {
+                    let ok = t
+                        .accounts
+                        .iter()
+                        .any(|a| a.name == user && a.password == password);
+                    self.s.password_checked(ok);
+                }
                 OdmrStep::Atrn { account, domains } => {
                     let owned = &t
                         .accounts

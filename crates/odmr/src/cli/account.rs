@@ -8,6 +8,7 @@ use crate::config::Config;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use odmr_proto::sasl::cram_md5::{self, CramSecret};
+use odmr_proto::sasl::scram::{self, ScramVerifier};
 use odmr_store::Credential;
 use std::io::BufRead;
 
@@ -60,11 +61,23 @@ fn read_password() -> anyhow::Result<String> {
     Ok(pw)
 }
 
-fn credentials(password: &str) -> Vec<Credential> {
-    vec![Credential {
-        scheme: cram_md5::SCHEME.to_string(),
-        data: CramSecret::from_password(password.as_bytes()).to_bytes(),
-    }]
+/// What we keep of a password: CRAM-MD5's HMAC inner/outer state (CRAM-MD5 needs a
+/// password-equivalent, RFC 2195) and a salted SCRAM-SHA-256 verifier (used for SCRAM, and to
+/// check PLAIN/LOGIN passwords under TLS). Never the password itself.
+fn credentials(password: &str) -> anyhow::Result<Vec<Credential>> {
+    let salt: [u8; 16] = rand::random();
+    let scram = ScramVerifier::from_password(password, &salt, scram::DEFAULT_ITERATIONS)
+        .map_err(|e| anyhow::anyhow!("this password cannot be used ({e}); choose another"))?;
+    Ok(vec![
+        Credential {
+            scheme: cram_md5::SCHEME.to_string(),
+            data: CramSecret::from_password(password.as_bytes()).to_bytes(),
+        },
+        Credential {
+            scheme: scram::SCHEME.to_string(),
+            data: scram.to_bytes(),
+        },
+    ])
 }
 
 pub async fn account(cfg: &Config, cmd: AccountCmd) -> anyhow::Result<()> {
@@ -76,7 +89,7 @@ pub async fn account(cfg: &Config, cmd: AccountCmd) -> anyhow::Result<()> {
                 .iter()
                 .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
                 .collect();
-            store.account_add(&name, &credentials(&pw), &domains).await?;
+            store.account_add(&name, &credentials(&pw)?, &domains).await?;
             println!("account {name} added with domains {}", domains.join(", "));
         }
         AccountCmd::List { json } => {
@@ -103,7 +116,7 @@ pub async fn account(cfg: &Config, cmd: AccountCmd) -> anyhow::Result<()> {
         }
         AccountCmd::Passwd { name, .. } => {
             let pw = read_password()?;
-            store.account_set_credentials(&name, &credentials(&pw)).await?;
+            store.account_set_credentials(&name, &credentials(&pw)?).await?;
             println!("password of {name} changed");
         }
     }

@@ -104,6 +104,8 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
         password: p.password.clone().into_bytes(),
         domains: p.domains.clone(),
         starttls: p.tls == TlsMode::StartTls,
+        tls_active: conn.is_tls(),
+        nonce: odmr_proto::sasl::scram::make_nonce(&rand::random::<[u8; 18]>()),
     });
     let ended = loop {
         match front.poll(&mut conn.buf) {

@@ -31,6 +31,8 @@ pub struct Shared {
     pub store: Store,
     /// The certificate for STARTTLS and implicit TLS, if configured.
     pub tls: Option<Arc<TlsServer>>,
+    /// Random per process: salts for unknown users in SCRAM and PLAIN, so they look known.
+    pub decoy_secret: Vec<u8>,
     /// Connection counts and AUTH failure throttling.
     pub guards: limits::Guards,
     /// Becomes `true` when the server is shutting down.
@@ -59,6 +61,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         store: store.clone(),
         tls: tls.clone(),
         guards: limits::Guards::new(cfg.limits.clone()),
+        decoy_secret: rand::random::<[u8; 32]>().to_vec(),
         shutdown: stop_rx,
     });
 

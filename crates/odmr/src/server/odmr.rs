@@ -11,6 +11,7 @@ use super::{deliver, session_id, Shared};
 use crate::net::conn::Conn;
 use odmr_proto::odmr::{AtrnDecision, OdmrConfig, OdmrSession, OdmrStep};
 use odmr_proto::sasl::cram_md5::{self, CramSecret};
+use odmr_proto::sasl::scram::{self, ScramVerifier};
 use odmr_store::{Lease, Store};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
     let mut ocfg = OdmrConfig::new(c.hostname.clone());
     ocfg.starttls = shared.tls.is_some();
     ocfg.require_tls = c.odmr.require_tls;
+    ocfg.decoy_secret = shared.decoy_secret.clone();
     let mut s = OdmrSession::new(ocfg, rand::random(), now);
     if conn.is_tls() {
         s.set_tls();
@@ -83,7 +85,15 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                     }
                 }
             }
-            OdmrStep::LookupSecret { user } => {
+            step @ (OdmrStep::LookupSecret { .. }
+            | OdmrStep::LookupScram { .. }
+            | OdmrStep::CheckPassword { .. }) => {
+                let user = match &step {
+                    OdmrStep::LookupSecret { user }
+                    | OdmrStep::LookupScram { user }
+                    | OdmrStep::CheckPassword { user, .. } => user.clone(),
+                    _ => String::new(),
+                };
                 let ip = conn.peer.ip();
                 match shared.guards.auth_gate(ip, Some(&user)) {
                     AuthGate::LockedOut => {
@@ -93,20 +103,41 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                     }
                     AuthGate::Proceed(delay) => tokio::time::sleep(delay).await,
                 }
-                let secret = match shared.store.account_credential(&user, cram_md5::SCHEME).await {
-                    Ok(Some(bytes)) => CramSecret::from_bytes(&bytes).ok(),
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::error!(error = %e, "credential lookup failed");
+                let verdict = match step {
+                    OdmrStep::LookupSecret { .. } => {
+                        let secret = credential(&shared.store, &user, cram_md5::SCHEME)
+                            .await
+                            .and_then(|b| CramSecret::from_bytes(&b).ok());
+                        Some(s.secret(secret))
+                    }
+                    OdmrStep::LookupScram { .. } => {
+                        let v = credential(&shared.store, &user, scram::SCHEME)
+                            .await
+                            .and_then(|b| ScramVerifier::from_bytes(&b).ok());
+                        // The outcome is known only after the client's proof.
+                        s.scram_verifier(v);
                         None
                     }
+                    OdmrStep::CheckPassword { password, .. } => {
+                        let v = credential(&shared.store, &user, scram::SCHEME)
+                            .await
+                            .and_then(|b| ScramVerifier::from_bytes(&b).ok());
+                        // Unknown users cost the same work as known ones.
+                        let v = v.unwrap_or_else(|| ScramVerifier::decoy(&user, &shared.decoy_secret));
+                        Some(s.password_checked(scram::verify_password(&v, &password)))
+                    }
+                    _ => None,
                 };
-                if s.secret(secret) {
-                    shared.guards.auth_succeeded(ip, &user);
-                    tracing::info!(account = %user, "authenticated");
-                } else {
-                    shared.guards.auth_failed(ip, &user);
-                    tracing::warn!(account = %user, "authentication failed");
+                match verdict {
+                    Some(true) => {
+                        shared.guards.auth_succeeded(ip, &user);
+                        tracing::info!(account = %user, "authenticated");
+                    }
+                    Some(false) => {
+                        shared.guards.auth_failed(ip, &user);
+                        tracing::warn!(account = %user, "authentication failed");
+                    }
+                    None => {}
                 }
             }
             OdmrStep::Atrn { account, domains } => {
@@ -164,6 +195,17 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
         let _ = shared.store.lease_release(&lease).await;
     }
     conn.shutdown().await;
+}
+
+/// A stored credential of `user` for `scheme`; `None` when absent or unreadable.
+async fn credential(store: &Store, user: &str, scheme: &str) -> Option<Vec<u8>> {
+    match store.account_credential(user, scheme).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "credential lookup failed");
+            None
+        }
+    }
 }
 
 /// The ATRN decision, and on success the lease and the granted domains.

@@ -1,3 +1,5 @@
 //! SASL mechanisms and the secrets they keep.
 
 pub mod cram_md5;
+pub mod plain;
+pub mod scram;

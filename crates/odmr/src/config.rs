@@ -55,6 +55,7 @@ struct RawLimits {
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +170,8 @@ pub struct Config {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// CA certificates for customers' client certificates (SASL EXTERNAL).
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -329,6 +332,7 @@ impl Config {
             tls: raw.tls.as_ref().map(|t| TlsFiles {
                 cert: t.cert.clone(),
                 key: t.key.clone(),
+                client_ca: t.client_ca.clone(),
             }),
             path: path.to_path_buf(),
             hostname,

@@ -30,6 +30,8 @@ pub struct CustomerConfig {
     pub starttls: bool,
     /// The connection is already TLS (implicit TLS).
     pub tls_active: bool,
+    /// We present a client certificate: use SASL EXTERNAL when the provider offers it.
+    pub external: bool,
     /// Our SCRAM nonce (random, from the driver).
     pub nonce: String,
 }
@@ -218,10 +220,14 @@ impl Customer {
                         "provider does not offer ATRN (its EHLO reply lacks ATRN); is this the ODMR port (366)?".into(),
                     ));
                 }
-                // Preference: SCRAM-SHA-256 > CRAM-MD5 > PLAIN (PLAIN only under TLS).
+                // Preference: EXTERNAL > SCRAM-SHA-256 > CRAM-MD5 > PLAIN (PLAIN only under TLS).
                 let offered = kw("AUTH").unwrap_or_default();
                 let has = |m: &str| offered.iter().any(|x| x == m);
-                if has("SCRAM-SHA-256") {
+                if has("EXTERNAL") && self.cfg.external && self.tls {
+                    // Empty authorization identity: "the account my certificate maps to".
+                    self.cmd("AUTH EXTERNAL =");
+                    self.state = State::AuthResult;
+                } else if has("SCRAM-SHA-256") {
                     match ScramClient::new(
                         &self.cfg.user,
                         &String::from_utf8_lossy(&self.cfg.password),
@@ -360,6 +366,7 @@ mod tests {
             domains: domains.iter().map(|d| d.to_string()).collect(),
             starttls: false,
             tls_active: false,
+            external: false,
             nonce: "testnonce".into(),
         })
     }

@@ -69,6 +69,11 @@ pub enum OdmrStep {
     LookupScram {
         user: String,
     },
+    /// SASL EXTERNAL: map the TLS client certificate to an account (which must equal `authzid`
+    /// when that is not empty), then call [`OdmrSession::external_result`].
+    External {
+        authzid: String,
+    },
     /// Check a password given with PLAIN or LOGIN (only ever under TLS), then call
     /// [`OdmrSession::password_checked`].
     CheckPassword {
@@ -117,6 +122,7 @@ enum Exchange {
         user: String,
     },
     Plain,
+    External,
     LoginUser,
     LoginPass {
         user: String,
@@ -138,6 +144,8 @@ enum State {
     AwaitPassword {
         user: String,
     },
+    /// EXTERNAL: waiting for the driver's certificate mapping.
+    AwaitExternal,
     AwaitSecret {
         user: String,
         challenge: String,
@@ -166,6 +174,8 @@ pub struct OdmrSession {
     auth_failures: usize,
     errors: usize,
     tls: bool,
+    client_cert: bool,
+    mechanism: Option<String>,
 }
 
 impl OdmrSession {
@@ -183,6 +193,8 @@ impl OdmrSession {
             auth_failures: 0,
             errors: 0,
             tls: false,
+            client_cert: false,
+            mechanism: None,
             cfg,
         };
         let host = s.cfg.hostname.clone();
@@ -208,6 +220,16 @@ impl OdmrSession {
 
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    /// The SASL mechanism of the last AUTH command (for logs).
+    pub fn mechanism(&self) -> Option<&str> {
+        self.mechanism.as_deref()
+    }
+
+    /// The TLS handshake produced a verified client certificate: offer EXTERNAL.
+    pub fn set_client_cert(&mut self) {
+        self.client_cert = true;
     }
 
     /// The authenticated account, if any.
@@ -237,6 +259,7 @@ impl OdmrSession {
                 State::AwaitSecret { .. }
                 | State::AwaitScram(_)
                 | State::AwaitPassword { .. }
+                | State::AwaitExternal
                 | State::AwaitAtrn { .. } => return OdmrStep::NeedInput,
                 _ => {}
             }
@@ -310,10 +333,10 @@ impl OdmrSession {
                 let mut lines = vec![format!("{} greets {}", self.cfg.hostname, args)];
                 if authed.is_none() && !before_tls {
                     // PLAIN and LOGIN only under TLS (RFC 4954 §4, §14).
-                    lines.push(if self.tls {
-                        "AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN".into()
-                    } else {
-                        "AUTH SCRAM-SHA-256 CRAM-MD5".into()
+                    lines.push(match (self.tls, self.client_cert) {
+                        (true, true) => "AUTH EXTERNAL SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN".into(),
+                        (true, false) => "AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN".into(),
+                        _ => "AUTH SCRAM-SHA-256 CRAM-MD5".into(),
                     });
                 }
                 if self.cfg.starttls && !self.tls && authed.is_none() {
@@ -383,6 +406,7 @@ impl OdmrSession {
             return None;
         }
         self.attempts += 1;
+        self.mechanism = Some(mech.clone());
         let initial = match initial.map(|i| if i == "=" { Ok(Vec::new()) } else { B64.decode(i) }) {
             Some(Ok(b)) => Some(b),
             Some(Err(_)) => {
@@ -406,6 +430,9 @@ impl OdmrSession {
                 return None;
             }
             "PLAIN" => return self.sasl_start(initial, "", Exchange::Plain),
+            "EXTERNAL" if self.tls && self.client_cert => {
+                return self.sasl_start(initial, "", Exchange::External)
+            }
             "LOGIN" => return self.sasl_start(initial, LOGIN_USER_CHALLENGE, Exchange::LoginUser),
             _ => {
                 self.reply(504, "Unrecognized authentication type");
@@ -509,6 +536,15 @@ impl OdmrSession {
                 }
                 Err(_) => self.auth_failed(),
             },
+            Exchange::External => match std::str::from_utf8(decoded) {
+                Ok(authzid) if !authzid.contains('\0') => {
+                    self.state = State::AwaitExternal;
+                    Some(OdmrStep::External {
+                        authzid: authzid.to_string(),
+                    })
+                }
+                _ => self.auth_failed(),
+            },
             Exchange::LoginUser => match plain::parse_login_user(decoded) {
                 Ok(user) => continue_with(self, LOGIN_PASS_CHALLENGE.into(), Exchange::LoginPass { user }),
                 Err(_) => self.auth_failed(),
@@ -539,6 +575,29 @@ impl OdmrSession {
                 if self.auth_failed().is_some() {
                     self.state = State::Closed;
                 }
+            }
+        }
+    }
+
+    /// The driver's answer to [`OdmrStep::External`]: the account the certificate maps to (and
+    /// that the authzid, if any, names), or `None`.
+    pub fn external_result(&mut self, account: Option<String>) -> bool {
+        if !matches!(self.state, State::AwaitExternal) {
+            return false;
+        }
+        self.pending = None;
+        self.state = State::Initial;
+        match account {
+            Some(a) => {
+                self.reply(235, "Authentication successful");
+                self.state = State::Authenticated { account: a };
+                true
+            }
+            None => {
+                if self.auth_failed().is_some() {
+                    self.state = State::Closed;
+                }
+                false
             }
         }
     }
@@ -611,7 +670,10 @@ impl OdmrSession {
     pub fn auth_temporary_failure(&mut self) {
         if matches!(
             self.state,
-            State::AwaitSecret { .. } | State::AwaitScram(_) | State::AwaitPassword { .. }
+            State::AwaitSecret { .. }
+                | State::AwaitScram(_)
+                | State::AwaitPassword { .. }
+                | State::AwaitExternal
         ) {
             self.pending = None;
             self.state = State::Initial;

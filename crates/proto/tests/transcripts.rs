@@ -90,6 +90,10 @@ impl Machine for Odmr {
                     });
                     self.s.scram_verifier(v);
                 }
+                // No TLS at unit level, so EXTERNAL is never offered.
+                OdmrStep::External { .. } => {
+                    self.s.external_result(None);
+                }
                 OdmrStep::CheckPassword { user, password } => {
                     let ok = t
                         .accounts

@@ -310,6 +310,29 @@ impl Store {
         }
     }
 
+    /// The account holding a credential with exactly these bytes (e.g. a client certificate's
+    /// fingerprint for SASL EXTERNAL).
+    pub async fn account_by_credential(
+        &self,
+        scheme: &str,
+        data: &[u8],
+    ) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.account_by_credential(scheme, data).await,
+        }
+    }
+
+    /// Add or replace one credential of an account, keeping its others.
+    pub async fn account_put_credential(
+        &self,
+        name: &str,
+        credential: &Credential,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.account_put_credential(name, credential).await,
+        }
+    }
+
     pub async fn account_get(&self, name: &str) -> Result<Option<Account>, StoreError> {
         match self {
             Store::Sqlite(s) => s.account_get(name).await,

@@ -1086,6 +1086,69 @@ async fn committed_data_survives_reopen(backend: &impl Backend) {
 
 // ----- running the suite -----
 
+/// One credential can be added or replaced without touching the others, and an account can be
+/// found by a credential's bytes (SASL EXTERNAL maps a certificate fingerprint to its account).
+async fn credentials_put_and_reverse_lookup(store: &Store) {
+    let cred = |scheme: &str, data: &[u8]| Credential {
+        scheme: scheme.into(),
+        data: data.to_vec(),
+    };
+    store
+        .account_add("acme", &[cred("cram-md5", b"c1")], &["acme.example".into()])
+        .await
+        .unwrap();
+    store
+        .account_add("other", &[cred("cram-md5", b"c2")], &["other.example".into()])
+        .await
+        .unwrap();
+    store
+        .account_put_credential("acme", &cred("x509-sha256", b"fp-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .account_credential("acme", "cram-md5")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"c1"[..])
+    );
+    assert_eq!(
+        store
+            .account_by_credential("x509-sha256", b"fp-1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        store.account_by_credential("x509-sha256", b"fp-2").await.unwrap(),
+        None
+    );
+    store
+        .account_put_credential("acme", &cred("x509-sha256", b"fp-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.account_by_credential("x509-sha256", b"fp-1").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .account_by_credential("x509-sha256", b"fp-2")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("acme")
+    );
+    assert!(matches!(
+        store
+            .account_put_credential("ghost", &cred("x509-sha256", b"x"))
+            .await,
+        Err(StoreError::AccountNotFound(_))
+    ));
+}
+
 macro_rules! suite {
     ($module:ident, $backend:expr;
      store: [$($store_test:ident),* $(,)?];
@@ -1125,6 +1188,7 @@ store: [
     record_transitions,
     record_fencing,
     concurrent_sessions,
+    credentials_put_and_reverse_lookup,
 ];
 backend: [
     second_handle_sees_changes,

@@ -38,6 +38,13 @@ pub enum AccountCmd {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+    /// Let a TLS client certificate log in as this account (SASL EXTERNAL). Replaces any
+    /// certificate set before. The server needs `[tls] client_ca` to ask for certificates.
+    Cert {
+        name: String,
+        /// The customer's certificate (PEM; the first certificate in the file is used).
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,8 +123,29 @@ pub async fn account(cfg: &Config, cmd: AccountCmd) -> anyhow::Result<()> {
         }
         AccountCmd::Passwd { name, .. } => {
             let pw = read_password()?;
-            store.account_set_credentials(&name, &credentials(&pw)?).await?;
+            // Replace the password's credentials one by one, keeping a certificate mapping.
+            for c in credentials(&pw)? {
+                store.account_put_credential(&name, &c).await?;
+            }
             println!("password of {name} changed");
+        }
+        AccountCmd::Cert { name, file } => {
+            use rustls_pki_types::pem::PemObject;
+            use sha2::Digest;
+            let cert = rustls_pki_types::CertificateDer::from_pem_file(&file).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}; give the customer's certificate as a PEM file",
+                    file.display()
+                )
+            })?;
+            let fp: [u8; 32] = sha2::Sha256::digest(cert.as_ref()).into();
+            let c = Credential {
+                scheme: crate::server::CERT_SCHEME.to_string(),
+                data: fp.to_vec(),
+            };
+            store.account_put_credential(&name, &c).await?;
+            let hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
+            println!("client certificate sha256:{hex} now logs in as {name}");
         }
     }
     store.close().await;

@@ -32,6 +32,8 @@ struct RawProvider {
     tls: Option<String>,
     ca_file: Option<PathBuf>,
     tls_verify: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     interval: Option<String>,
     /// Idle timeout of the reversed session, per command.
     timeout: Option<String>,
@@ -70,6 +72,8 @@ pub struct Provider {
     pub ca_file: Option<PathBuf>,
     /// `false` only when chosen explicitly: accept any certificate.
     pub tls_verify: bool,
+    /// Our client certificate and key (PEM): authenticate with SASL EXTERNAL when offered.
+    pub tls_identity: Option<(PathBuf, PathBuf)>,
     pub interval: Duration,
     pub timeout: Duration,
     pub atrn_timeout: Duration,
@@ -255,6 +259,18 @@ impl ClientConfig {
                 tls,
                 ca_file: p.ca_file.clone(),
                 tls_verify: p.tls_verify.unwrap_or(true),
+                tls_identity: match (&p.tls_cert, &p.tls_key) {
+                    (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                    (None, None) => None,
+                    _ => {
+                        return Err(invalid(
+                            key("tls_cert"),
+                            "",
+                            "tls_cert and tls_key go together",
+                            "set both (PEM files), or neither",
+                        ))
+                    }
+                },
                 interval: dur("interval", &p.interval, 600, 1)?,
                 timeout: dur("timeout", &p.timeout, 300, 1)?,
                 // RFC 2645 §5.2.1: the customer MUST wait at least 10 minutes for the reply.

@@ -64,7 +64,9 @@ async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Option<Sink>, Str
 /// The provider's certificate must name the host we dialled (RFC 4954 §14 for PLAIN; and
 /// simply what TLS is for).
 async fn start_tls(p: &Provider, conn: &mut Conn) -> Result<(), String> {
-    let connector = client_connector(p.ca_file.as_deref(), p.tls_verify).map_err(|e| e.to_string())?;
+    let identity = p.tls_identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let connector =
+        client_connector(p.ca_file.as_deref(), p.tls_verify, identity).map_err(|e| e.to_string())?;
     let name = ServerName::try_from(p.host.clone()).map_err(|e| format!("{}: {e}", p.host))?;
     conn.connect_tls(&connector, name, p.timeout)
         .await
@@ -105,6 +107,7 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
         domains: p.domains.clone(),
         starttls: p.tls == TlsMode::StartTls,
         tls_active: conn.is_tls(),
+        external: p.tls_identity.is_some(),
         nonce: odmr_proto::sasl::scram::make_nonce(&rand::random::<[u8; 18]>()),
     });
     let ended = loop {

@@ -47,6 +47,9 @@ pub struct Conn {
     pub buf: BytesMut,
     /// The peer's address; unspecified for a Unix socket.
     pub peer: SocketAddr,
+    /// SHA-256 of the client certificate the peer presented in the TLS handshake (verified
+    /// against `[tls] client_ca`), for SASL EXTERNAL.
+    pub client_cert: Option<[u8; 32]>,
 }
 
 impl Conn {
@@ -63,6 +66,7 @@ impl Conn {
             line_records: false,
             buf: BytesMut::with_capacity(READ_CHUNK),
             peer,
+            client_cert: None,
         }
     }
 
@@ -119,6 +123,13 @@ impl Conn {
         let plain = self.stream.take().ok_or(ConnError::Closed)?;
         match tokio::time::timeout(timeout, acceptor.accept(plain)).await {
             Ok(Ok(s)) => {
+                use sha2::Digest;
+                self.client_cert = s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| sha2::Sha256::digest(c.as_ref()).into());
                 self.stream = Some(Box::new(s));
                 self.tls = true;
                 Ok(())

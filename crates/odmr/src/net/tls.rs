@@ -51,20 +51,24 @@ fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
 pub struct TlsServer {
     cert: PathBuf,
     key: PathBuf,
+    client_ca: Option<PathBuf>,
     config: ArcSwap<rustls::ServerConfig>,
 }
 
 impl TlsServer {
-    pub fn load(cert: &Path, key: &Path) -> Result<TlsServer, TlsError> {
-        let config = Self::build(cert, key)?;
+    /// `client_ca`: ask for client certificates signed by these CAs (for SASL EXTERNAL); a
+    /// client without one can still connect and use a password mechanism.
+    pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsServer, TlsError> {
+        let config = Self::build(cert, key, client_ca)?;
         Ok(TlsServer {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            client_ca: client_ca.map(Path::to_path_buf),
             config: ArcSwap::from_pointee(config),
         })
     }
 
-    fn build(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    fn build(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<rustls::ServerConfig, TlsError> {
         let certs = read_certs("tls.cert", cert)?;
         let private = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
             key: "tls.key",
@@ -72,9 +76,34 @@ impl TlsServer {
             problem: e.to_string(),
             fix: "give a PEM file with the private key (PKCS#8, PKCS#1 or SEC1) of the certificate",
         })?;
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
+        let builder =
+            rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in read_certs("tls.client_ca", path)? {
+                    roots.add(c).map_err(|e| TlsError::File {
+                        key: "tls.client_ca",
+                        path: path.to_path_buf(),
+                        problem: e.to_string(),
+                        fix: "give a PEM file with the CA certificate(s) that sign customers' client certificates",
+                    })?;
+                }
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .allow_unauthenticated()
+                        .build()
+                        .map_err(|e| TlsError::File {
+                            key: "tls.client_ca",
+                            path: path.to_path_buf(),
+                            problem: e.to_string(),
+                            fix: "give a PEM file with at least one CA certificate",
+                        })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder
             .with_single_cert(certs, private)
             .map_err(|e| TlsError::File {
                 key: "tls.key",
@@ -87,7 +116,7 @@ impl TlsServer {
 
     /// Read the files again (SIGHUP). New handshakes use the new certificate.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = Self::build(&self.cert, &self.key)?;
+        let config = Self::build(&self.cert, &self.key, self.client_ca.as_deref())?;
         self.config.store(Arc::new(config));
         Ok(())
     }
@@ -99,17 +128,37 @@ impl TlsServer {
 
 /// The client side: verify against the system roots, or `ca_file`, or (only when chosen
 /// explicitly) not at all.
+/// `identity`: our client certificate chain and key (PEM), offered for SASL EXTERNAL.
 pub fn client_connector(
     ca_file: Option<&Path>,
     verify: bool,
+    identity: Option<(&Path, &Path)>,
 ) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let identity = match identity {
+        Some((cert, key)) => Some((
+            read_certs("tls_cert", cert)?,
+            PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+                key: "tls_key",
+                path: key.to_path_buf(),
+                problem: e.to_string(),
+                fix: "give a PEM file with the private key of tls_cert",
+            })?,
+        )),
+        None => None,
+    };
+    let with_identity =
+        |b: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>| match identity {
+            Some((certs, key)) => b.with_client_auth_cert(certs, key),
+            None => Ok(b.with_no_client_auth()),
+        };
     let builder =
         rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let config = if !verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
-            .with_no_client_auth()
+        with_identity(
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerify(provider()))),
+        )?
     } else {
         let mut roots = rustls::RootCertStore::empty();
         match ca_file {
@@ -138,7 +187,7 @@ pub fn client_connector(
                 }
             }
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        with_identity(builder.with_root_certificates(roots))?
     };
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }

@@ -11,6 +11,8 @@ pub mod limits;
 mod mx;
 mod odmr;
 
+pub use odmr::CERT_SCHEME;
+
 use crate::config::Config;
 use crate::net::tls::TlsServer;
 use anyhow::Context;
@@ -47,7 +49,7 @@ pub fn session_id() -> String {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let tls = match &cfg.tls {
         Some(f) => Some(Arc::new(
-            TlsServer::load(&f.cert, &f.key)
+            TlsServer::load(&f.cert, &f.key, f.client_ca.as_deref())
                 .with_context(|| format!("config file {}", cfg.path.display()))?,
         )),
         None => None,

@@ -19,6 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+/// The credential scheme holding SHA-256 fingerprints of customers' client certificates.
+pub const CERT_SCHEME: &str = "x509-sha256";
+
 /// Lease lifetime; a heartbeat renews it every third of this while the session delivers, so a
 /// crashed node's lease frees its domains within this time.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
@@ -55,12 +58,23 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
     let mut s = OdmrSession::new(ocfg, rand::random(), now);
     if conn.is_tls() {
         s.set_tls();
+        if conn.client_cert.is_some() {
+            s.set_client_cert();
+        }
     }
     let mut shutdown = shared.shutdown.clone();
     let mut granted: Option<(Lease, Vec<String>, String)> = None;
+    let mut announced = false;
     loop {
         match s.poll(&mut conn.buf) {
             OdmrStep::NeedInput => {
+                if !announced {
+                    if let Some(account) = s.account() {
+                        announced = true;
+                        shared.guards.auth_succeeded(conn.peer.ip(), account);
+                        tracing::info!(account = %account, mechanism = %s.mechanism().unwrap_or("?"), "authenticated");
+                    }
+                }
                 if let Err(e) = conn.send(s.output(), timeout).await {
                     tracing::info!(error = %e, "write failed");
                     break;
@@ -129,15 +143,30 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                     _ => None,
                 };
                 match verdict {
-                    Some(true) => {
-                        shared.guards.auth_succeeded(ip, &user);
-                        tracing::info!(account = %user, "authenticated");
-                    }
+                    // Logged (with the mechanism) once the session is authenticated.
+                    Some(true) => {}
                     Some(false) => {
                         shared.guards.auth_failed(ip, &user);
                         tracing::warn!(account = %user, "authentication failed");
                     }
                     None => {}
+                }
+            }
+            OdmrStep::External { authzid } => {
+                let mapped = match conn.client_cert {
+                    Some(fp) => match shared.store.account_by_credential(CERT_SCHEME, &fp).await {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::error!(error = %e, "certificate lookup failed");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                // A named authorization identity must be the certificate's own account.
+                let account = mapped.filter(|a| authzid.is_empty() || authzid == *a);
+                if !s.external_result(account) {
+                    tracing::warn!(authzid = %authzid, "EXTERNAL failed: the client certificate maps to no such account");
                 }
             }
             OdmrStep::Atrn { account, domains } => {
@@ -164,6 +193,9 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                     break;
                 }
                 s.tls_started();
+                if conn.client_cert.is_some() {
+                    s.set_client_cert();
+                }
             }
             OdmrStep::Turnaround => {
                 if let Err(e) = conn.send(s.output(), timeout).await {

@@ -282,6 +282,46 @@ impl SqliteStore {
         )
     }
 
+    pub async fn account_by_credential(
+        &self,
+        scheme: &str,
+        data: &[u8],
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT account FROM credential WHERE scheme = ? AND data = ? ORDER BY account LIMIT 1",
+        )
+        .bind(scheme)
+        .bind(data)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    pub async fn account_put_credential(
+        &self,
+        name: &str,
+        credential: &Credential,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT name FROM account WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::AccountNotFound(name.to_string()));
+        }
+        sqlx::query(
+            "INSERT INTO credential (account, scheme, data) VALUES (?, ?, ?)
+             ON CONFLICT (account, scheme) DO UPDATE SET data = excluded.data",
+        )
+        .bind(name)
+        .bind(&credential.scheme)
+        .bind(&credential.data)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn account_get(&self, name: &str) -> Result<Option<Account>, StoreError> {
         let rows = sqlx::query(
             "SELECT a.name, a.created_at, d.name AS domain

@@ -1,0 +1,200 @@
+//! Strong authentication end to end: `odmr client` ↔ `odmr server` over STARTTLS with
+//! SCRAM-SHA-256, and with SASL EXTERNAL (a TLS client certificate mapped to the account).
+
+mod common;
+
+use common::{send_mail, Server, BIN};
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    stranger_cert: PathBuf,
+    stranger_key: PathBuf,
+}
+
+fn pki(dir: &Path) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>, eku: ExtendedKeyUsagePurpose, stem: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names).unwrap();
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        p.extended_key_usages = vec![eku];
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        let (c, k) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    };
+    let (server_cert, server_key) = leaf(
+        vec!["localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        "server",
+    );
+    let (client_cert, client_key) = leaf(
+        vec!["customer.test".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        "client",
+    );
+    let (stranger_cert, stranger_key) = leaf(
+        vec!["stranger.test".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        "stranger",
+    );
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    Pki {
+        ca: ca_path,
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+        stranger_cert,
+        stranger_key,
+    }
+}
+
+fn server(p: &Pki) -> Server {
+    let tls = format!(
+        "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+        p.server_cert.display(),
+        p.server_key.display(),
+        p.ca.display()
+    );
+    let s = Server::start_with("", &tls);
+    s.account("acme", "s3cret", &["example.org"]);
+    s
+}
+
+/// Run `odmr client --once` with extra provider keys; returns (exit code, stderr).
+fn client(s: &Server, dir: &Path, extra: &str) -> (i32, String) {
+    let cfg = dir.join("client.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[provider]]\nhost = \"localhost\"\nport = {}\nuser = \"acme\"\npassword = \"s3cret\"\ntimeout = \"10s\"\n{extra}\n[provider.deliver]\nmaildir = \"{}/{{domain}}/{{local}}\"\n",
+            s.odmr.port(),
+            dir.join("mail").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["client", "--once", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn delivered(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("mail/example.org/bob/new"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn scram_sha_256_over_starttls() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let s = server(&p);
+    assert!(send_mail(
+        s.smtp,
+        "a@sender.test",
+        &["bob@example.org"],
+        "Subject: x\n\nscram\n"
+    )
+    .starts_with("250"));
+    let (code, err) = client(&s, dir.path(), &format!("ca_file = \"{}\"", p.ca.display()));
+    assert_eq!(code, 0, "{err}\n{}", s.log());
+    assert_eq!(delivered(dir.path()), 1);
+    assert!(s.log().contains("mechanism=SCRAM-SHA-256"), "{}", s.log());
+    // A wrong password is an authentication failure (exit 3), and nothing moves.
+    assert!(send_mail(
+        s.smtp,
+        "a@sender.test",
+        &["bob@example.org"],
+        "Subject: y\n\nagain\n"
+    )
+    .starts_with("250"));
+    let cfg_extra = format!("ca_file = \"{}\"", p.ca.display());
+    let cfg = dir.path().join("client.toml");
+    let (code, _) = client(&s, dir.path(), &cfg_extra);
+    assert_eq!(code, 0);
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace("s3cret", "wrong"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["client", "--once", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn external_with_a_client_certificate_mapped_to_the_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let s = server(&p);
+    let (st, out, err) = s.cli(
+        &["account", "cert", "acme", p.client_cert.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(st, 0, "{err}");
+    assert!(out.contains("sha256:"), "{out}");
+    assert!(send_mail(
+        s.smtp,
+        "a@sender.test",
+        &["bob@example.org"],
+        "Subject: x\n\nexternal\n"
+    )
+    .starts_with("250"));
+
+    // A certificate the CA signed but no account claims: EXTERNAL fails (exit 3), mail stays.
+    let (code, err) = client(
+        &s,
+        dir.path(),
+        &format!(
+            "ca_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+            p.ca.display(),
+            p.stranger_cert.display(),
+            p.stranger_key.display()
+        ),
+    );
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(delivered(dir.path()), 0);
+
+    // The customer's own certificate logs in as acme without a password exchange.
+    let (code, err) = client(
+        &s,
+        dir.path(),
+        &format!(
+            "ca_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+            p.ca.display(),
+            p.client_cert.display(),
+            p.client_key.display()
+        ),
+    );
+    assert_eq!(code, 0, "{err}\n{}", s.log());
+    assert_eq!(delivered(dir.path()), 1);
+    assert!(s.log().contains("mechanism=EXTERNAL"), "{}", s.log());
+}

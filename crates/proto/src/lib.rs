@@ -17,4 +17,5 @@ pub mod odmr;
 pub mod reply;
 pub mod sasl;
 pub mod smtp_server;
+pub mod splice_observer;
 pub mod transcript;

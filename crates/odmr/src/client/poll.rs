@@ -38,7 +38,22 @@ impl PollOutcome {
     }
 }
 
-async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Option<Sink>, String> {
+/// The local side: a sink, or for a splice the connection to the local server.
+enum Local {
+    Sink(Sink),
+    Splice(Conn),
+}
+
+impl Local {
+    async fn close(self) {
+        match self {
+            Local::Sink(s) => s.close().await,
+            Local::Splice(mut c) => c.shutdown().await,
+        }
+    }
+}
+
+async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Local, String> {
     let sink = match &p.deliver {
         Deliver::Smtp(e) => Sink::Relay(
             relay::Relay::connect(e, false, &cfg.hostname, p.timeout)
@@ -56,9 +71,14 @@ async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Option<Sink>, Str
         Deliver::Command(t) => {
             Sink::Command(command::Command::new(t, p.max_message_size).map_err(|e| e.to_string())?)
         }
-        Deliver::Splice(_) => return Ok(None),
+        Deliver::Splice(e) => {
+            let c = Conn::connect(&e.to_string(), p.timeout)
+                .await
+                .map_err(|err| format!("cannot reach the local mail system at {e}: {err}"))?;
+            return Ok(Local::Splice(c));
+        }
     };
-    Ok(Some(sink))
+    Ok(Local::Sink(sink))
 }
 
 /// The provider's certificate must name the host we dialled (RFC 4954 §14 for PLAIN; and
@@ -86,7 +106,7 @@ async fn connect(p: &Provider, target: &str) -> Result<Conn, String> {
 }
 
 pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
-    let sink = match open_sink(cfg, p).await {
+    let local = match open_sink(cfg, p).await {
         Ok(s) => s,
         Err(e) => return PollOutcome::Failed(format!("local delivery is not possible, not polling: {e}")),
     };
@@ -94,9 +114,7 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
     let mut conn = match connect(p, &target).await {
         Ok(c) => c,
         Err(e) => {
-            if let Some(s) = sink {
-                s.close().await;
-            }
+            local.close().await;
             return PollOutcome::Failed(e);
         }
     };
@@ -153,9 +171,7 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
     };
     if let Some(e) = ended {
         conn.shutdown().await;
-        if let Some(s) = sink {
-            s.close().await;
-        }
+        local.close().await;
         return match e {
             FrontEnd::NoMail(_) => PollOutcome::NoMail,
             FrontEnd::AuthFailed(r) => {
@@ -180,18 +196,25 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
             eprint!("\r{name}: {} messages, {} bytes", r.messages, r.bytes);
         }
     };
-    match (&p.deliver, sink) {
-        (Deliver::Splice(local), _) => {
+    match local {
+        Local::Splice(local) => {
             let s = splice(conn, local, p.timeout).await;
-            tracing::info!(provider = %p.name, to_local = s.to_local, to_provider = s.to_provider, "splice finished");
+            tracing::info!(
+                provider = %p.name,
+                delivered = s.delivered,
+                refused = s.refused,
+                to_local = s.to_local,
+                to_provider = s.to_provider,
+                "splice finished"
+            );
             PollOutcome::Delivered(Received {
-                messages: u64::from(s.to_local > 0),
+                messages: s.delivered,
                 bytes: s.to_local,
-                refused: 0,
+                refused: s.refused,
                 error: s.error,
             })
         }
-        (_, Some(mut sink)) => {
+        Local::Sink(mut sink) => {
             let session = Session {
                 provider: &p.name,
                 hostname: &cfg.hostname,
@@ -206,6 +229,5 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
             conn.shutdown().await;
             PollOutcome::Delivered(got)
         }
-        (_, None) => PollOutcome::Failed("no sink".into()),
     }
 }

@@ -9,8 +9,8 @@
 //!   other direction until it closes too, so replies in flight (the 221 to QUIT) are not lost.
 //! - Silence in both directions for longer than the idle timeout ends the session.
 
-use crate::client::config::Endpoint;
 use crate::net::conn::Conn;
+use odmr_proto::splice_observer::SpliceObserver;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -18,18 +18,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct Spliced {
     pub to_local: u64,
     pub to_provider: u64,
+    /// Messages the local server accepted (2xx to the final dot) and refused.
+    pub delivered: u64,
+    pub refused: u64,
     pub error: Option<String>,
 }
 
-pub async fn splice(provider: Conn, local: &Endpoint, idle: Duration) -> Spliced {
+/// `local` is connected before ATRN is sent (so no ATRN goes out while the local server is
+/// down); its greeting waits in the socket until the turnaround.
+pub async fn splice(provider: Conn, local: Conn, idle: Duration) -> Spliced {
     let mut out = Spliced::default();
-    let local = match Conn::connect(&local.to_string(), idle).await {
-        Ok(c) => c,
-        Err(e) => {
-            out.error = Some(format!("cannot reach the local mail system at {local}: {e}"));
-            return out;
-        }
-    };
+    let mut watch = SpliceObserver::new();
     let (Some((p_stream, pending)), Some((l_stream, _))) = (provider.into_parts(), local.into_parts()) else {
         out.error = Some("connection already closed".into());
         return out;
@@ -42,6 +41,7 @@ pub async fn splice(provider: Conn, local: &Endpoint, idle: Duration) -> Spliced
             return out;
         }
         out.to_local += pending.len() as u64;
+        watch.provider(&pending);
     }
     let mut pbuf = vec![0u8; 64 * 1024];
     let mut lbuf = vec![0u8; 64 * 1024];
@@ -84,13 +84,17 @@ pub async fn splice(provider: Conn, local: &Endpoint, idle: Duration) -> Spliced
                 }
                 if from_provider {
                     out.to_local += n as u64;
+                    watch.provider(&buf[..n]);
                 } else {
                     out.to_provider += n as u64;
+                    watch.local(&buf[..n]);
                 }
             }
         }
     }
     let _ = lw.shutdown().await;
     let _ = pw.shutdown().await;
+    out.delivered = watch.delivered;
+    out.refused = watch.refused;
     out
 }

@@ -1,0 +1,1029 @@
+//! `odmr client`, the customer, against a real `odmr server` (the provider) over real sockets:
+//! mail goes into the provider's MX, `odmr client --once` (or the daemon) fetches it with
+//! EHLO, AUTH CRAM-MD5 and ATRN, and hands it to each kind of sink — a real local MTA
+//! (Postfix's `smtp-sink`, SMTP and LMTP, which dumps every transaction with its exact
+//! envelope), a Maildir, a command, or a byte splice — or to a scripted local MTA
+//! (`peers/client_local_mta.py`, aiosmtpd) that refuses as told.
+//!
+//! Every test checks what arrived where, byte for byte where it matters, and what is left in
+//! the provider's queue; exit codes are checked as `--once` documents them (0 delivered, 1 no
+//! mail, 2 error, 3 authentication failed).
+
+#[path = "peers/client_util.rs"]
+mod client_util;
+mod common;
+#[path = "peers/interop_util.rs"]
+mod interop_util;
+
+use client_util::*;
+use common::{send_mail, Server};
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+
+const USER: &str = "acme";
+const PASS: &str = "acme-secret";
+
+/// A provider with the account `acme` owning example.org.
+fn provider() -> Server {
+    let s = Server::start();
+    s.account(USER, PASS, &["example.org"]);
+    s
+}
+
+fn config(server: &Server, deliver: String, dir: &Path) -> std::path::PathBuf {
+    ProviderCfg::new(server.odmr.port(), USER, PASS, &["example.org"], deliver).write(dir)
+}
+
+fn inject(server: &Server, from: &str, to: &[&str], body: &str) {
+    let r = send_mail(server.smtp, from, to, body);
+    assert!(
+        r.starts_with("250"),
+        "the provider did not accept the message: {r}"
+    );
+}
+
+fn states(server: &Server) -> Vec<(String, String)> {
+    server
+        .recipient_states()
+        .into_iter()
+        .map(|(a, s, _)| (a, s))
+        .collect()
+}
+
+fn pair(a: &str, s: &str) -> (String, String) {
+    (a.to_string(), s.to_string())
+}
+
+fn expect_code(run: &Once, code: i32, what: &str) {
+    assert_eq!(
+        run.code,
+        Some(code),
+        "{what}: odmr client --once exited {:?}:\n{}",
+        run.code,
+        run.stderr
+    );
+}
+
+/// After a delivering run: the provider's queue is empty, and a second `--once` finds no mail
+/// (exit 1) and delivers nothing.
+fn expect_drained(server: &Server, config: &Path) {
+    assert_eq!(server.queue(), json!([]), "the provider still holds mail");
+    let again = client_once(config);
+    expect_code(&again, 1, "second poll");
+    assert!(again.stderr.contains("no mail waiting"), "{}", again.stderr);
+    assert!(!again.stderr.contains("message delivered"), "{}", again.stderr);
+}
+
+const M1: &str =
+    "From: alice@sender.test\nTo: bob@example.org, carol@example.org\nSubject: one\n\nhello bob and carol\n";
+const M2: &str = "From: MAILER-DAEMON@sender.test\nSubject: a bounce (null sender)\n\nbounce body\n";
+
+// ----- 1. one test per sink -----
+
+/// SMTP relay into smtp-sink: each message arrives once, with its exact envelope (null sender
+/// included, both recipients in one transaction), our EHLO name, and the content behind the
+/// two Received: fields (the customer's, then the provider's).
+#[test]
+fn smtp_sink_gets_exact_envelopes_and_content() {
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
+    let server = provider();
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org", "carol@example.org"],
+        M1,
+    );
+    inject(&server, "", &["postmaster@example.org"], M2);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&server, smtp_to(sink.port), dir.path());
+
+    let run = client_once(&config);
+    expect_code(&run, 0, "delivering poll");
+    let got = sink.messages();
+    assert_eq!(got.len(), 2, "smtp-sink got {got:#?}\nclient:\n{}", run.stderr);
+    let (null, alice) = (&got[0], &got[1]);
+    assert_eq!(alice.mail, "<alice@sender.test>");
+    assert_eq!(alice.rcpts, ["<bob@example.org>", "<carol@example.org>"]);
+    assert_eq!(null.mail, "<>");
+    assert_eq!(null.rcpts, ["<postmaster@example.org>"]);
+    for d in &got {
+        assert_eq!((d.helo.as_str(), d.proto.as_str()), (CUSTOMER, "ESMTP"));
+    }
+    assert_same_bytes(&strip_both_received(&alice.content), M1.as_bytes(), "message 1");
+    assert_same_bytes(&strip_both_received(&null.content), M2.as_bytes(), "message 2");
+    expect_drained(&server, &config);
+    assert_eq!(sink.messages().len(), 2, "the second poll relayed something");
+}
+
+/// LMTP into `smtp-sink -L`: a two-recipient message arrives as two transactions of one
+/// recipient each (the customer answers 452 to the second RCPT and the provider resends it),
+/// each recipient exactly once, with the same content.
+#[test]
+fn lmtp_sink_gets_one_recipient_per_transaction_and_no_duplicates() {
+    let Some(sink) = SmtpSink::start(true) else { return };
+    let server = provider();
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org", "carol@example.org"],
+        M1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&server, lmtp_to(sink.port), dir.path());
+
+    let run = client_once(&config);
+    expect_code(&run, 0, "delivering poll");
+    let got = sink.messages();
+    assert_eq!(got.len(), 2, "smtp-sink -L got {got:#?}\nclient:\n{}", run.stderr);
+    let rcpts: Vec<_> = got.iter().map(|d| d.rcpts.clone()).collect();
+    assert_eq!(rcpts, [vec!["<bob@example.org>"], vec!["<carol@example.org>"]]);
+    for d in &got {
+        assert_eq!(d.mail, "<alice@sender.test>");
+        assert_eq!((d.helo.as_str(), d.proto.as_str()), (CUSTOMER, "LMTP"));
+        assert_same_bytes(&strip_both_received(&d.content), M1.as_bytes(), "LMTP copy");
+    }
+    expect_drained(&server, &config);
+    assert_eq!(sink.messages().len(), 2, "the second poll relayed something");
+}
+
+/// LMTP over a Unix socket (`lmtp = "unix:/path"`), the usual way to reach a local LMTP
+/// server: the same one-recipient transactions.
+#[test]
+fn lmtp_sink_over_a_unix_socket() {
+    let Some(sink) = SmtpSink::start_unix(true) else {
+        return;
+    };
+    let server = provider();
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org", "carol@example.org"],
+        M1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let socket = sink.socket.clone().unwrap();
+    let config = config(
+        &server,
+        format!("lmtp = \"unix:{}\"", socket.display()),
+        dir.path(),
+    );
+
+    let run = client_once(&config);
+    expect_code(&run, 0, "delivering poll");
+    let got = sink.messages();
+    let rcpts: Vec<_> = got.iter().map(|d| d.rcpts.clone()).collect();
+    assert_eq!(
+        rcpts,
+        [vec!["<bob@example.org>"], vec!["<carol@example.org>"]],
+        "{}",
+        run.stderr
+    );
+    for d in &got {
+        assert_eq!(d.proto, "LMTP");
+        assert_same_bytes(&strip_both_received(&d.content), M1.as_bytes(), "LMTP copy");
+    }
+    expect_drained(&server, &config);
+}
+
+/// Maildir: one file per recipient in DIR/example.org/LOCAL/new, headed by Return-Path and
+/// Delivered-To, then the two Received: fields and the message as received (CRLF); the
+/// `,S=` size in the name is the file's size; nothing in tmp/ or cur/, nothing elsewhere.
+#[test]
+fn maildir_sink_writes_one_file_per_recipient() {
+    let server = provider();
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org", "carol@example.org"],
+        M1,
+    );
+    inject(&server, "", &["bob@example.org"], M2);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mail");
+    let config = config(&server, maildir_in(&root), dir.path());
+
+    let run = client_once(&config);
+    expect_code(&run, 0, "delivering poll");
+    let (bob_new, bob_tmp, bob_cur) = maildir(&root, "example.org", "bob");
+    let (carol_new, carol_tmp, carol_cur) = maildir(&root, "example.org", "carol");
+    assert_eq!(
+        (bob_new.len(), carol_new.len()),
+        (2, 1),
+        "{bob_new:?} {carol_new:?}\n{}",
+        run.stderr
+    );
+    assert!(
+        bob_tmp.is_empty() && carol_tmp.is_empty(),
+        "tmp/ not empty: {bob_tmp:?} {carol_tmp:?}"
+    );
+    assert!(bob_cur.is_empty() && carol_cur.is_empty());
+    assert_eq!(all_files(&root).len(), 3, "{:?}", all_files(&root));
+
+    let mut seen = Vec::new();
+    for (file, rcpt) in bob_new
+        .iter()
+        .map(|f| (f, "bob@example.org"))
+        .chain(carol_new.iter().map(|f| (f, "carol@example.org")))
+    {
+        let bytes = std::fs::read(file).unwrap();
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let size: usize = name
+            .rsplit_once(",S=")
+            .expect(",S= in the name")
+            .1
+            .parse()
+            .unwrap();
+        assert_eq!(size, bytes.len(), "{name}: S= is not the file size");
+        let (sender, want) = if bytes.starts_with(b"Return-Path: <>\r\n") {
+            ("", M2)
+        } else {
+            ("alice@sender.test", M1)
+        };
+        let head = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n");
+        assert!(
+            bytes.starts_with(head.as_bytes()),
+            "{name} does not start with {head:?}:\n{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let rest = strip_both_received(&bytes[head.len()..]);
+        assert_same_bytes(&rest, &crlf(want.as_bytes()), name);
+        seen.push((rcpt, sender));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("bob@example.org", ""),
+            ("bob@example.org", "alice@sender.test"),
+            ("carol@example.org", "alice@sender.test")
+        ]
+    );
+    expect_drained(&server, &config);
+    assert_eq!(all_files(&root).len(), 3, "the second poll delivered something");
+}
+
+/// The command sink: the template is split into argv once and the address goes into one
+/// argument, never through a shell, so a recipient full of shell syntax (legal in a local part)
+/// is only a file name. One run per recipient, the message on stdin.
+#[test]
+fn command_sink_runs_the_program_per_recipient_without_a_shell() {
+    let server = provider();
+    let nasty = "a`id`$HOME@example.org";
+    inject(&server, "alice@sender.test", &["bob@example.org", nasty], M1);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // $0 = OUT, $1 = the recipient, $2 = the sender, all as argv elements.
+    let template = format!(
+        r#"/bin/sh -c 'cat > "$0/$1.eml" && printf %s "$2" > "$0/$1.from"' {} {{recipient}} {{sender}}"#,
+        out.display()
+    );
+    let deliver = format!("command = {}", toml_string(&template));
+    let config = config(&server, deliver, dir.path());
+
+    let run = client_once(&config);
+    expect_code(&run, 0, "delivering poll");
+    let mut names: Vec<String> = files(&out)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want = vec![
+        "bob@example.org.eml".to_string(),
+        "bob@example.org.from".to_string(),
+        format!("{nasty}.eml"),
+        format!("{nasty}.from"),
+    ];
+    want.sort();
+    assert_eq!(
+        names, want,
+        "files written by the command\nclient:\n{}",
+        run.stderr
+    );
+    for rcpt in ["bob@example.org", nasty] {
+        let body = std::fs::read(out.join(format!("{rcpt}.eml"))).unwrap();
+        assert_same_bytes(&strip_both_received(&body), &crlf(M1.as_bytes()), rcpt);
+        let from = std::fs::read_to_string(out.join(format!("{rcpt}.from"))).unwrap();
+        assert_eq!(from, "alice@sender.test");
+    }
+    assert_eq!(
+        run.stderr.matches("message delivered").count(),
+        2,
+        "one run per recipient expected:\n{}",
+        run.stderr
+    );
+    expect_drained(&server, &config);
+    assert_eq!(files(&out).len(), 4, "the second poll ran the command");
+}
+
+/// The command's exit status is the verdict per recipient: 0 delivered, 75 (EX_TEMPFAIL)
+/// stays queued with a 451, any other status is a permanent failure (554, with the program's
+/// stderr in the recorded reply). A refusal makes `--once` report an error (2).
+#[test]
+fn command_exit_status_decides_each_recipient() {
+    let server = provider();
+    inject(
+        &server,
+        "alice@sender.test",
+        &["ok@example.org", "temp@example.org", "perm@example.org"],
+        M1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let template = format!(
+        r#"/bin/sh -c 'case "$1" in temp@*) exit 75;; perm@*) echo "no such mailbox here" >&2; exit 67;; esac; cat > "$0/$1.eml"' {} {{recipient}}"#,
+        out.display()
+    );
+    let config = config(
+        &server,
+        format!("command = {}", toml_string(&template)),
+        dir.path(),
+    );
+
+    let run = client_once(&config);
+    expect_code(&run, 2, "poll with refusals");
+    let st = server.recipient_states();
+    let find = |a: &str| st.iter().find(|s| s.0 == a).cloned().unwrap_or_default();
+    assert_eq!(find("ok@example.org").1, "delivered", "{st:?}\n{}", run.stderr);
+    let temp = find("temp@example.org");
+    assert!(
+        temp.1 == "queued" && temp.2.starts_with("451"),
+        "{temp:?}\n{}",
+        run.stderr
+    );
+    let perm = find("perm@example.org");
+    assert!(
+        perm.1 == "failed" && perm.2.starts_with("554") && perm.2.contains("no such mailbox here"),
+        "{perm:?}\n{}",
+        run.stderr
+    );
+    let names: Vec<_> = files(&out)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["ok@example.org.eml"]);
+    let body = std::fs::read(out.join("ok@example.org.eml")).unwrap();
+    assert_same_bytes(
+        &strip_both_received(&body),
+        &crlf(M1.as_bytes()),
+        "ok@example.org",
+    );
+}
+
+/// Splice: after the turnaround the provider talks to smtp-sink itself through the client's
+/// byte copy: smtp-sink sees the provider's EHLO name and only the provider's Received:.
+#[test]
+fn splice_sink_copies_the_session_to_smtp_sink() {
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
+    let server = provider();
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org", "carol@example.org"],
+        M1,
+    );
+    inject(&server, "", &["postmaster@example.org"], M2);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&server, splice_to(sink.port), dir.path());
+
+    let run = client_once(&config);
+    expect_code(&run, 0, "splicing poll");
+    let got = sink.messages();
+    assert_eq!(got.len(), 2, "smtp-sink got {got:#?}\nclient:\n{}", run.stderr);
+    let (null, alice) = (&got[0], &got[1]);
+    assert_eq!(alice.mail, "<alice@sender.test>");
+    assert_eq!(alice.rcpts, ["<bob@example.org>", "<carol@example.org>"]);
+    assert_eq!(null.mail, "<>");
+    assert_eq!(null.rcpts, ["<postmaster@example.org>"]);
+    for (d, want) in [(alice, M1), (null, M2)] {
+        assert_eq!(
+            d.helo,
+            common::HOSTNAME,
+            "smtp-sink should talk to the provider itself"
+        );
+        let (fields, rest) = split_received(&d.content, 1);
+        assert!(
+            fields[0].contains(&format!("by {} ", common::HOSTNAME)),
+            "{fields:?}"
+        );
+        assert_same_bytes(&rest, want.as_bytes(), "spliced message");
+    }
+    expect_drained(&server, &config);
+    assert_eq!(sink.messages().len(), 2, "the second poll relayed something");
+}
+
+/// The relay offers the provider what the local MTA offers: behind `smtp-sink -8` (no
+/// 8BITMIME) the customer does not offer 8BITMIME either, so the provider sends the 7-bit
+/// message and holds the 8-bit one with the reason recorded (450 4.6.3), rather than have it
+/// downgraded or refused.
+#[test]
+fn relay_offers_only_what_the_local_mta_offers() {
+    let Some(sink) = SmtpSink::start_with(false, &["-8"]) else {
+        return;
+    };
+    let server = provider();
+    inject(&server, "alice@sender.test", &["bob@example.org"], M1);
+    inject(
+        &server,
+        "alice@sender.test",
+        &["carol@example.org"],
+        &tricky_message("carol@example.org"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&server, smtp_to(sink.port), dir.path());
+
+    let run = client_once(&config);
+    expect_code(&run, 0, "the 7-bit message was delivered");
+    let got = sink.messages();
+    assert_eq!(got.len(), 1, "smtp-sink -8 got {got:#?}\nclient:\n{}", run.stderr);
+    assert_eq!(got[0].mail, "<alice@sender.test>");
+    assert_eq!(got[0].rcpts, ["<bob@example.org>"]);
+    assert_same_bytes(
+        &strip_both_received(&got[0].content),
+        M1.as_bytes(),
+        "7-bit message",
+    );
+    let st = server.recipient_states();
+    assert_eq!(st.len(), 1, "{st:?}");
+    assert_eq!(
+        (st[0].0.as_str(), st[0].1.as_str()),
+        ("carol@example.org", "queued")
+    );
+    assert!(st[0].2.starts_with("450 4.6.3"), "{st:?}");
+}
+
+// ----- 2. bodies, byte for byte -----
+
+const BIG: usize = 20 * 1024 * 1024;
+
+/// 8-bit text, 998-octet lines, lines starting with '.', and a 20 MiB message, through the
+/// SMTP relay into smtp-sink: identical behind the two Received: fields (smtp-sink writes LF).
+#[test]
+fn bodies_are_byte_exact_through_the_smtp_sink() {
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
+    let server = provider();
+    let tricky = tricky_message("bob@example.org");
+    let big = big_message("bob@example.org", BIG);
+    inject(&server, "alice@sender.test", &["bob@example.org"], &tricky);
+    inject(&server, "big@sender.test", &["bob@example.org"], &big);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&server, smtp_to(sink.port), dir.path());
+
+    let run = client_once(&config);
+    expect_code(&run, 0, "delivering poll");
+    let got = sink.messages();
+    assert_eq!(
+        got.len(),
+        2,
+        "smtp-sink got {} messages\nclient:\n{}",
+        got.len(),
+        run.stderr
+    );
+    let (alice, bigd) = (&got[0], &got[1]);
+    // Both are 8-bit: the provider declares it, and the relay passes it on (smtp-sink offers
+    // 8BITMIME).
+    assert_eq!(alice.mail, "<alice@sender.test> BODY=8BITMIME");
+    assert_eq!(bigd.mail, "<big@sender.test> BODY=8BITMIME");
+    assert_same_bytes(
+        &strip_both_received(&alice.content),
+        tricky.as_bytes(),
+        "tricky message",
+    );
+    assert_same_bytes(
+        &strip_both_received(&bigd.content),
+        big.as_bytes(),
+        "20 MiB message",
+    );
+    assert_eq!(server.queue(), json!([]));
+}
+
+/// The same bodies into a Maildir: identical (CRLF, as received) behind Return-Path,
+/// Delivered-To and the two Received: fields.
+#[test]
+fn bodies_are_byte_exact_into_the_maildir() {
+    let server = provider();
+    let tricky = tricky_message("bob@example.org");
+    let big = big_message("bob@example.org", BIG);
+    inject(&server, "alice@sender.test", &["bob@example.org"], &tricky);
+    inject(&server, "big@sender.test", &["bob@example.org"], &big);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mail");
+    let config = config(&server, maildir_in(&root), dir.path());
+
+    let run = client_once(&config);
+    expect_code(&run, 0, "delivering poll");
+    let (new, tmp, _) = maildir(&root, "example.org", "bob");
+    assert_eq!(new.len(), 2, "{new:?}\nclient:\n{}", run.stderr);
+    assert!(tmp.is_empty(), "{tmp:?}");
+    let mut checked = 0;
+    for f in &new {
+        let bytes = std::fs::read(f).unwrap();
+        for (sender, want) in [("alice@sender.test", &tricky), ("big@sender.test", &big)] {
+            let head = format!("Return-Path: <{sender}>\r\nDelivered-To: bob@example.org\r\n");
+            if let Some(rest) = bytes.strip_prefix(head.as_bytes()) {
+                assert_same_bytes(&strip_both_received(rest), &crlf(want.as_bytes()), sender);
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2, "the two files are not the two messages");
+    assert_eq!(server.queue(), json!([]));
+}
+
+// ----- 3. the local MTA says no -----
+
+/// A scripted local MTA (aiosmtpd) whose answers come from a rules file.
+struct LocalMta {
+    peer: PyPeer,
+    rules: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalMta {
+    fn start() -> Option<LocalMta> {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.json");
+        std::fs::write(&rules, "{}").unwrap();
+        let peer = PyPeer::start("client_local_mta.py", &[rules.to_str().unwrap()], true)?;
+        Some(LocalMta {
+            peer,
+            rules,
+            _dir: dir,
+        })
+    }
+
+    fn rules(&self, v: serde_json::Value) {
+        std::fs::write(&self.rules, v.to_string()).unwrap();
+    }
+
+    /// The transactions that reached the end of data: (sender, recipients, reply, content).
+    fn data(&self) -> Vec<(String, Vec<String>, String, Vec<u8>)> {
+        use base64::Engine;
+        self.peer
+            .events()
+            .iter()
+            .filter(|e| e["event"] == "data")
+            .map(|e| {
+                (
+                    e["from"].as_str().unwrap().to_string(),
+                    e["rcpts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.as_str().unwrap().to_string())
+                        .collect(),
+                    e["reply"].as_str().unwrap().to_string(),
+                    base64::engine::general_purpose::STANDARD
+                        .decode(e["content"].as_str().unwrap())
+                        .unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// 451 at the end of data: `--once` exits 2, the provider keeps both recipients queued with
+/// the 451 recorded; once the local MTA accepts, the next poll delivers the message exactly
+/// once (exit 0) and the queue is empty.
+#[test]
+fn local_mta_451_keeps_the_mail_queued_until_the_next_poll() {
+    let Some(mta) = LocalMta::start() else { return };
+    let server = provider();
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org", "carol@example.org"],
+        M1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&server, smtp_to(mta.peer.port), dir.path());
+
+    mta.rules(json!({"data": "451 4.3.0 local queue full, try later"}));
+    let run = client_once(&config);
+    expect_code(&run, 2, "poll with a local 451");
+    assert!(
+        run.stderr.contains("451 4.3.0 local queue full"),
+        "the log does not name the local refusal:\n{}",
+        run.stderr
+    );
+    let st = server.recipient_states();
+    assert_eq!(st.len(), 2, "{st:?}");
+    for (addr, state, reply) in &st {
+        assert_eq!(state, "queued", "{addr}: {st:?}");
+        assert!(
+            reply.starts_with("451") && reply.contains("local queue full"),
+            "{addr}: {reply:?}"
+        );
+    }
+    let data = mta.data();
+    assert_eq!(data.len(), 1, "{data:?}");
+    assert!(data[0].2.starts_with("451"));
+
+    mta.rules(json!({}));
+    let run = client_once(&config);
+    expect_code(&run, 0, "poll after the local MTA recovered");
+    let data = mta.data();
+    assert_eq!(
+        data.len(),
+        2,
+        "{:?}",
+        data.iter().map(|d| (&d.0, &d.1, &d.2)).collect::<Vec<_>>()
+    );
+    let (from, rcpts, reply, content) = &data[1];
+    assert_eq!(
+        (from.as_str(), reply.as_str()),
+        ("alice@sender.test", "250 2.0.0 OK queued")
+    );
+    assert_eq!(rcpts, &["bob@example.org", "carol@example.org"]);
+    assert_same_bytes(
+        &strip_both_received(content),
+        &crlf(M1.as_bytes()),
+        "relayed message",
+    );
+    expect_drained(&server, &config);
+    assert_eq!(mta.data().len(), 2, "delivered again");
+}
+
+/// 550 at RCPT for one of two recipients: that one is failed at the provider with the 550
+/// recorded, the other is delivered in a transaction of its own; `--once` reports the refusal
+/// (exit 2) and nothing is left to fetch.
+#[test]
+fn local_mta_550_for_one_recipient_fails_only_that_one() {
+    let Some(mta) = LocalMta::start() else { return };
+    let server = provider();
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org", "carol@example.org"],
+        M1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&server, smtp_to(mta.peer.port), dir.path());
+
+    mta.rules(json!({"rcpt": {"carol@example.org": "550 5.1.1 <carol@example.org>: no such user"}}));
+    let run = client_once(&config);
+    expect_code(&run, 2, "poll with a refused recipient");
+    let st = server.recipient_states();
+    assert_eq!(st.len(), 2, "{st:?}");
+    assert_eq!(st[0].0, "bob@example.org");
+    assert_eq!(st[0].1, "delivered", "{st:?}");
+    assert_eq!(st[1].0, "carol@example.org");
+    assert_eq!(st[1].1, "failed", "{st:?}");
+    assert!(
+        st[1].2.starts_with("550 5.1.1") && st[1].2.contains("no such user"),
+        "{st:?}"
+    );
+    let data = mta.data();
+    assert_eq!(
+        data.len(),
+        1,
+        "{:?}",
+        data.iter().map(|d| (&d.0, &d.1, &d.2)).collect::<Vec<_>>()
+    );
+    assert_eq!(data[0].1, ["bob@example.org"]);
+    assert_same_bytes(
+        &strip_both_received(&data[0].3),
+        &crlf(M1.as_bytes()),
+        "relayed message",
+    );
+
+    let again = client_once(&config);
+    expect_code(&again, 1, "nothing left to fetch");
+    assert_eq!(mta.data().len(), 1);
+}
+
+/// 451 at RCPT for one recipient: it stays queued with the 451, the other is delivered; the
+/// next poll delivers just the deferred one.
+#[test]
+fn local_mta_451_for_one_recipient_defers_only_that_one() {
+    let Some(mta) = LocalMta::start() else { return };
+    let server = provider();
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org", "carol@example.org"],
+        M1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&server, smtp_to(mta.peer.port), dir.path());
+
+    mta.rules(json!({"rcpt": {"carol@example.org": "451 4.2.0 <carol@example.org>: mailbox busy"}}));
+    let run = client_once(&config);
+    expect_code(&run, 2, "poll with a deferred recipient");
+    let st = server.recipient_states();
+    assert_eq!(
+        (st[0].0.as_str(), st[0].1.as_str()),
+        ("bob@example.org", "delivered"),
+        "{st:?}"
+    );
+    assert_eq!(
+        (st[1].0.as_str(), st[1].1.as_str()),
+        ("carol@example.org", "queued"),
+        "{st:?}"
+    );
+    assert!(st[1].2.starts_with("451 4.2.0"), "{st:?}");
+
+    mta.rules(json!({}));
+    let run = client_once(&config);
+    expect_code(&run, 0, "poll after the mailbox was freed");
+    let data = mta.data();
+    let rcpts: Vec<_> = data.iter().map(|d| d.1.clone()).collect();
+    assert_eq!(rcpts, [vec!["bob@example.org"], vec!["carol@example.org"]]);
+    expect_drained(&server, &config);
+}
+
+/// Through the splice the local MTA answers 451 at the end of data: the provider keeps the
+/// message (queued, 451 recorded), so `--once` must report a local delivery error (2), as it
+/// does for the SMTP relay — not 0, "mail was delivered".
+#[test]
+fn splice_reports_a_local_refusal_as_an_error() {
+    let Some(mta) = LocalMta::start() else { return };
+    let server = provider();
+    inject(&server, "alice@sender.test", &["bob@example.org"], M1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&server, splice_to(mta.peer.port), dir.path());
+
+    mta.rules(json!({"data": "451 4.3.0 local queue full, try later"}));
+    let run = client_once(&config);
+    let data = mta.data();
+    assert_eq!(
+        data.len(),
+        1,
+        "{:?}",
+        data.iter().map(|d| (&d.0, &d.1, &d.2)).collect::<Vec<_>>()
+    );
+    assert!(data[0].2.starts_with("451"));
+    let st = server.recipient_states();
+    assert_eq!(
+        (st[0].0.as_str(), st[0].1.as_str()),
+        ("bob@example.org", "queued"),
+        "{st:?}"
+    );
+    assert!(st[0].2.starts_with("451 4.3.0"), "{st:?}");
+    expect_code(
+        &run,
+        2,
+        "the local MTA refused the only message (through the splice)",
+    );
+}
+
+// ----- 4. refusals before the turnaround -----
+
+/// A wrong password: 535, exit 3, a log line that says authentication failed; the mail stays.
+#[test]
+fn wrong_password_exits_3_and_says_so() {
+    let server = provider();
+    inject(&server, "alice@sender.test", &["bob@example.org"], M1);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mail");
+    let config = ProviderCfg::new(
+        server.odmr.port(),
+        USER,
+        "not-the-password",
+        &["example.org"],
+        maildir_in(&root),
+    )
+    .write(dir.path());
+
+    let run = client_once(&config);
+    expect_code(&run, 3, "wrong password");
+    assert!(
+        run.stderr.contains("authentication failed") && run.stderr.contains("535"),
+        "the log does not name the cause:\n{}",
+        run.stderr
+    );
+    assert_eq!(states(&server), [pair("bob@example.org", "queued")]);
+    assert!(all_files(&root).is_empty());
+}
+
+/// Asking for a domain of another account: 450, exit 2, a log line naming the refusal and the
+/// domain; nothing is delivered and nothing changes in the queue.
+#[test]
+fn foreign_domain_exits_2_with_450() {
+    let server = provider();
+    server.account("other", "other-secret", &["other.example"]);
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org", "dave@other.example"],
+        M1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mail");
+    let config = ProviderCfg::new(
+        server.odmr.port(),
+        USER,
+        PASS,
+        &["other.example"],
+        maildir_in(&root),
+    )
+    .write(dir.path());
+
+    let run = client_once(&config);
+    expect_code(&run, 2, "foreign domain");
+    assert!(
+        run.stderr.contains("ATRN refused")
+            && run.stderr.contains("450")
+            && run.stderr.contains("other.example"),
+        "the log does not name the cause:\n{}",
+        run.stderr
+    );
+    let st = server.recipient_states();
+    assert_eq!(
+        st,
+        [
+            ("bob@example.org".to_string(), "queued".to_string(), String::new()),
+            (
+                "dave@other.example".to_string(),
+                "queued".to_string(),
+                String::new()
+            ),
+        ]
+    );
+    assert!(all_files(&root).is_empty());
+}
+
+/// Nothing listens at the provider's address: exit 2, and the log says what could not be
+/// reached.
+#[test]
+fn unreachable_provider_exits_2_and_says_so() {
+    let closed = interop_util::random_free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mail");
+    let config = ProviderCfg::new(closed, USER, PASS, &["example.org"], maildir_in(&root)).write(dir.path());
+    let run = client_once(&config);
+    expect_code(&run, 2, "unreachable provider");
+    assert!(
+        run.stderr
+            .contains(&format!("cannot connect to 127.0.0.1:{closed}")),
+        "the log does not name the cause:\n{}",
+        run.stderr
+    );
+    assert!(all_files(&root).is_empty());
+}
+
+// ----- 5. the daemon -----
+
+/// `odmr client` without --once, interval 1 s, polling the provider through a forwarder whose
+/// port stays put: mail injected while it runs arrives within seconds; the provider is killed
+/// (and the forwarder closed: connection refused) — the daemon keeps running and logs each
+/// failed poll; the provider restarts (on new ports, behind the same forwarder port) and new
+/// mail arrives without restarting the client; SIGTERM stops it with status 0.
+#[test]
+fn daemon_delivers_while_running_rides_out_an_outage_and_stops_on_sigterm() {
+    let mut server = provider();
+    let Some(mut fwd) = PyPeer::start("client_forwarder.py", &[&server.odmr.port().to_string()], false)
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mail");
+    let mut pc = ProviderCfg::new(fwd.port, USER, PASS, &["example.org"], maildir_in(&root));
+    pc.interval = "1s";
+    pc.timeout = "2s";
+    let config = pc.write(dir.path());
+    let mut d = Daemon::start(&config);
+    assert!(
+        d.wait_log(15, |l| l.contains("no mail waiting")),
+        "no first poll:\n{}",
+        d.log()
+    );
+
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org"],
+        "Subject: first\n\nwhile running\n",
+    );
+    let bob = |n: usize| maildir(&root, "example.org", "bob").0.len() == n;
+    assert!(
+        wait_until(10, || bob(1)),
+        "not delivered within 10 s:\n{}",
+        d.log()
+    );
+    assert!(
+        wait_until(5, || server.queue() == json!([])),
+        "{:?}",
+        server.queue()
+    );
+
+    // The outage.
+    server.kill();
+    fwd.tell("down");
+    assert!(fwd.wait_line(5, |l| l == "ok down"), "{:?}", fwd.lines());
+    let before = d.log().matches("poll failed").count();
+    assert!(
+        d.wait_log(15, |l| l.matches("poll failed").count() >= before + 2),
+        "no failed polls logged during the outage:\n{}",
+        d.log()
+    );
+    assert!(d.running(), "the daemon died during the outage:\n{}", d.log());
+    assert!(
+        d.log()
+            .contains(&format!("cannot connect to 127.0.0.1:{}", fwd.port)),
+        "the log does not say what failed:\n{}",
+        d.log()
+    );
+
+    // The provider is back (new ports, same store), behind the same address.
+    server.spawn();
+    fwd.tell(&format!("up {}", server.odmr.port()));
+    assert!(fwd.wait_line(5, |l| l.starts_with("ok up")), "{:?}", fwd.lines());
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org"],
+        "Subject: second\n\nafter the outage\n",
+    );
+    assert!(
+        wait_until(15, || bob(2)),
+        "not delivered after the outage:\n{}",
+        d.log()
+    );
+    assert!(
+        wait_until(5, || server.queue() == json!([])),
+        "{:?}",
+        server.queue()
+    );
+    let (new, tmp, _) = maildir(&root, "example.org", "bob");
+    assert!(tmp.is_empty());
+    let mut subjects: Vec<String> = new
+        .iter()
+        .map(|f| {
+            let t = String::from_utf8(std::fs::read(f).unwrap()).unwrap();
+            t.lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["first", "second"]);
+
+    assert_eq!(d.terminate(10), Some(0), "SIGTERM:\n{}", d.log());
+}
+
+/// With interval 1 h the daemon polls once at start and then waits; SIGUSR1 makes it poll at
+/// once, and the mail arrives.
+#[test]
+fn sigusr1_polls_at_once() {
+    let server = provider();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mail");
+    let mut pc = ProviderCfg::new(
+        server.odmr.port(),
+        USER,
+        PASS,
+        &["example.org"],
+        maildir_in(&root),
+    );
+    pc.interval = "1h";
+    let config = pc.write(dir.path());
+    let mut d = Daemon::start(&config);
+    assert!(
+        d.wait_log(15, |l| l.contains("no mail waiting") && l.contains("next poll")),
+        "no first poll:\n{}",
+        d.log()
+    );
+    // Let the poller reach its wait (the log line comes just before it).
+    std::thread::sleep(Duration::from_millis(300));
+    inject(
+        &server,
+        "alice@sender.test",
+        &["bob@example.org"],
+        "Subject: usr1\n\nfetch me now\n",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        maildir(&root, "example.org", "bob").0.len(),
+        0,
+        "polled without being asked"
+    );
+
+    d.signal("USR1");
+    assert!(
+        wait_until(10, || maildir(&root, "example.org", "bob").0.len() == 1),
+        "SIGUSR1 did not make it poll:\n{}",
+        d.log()
+    );
+    assert!(d.log().contains("SIGUSR1"), "{}", d.log());
+    assert!(
+        wait_until(5, || server.queue() == json!([])),
+        "{:?}",
+        server.queue()
+    );
+    assert_eq!(d.terminate(10), Some(0), "SIGTERM:\n{}", d.log());
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}

@@ -68,3 +68,19 @@ fn auth_failures_lock_the_account_out_for_a_while_but_not_before_three() {
     assert!(r.starts_with("454"), "{r}");
     assert!(d.ask("NOOP").starts_with("250"));
 }
+
+#[test]
+fn idle_clients_are_timed_out_on_both_listeners() {
+    let s = Server::start_with("command_timeout = \"1s\"", "command_timeout = \"1s\"");
+    for addr in [s.smtp, s.odmr] {
+        let mut c = Line::connect(addr);
+        assert!(c.reply().starts_with("220"));
+        // A slow client: half a command, then silence.
+        c.send(b"NOO");
+        let t = std::time::Instant::now();
+        let r = c.line().unwrap_or_default();
+        assert!(r.starts_with("421"), "{r}");
+        assert_eq!(c.line(), None, "closed after the 421");
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    }
+}

@@ -4,7 +4,10 @@
 mod common;
 
 use common::{send_mail, Server, BIN};
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    SanType,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,10 +25,15 @@ fn pki(dir: &Path) -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL takes a leaf whose issuer equals its subject for self-signed.
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name.push(DnType::CommonName, "odmr test CA");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let leaf = |names: Vec<String>, eku: ExtendedKeyUsagePurpose, stem: &str| {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, stem);
         p.subject_alt_names
             .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         p.extended_key_usages = vec![eku];
@@ -197,4 +205,55 @@ fn external_with_a_client_certificate_mapped_to_the_account() {
     assert_eq!(code, 0, "{err}\n{}", s.log());
     assert_eq!(delivered(dir.path()), 1);
     assert!(s.log().contains("mechanism=EXTERNAL"), "{}", s.log());
+}
+
+#[test]
+fn python_smtplib_plain_after_starttls_and_not_before() {
+    let Some(py) = common::python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let s = server(&p);
+    let script = r#"
+import smtplib, ssl, sys, json
+port, ca = int(sys.argv[1]), sys.argv[2]
+out = {}
+s = smtplib.SMTP("localhost", port, timeout=10)
+s.ehlo("customer.test")
+out["before"] = s.esmtp_features.get("auth", "").split()
+code, _ = s.docmd("AUTH", "PLAIN AGFjbWUAczNjcmV0")
+out["plain_before_tls"] = code
+s.starttls(context=ssl.create_default_context(cafile=ca))
+s.ehlo("customer.test")
+out["after"] = s.esmtp_features.get("auth", "").split()
+try:
+    s.login("acme", "wrong")
+except smtplib.SMTPAuthenticationError as e:
+    out["wrong"] = e.smtp_code
+s.user, s.password = "acme", "s3cret"
+code, _ = s.auth("PLAIN", s.auth_plain, initial_response_ok=True)
+out["plain"] = code
+code, _ = s.docmd("ATRN", "example.org")
+out["atrn"] = code
+print(json.dumps(out))
+"#;
+    let out = Command::new(py)
+        .args(["-c", script, &s.odmr.port().to_string(), p.ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["before"],
+        serde_json::json!(["SCRAM-SHA-256", "CRAM-MD5"]),
+        "{v}"
+    );
+    assert_eq!(v["plain_before_tls"], 504, "{v}");
+    assert_eq!(
+        v["after"],
+        serde_json::json!(["SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN"]),
+        "{v}"
+    );
+    assert_eq!(v["wrong"], 535, "{v}");
+    assert_eq!(v["plain"], 235, "{v}");
+    assert_eq!(v["atrn"], 453, "{v}");
 }

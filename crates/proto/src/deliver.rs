@@ -74,13 +74,25 @@ pub enum RcptOutcome {
 }
 
 impl RcptOutcome {
-    fn from_reply(r: &Reply) -> Self {
+    /// The verdict on the message, from the reply to the final dot: the only reply that can
+    /// make a recipient delivered.
+    fn from_final(r: &Reply) -> Self {
         if r.is_positive() {
             RcptOutcome::Delivered(r.clone())
-        } else if r.is_transient() {
-            RcptOutcome::Deferred(r.clone())
         } else {
+            Self::from_refusal(r)
+        }
+    }
+
+    /// A refusal at MAIL, RCPT or DATA. Only a 5xx is permanent; anything else (4xx, or a
+    /// reply that makes no sense here, such as 250 to DATA) leaves the message queued: a
+    /// confused customer must never make us count undelivered mail as delivered (found by
+    /// fuzzing).
+    fn from_refusal(r: &Reply) -> Self {
+        if r.is_permanent() {
             RcptOutcome::Failed(r.clone())
+        } else {
+            RcptOutcome::Deferred(r.clone())
         }
     }
     pub fn reply(&self) -> &Reply {
@@ -480,14 +492,14 @@ impl Deliverer {
             .iter()
             .map(|rr| {
                 let decided = match (&tx.mail, rr, &tx.data, &tx.fin) {
-                    (Some(m), _, _, _) if !m.is_positive() => Some(RcptOutcome::from_reply(m)),
+                    (Some(m), _, _, _) if !m.is_positive() => Some(RcptOutcome::from_refusal(m)),
                     (_, Some(r), _, _) if too_many(r) && progress && tx.closing.is_none() => {
                         Some(RcptOutcome::Again(r.clone()))
                     }
                     (_, Some(r), _, _) if too_many(r) => Some(RcptOutcome::Deferred(r.clone())),
-                    (_, Some(r), _, _) if !r.is_positive() => Some(RcptOutcome::from_reply(r)),
-                    (_, _, Some(d), _) if d.code != 354 => Some(RcptOutcome::from_reply(d)),
-                    (_, _, _, Some(f)) => Some(RcptOutcome::from_reply(f)),
+                    (_, Some(r), _, _) if !r.is_positive() => Some(RcptOutcome::from_refusal(r)),
+                    (_, _, Some(d), _) if d.code != 354 => Some(RcptOutcome::from_refusal(d)),
+                    (_, _, _, Some(f)) => Some(RcptOutcome::from_final(f)),
                     _ => None,
                 };
                 match (decided, &tx.closing) {
@@ -661,6 +673,22 @@ mod tests {
             panic!()
         };
         assert!(matches!(&o[0], RcptOutcome::Deferred(r) if r.code == 452));
+    }
+
+    #[test]
+    fn a_250_to_data_never_counts_as_delivered() {
+        let mut d = ready(EHLO_FULL);
+        d.send(msg(&["x@example.org"]));
+        feed(&mut d, "");
+        let (out, _) = feed(&mut d, "250 ok\r\n250 ok\r\n250 ok\r\n");
+        assert_eq!(out, "RSET\r\n");
+        let DeliverStep::Finished(o) = feed(&mut d, "250 ok\r\n").1 else {
+            panic!()
+        };
+        assert!(
+            matches!(&o[0], RcptOutcome::Deferred(r) if r.code == 250),
+            "{o:?}"
+        );
     }
 
     #[test]

@@ -150,8 +150,14 @@ pub fn parse_reply(input: &mut BytesMut) -> Result<Option<Reply>, ReplyError> {
         let more = line.get(3) == Some(&b'-');
         // "250" alone, "250 text" and "250-text" are all valid (RFC 5321 §4.2: be prepared for a
         // missing space).
-        let body = if line.len() > 4 { &text[4..] } else { "" };
-        lines.push(body.to_string());
+        // Slice the bytes, not the lossy text: a non-ASCII separator byte would otherwise put
+        // the cut inside a replacement character (found by fuzzing).
+        let body = if line.len() > 4 {
+            String::from_utf8_lossy(&line[4..]).into_owned()
+        } else {
+            String::new()
+        };
+        lines.push(body);
         pos += nl + 1;
         if !more {
             break;
@@ -244,6 +250,15 @@ mod tests {
         // class mismatch: not a status code
         let (r, _) = parse_all("250 5.0.0 odd\r\n");
         assert_eq!(r.unwrap().unwrap().status, None);
+    }
+
+    #[test]
+    fn non_ascii_after_the_code_does_not_panic() {
+        let mut b = BytesMut::from(&b"250\xc3\xa9x CRAM-MD5\r\n"[..]);
+        let r = parse_reply(&mut b).unwrap().unwrap();
+        assert_eq!(r.code, 250);
+        let mut b = BytesMut::from(&b"250\xff\xfe\xfd\r\n"[..]);
+        assert!(parse_reply(&mut b).is_ok());
     }
 
     #[test]

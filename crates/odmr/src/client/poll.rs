@@ -166,6 +166,12 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
                 }
                 front.tls_started();
             }
+            // A 250 that arrived before our ATRN was even sent answers nothing we asked.
+            CustomerStep::Turnaround if !front.output().is_empty() => {
+                break Some(FrontEnd::Failed(format!(
+                    "{target} sent replies ahead of our commands (a 250 before ATRN); not turning around"
+                )));
+            }
             CustomerStep::Turnaround => break None,
         }
     };

@@ -1,0 +1,152 @@
+//! `Deliverer` (the provider's SMTP client after the turnaround) fed arbitrary customer replies.
+//!
+//! Input: the common header, then what the customer's SMTP server sends. The decision tape
+//! picks, at each `Ready`, `quit()` or `send()` of a message (0 to 3 recipients, 8-bit or not,
+//! BODY/SMTPUTF8/DSN parameters, various sizes); at most `MAX_MESSAGES` are sent, then `quit()`.
+//! `SendBody` is answered with `body()` in two pieces and `body_end()`. Checks:
+//! - no panic; every poll ends in a step; at most `MAX_IDLE_POLLS` polls in a row consume
+//!   nothing, and the whole run takes a bounded number of polls;
+//! - the body goes out dot-stuffed, exactly as `DotStuffer` makes it;
+//! - RCPT names only recipients of the message being sent;
+//! - `Finished` carries one outcome per recipient of that message, and `Delivered` only after
+//!   the final dot was sent (outcomes come only from the peer's replies);
+//! - `Done` is final: polling again consumes nothing.
+
+#![no_main]
+
+mod common;
+
+use bytes::BytesMut;
+use common::{feed, Input, Progress};
+use libfuzzer_sys::fuzz_target;
+use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome};
+use odmr_proto::dot::DotStuffer;
+use odmr_proto::envelope::RcptEntry;
+
+const MAX_MESSAGES: usize = 4;
+const BODY: &[u8] = b"Subject: fuzz\r\n\r\n.dot line\r\n..\r\nno final CRLF";
+
+fn message(d: u8, n: usize) -> OutMessage {
+    let recipients = (0..usize::from(d % 4))
+        .map(|i| RcptEntry {
+            address: format!("r{n}.{i}@example.org"),
+            params: if i % 2 == 0 {
+                String::new()
+            } else {
+                "NOTIFY=FAILURE ORCPT=rfc822;x@example.org".into()
+            },
+        })
+        .collect();
+    OutMessage {
+        mail_from: if d & 0x80 != 0 {
+            String::new()
+        } else {
+            "alice@sender.example".into()
+        },
+        mail_params: ["", "BODY=8BITMIME", "SMTPUTF8", "BODY=7BIT RET=HDRS ENVID=x"]
+            [usize::from((d >> 3) & 3)]
+        .into(),
+        size: [45, 1000, 100_000, 0][usize::from((d >> 5) & 3)],
+        eight_bit: d & 4 != 0,
+        recipients,
+    }
+}
+
+fn stuffed(pieces: &[&[u8]]) -> Vec<u8> {
+    let mut s = DotStuffer::new();
+    let mut out = Vec::new();
+    for p in pieces {
+        s.stuff(p, &mut out);
+    }
+    s.finish(&mut out);
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Input {
+        flags,
+        mut decisions,
+        mut chunks,
+    } = Input::parse(data);
+    let split = usize::from(flags) % (BODY.len() + 1);
+    let mut d = Deliverer::new("odmr.example.net");
+    let mut input = BytesMut::new();
+    let mut progress = Progress::default();
+    let total_input = chunks.total_len();
+
+    let mut sent = 0usize;
+    let mut current: Option<OutMessage> = None;
+    let mut final_dot_sent = false;
+
+    loop {
+        let before = input.len();
+        let step = d.poll(&mut input);
+        let after = input.len();
+        progress.poll(before, after, &step);
+        assert!(
+            progress.polls <= 64 + 8 * total_input,
+            "{} polls for {total_input} octets of input",
+            progress.polls
+        );
+        let _ = d.waiting_for();
+        let _ = d.caps();
+        let out = std::mem::take(d.output());
+        common::trace(&step, &out);
+        for line in out.split(|&b| b == b'\n') {
+            if let Some(rest) = line.strip_prefix(b"RCPT TO:<") {
+                let addr = &rest[..rest.iter().position(|&b| b == b'>').expect("RCPT without '>'")];
+                let named = current
+                    .as_ref()
+                    .is_some_and(|m| m.recipients.iter().any(|r| r.address.as_bytes() == addr));
+                assert!(
+                    named,
+                    "RCPT for {:?}, not a recipient of the message",
+                    String::from_utf8_lossy(addr)
+                );
+            }
+        }
+
+        match step {
+            DeliverStep::NeedInput => {
+                if !feed(&mut chunks, &mut input, &mut progress) {
+                    break;
+                }
+            }
+            DeliverStep::Ready => {
+                let dec = decisions.next();
+                if sent >= MAX_MESSAGES || dec % 8 == 7 {
+                    d.quit();
+                } else {
+                    let m = message(dec, sent);
+                    sent += 1;
+                    d.send(m.clone());
+                    current = Some(m);
+                    final_dot_sent = false;
+                }
+            }
+            DeliverStep::SendBody => {
+                assert!(current.is_some(), "SendBody without a message");
+                assert!(!final_dot_sent, "SendBody twice for one message");
+                let (a, b) = BODY.split_at(split);
+                d.body(a);
+                d.body(b);
+                d.body_end();
+                final_dot_sent = true;
+                assert_eq!(*d.output(), stuffed(&[a, b]), "body not sent as stuffed");
+                d.output().clear();
+            }
+            DeliverStep::Finished(outcomes) => {
+                let m = current.take().expect("Finished without a message");
+                assert_eq!(outcomes.len(), m.recipients.len(), "one outcome per recipient");
+                if outcomes.iter().any(|o| matches!(o, RcptOutcome::Delivered(_))) {
+                    assert!(final_dot_sent, "Delivered without the final dot: {outcomes:?}");
+                }
+            }
+            DeliverStep::Done => {
+                assert_eq!(d.poll(&mut input), DeliverStep::Done);
+                assert_eq!(input.len(), after, "input consumed after Done");
+                break;
+            }
+        }
+    }
+});

@@ -1,0 +1,175 @@
+//! `SmtpServer` driven by arbitrary client bytes, as the async driver does.
+//!
+//! Input: the common header, then what the client sends. Flags (octet 0): bit 0 offer STARTTLS,
+//! bit 1 `check_sender` (customer mode), bit 2 `eight_bit_mime`, bit 3 `smtputf8`, bits 4-5 the
+//! message size limit (64, 1000, 50 MiB, 0), bit 6 small recipient and `Received:` limits, bit 7
+//! one message per session. Every decision step is answered from the decision tape (accept or
+//! refuse a sender or recipient, `data_ready` or `data_refused`, `committed` Ok or Err).
+//! STARTTLS is handled as the driver does: handshake (`tls_started`) if no input is buffered,
+//! otherwise the connection is closed. Checks:
+//! - no panic, and every poll ends in a step: `NeedInput` once the input is used up, or
+//!   `Close`/`StartTls` (at most `MAX_IDLE_POLLS` polls in a row consume nothing);
+//! - after `NeedInput` fewer than `MAX_COMMAND_LINE` octets stay buffered (bounded memory);
+//! - output bounded by what was consumed; the body of one message (including our `Received:`
+//!   header) never exceeds the size limit by more than the header;
+//! - `CheckRecipient` names the domain of the address; `EndData`'s size is within the limit;
+//! - `Close` and `StartTls` are final until answered: polling again consumes nothing.
+
+#![no_main]
+
+mod common;
+
+use bytes::BytesMut;
+use common::{check_output_bound, feed, Input, Progress};
+use libfuzzer_sys::fuzz_target;
+use odmr_proto::envelope::address_domain;
+use odmr_proto::reply::Reply;
+use odmr_proto::smtp_server::{
+    PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer, MAX_COMMAND_LINE,
+};
+
+/// Our `Received:` header is at most this long: the HELO name and the address are each bounded
+/// by the command line length.
+const MAX_RECEIVED_HEADER: u64 = 3 * MAX_COMMAND_LINE as u64 + 512;
+
+fuzz_target!(|data: &[u8]| {
+    let Input {
+        flags,
+        mut decisions,
+        mut chunks,
+    } = Input::parse(data);
+    let mut cfg = ServerConfig::new("mx.example.net");
+    cfg.starttls = flags & 1 != 0;
+    cfg.check_sender = flags & 2 != 0;
+    cfg.eight_bit_mime = flags & 4 != 0;
+    cfg.smtputf8 = flags & 8 != 0;
+    cfg.max_message_size = [64, 1000, 50 << 20, 0][usize::from((flags >> 4) & 3)];
+    if flags & 0x40 != 0 {
+        cfg.max_recipients = 2;
+        cfg.max_received = 1;
+    }
+    if flags & 0x80 != 0 {
+        cfg.max_messages = 1;
+    }
+    let max_size = cfg.max_message_size;
+    let mut s = SmtpServer::new(
+        cfg,
+        PeerInfo {
+            ip: "192.0.2.1".into(),
+            session: "fuzz".into(),
+        },
+    );
+
+    let mut input = BytesMut::new();
+    let mut progress = Progress::default();
+    let mut out_total = s.output().len();
+    s.output().clear();
+    let mut consumed = 0usize;
+    let mut body_len: u64 = 0;
+    let mut in_message = false;
+    let mut queued = 0u64;
+
+    loop {
+        let before = input.len();
+        let step = s.poll(&mut input);
+        let after = input.len();
+        progress.poll(before, after, &step);
+        consumed += before - after;
+        out_total += s.output().len();
+        common::trace(&step, s.output());
+        s.output().clear();
+        check_output_bound(out_total, consumed);
+
+        match step {
+            ServerStep::NeedInput => {
+                assert!(
+                    input.len() < MAX_COMMAND_LINE,
+                    "{} octets buffered after NeedInput",
+                    input.len()
+                );
+                if !feed(&mut chunks, &mut input, &mut progress) {
+                    // End of stream: the driver asks whether a message was in flight.
+                    let _ = s.in_data();
+                    break;
+                }
+            }
+            ServerStep::CheckSender { .. } => {
+                if decisions.next() % 3 == 2 {
+                    s.sender_verdict(Err(Reply::new(451, "4.3.0", "local MTA busy")));
+                } else {
+                    s.sender_verdict(Ok(()));
+                }
+            }
+            ServerStep::CheckRecipient { address, domain } => {
+                assert_eq!(address_domain(&address).as_deref(), Some(domain.as_str()));
+                match decisions.next() % 4 {
+                    0 | 1 => s.recipient_verdict(RcptVerdict::Accept),
+                    2 => s.recipient_verdict(RcptVerdict::NotHosted),
+                    _ => s.recipient_verdict(RcptVerdict::Refuse(Reply::new(
+                        451,
+                        "4.3.0",
+                        "store unavailable",
+                    ))),
+                }
+            }
+            ServerStep::StartData(env) => {
+                assert!(!env.recipients.is_empty(), "DATA with no recipient");
+                assert!(!in_message);
+                if decisions.next() % 5 == 4 {
+                    s.data_refused(Reply::new(451, "4.3.0", "store unavailable"));
+                } else {
+                    s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000");
+                    in_message = true;
+                    body_len = 0;
+                }
+            }
+            ServerStep::Body(b) => {
+                assert!(in_message, "Body outside a message");
+                assert!(!b.is_empty(), "empty Body step");
+                body_len += b.len() as u64;
+                assert!(
+                    body_len <= max_size.saturating_add(MAX_RECEIVED_HEADER),
+                    "{body_len} body octets streamed with a limit of {max_size}"
+                );
+            }
+            ServerStep::EndData { size, .. } => {
+                assert!(in_message);
+                assert!(size <= max_size, "EndData of {size} octets, limit {max_size}");
+                in_message = false;
+                if decisions.next() % 4 == 3 {
+                    s.committed(Err(Reply::new(451, "4.3.0", "commit failed")));
+                } else {
+                    queued += 1;
+                    s.committed(Ok(format!("OK queued as {queued}")));
+                    assert_eq!(s.messages(), queued);
+                }
+            }
+            ServerStep::AbortData => {
+                assert!(in_message);
+                in_message = false;
+            }
+            ServerStep::Reset => {}
+            ServerStep::StartTls => {
+                let again = s.poll(&mut input);
+                assert_eq!(again, ServerStep::StartTls);
+                assert_eq!(
+                    input.len(),
+                    after,
+                    "input consumed while waiting for the handshake"
+                );
+                if !input.is_empty() {
+                    // Plaintext after STARTTLS: the driver closes the connection.
+                    break;
+                }
+                s.tls_started();
+                assert!(s.is_tls());
+                assert_eq!(s.helo(), None);
+            }
+            ServerStep::Close => {
+                assert_eq!(s.poll(&mut input), ServerStep::Close);
+                assert_eq!(input.len(), after, "input consumed after Close");
+                break;
+            }
+        }
+    }
+});

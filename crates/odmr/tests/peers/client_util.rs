@@ -21,7 +21,7 @@ pub const CUSTOMER: &str = "customer.test";
 // ----- the client's configuration -----
 
 /// One `[[provider]]` table. `deliver` is the body of `[provider.deliver]`, e.g.
-/// `smtp = "127.0.0.1:2525"`; `domains` `None` leaves the key out.
+/// `smtp = "127.0.0.1:PORT"`; `domains` `None` leaves the key out.
 pub struct ProviderCfg<'a> {
     pub port: u16,
     pub user: &'a str,

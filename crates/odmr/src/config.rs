@@ -120,6 +120,8 @@ struct RawOdmr {
     listen_tls: Vec<String>,
     #[serde(default)]
     require_tls: bool,
+    #[serde(default = "yes")]
+    cram_md5: bool,
     #[serde(default)]
     command_timeout: Option<String>,
     #[serde(default)]
@@ -134,11 +136,16 @@ impl Default for RawOdmr {
             listen: default_odmr_listen(),
             listen_tls: Vec::new(),
             require_tls: false,
+            cram_md5: true,
             command_timeout: None,
             reply_timeout: None,
             data_timeout: None,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_odmr_listen() -> Vec<String> {
@@ -192,6 +199,8 @@ pub struct OdmrConfig {
     pub listen_tls: Vec<SocketAddr>,
     /// Answer 530 5.7.0 to everything but EHLO/STARTTLS/QUIT until TLS is active.
     pub require_tls: bool,
+    /// Offer CRAM-MD5 (fetchmail's only mechanism).
+    pub cram_md5: bool,
     /// Idle time allowed before ATRN (RFC 5321 §4.5.3.2.7).
     pub command_timeout: Duration,
     /// After the turnaround: how long to wait for the customer's greeting and each reply
@@ -354,6 +363,7 @@ impl Config {
                 listen: addrs("odmr.listen", &raw.odmr.listen, "0.0.0.0:366")?,
                 listen_tls: addrs("odmr.listen_tls", &raw.odmr.listen_tls, "0.0.0.0:2366")?,
                 require_tls: raw.odmr.require_tls,
+                cram_md5: raw.odmr.cram_md5,
                 command_timeout: dur(
                     "odmr.command_timeout",
                     &raw.odmr.command_timeout,

@@ -43,6 +43,9 @@ pub struct OdmrConfig {
     pub starttls: bool,
     /// Refuse everything but EHLO, HELO, NOOP, RSET, STARTTLS and QUIT until TLS is active.
     pub require_tls: bool,
+    /// Offer CRAM-MD5 (RFC 2645 makes it mandatory to implement; a site using stronger
+    /// mechanisms may switch it off).
+    pub cram_md5: bool,
 }
 
 impl OdmrConfig {
@@ -54,6 +57,7 @@ impl OdmrConfig {
             decoy_secret: b"odmr".to_vec(),
             starttls: false,
             require_tls: false,
+            cram_md5: true,
         }
     }
 }
@@ -333,11 +337,18 @@ impl OdmrSession {
                 let mut lines = vec![format!("{} greets {}", self.cfg.hostname, args)];
                 if authed.is_none() && !before_tls {
                     // PLAIN and LOGIN only under TLS (RFC 4954 §4, §14).
-                    lines.push(match (self.tls, self.client_cert) {
-                        (true, true) => "AUTH EXTERNAL SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN".into(),
-                        (true, false) => "AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN".into(),
-                        _ => "AUTH SCRAM-SHA-256 CRAM-MD5".into(),
-                    });
+                    let mut mechs = vec!["AUTH"];
+                    if self.tls && self.client_cert {
+                        mechs.push("EXTERNAL");
+                    }
+                    mechs.push("SCRAM-SHA-256");
+                    if self.cfg.cram_md5 {
+                        mechs.push("CRAM-MD5");
+                    }
+                    if self.tls {
+                        mechs.extend(["PLAIN", "LOGIN"]);
+                    }
+                    lines.push(mechs.join(" "));
                 }
                 if self.cfg.starttls && !self.tls && authed.is_none() {
                     lines.push("STARTTLS".into());
@@ -416,7 +427,7 @@ impl OdmrSession {
             None => None,
         };
         match mech.as_str() {
-            "CRAM-MD5" => {}
+            "CRAM-MD5" if self.cfg.cram_md5 => {}
             "SCRAM-SHA-256" => {
                 let mut nonce_seed = self.seed.to_le_bytes().to_vec();
                 nonce_seed.extend_from_slice(&self.unix_time.to_le_bytes());
@@ -942,5 +953,17 @@ mod tests {
         assert!(s
             .output()
             .ends_with(b"535 Authentication credentials invalid\r\n"));
+    }
+
+    #[test]
+    fn cram_md5_can_be_switched_off() {
+        let mut cfg = OdmrConfig::new("h");
+        cfg.cram_md5 = false;
+        let mut s = OdmrSession::new(cfg, 5, 1);
+        s.output().clear();
+        assert_eq!(ehlo_auth_line(&mut s), "250-AUTH SCRAM-SHA-256");
+        let mut input = BytesMut::from("AUTH CRAM-MD5\r\n");
+        s.poll(&mut input);
+        assert_eq!(s.output().as_slice(), b"504 Unrecognized authentication type\r\n");
     }
 }

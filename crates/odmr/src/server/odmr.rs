@@ -54,6 +54,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
     let mut ocfg = OdmrConfig::new(c.hostname.clone());
     ocfg.starttls = shared.tls.is_some();
     ocfg.require_tls = c.odmr.require_tls;
+    ocfg.cram_md5 = c.odmr.cram_md5;
     ocfg.decoy_secret = shared.decoy_secret.clone();
     let mut s = OdmrSession::new(ocfg, rand::random(), now);
     if conn.is_tls() {

@@ -109,34 +109,56 @@ impl Conn {
         self.stream.as_mut().ok_or(ConnError::Closed)
     }
 
-    /// Server side of STARTTLS or implicit TLS. Refuses (and the caller must close) when
+    /// The plaintext stream, for a TLS handshake. Refuses (and the caller must close) when
     /// plaintext is still buffered: it arrived after STARTTLS and must never be executed.
+    fn take_for_handshake(&mut self) -> Result<Box<dyn Stream>, ConnError> {
+        if !self.buf.is_empty() {
+            self.buf.clear();
+            return Err(ConnError::PlaintextAfterStartTls);
+        }
+        self.stream.take().ok_or(ConnError::Closed)
+    }
+
+    async fn handshake<S>(
+        timeout: Duration,
+        fut: impl std::future::Future<Output = std::io::Result<S>>,
+    ) -> Result<S, ConnError> {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),
+            Err(_) => Err(ConnError::ReadTimeout(timeout)),
+        }
+    }
+
+    /// Server side of STARTTLS or implicit TLS.
     pub async fn accept_tls(
         &mut self,
         acceptor: &tokio_rustls::TlsAcceptor,
         timeout: Duration,
     ) -> Result<(), ConnError> {
-        if !self.buf.is_empty() {
-            self.buf.clear();
-            return Err(ConnError::PlaintextAfterStartTls);
-        }
-        let plain = self.stream.take().ok_or(ConnError::Closed)?;
-        match tokio::time::timeout(timeout, acceptor.accept(plain)).await {
-            Ok(Ok(s)) => {
-                use sha2::Digest;
-                self.client_cert = s
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| sha2::Sha256::digest(c.as_ref()).into());
-                self.stream = Some(Box::new(s));
-                self.tls = true;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),
-            Err(_) => Err(ConnError::ReadTimeout(timeout)),
-        }
+        let plain = self.take_for_handshake()?;
+        let s = Self::handshake(timeout, acceptor.accept(plain)).await?;
+        use sha2::Digest;
+        self.client_cert = s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| sha2::Sha256::digest(c.as_ref()).into());
+        self.stream = Some(Box::new(s));
+        self.tls = true;
+        Ok(())
+    }
+
+    /// STARTTLS on a server: send `reply` (the 220 the machine queued), then the handshake.
+    pub async fn starttls(
+        &mut self,
+        reply: &mut Vec<u8>,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        timeout: Duration,
+    ) -> Result<(), ConnError> {
+        self.send(reply, timeout).await?;
+        self.accept_tls(acceptor, timeout).await
     }
 
     /// Client side of STARTTLS or implicit TLS.
@@ -146,20 +168,11 @@ impl Conn {
         name: rustls_pki_types::ServerName<'static>,
         timeout: Duration,
     ) -> Result<(), ConnError> {
-        if !self.buf.is_empty() {
-            self.buf.clear();
-            return Err(ConnError::PlaintextAfterStartTls);
-        }
-        let plain = self.stream.take().ok_or(ConnError::Closed)?;
-        match tokio::time::timeout(timeout, connector.connect(name, plain)).await {
-            Ok(Ok(s)) => {
-                self.stream = Some(Box::new(s));
-                self.tls = true;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),
-            Err(_) => Err(ConnError::ReadTimeout(timeout)),
-        }
+        let plain = self.take_for_handshake()?;
+        let s = Self::handshake(timeout, connector.connect(name, plain)).await?;
+        self.stream = Some(Box::new(s));
+        self.tls = true;
+        Ok(())
     }
 
     /// Read more input. `Ok(0)` means the peer closed the connection.

@@ -185,11 +185,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
             }
             OdmrStep::StartTls => {
                 let Some(tls) = shared.tls.as_ref() else { break };
-                if let Err(e) = conn.send(s.output(), timeout).await {
-                    tracing::info!(error = %e, "write failed");
-                    break;
-                }
-                if let Err(e) = conn.accept_tls(&tls.acceptor(), timeout).await {
+                if let Err(e) = conn.starttls(s.output(), &tls.acceptor(), timeout).await {
                     tracing::warn!(error = %e, "STARTTLS failed; closing");
                     break;
                 }

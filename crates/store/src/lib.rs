@@ -94,6 +94,15 @@ pub struct DomainPolicy {
     pub local_parts: Option<Vec<String>>,
 }
 
+/// The answer of [`Store::domain_accepts`]: what the MX needs at RCPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainCheck {
+    /// The local part is listed, or the domain is catch-all.
+    pub accepted: bool,
+    pub max_messages: Option<u64>,
+    pub max_bytes: Option<u64>,
+}
+
 /// A domain, its owner and its policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainInfo {
@@ -603,9 +612,13 @@ impl Store {
         }
     }
 
-    /// Whether `domain` takes mail for `local_part` (case-insensitive): `None` if nobody owns
-    /// the domain. Cheap: one indexed lookup, whatever the length of the list.
-    pub async fn domain_accepts(&self, domain: &str, local_part: &str) -> Result<Option<bool>, StoreError> {
+    /// Whether `domain` takes mail for `local_part` (case-insensitive), with its quotas; `None`
+    /// if nobody owns the domain. Cheap: one indexed lookup, whatever the length of the list.
+    pub async fn domain_accepts(
+        &self,
+        domain: &str,
+        local_part: &str,
+    ) -> Result<Option<DomainCheck>, StoreError> {
         match self {
             Store::Sqlite(s) => s.domain_accepts(domain, local_part).await,
         }
@@ -674,6 +687,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.settle(recipients, notice, Settle::Delayed).await,
+        }
+    }
+
+    /// Queues a notice that settles nothing (a "relayed" notice after a delivery to a customer
+    /// that does not offer DSN). Unlike failure notices, such a courtesy notice may be lost if
+    /// the process dies between the delivery's record and this call.
+    pub async fn queue_notice(&self, notice: &OutboundMessage) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queue_notice(notice).await,
         }
     }
 

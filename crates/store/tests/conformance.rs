@@ -1206,10 +1206,21 @@ async fn domain_policy_and_usage(store: &Store) {
     assert_eq!(info.account, "acme");
     assert_eq!(info.policy, DomainPolicy::default());
     assert_eq!(
-        store.domain_accepts("a.example", "anyone").await.unwrap(),
+        store
+            .domain_accepts("a.example", "anyone")
+            .await
+            .unwrap()
+            .map(|c| c.accepted),
         Some(true)
     );
-    assert_eq!(store.domain_accepts("nobody.example", "x").await.unwrap(), None);
+    assert_eq!(
+        store
+            .domain_accepts("nobody.example", "x")
+            .await
+            .unwrap()
+            .map(|c| c.accepted),
+        None
+    );
 
     let policy = DomainPolicy {
         max_messages: Some(2),
@@ -1225,11 +1236,19 @@ async fn domain_policy_and_usage(store: &Store) {
         (Some(2), Some(10_000), Some(3600))
     );
     assert_eq!(
-        store.domain_accepts("a.example", "BOB").await.unwrap(),
+        store
+            .domain_accepts("a.example", "BOB")
+            .await
+            .unwrap()
+            .map(|c| c.accepted),
         Some(true)
     );
     assert_eq!(
-        store.domain_accepts("a.example", "carol").await.unwrap(),
+        store
+            .domain_accepts("a.example", "carol")
+            .await
+            .unwrap()
+            .map(|c| c.accepted),
         Some(false)
     );
     assert!(matches!(
@@ -1274,7 +1293,11 @@ async fn domain_policy_and_usage(store: &Store) {
         .await
         .unwrap();
     assert_eq!(
-        store.domain_accepts("a.example", "carol").await.unwrap(),
+        store
+            .domain_accepts("a.example", "carol")
+            .await
+            .unwrap()
+            .map(|c| c.accepted),
         Some(true)
     );
     assert_eq!(
@@ -1454,6 +1477,10 @@ async fn delay_notices(store: &Store) {
         .await
         .unwrap();
     assert!(q[0].recipients.iter().all(|r| r.warned));
+
+    // A courtesy notice settles nothing and is queued on its own.
+    store.queue_notice(&warning).await.unwrap();
+    assert_eq!(store.pending(&strings(&[OUTBOUND_QUEUE]), None, 10).await.unwrap().len(), 2);
 }
 
 async fn operator_commands(store: &Store) {

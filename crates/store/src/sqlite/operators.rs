@@ -8,8 +8,8 @@ use sqlx::Row;
 
 use super::{placeholders, remove_if_done, size_of, state_of, SqliteStore};
 use crate::{
-    now_secs, DomainInfo, DomainPolicy, DomainUsage, LeaseInfo, MessageId, Operation, QueueFilter,
-    QueuedMessage, RecipientStatus, StoreError,
+    now_secs, DomainCheck, DomainInfo, DomainPolicy, DomainUsage, LeaseInfo, MessageId, Operation,
+    QueueFilter, QueuedMessage, RecipientStatus, StoreError,
 };
 
 /// The `WHERE` clause (over `recipient r`) and its bindings selecting what a filter selects.
@@ -192,17 +192,28 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn domain_accepts(&self, domain: &str, local_part: &str) -> Result<Option<bool>, StoreError> {
-        let row: Option<(bool, bool)> = sqlx::query_as(
+    pub async fn domain_accepts(
+        &self,
+        domain: &str,
+        local_part: &str,
+    ) -> Result<Option<DomainCheck>, StoreError> {
+        let row: Option<(bool, bool, Option<i64>, Option<i64>)> = sqlx::query_as(
             "SELECT d.catch_all,
-                    EXISTS (SELECT 1 FROM local_part l WHERE l.domain = d.name AND l.name = ?)
+                    EXISTS (SELECT 1 FROM local_part l WHERE l.domain = d.name AND l.name = ?),
+                    d.max_messages, d.max_bytes
              FROM domain d WHERE d.name = ?",
         )
         .bind(local_part.to_lowercase())
         .bind(domain.to_lowercase())
         .fetch_optional(&self.read)
         .await?;
-        Ok(row.map(|(catch_all, listed)| catch_all || listed))
+        Ok(
+            row.map(|(catch_all, listed, max_messages, max_bytes)| DomainCheck {
+                accepted: catch_all || listed,
+                max_messages: max_messages.map(size_of),
+                max_bytes: max_bytes.map(size_of),
+            }),
+        )
     }
 
     pub async fn domain_usage(&self, domain: &str) -> Result<DomainUsage, StoreError> {

@@ -157,6 +157,15 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    pub async fn queue_notice(&self, notice: &OutboundMessage) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        queue_outbound(&mut tx, notice, now_secs()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 /// Queues a notice from the null sender for the bounce relay, inside the caller's transaction.
 async fn queue_outbound(
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,

@@ -154,6 +154,28 @@ pub struct Lease {
     pub holder: String,
 }
 
+/// One domain's live lease, as [`Store::lease_list`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub domain: String,
+    pub token: String,
+    pub holder: String,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+}
+
+impl LeaseRow {
+    /// The lease this row belongs to, with this row's domain only: enough to
+    /// [`Store::lease_release`] it (which goes by token, so every domain of the lease goes).
+    pub fn lease(&self) -> Lease {
+        Lease {
+            domains: vec![self.domain.clone()],
+            token: self.token.clone(),
+            holder: self.holder.clone(),
+        }
+    }
+}
+
 /// A message with recipients waiting for delivery in the asked domains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
@@ -415,6 +437,14 @@ impl Store {
     pub async fn lease_release(&self, lease: &Lease) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.lease_release(lease).await,
+        }
+    }
+
+    /// Every unexpired lease, one row per domain, ordered by domain. For operators, and for a
+    /// node that looks for its own dead sessions' leases at startup.
+    pub async fn lease_list(&self) -> Result<Vec<LeaseRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lease_list().await,
         }
     }
 

@@ -199,9 +199,17 @@ fn client_config(server: &Server, maildirs: &Path) -> PathBuf {
 /// The tokens of the messages in the provider's queue (their envelope senders), with the state
 /// of their one recipient.
 fn queued(server: &Server) -> BTreeMap<String, String> {
+    queued_for(server, None)
+}
+
+/// [`queued`], only the messages to `domain` if given.
+fn queued_for(server: &Server, domain: Option<&str>) -> BTreeMap<String, String> {
     let q = server.queue();
     let mut out = BTreeMap::new();
     for m in q.as_array().expect("queue json") {
+        if domain.is_some_and(|d| m["recipients"][0]["domain"] != d) {
+            continue;
+        }
         let sender = m["sender"].as_str().expect("sender");
         let token = sender
             .strip_suffix("@sender.test")
@@ -448,4 +456,286 @@ fn client_killed_during_reception_gets_the_rest_again_and_nothing_is_stuck() {
         q.len(),
         dups.len()
     );
+}
+
+// ----- 2. the server during reversed delivery -----
+
+/// Messages delivered before the kill and those still queued after the restart: together they
+/// must be all of them, and they may share at most the one message whose 250 to DATA was in
+/// flight (the customer had it durably, the server had not recorded it). Returns that overlap.
+fn check_split(
+    all: &BTreeSet<String>,
+    maildir: &BTreeMap<String, usize>,
+    queue: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    assert!(
+        duplicates(maildir).is_empty(),
+        "duplicates before the kill: {maildir:?}"
+    );
+    let m = keys(maildir);
+    assert!(!queue.is_empty(), "the kill came after the last message");
+    let both: BTreeSet<_> = m.intersection(queue).cloned().collect();
+    assert!(
+        both.len() <= 1,
+        "{} messages are both delivered and still queued; only the one whose 250 was in flight \
+         can be (one reversed session, one transaction at a time): {both:?}",
+        both.len()
+    );
+    let union: BTreeSet<_> = m.union(queue).cloned().collect();
+    let lost: Vec<_> = all.difference(&union).collect();
+    assert!(lost.is_empty(), "messages neither delivered nor queued: {lost:?}");
+    assert!(
+        union.is_subset(all),
+        "unknown messages: {:?}",
+        union.difference(all)
+    );
+    both
+}
+
+/// After the second delivery: everything arrived, intact, and the only duplicate (if any) is
+/// the in-flight message `both`.
+fn check_final(all: &BTreeSet<String>, maildir: &BTreeMap<String, usize>, both: &BTreeSet<String>) -> usize {
+    assert_eq!(&keys(maildir), all, "not every message reached the Maildir");
+    let dups = duplicates(maildir);
+    assert!(
+        dups.is_subset(both) && maildir.values().all(|&n| n <= 2),
+        "duplicates {dups:?}; the only possible one is {both:?}"
+    );
+    dups.len()
+}
+
+/// `odmr queue leases --json`.
+fn leases(server: &Server) -> Vec<serde_json::Value> {
+    let (st, out, err) = server.cli(&["queue", "leases", "--json"], None);
+    assert_eq!(st, 0, "queue leases: {err}");
+    serde_json::from_str::<serde_json::Value>(&out)
+        .expect("leases json")
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The server is killed while `odmr client` receives a few hundred messages into a Maildir.
+/// Each message must end up delivered exactly once or still queued; after the restart the next
+/// ATRN is granted at once — the lease lives an hour, so only the restarted server's sweep of
+/// its own dead sessions' leases can free it — and delivers the rest, with at most the
+/// in-flight message twice.
+#[test]
+fn server_killed_during_reversed_delivery_delivers_each_message_once_or_keeps_it() {
+    let Some(python) = python3() else { return };
+    let mut server = Server::start_with("", "lease_ttl = \"1h\"");
+    server.account(USER, PASS, &[DOMAIN]);
+    let all = queue_messages(&python, &server, 4, 75);
+    let maildirs = server.dir.path().join("maildirs");
+
+    let mut client = client_background(&client_config(&server, &maildirs));
+    let started = wait_until(60, || new_count(&maildirs) >= 60 || !client.running());
+    assert!(
+        started,
+        "no 60 messages in the Maildir within 60 s:\n{}",
+        client.all()
+    );
+    assert!(
+        client.running(),
+        "the client finished before the kill:\n{}",
+        client.all()
+    );
+    server.kill();
+    let (code, out, err) = client.wait(30, "odmr client --once");
+    assert_eq!(
+        code,
+        Some(2),
+        "the client must report the broken session:\n{out}{err}"
+    );
+
+    // The dead process's lease is still in the store, for an hour.
+    let held = leases(&server);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["domain"], DOMAIN);
+    assert!(
+        held[0]["expires_in_ms"].as_i64().unwrap() > 30 * 60 * 1000,
+        "{held:?}"
+    );
+
+    server.spawn();
+    assert!(
+        server
+            .log()
+            .contains("freed the lease of a dead session of this node"),
+        "{}",
+        server.log()
+    );
+    assert!(leases(&server).is_empty(), "{:?}", leases(&server));
+    let first = delivered(&maildirs);
+    let queue = queued(&server);
+    assert!(queue.values().all(|s| s == "queued"), "{queue:?}");
+    let both = check_split(&all, &first, &keys(&queue));
+
+    let run = client_util::client_once(&client_config(&server, &maildirs));
+    assert_eq!(run.code, Some(0), "the ATRN after the restart:\n{}", run.stderr);
+    let dups = check_final(&all, &delivered(&maildirs), &both);
+    assert!(queued(&server).is_empty(), "mail left in the queue");
+    eprintln!(
+        "before the kill {} delivered, {} queued after the restart, {} duplicate(s)",
+        first.len(),
+        queue.len(),
+        dups
+    );
+}
+
+// ----- 4. leases in a fleet -----
+
+/// Two server processes share one store, as two nodes of a fleet would. Node A is killed in the
+/// middle of a delivery and stays dead: node B answers the customer's ATRN with 451 while A's
+/// lease lives, and delivers once it has expired (never before). Then B holds a live session
+/// while A restarts: A's startup sweep must leave B's lease alone (B is alive, though on the
+/// same machine), so ATRN for that domain through A still gets 451 until B's session ends.
+#[test]
+fn a_dead_nodes_lease_blocks_until_it_expires_and_a_restart_never_frees_a_live_one() {
+    let Some(python) = python3() else { return };
+    let mut a = Server::start_with("", "lease_ttl = \"10s\"");
+    a.account(USER, PASS, &[DOMAIN]);
+    a.account("beta", "beta-secret", &["example.com"]);
+    let b = a.sibling();
+    let all = queue_messages(&python, &a, 4, 75);
+    let r = common::send_mail(
+        a.smtp,
+        "x@sender.test",
+        &["carol@example.com"],
+        "Subject: for beta\n\nheld for beta\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let maildirs = a.dir.path().join("maildirs");
+
+    // A dies mid-delivery.
+    let mut client = client_background(&client_config(&a, &maildirs));
+    let started = wait_until(60, || new_count(&maildirs) >= 60 || !client.running());
+    assert!(
+        started,
+        "no 60 messages in the Maildir within 60 s:\n{}",
+        client.all()
+    );
+    assert!(
+        client.running(),
+        "the client finished before the kill:\n{}",
+        client.all()
+    );
+    a.kill();
+    let (code, out, err) = client.wait(30, "odmr client --once");
+    assert_eq!(code, Some(2), "{out}{err}");
+    let held = leases(&b);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["domain"], DOMAIN);
+    let expires = held[0]["expires_at_ms"].as_i64().unwrap();
+    let first = delivered(&maildirs);
+    let both = check_split(&all, &first, &keys(&queued_for(&b, Some(DOMAIN))));
+
+    // Through B: 451 while the lease lives, granted once it has expired.
+    let via_b = client_config(&b, &maildirs);
+    let mut refusals = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (t0, run, t1) = (now_ms(), client_util::client_once(&via_b), now_ms());
+        if run.code == Some(0) {
+            assert!(
+                t1 >= expires,
+                "B was granted the domain while A's lease still had {} ms to live",
+                expires - t1
+            );
+            break;
+        }
+        assert_eq!(run.code, Some(2), "{}", run.stderr);
+        assert!(run.stderr.contains("451"), "ATRN through B: {}", run.stderr);
+        assert!(
+            t0 < expires,
+            "451 after A's lease had expired ({} ms before the ATRN)",
+            t0 - expires
+        );
+        refusals += 1;
+        assert!(
+            Instant::now() < deadline,
+            "B never got the domain: {}",
+            run.stderr
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if refusals == 0 {
+        // Only when the machine took the whole lease lifetime to run one poll.
+        eprintln!("NOTE: the first ATRN through B came after the lease expired; no 451 to check");
+    }
+    let dups = check_final(&all, &delivered(&maildirs), &both);
+    eprintln!(
+        "before the kill {} delivered, {refusals} ATRN(s) refused with 451 while the lease lived, \
+         {dups} duplicate(s)",
+        first.len()
+    );
+
+    // B delivers to a customer that never greets: B holds example.com's lease meanwhile.
+    let mut stalled = Proc::spawn(
+        Command::new(&python)
+            .arg(common::peers_dir().join("odmr_customer.py"))
+            .args(["--port", &b.odmr.port().to_string()])
+            .args(["--user", "beta", "--password", "beta-secret"])
+            .args(["--domains", "example.com", "--no-greeting", "--timeout", "60"]),
+    );
+    let granted = wait_until(30, || stalled.all().contains("EVENT atrn"));
+    assert!(
+        granted && stalled.all().contains("EVENT atrn 250"),
+        "{}",
+        stalled.all()
+    );
+    let live = leases(&b);
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["domain"], "example.com");
+
+    // A restarts on the same machine: B's lease survives its sweep.
+    a.spawn();
+    let holders = |l: Vec<serde_json::Value>| -> Vec<(String, String)> {
+        l.iter()
+            .map(|r| (r["domain"].to_string(), r["holder"].to_string()))
+            .collect()
+    };
+    assert_eq!(
+        holders(leases(&a)),
+        holders(live),
+        "A's restart dropped or changed B's live lease"
+    );
+    assert!(!a.log().contains("freed the lease"), "{}", a.log());
+    let beta_maildirs = a.dir.path().join("beta-maildirs");
+    let beta = |s: &Server| {
+        ProviderCfg::new(
+            s.odmr.port(),
+            "beta",
+            "beta-secret",
+            &["example.com"],
+            maildir_in(&beta_maildirs),
+        )
+        .write(s.dir.path())
+    };
+    let run = client_util::client_once(&beta(&a));
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("451"),
+        "ATRN through A while B delivers: {}",
+        run.stderr
+    );
+
+    // B's customer goes away; B's session ends and releases the lease; A can deliver.
+    stalled.kill();
+    assert!(
+        wait_until(30, || leases(&b).is_empty()),
+        "B kept the lease after its session ended: {:?}",
+        leases(&b)
+    );
+    let run = client_util::client_once(&beta(&a));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(files(&beta_maildirs.join("example.com/carol/new")).len(), 1);
+    assert!(queued(&a).is_empty(), "mail left in the queue");
 }

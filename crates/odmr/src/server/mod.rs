@@ -7,6 +7,7 @@
 //! leaves the queue only after the customer's `250`.
 
 mod deliver;
+mod lease;
 pub mod limits;
 mod mx;
 mod odmr;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub decoy_secret: Vec<u8>,
     /// Connection counts and AUTH failure throttling.
     pub guards: limits::Guards,
+    /// How this process signs the delivery leases it takes.
+    pub identity: lease::Identity,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -57,6 +60,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Store::open_sqlite(&cfg.store_path)
         .await
         .map_err(|e| cfg.store_error(e))?;
+    // Before any session can take a lease: free those of this node's dead processes (a crash
+    // before this start), so their customers need not wait for the leases to expire.
+    let identity = lease::Identity::of_this_process();
+    if let Err(e) = lease::sweep(&store, &identity).await {
+        tracing::warn!(error = %e, "cannot look for leases of dead sessions; they expire by themselves");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
@@ -64,6 +73,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tls: tls.clone(),
         guards: limits::Guards::new(cfg.limits.clone()),
         decoy_secret: rand::random::<[u8; 32]>().to_vec(),
+        identity,
         shutdown: stop_rx,
     });
 

@@ -269,7 +269,7 @@ async fn decide(
             return (AtrnDecision::TempError, None);
         }
     }
-    let holder = format!("{}/{}/{}", hostname(), std::process::id(), session);
+    let holder = shared.identity.holder(session);
     match store
         .lease_acquire(&domains, &holder, shared.cfg.odmr.lease_ttl)
         .await
@@ -281,10 +281,4 @@ async fn decide(
             (AtrnDecision::TempError, None)
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "node".into())
 }

@@ -14,7 +14,7 @@
 //! Invariants of the sweep:
 //! - **Only this node's leases, only dead holders.** A lease is dropped only if its holder has
 //!   this process's boot id and pid namespace, and the holder process is provably gone: no such
-//!   pid, or the pid now belongs to a process started at another time. Leases of other machines,
+//!   pid, a zombie, or the pid now belongs to a process started at another time. Leases of other machines,
 //!   other containers or other boots, holders without these fields (older versions, systems
 //!   without `/proc`), live processes and processes that cannot be checked are left alone to
 //!   expire after `[odmr] lease_ttl`. The hostname plays no part: in a fleet it need not be
@@ -54,7 +54,7 @@ impl Identity {
                 boot: read_boot_id()?,
                 pidns: read_pidns("self")?,
                 pid,
-                start: read_start("self")?,
+                start: read_stat("self")?.1,
             })
         })();
         Identity {
@@ -86,7 +86,11 @@ enum Probe {
 }
 
 fn probe(pid: u32) -> Probe {
-    if let Some(start) = read_start(&pid.to_string()) {
+    if let Some((state, start)) = read_stat(&pid.to_string()) {
+        // A zombie (killed, not yet reaped by its parent) is as dead as a process can be.
+        if matches!(state, 'Z' | 'X') {
+            return Probe::Gone;
+        }
         return Probe::Started(start);
     }
     // `kill(pid, 0)` checks existence without sending anything. Never with pid ≤ 0, which would
@@ -183,17 +187,21 @@ fn read_pidns(who: &str) -> Option<u64> {
     s.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// Field 22 (`starttime`) of `/proc/<who>/stat`.
-fn read_start(who: &str) -> Option<u64> {
+/// Fields 3 (`state`) and 22 (`starttime`) of `/proc/<who>/stat`.
+fn read_stat(who: &str) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).ok()?;
-    stat_start(&stat)
+    stat_fields(&stat)
 }
 
-/// The start time in a `stat` line. The command name (field 2) is in parentheses and may hold
-/// spaces and parentheses itself, so fields are counted from the last `)`: field 3 comes first.
-fn stat_start(stat: &str) -> Option<u64> {
+/// The state and start time in a `stat` line. The command name (field 2) is in parentheses and
+/// may hold spaces and parentheses itself, so fields are counted from the last `)`: field 3
+/// comes first.
+fn stat_fields(stat: &str) -> Option<(char, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(22 - 4)?.parse().ok()?;
+    Some((state, start))
 }
 
 pub fn hostname() -> String {
@@ -279,9 +287,10 @@ mod tests {
     fn stat_fields_are_counted_after_the_command_name() {
         let line = "4242 (odd) name) (x) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 \
                     987654 1000 100 18446744073709551615";
-        assert_eq!(stat_start(line), Some(987654));
-        assert_eq!(stat_start("garbage"), None);
-        assert_eq!(stat_start("1 (x) S 1"), None);
+        assert_eq!(stat_fields(line), Some(('S', 987654)));
+        assert_eq!(stat_fields(&line.replace(") S ", ") Z ")), Some(('Z', 987654)));
+        assert_eq!(stat_fields("garbage"), None);
+        assert_eq!(stat_fields("1 (x) S 1"), None);
     }
 
     #[test]
@@ -300,5 +309,28 @@ mod tests {
         assert_eq!(probe(i32::MAX as u32), Probe::Gone);
         assert_eq!(probe(0), Probe::Unknown);
         assert_eq!(probe(u32::MAX), Probe::Unknown);
+    }
+
+    #[test]
+    fn a_zombie_holder_is_dead_a_running_one_is_not() {
+        if Identity::of_this_process().me.is_none() {
+            return;
+        }
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert!(matches!(probe(pid), Probe::Started(_)));
+        child.kill().unwrap();
+        // Killed but not reaped: a zombie until `wait`.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while probe(pid) != Probe::Gone {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                read_stat(&pid.to_string())
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(read_stat(&pid.to_string()).map(|s| s.0), Some('Z'));
+        child.wait().unwrap();
     }
 }

@@ -1,6 +1,8 @@
 //! Who holds a delivery lease, and the startup sweep that frees the leases of this node's dead
-//! sessions, so that a server restarted after a crash (kill -9, OOM, power loss) delivers its
-//! customers' mail at once instead of answering `451` until the dead process's leases expire.
+//! sessions, so that a server restarted after a crash (kill -9, the OOM killer, an abort)
+//! delivers its customers' mail at once instead of answering `451` until the dead process's
+//! leases expire. After a reboot nothing is swept (the boot id changed, see below); by then the
+//! leases have usually expired anyway.
 //!
 //! A holder names the session that took the lease, and which process that was:
 //! `<hostname>/<pid>/<session> boot=<boot id> pidns=<pid namespace> start=<start time>`.
@@ -14,11 +16,11 @@
 //! Invariants of the sweep:
 //! - **Only this node's leases, only dead holders.** A lease is dropped only if its holder has
 //!   this process's boot id and pid namespace, and the holder process is provably gone: no such
-//!   pid, a zombie, or the pid now belongs to a process started at another time. Leases of other machines,
-//!   other containers or other boots, holders without these fields (older versions, systems
-//!   without `/proc`), live processes and processes that cannot be checked are left alone to
-//!   expire after `[odmr] lease_ttl`. The hostname plays no part: in a fleet it need not be
-//!   unique (containers often share one), the boot id and pid namespace are.
+//!   pid, a zombie, or the pid now belongs to a process started at another time. Leases of
+//!   other machines, other containers or other boots, holders without these fields (older
+//!   versions, systems without `/proc`), live processes and processes that cannot be checked are
+//!   left alone to expire after `[odmr] lease_ttl`. The hostname plays no part: in a fleet it
+//!   need not be unique (containers often share one), the boot id and pid namespace are.
 //! - **Fencing still protects correctness.** Every outcome is recorded under the lease's token,
 //!   so even a lease dropped wrongly could not corrupt the queue: its holder would stop at its
 //!   next write. The cost would be a duplicate delivery, hence the conservative checks.

@@ -128,6 +128,8 @@ struct RawOdmr {
     reply_timeout: Option<String>,
     #[serde(default)]
     data_timeout: Option<String>,
+    #[serde(default)]
+    lease_ttl: Option<String>,
 }
 
 impl Default for RawOdmr {
@@ -140,6 +142,7 @@ impl Default for RawOdmr {
             command_timeout: None,
             reply_timeout: None,
             data_timeout: None,
+            lease_ttl: None,
         }
     }
 }
@@ -208,7 +211,19 @@ pub struct OdmrConfig {
     pub reply_timeout: Duration,
     /// After the final dot (RFC 5321 §4.5.3.2.6: ≥ 10 min).
     pub data_timeout: Duration,
+    /// How long a per-domain delivery lease lives without renewal: the longest a domain stays
+    /// locked (ATRN answered `451`) after the node holding it died. Sessions renew it every
+    /// third of this.
+    pub lease_ttl: Duration,
 }
+
+/// Default of `[odmr] lease_ttl`.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+/// Bounds of `[odmr] lease_ttl`. Below the minimum a store write stalled by a busy disk could
+/// outlast the renewal period and cut a healthy session short; above the maximum a crash would
+/// lock a customer's mail out for longer than customers poll.
+pub const LEASE_TTL_MIN: Duration = Duration::from_secs(5);
+pub const LEASE_TTL_MAX: Duration = Duration::from_secs(60 * 60);
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -321,6 +336,20 @@ impl Config {
                 "add a [tls] table with cert = \"/path/fullchain.pem\" and key = \"/path/key.pem\"",
             ));
         }
+        let lease_ttl = dur(
+            "odmr.lease_ttl",
+            &raw.odmr.lease_ttl,
+            DEFAULT_LEASE_TTL,
+            LEASE_TTL_MIN,
+        )?;
+        if lease_ttl > LEASE_TTL_MAX {
+            return Err(invalid(
+                "odmr.lease_ttl",
+                raw.odmr.lease_ttl.as_deref().unwrap_or_default(),
+                "too long: a crashed node would lock its domains out for that long",
+                &format!("use at most {}", humantime::format_duration(LEASE_TTL_MAX)),
+            ));
+        }
         let d = crate::server::limits::Limits::default();
         let limits = crate::server::limits::Limits {
             max_connections: raw.limits.max_connections.unwrap_or(d.max_connections).max(1),
@@ -372,6 +401,7 @@ impl Config {
                 )?,
                 reply_timeout: dur("odmr.reply_timeout", &raw.odmr.reply_timeout, sec(300), sec(1))?,
                 data_timeout: dur("odmr.data_timeout", &raw.odmr.data_timeout, sec(600), sec(1))?,
+                lease_ttl,
             },
         })
     }
@@ -450,6 +480,25 @@ listen = ["0.0.0.0:366"]
         let c = parse(include_str!("../../../odmr.example.toml")).unwrap();
         assert_eq!(c.smtp.listen[0].port(), 10025);
         assert_eq!(c.limits.max_connections_per_ip, 20);
+        assert_eq!(c.odmr.lease_ttl, DEFAULT_LEASE_TTL);
+    }
+
+    #[test]
+    fn lease_ttl_is_bounded_and_named() {
+        let base = "hostname = \"h.example\"\n[odmr]\n";
+        assert_eq!(parse(base).unwrap().odmr.lease_ttl, DEFAULT_LEASE_TTL);
+        let c = parse(&format!("{base}lease_ttl = \"90s\"\n")).unwrap();
+        assert_eq!(c.odmr.lease_ttl, Duration::from_secs(90));
+        for (v, want) in [("5s", 5), ("1h", 3600)] {
+            let c = parse(&format!("{base}lease_ttl = \"{v}\"\n")).unwrap();
+            assert_eq!(c.odmr.lease_ttl, Duration::from_secs(want), "{v}");
+        }
+        for (v, why) in [("4s", "at least 5s"), ("61m", "at most 1h"), ("soon", "duration")] {
+            let e = parse(&format!("{base}lease_ttl = \"{v}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("odmr.lease_ttl") && e.contains(why), "{v}: {e}");
+        }
     }
 
     #[test]

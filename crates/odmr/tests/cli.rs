@@ -149,13 +149,68 @@ fn accounts_and_domains() {
 }
 
 fn cram_login(s: &Server, user: &str, pw: &str) -> String {
+    cram_session(s, user, pw).1
+}
+
+/// An ODMR session after AUTH CRAM-MD5, and the AUTH reply.
+fn cram_session(s: &Server, user: &str, pw: &str) -> (Line, String) {
     let mut c = Line::connect(s.odmr);
     c.reply();
     c.ask("EHLO client");
     let r = c.ask("AUTH CRAM-MD5");
     let challenge = base64::engine::general_purpose::STANDARD.decode(&r[4..]).unwrap();
     let resp = cram_md5::client_response(user, pw.as_bytes(), &challenge);
-    c.ask(&base64::engine::general_purpose::STANDARD.encode(resp))
+    let r = c.ask(&base64::engine::general_purpose::STANDARD.encode(resp));
+    (c, r)
+}
+
+#[test]
+fn queue_leases_shows_the_domains_being_delivered() {
+    let s = Server::start();
+    s.account("acme", "pw", &["example.org"]);
+    let (st, out, _) = s.cli(&["queue", "leases"], None);
+    assert_eq!(st, 0);
+    assert!(out.contains("no domain is being delivered"), "{out}");
+    assert!(send_mail(
+        s.smtp,
+        "a@sender.test",
+        &["bob@example.org"],
+        "Subject: x\n\nhi\n"
+    )
+    .starts_with("250"));
+    // A customer that got its 250 to ATRN and has not greeted yet: the lease is held.
+    let (mut c, r) = cram_session(&s, "acme", "pw");
+    assert!(r.starts_with("235"), "{r}");
+    assert!(c.ask("ATRN example.org").starts_with("250"));
+    let (st, out, _) = s.cli(&["queue", "leases"], None);
+    assert_eq!(st, 0);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("example.org"))
+        .unwrap_or_else(|| panic!("{out}"));
+    // DOMAIN, time to expiry, then the holder: host/pid/session and the process identity.
+    assert!(
+        row.split_whitespace().nth(1).is_some_and(|e| e.ends_with('s')) && row.contains(" boot="),
+        "{out}"
+    );
+    let (_, json, _) = s.cli(&["queue", "leases", "--json"], None);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["domain"], "example.org");
+    let left = v[0]["expires_in_ms"].as_i64().unwrap();
+    assert!(left > 0 && left <= 60_000, "{v}");
+    assert!(v[0]["holder"].as_str().unwrap().contains(" boot="), "{v}");
+    // The session ends: the lease goes with it.
+    drop(c);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, json, _) = s.cli(&["queue", "leases", "--json"], None);
+        if json.trim() == "[]" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lease still held: {json}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]

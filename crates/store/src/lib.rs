@@ -224,6 +224,28 @@ pub struct Lease {
     pub holder: String,
 }
 
+/// One domain's live lease, as [`Store::lease_list`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub domain: String,
+    pub token: String,
+    pub holder: String,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+}
+
+impl LeaseRow {
+    /// The lease this row belongs to, with this row's domain only: enough to
+    /// [`Store::lease_release`] it (which goes by token, so every domain of the lease goes).
+    pub fn lease(&self) -> Lease {
+        Lease {
+            domains: vec![self.domain.clone()],
+            token: self.token.clone(),
+            holder: self.holder.clone(),
+        }
+    }
+}
+
 /// A message with recipients waiting for delivery in the asked domains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
@@ -289,16 +311,6 @@ pub struct RecipientStatus {
 pub struct QueueFilter {
     pub ids: Vec<MessageId>,
     pub domain: Option<String>,
-}
-
-/// A leased domain, for operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseInfo {
-    pub domain: String,
-    pub holder: String,
-    pub token: String,
-    /// Unix milliseconds.
-    pub expires_at: i64,
 }
 
 /// The result of one delivery attempt to one recipient.
@@ -536,6 +548,14 @@ impl Store {
         }
     }
 
+    /// Every unexpired lease, one row per domain, ordered by domain. For operators, and for a
+    /// node that looks for its own dead sessions' leases at startup.
+    pub async fn lease_list(&self) -> Result<Vec<LeaseRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lease_list().await,
+        }
+    }
+
     /// Committed messages with id > `after` (ordered by id, at most `limit`) that have at least one
     /// queued recipient in `domains`; each with only its queued recipients in those domains.
     pub async fn pending(
@@ -748,13 +768,6 @@ impl Store {
     pub async fn queue_release(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.queue_operate(filter, Operation::Release).await,
-        }
-    }
-
-    /// All lease rows (live and expired), by domain.
-    pub async fn lease_list(&self) -> Result<Vec<LeaseInfo>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.lease_list().await,
         }
     }
 

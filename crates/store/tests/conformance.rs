@@ -636,6 +636,58 @@ async fn lease_expiry_takeover(store: &Store) {
     );
 }
 
+async fn lease_listing(store: &Store) {
+    assert!(store.lease_list().await.unwrap().is_empty());
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let ab = store
+        .lease_acquire(
+            &strings(&["b.example", "A.example"]),
+            "node-1/42/s1",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let c = lease(store, &["c.example"]).await;
+    let short = store
+        .lease_acquire(&strings(&["d.example"]), "node-2", Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let rows = store.lease_list().await.unwrap();
+    let seen: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| (r.domain.as_str(), r.token.as_str(), r.holder.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("a.example", ab.token.as_str(), "node-1/42/s1"),
+            ("b.example", ab.token.as_str(), "node-1/42/s1"),
+            ("c.example", c.token.as_str(), "node-test"),
+        ],
+        "live leases by domain; the expired one ({short:?}) is not listed"
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r.expires_at >= before + 59_000 && r.expires_at <= before + 3_600_000));
+    // Releasing through a row ends the whole lease it belongs to, and nothing else.
+    store.lease_release(&rows[1].lease()).await.unwrap();
+    let left: Vec<String> = store
+        .lease_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.domain)
+        .collect();
+    assert_eq!(left, strings(&["c.example"]));
+    store.lease_release(&c).await.unwrap();
+}
+
 async fn record_transitions(store: &Store) {
     let id = put(
         store,
@@ -1480,7 +1532,14 @@ async fn delay_notices(store: &Store) {
 
     // A courtesy notice settles nothing and is queued on its own.
     store.queue_notice(&warning).await.unwrap();
-    assert_eq!(store.pending(&strings(&[OUTBOUND_QUEUE]), None, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .pending(&strings(&[OUTBOUND_QUEUE]), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 async fn operator_commands(store: &Store) {
@@ -1646,6 +1705,7 @@ store: [
     pending_filters_by_domain_and_pages,
     lease_exclusivity,
     lease_expiry_takeover,
+    lease_listing,
     record_transitions,
     record_fencing,
     concurrent_sessions,

@@ -1,4 +1,5 @@
-//! `odmr queue …`: what is held, for whom, and what the customer last said about it.
+//! `odmr queue …`: what is held, for whom, and what the customer last said about it; and which
+//! domains a delivering session holds right now.
 
 use super::open_store;
 use crate::config::Config;
@@ -13,11 +14,57 @@ pub enum QueueCmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the live delivery leases: the domains a session is delivering right now (ATRN for
+    /// them gets 451 until the lease is released or expires), with the holding process.
+    Leases {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn queue(cfg: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
     let store = open_store(cfg).await?;
-    let QueueCmd::List { json } = cmd;
+    let result = match cmd {
+        QueueCmd::List { json } => list(&store, json).await,
+        QueueCmd::Leases { json } => leases(&store, json).await,
+    };
+    store.close().await;
+    result
+}
+
+async fn leases(store: &odmr_store::Store, json: bool) -> anyhow::Result<()> {
+    let rows = store.lease_list().await?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "domain": r.domain,
+                    "holder": r.holder,
+                    "expires_at_ms": r.expires_at,
+                    "expires_in_ms": (r.expires_at - now_ms).max(0),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if rows.is_empty() {
+        println!("no domain is being delivered");
+    } else {
+        println!("{:<30}  {:>8}  HOLDER", "DOMAIN", "EXPIRES");
+        for r in &rows {
+            let secs = ((r.expires_at - now_ms).max(0) + 999) / 1000;
+            println!("{:<30}  {:>8}  {}", r.domain, format!("{secs}s"), r.holder);
+        }
+    }
+    Ok(())
+}
+
+async fn list(store: &odmr_store::Store, json: bool) -> anyhow::Result<()> {
     let list = store.queue_list().await?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -72,7 +119,6 @@ pub async fn queue(cfg: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
         }
         println!("{} message(s)", list.len());
     }
-    store.close().await;
     Ok(())
 }
 

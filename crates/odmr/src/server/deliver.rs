@@ -8,7 +8,6 @@
 //! - A heartbeat renews the lease while the session runs; if the lease is lost (this node
 //!   stalled past its expiry and another took over) delivery stops at once.
 
-use super::odmr::LEASE_TTL;
 use super::Shared;
 use crate::net::conn::Conn;
 use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, Wait};
@@ -25,14 +24,15 @@ const FLUSH_AT: usize = 256 * 1024;
 
 pub async fn deliver(shared: &Shared, conn: &mut Conn, lease: &Lease, domains: &[String]) {
     let lost = Arc::new(AtomicBool::new(false));
+    let ttl = shared.cfg.odmr.lease_ttl;
     let heartbeat = {
         let store = shared.store.clone();
         let lease = lease.clone();
         let lost = lost.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(LEASE_TTL / 3).await;
-                if let Err(e) = store.lease_renew(&lease, LEASE_TTL).await {
+                tokio::time::sleep(ttl / 3).await;
+                if let Err(e) = store.lease_renew(&lease, ttl).await {
                     tracing::error!(error = %e, "lease renewal failed; stopping delivery");
                     lost.store(true, Ordering::SeqCst);
                     return;

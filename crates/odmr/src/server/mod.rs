@@ -7,6 +7,7 @@
 //! leaves the queue only after the customer's `250`.
 
 mod deliver;
+mod lease;
 pub mod limits;
 mod mx;
 mod odmr;
@@ -16,7 +17,7 @@ pub use odmr::CERT_SCHEME;
 use crate::config::Config;
 use crate::net::tls::TlsServer;
 use anyhow::Context;
-use odmr_store::Store;
+use odmr_store::{Store, STALE_RECEIVING};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,10 @@ use tokio::task::JoinSet;
 
 /// How long sessions may run on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How often the running server removes messages abandoned mid-DATA by a crash (of this process
+/// before its restart, or of another node): opening the store removes only those already idle
+/// for [`STALE_RECEIVING`], and right after a crash they are younger than that.
+const HOUSEKEEPING: Duration = Duration::from_secs(10 * 60);
 
 /// Everything a session needs, shared.
 pub struct Shared {
@@ -37,6 +42,8 @@ pub struct Shared {
     pub decoy_secret: Vec<u8>,
     /// Connection counts and AUTH failure throttling.
     pub guards: limits::Guards,
+    /// How this process signs the delivery leases it takes.
+    pub identity: lease::Identity,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -57,6 +64,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Store::open_sqlite(&cfg.store_path)
         .await
         .map_err(|e| cfg.store_error(e))?;
+    // Before any session can take a lease: free those of this node's dead processes (a crash
+    // before this start), so their customers need not wait for the leases to expire.
+    let identity = lease::Identity::of_this_process();
+    if let Err(e) = lease::sweep(&store, &identity).await {
+        tracing::warn!(error = %e, "cannot look for leases of dead sessions; they expire by themselves");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
@@ -64,6 +77,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tls: tls.clone(),
         guards: limits::Guards::new(cfg.limits.clone()),
         decoy_secret: rand::random::<[u8; 32]>().to_vec(),
+        identity,
         shutdown: stop_rx,
     });
 
@@ -86,6 +100,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
 
+    let housekeeping = tokio::spawn(purge_abandoned(store.clone(), HOUSEKEEPING, STALE_RECEIVING));
     let mut sessions = JoinSet::new();
     let mut accepts = JoinSet::new();
     let (sess_tx, mut sess_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -118,6 +133,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(sessions = sessions.len(), "shutting down: no new connections");
     let _ = stop_tx.send(true);
     accepts.shutdown().await;
+    housekeeping.abort();
     while let Ok(fut) = sess_rx.try_recv() {
         sessions.spawn(fut);
     }
@@ -129,6 +145,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every `every`, remove the messages that have been `receiving` without a write for
+/// `older_than` (the garbage of a crash mid-DATA; a live session writes far more often).
+async fn purge_abandoned(store: Store, every: Duration, older_than: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match store.purge_incomplete(older_than).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "removed messages abandoned while being received"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove messages abandoned while being received"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -194,5 +223,57 @@ async fn accept_loop(
         if sessions.send(fut).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use odmr_store::{CommitInfo, Envelope, EnvelopeRecipient, CHUNK_SIZE};
+
+    /// A message whose receiving process died mid-DATA (its writer never dropped, as under
+    /// kill -9) is removed by the running server's housekeeping, not only at the next start;
+    /// committed mail is never touched.
+    #[tokio::test]
+    async fn housekeeping_removes_messages_abandoned_mid_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let envelope = Envelope {
+            mail_from: "a@sender.test".into(),
+            mail_params: String::new(),
+            recipients: vec![EnvelopeRecipient {
+                address: "bob@example.org".into(),
+                params: String::new(),
+            }],
+            helo: "h".into(),
+            client_addr: "127.0.0.1:1".into(),
+        };
+        let mut kept = store.receive(envelope.clone()).await.unwrap();
+        kept.write(b"Subject: kept\r\n\r\nbody\r\n").await.unwrap();
+        kept.commit(CommitInfo::default()).await.unwrap();
+        // Over one chunk, so part of it is in the store; then the "crash".
+        let mut cut = store.receive(envelope).await.unwrap();
+        cut.write(&vec![b'x'; CHUNK_SIZE + 10]).await.unwrap();
+        std::mem::forget(cut);
+        // Ids only grow: the committed message is 1, the abandoned one 2. Reading a chunk does
+        // not care about the message's state, so this sees the garbage while it is there.
+        let stored = || store.read_body(2, 0);
+        assert!(
+            stored().await.unwrap().is_some(),
+            "the abandoned message's first chunk is stored"
+        );
+        let task = tokio::spawn(purge_abandoned(
+            store.clone(),
+            Duration::from_millis(50),
+            Duration::ZERO,
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while stored().await.unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "never purged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task.abort();
+        assert_eq!(store.queue_list().await.unwrap().len(), 1, "committed mail kept");
+        store.close().await;
     }
 }

@@ -15,16 +15,12 @@ use odmr_proto::sasl::scram::{self, ScramVerifier};
 use odmr_store::{Lease, Store};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
 /// The credential scheme holding SHA-256 fingerprints of customers' client certificates.
 pub const CERT_SCHEME: &str = "x509-sha256";
-
-/// Lease lifetime; a heartbeat renews it every third of this while the session delivers, so a
-/// crashed node's lease frees its domains within this time.
-pub const LEASE_TTL: Duration = Duration::from_secs(60);
 
 /// `implicit`: the listener is implicit TLS; the handshake comes before the greeting.
 pub async fn session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, implicit: bool) {
@@ -171,7 +167,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                 }
             }
             OdmrStep::Atrn { account, domains } => {
-                let (decision, lease) = decide(&shared.store, &account, &domains, &id).await;
+                let (decision, lease) = decide(&shared, &account, &domains, &id).await;
                 let shown = if domains.is_empty() {
                     "(all)".to_string()
                 } else {
@@ -239,11 +235,12 @@ async fn credential(store: &Store, user: &str, scheme: &str) -> Option<Vec<u8>> 
 
 /// The ATRN decision, and on success the lease and the granted domains.
 async fn decide(
-    store: &Store,
+    shared: &Shared,
     account: &str,
     requested: &[String],
     session: &str,
 ) -> (AtrnDecision, Option<(Lease, Vec<String>)>) {
+    let store = &shared.store;
     let owned = match store.account_get(account).await {
         Ok(Some(a)) => a.domains,
         Ok(None) => return (AtrnDecision::Refused, None),
@@ -272,8 +269,11 @@ async fn decide(
             return (AtrnDecision::TempError, None);
         }
     }
-    let holder = format!("{}/{}/{}", hostname(), std::process::id(), session);
-    match store.lease_acquire(&domains, &holder, LEASE_TTL).await {
+    let holder = shared.identity.holder(session);
+    match store
+        .lease_acquire(&domains, &holder, shared.cfg.odmr.lease_ttl)
+        .await
+    {
         Ok(Some(lease)) => (AtrnDecision::Granted, Some((lease, domains))),
         Ok(None) => (AtrnDecision::Busy, None),
         Err(e) => {
@@ -281,10 +281,4 @@ async fn decide(
             (AtrnDecision::TempError, None)
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "node".into())
 }

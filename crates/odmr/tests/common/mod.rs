@@ -99,6 +99,24 @@ impl Server {
         s
     }
 
+    /// A second server process on the same store, with the same configuration (so its own
+    /// port-0 listeners): another node of a fleet sharing one store.
+    pub fn sibling(&self) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("odmr.toml");
+        std::fs::copy(&self.config, &config).expect("copy the config");
+        let mut s = Server {
+            dir,
+            config,
+            smtp: "0.0.0.0:0".parse().unwrap(),
+            odmr: "0.0.0.0:0".parse().unwrap(),
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        s.spawn();
+        s
+    }
+
     /// (Re)start the server process on the same store and config.
     pub fn spawn(&mut self) {
         let mut child = Command::new(BIN)

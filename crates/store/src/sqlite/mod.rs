@@ -24,8 +24,9 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::{
     account_domains, check_account_name, domain_set, duration_millis, new_token, normalize_domain,
-    now_millis, now_secs, Account, CommitInfo, Credential, Envelope, Lease, MessageId, NewRecipient, Outcome,
-    Pending, PendingRecipient, RecipientState, StoreError, CHUNK_SIZE, STALE_RECEIVING,
+    now_millis, now_secs, Account, CommitInfo, Credential, Envelope, Lease, LeaseRow, MessageId,
+    NewRecipient, Outcome, Pending, PendingRecipient, RecipientState, StoreError, CHUNK_SIZE,
+    STALE_RECEIVING,
 };
 
 mod operators;
@@ -475,6 +476,25 @@ impl SqliteStore {
             .execute(&self.write)
             .await?;
         Ok(())
+    }
+
+    pub async fn lease_list(&self) -> Result<Vec<LeaseRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT domain, token, holder, expires_at FROM lease WHERE expires_at > ? ORDER BY domain",
+        )
+        .bind(now_millis())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LeaseRow {
+                    domain: r.try_get("domain")?,
+                    token: r.try_get("token")?,
+                    holder: r.try_get("holder")?,
+                    expires_at: r.try_get("expires_at")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn pending(

@@ -8,8 +8,8 @@ use sqlx::Row;
 
 use super::{placeholders, remove_if_done, size_of, state_of, SqliteStore};
 use crate::{
-    now_secs, DomainCheck, DomainInfo, DomainPolicy, DomainUsage, LeaseInfo, MessageId, Operation,
-    QueueFilter, QueuedMessage, RecipientStatus, StoreError,
+    now_secs, DomainCheck, DomainInfo, DomainPolicy, DomainUsage, MessageId, Operation, QueueFilter,
+    QueuedMessage, RecipientStatus, StoreError,
 };
 
 /// The `WHERE` clause (over `recipient r`) and its bindings selecting what a filter selects.
@@ -296,22 +296,6 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok(touched.len() as u64)
-    }
-
-    pub async fn lease_list(&self) -> Result<Vec<LeaseInfo>, StoreError> {
-        let rows: Vec<(String, String, String, i64)> =
-            sqlx::query_as("SELECT domain, holder, token, expires_at FROM lease ORDER BY domain")
-                .fetch_all(&self.read)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(domain, holder, token, expires_at)| LeaseInfo {
-                domain,
-                holder,
-                token,
-                expires_at,
-            })
-            .collect())
     }
 
     pub async fn lease_break(&self, domain: &str) -> Result<bool, StoreError> {

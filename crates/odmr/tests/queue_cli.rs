@@ -17,10 +17,12 @@ fn mail(s: &Server, to: &[&str], body: &str) {
     assert!(r.starts_with("250"), "MX refused the message: {r}");
 }
 
-/// Runs a command that must succeed; returns its stdout.
+/// Runs a command that must succeed; returns its stdout. Its stderr must be empty: without a
+/// terminal there is no progress bar, so scripts and cron see only the result.
 fn ok(s: &Server, args: &[&str]) -> String {
     let (st, out, err) = s.cli(args, None);
     assert_eq!(st, 0, "odmr {args:?} failed:\n{err}{out}");
+    assert_eq!(err, "", "odmr {args:?} wrote to stderr");
     out
 }
 

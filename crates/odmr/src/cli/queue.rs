@@ -202,12 +202,14 @@ struct Table {
 
 impl Table {
     const MAX_ADDRESS: usize = 32;
+    const MIN_ADDRESS: usize = 10;
+    const MIN_REPLY: usize = 16;
 
     fn new(first: &[QueuedMessage], all_ids: &[MessageId]) -> Table {
         let longest = |f: &dyn Fn(&QueuedMessage) -> usize| first.iter().map(f).max().unwrap_or(0);
         let id = all_ids.last().map(|i| i.to_string().len()).unwrap_or(2).max(2);
-        let sender = longest(&|m| sender(m).chars().count()).clamp(6, Self::MAX_ADDRESS);
-        let recipient = longest(&|m| {
+        let mut sender = longest(&|m| sender(m).chars().count()).clamp(6, Self::MAX_ADDRESS);
+        let mut recipient = longest(&|m| {
             m.recipients
                 .iter()
                 .map(|r| recipient_label(r).chars().count())
@@ -215,10 +217,24 @@ impl Table {
                 .unwrap_or(0)
         })
         .clamp(9, Self::MAX_ADDRESS);
-        // id, age, size, sender, recipient, state, tries, each followed by two spaces.
-        let used = id + 4 + 5 + sender + recipient + 9 + 5 + 7 * 2;
+        // id, age, size, state, tries, and the two spaces after each of the seven columns.
+        let fixed = id + 4 + 5 + 9 + 5 + 7 * 2;
         let reply = match out::terminal_width() {
-            Some(cols) => cols.saturating_sub(used).max(20),
+            Some(cols) => {
+                // On a narrow terminal the addresses give up room first, so that the reply
+                // keeps at least MIN_REPLY characters where it can (80 columns: it can).
+                let room = cols.saturating_sub(fixed);
+                while sender + recipient + Self::MIN_REPLY > room
+                    && (sender > Self::MIN_ADDRESS || recipient > Self::MIN_ADDRESS)
+                {
+                    if sender >= recipient {
+                        sender -= 1;
+                    } else {
+                        recipient -= 1;
+                    }
+                }
+                room.saturating_sub(sender + recipient).max(8)
+            }
             None => out::PLAIN_WIDTH,
         };
         Table {

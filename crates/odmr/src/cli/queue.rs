@@ -147,16 +147,21 @@ fn recipient_label(r: &RecipientStatus) -> String {
 
 /// What the last-reply column says: the peer's reply, or why we gave up on our own.
 fn reply_text(r: &RecipientStatus) -> String {
-    let why = |status: &str| match status {
-        "5.0.0" => format!("{status} bounced by the operator"),
-        "4.4.7" => format!("{status} held too long"),
-        other => other.to_string(),
-    };
+    let why = status_text;
     match (&r.status, &r.last_reply) {
         (Some(s), Some(reply)) => format!("{} (last reply: {reply})", why(s)),
         (Some(s), None) => why(s),
         (None, Some(reply)) => reply.clone(),
         (None, None) => "-".into(),
+    }
+}
+
+/// A status of a failure decided here, with what it means.
+fn status_text(status: &str) -> String {
+    match status {
+        "5.0.0" => format!("{status} bounced by the operator"),
+        "4.4.7" => format!("{status} held too long"),
+        other => other.to_string(),
     }
 }
 
@@ -440,15 +445,7 @@ async fn show(store: &Store, id: MessageId, whole: bool, json: bool) -> anyhow::
             writeln!(w, "      remote MTA  {mta}")?;
         }
         if let Some(status) = &r.status {
-            writeln!(
-                w,
-                "      status      {}",
-                reply_text(&RecipientStatus {
-                    last_reply: None,
-                    status: Some(status.clone()),
-                    ..r.clone()
-                })
-            )?;
+            writeln!(w, "      status      {}", status_text(status))?;
         }
         if r.warned {
             writeln!(w, "      delay warning handled")?;

@@ -147,10 +147,9 @@ fn recipient_label(r: &RecipientStatus) -> String {
 
 /// What the last-reply column says: the peer's reply, or why we gave up on our own.
 fn reply_text(r: &RecipientStatus) -> String {
-    let why = status_text;
     match (&r.status, &r.last_reply) {
-        (Some(s), Some(reply)) => format!("{} (last reply: {reply})", why(s)),
-        (Some(s), None) => why(s),
+        (Some(s), Some(reply)) => format!("{} (last reply: {reply})", status_text(s)),
+        (Some(s), None) => status_text(s),
         (None, Some(reply)) => reply.clone(),
         (None, None) => "-".into(),
     }

@@ -419,7 +419,8 @@ impl Config {
     }
 }
 
-fn parse_size(t: &str) -> Option<u64> {
+/// A size with an optional binary unit: `1024`, `500k`, `10M`, `1G`, `50MiB` (K = 1024).
+pub(crate) fn parse_size(t: &str) -> Option<u64> {
     let t = t.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

@@ -1,5 +1,5 @@
 //! `odmr`: one binary for the provider (`server`), and the operators' tools (`account`,
-//! `domain`, `queue`). Errors end here as anyhow reports; library code uses typed errors.
+//! `domain`, `queue`, `lease`). Errors end here as anyhow reports; library code uses typed errors.
 
 mod cli;
 mod client;
@@ -51,12 +51,16 @@ enum Command {
     /// Manage customer accounts (works while the server runs).
     #[command(subcommand)]
     Account(cli::account::AccountCmd),
-    /// Manage the domains of accounts (works while the server runs).
+    /// Manage the domains of accounts, their quotas and accepted recipients (works while the
+    /// server runs).
     #[command(subcommand)]
-    Domain(cli::account::DomainCmd),
-    /// Inspect the queue of held mail.
+    Domain(cli::domain::DomainCmd),
+    /// Inspect and control the queue of held mail: list, show, delete, bounce, hold, release.
     #[command(subcommand)]
     Queue(cli::queue::QueueCmd),
+    /// See which domains are being delivered, and break a stuck delivery's lease.
+    #[command(subcommand)]
+    Lease(cli::lease::LeaseCmd),
 }
 
 fn main() -> ExitCode {
@@ -99,8 +103,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Server => server::run(cfg).await?,
         Command::Account(c) => cli::account::account(&cfg, c).await?,
-        Command::Domain(c) => cli::account::domain(&cfg, c).await?,
+        Command::Domain(c) => cli::domain::domain(&cfg, c).await?,
         Command::Queue(c) => cli::queue::queue(&cfg, c).await?,
+        Command::Lease(c) => cli::lease::lease(&cfg, c).await?,
         Command::Client { .. } => {}
     }
     Ok(0)

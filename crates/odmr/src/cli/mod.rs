@@ -2,6 +2,9 @@
 //! accounts and domains on every lookup, so changes apply without a restart.
 
 pub mod account;
+pub mod domain;
+pub mod lease;
+mod out;
 pub mod queue;
 
 use crate::config::Config;

@@ -1,132 +1,744 @@
-//! `odmr queue …`: what is held, for whom, and what the customer last said about it; and which
-//! domains a delivering session holds right now.
+//! `odmr queue …`: what is held, for whom, what the customer last said about it, and the
+//! operator's hand on it (delete, bounce, hold, release).
+//!
+//! Invariants:
+//! - Memory stays bounded whatever the size of the queue: lists and operations walk the message
+//!   ids in batches of [`BATCH`], and a body is printed chunk by chunk as the store keeps it.
+//! - An operation on the whole queue needs `--all`; without ids, `--domain` or `--all` nothing
+//!   is touched, so a forgotten argument never empties the queue.
+//! - Explicit ids are checked before anything changes: one unknown id and nothing is done.
+//! - Every change is the store's (one transaction per batch, ordered with deliveries), so the
+//!   commands are safe while the server runs.
 
 use super::open_store;
+use super::out::{self, JsonText};
 use crate::config::Config;
-use clap::Subcommand;
-use std::time::{SystemTime, UNIX_EPOCH};
+use anyhow::bail;
+use clap::{Args, Subcommand, ValueEnum};
+use odmr_store::{MessageId, QueueFilter, QueuedMessage, RecipientState, RecipientStatus, Store};
+use serde_json::json;
+use std::io::{self, BufWriter, Write};
+
+/// Messages read or changed per store call.
+const BATCH: usize = 500;
 
 #[derive(Subcommand)]
 pub enum QueueCmd {
-    /// List held messages with each recipient's state and last reply.
+    /// List the messages still to deliver, one line per recipient: state, attempts, last reply.
     List {
-        /// Machine-readable output.
+        /// Only recipients in this domain.
+        #[arg(long, value_name = "DOMAIN")]
+        domain: Option<String>,
+        /// Only recipients in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// Machine-readable output (a JSON array of messages).
         #[arg(long)]
         json: bool,
     },
-    /// List the live delivery leases: the domains a session is delivering right now (ATRN for
-    /// them gets 451 until the lease is released or expires), with the holding process.
-    Leases {
-        /// Machine-readable output.
+    /// Show one message: its envelope, every recipient's state and history, and its header
+    /// section (the whole message with --body).
+    Show {
+        id: MessageId,
+        /// Print the whole message as stored (exact bytes, CRLF line ends), not only the headers.
+        #[arg(long)]
+        body: bool,
+        /// Machine-readable output; text that is not UTF-8 is shown as U+FFFD (use --body without
+        /// --json for the exact bytes).
         #[arg(long)]
         json: bool,
     },
+    /// Remove messages, or with --domain only their recipients in that domain, without
+    /// notifying anyone.
+    Delete(Select),
+    /// Give up on queued or held recipients: they fail with status 5.0.0, and their senders are
+    /// sent a failure notice.
+    Bounce(Select),
+    /// Hold queued recipients: ATRN does not deliver them and they do not expire until released.
+    Hold(Select),
+    /// Release held recipients: the next ATRN delivers them.
+    Release(Select),
+}
+
+/// Which messages an operation acts on.
+#[derive(Args)]
+#[command(after_help = "Without message ids, --domain or --all nothing is done: \
+    --all is needed to act on the whole queue.\n\
+    On a terminal a progress bar shows how far a long operation is.")]
+pub struct Select {
+    /// Message ids, as `odmr queue list` shows them.
+    #[arg(value_name = "ID")]
+    ids: Vec<MessageId>,
+    /// Every message in the queue (with --domain: every message of that domain).
+    #[arg(long, conflicts_with = "ids")]
+    all: bool,
+    /// Only the recipients in this domain; the messages' other recipients are left alone.
+    #[arg(long, value_name = "DOMAIN")]
+    domain: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The states `--state` can select (delivered and bounced recipients are history).
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StateArg {
+    Queued,
+    Held,
+    Failed,
+}
+
+impl From<StateArg> for RecipientState {
+    fn from(s: StateArg) -> RecipientState {
+        match s {
+            StateArg::Queued => RecipientState::Queued,
+            StateArg::Held => RecipientState::Held,
+            StateArg::Failed => RecipientState::Failed,
+        }
+    }
 }
 
 pub async fn queue(cfg: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
     let store = open_store(cfg).await?;
     let result = match cmd {
-        QueueCmd::List { json } => list(&store, json).await,
-        QueueCmd::Leases { json } => leases(&store, json).await,
+        QueueCmd::List { domain, state, json } => {
+            list(
+                &store,
+                domain.as_deref().map(domain_arg),
+                state.map(Into::into),
+                json,
+            )
+            .await
+        }
+        QueueCmd::Show { id, body, json } => show(&store, id, body, json).await,
+        QueueCmd::Delete(s) => operate(&store, Action::Delete, s).await,
+        QueueCmd::Bounce(s) => operate(&store, Action::Bounce, s).await,
+        QueueCmd::Hold(s) => operate(&store, Action::Hold, s).await,
+        QueueCmd::Release(s) => operate(&store, Action::Release, s).await,
     };
     store.close().await;
-    result
+    match result {
+        Err(e) if out::is_broken_pipe(&e) => Ok(()),
+        r => r,
+    }
 }
 
-async fn leases(store: &odmr_store::Store, json: bool) -> anyhow::Result<()> {
-    let rows = store.lease_list().await?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64;
-    if json {
-        let v: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "domain": r.domain,
-                    "holder": r.holder,
-                    "expires_at_ms": r.expires_at,
-                    "expires_in_ms": (r.expires_at - now_ms).max(0),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else if rows.is_empty() {
-        println!("no domain is being delivered");
+/// A domain as given on the command line, in the store's form. Not validated: a filter for a
+/// domain nobody owns just matches nothing (and notices wait under a name that is no domain).
+fn domain_arg(d: &str) -> String {
+    d.trim().trim_end_matches('.').to_lowercase()
+}
+
+fn sender(m: &QueuedMessage) -> &str {
+    if m.mail_from.is_empty() {
+        "<>"
     } else {
-        println!("{:<30}  {:>8}  HOLDER", "DOMAIN", "EXPIRES");
-        for r in &rows {
-            let secs = ((r.expires_at - now_ms).max(0) + 999) / 1000;
-            println!("{:<30}  {:>8}  {}", r.domain, format!("{secs}s"), r.holder);
+        &m.mail_from
+    }
+}
+
+fn recipient_label(r: &RecipientStatus) -> String {
+    if r.domain == odmr_store::OUTBOUND_QUEUE {
+        format!("{} (notice)", r.address)
+    } else {
+        r.address.clone()
+    }
+}
+
+/// What the last-reply column says: the peer's reply, or why we gave up on our own.
+fn reply_text(r: &RecipientStatus) -> String {
+    match (&r.status, &r.last_reply) {
+        (Some(s), Some(reply)) => format!("{} (last reply: {reply})", status_text(s)),
+        (Some(s), None) => status_text(s),
+        (None, Some(reply)) => reply.clone(),
+        (None, None) => "-".into(),
+    }
+}
+
+/// A status of a failure decided here, with what it means.
+fn status_text(status: &str) -> String {
+    match status {
+        "5.0.0" => format!("{status} bounced by the operator"),
+        "4.4.7" => format!("{status} held too long"),
+        other => other.to_string(),
+    }
+}
+
+fn recipient_json(r: &RecipientStatus) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "address": r.address,
+        "domain": r.domain,
+        "params": r.params,
+        "state": r.state.as_str(),
+        "last_reply": r.last_reply,
+        "remote_mta": r.remote_mta,
+        "status": r.status,
+        "attempts": r.attempts,
+        "updated_at": r.updated_at,
+        "warned": r.warned,
+    })
+}
+
+fn message_json(m: &QueuedMessage, now: i64) -> serde_json::Value {
+    json!({
+        "id": m.id,
+        "received_at": m.received_at,
+        "age_seconds": (now - m.received_at).max(0),
+        "size": m.size,
+        "sender": m.mail_from,
+        "mail_params": m.mail_params,
+        "eight_bit": m.eight_bit,
+        "helo": m.helo,
+        "client_addr": m.client_addr,
+        "recipients": m.recipients.iter().map(recipient_json).collect::<Vec<_>>(),
+    })
+}
+
+/// Column widths of the list, fixed from the first batch so that rows line up while the rest
+/// of the queue is still being read.
+struct Table {
+    id: usize,
+    sender: usize,
+    recipient: usize,
+    reply: usize,
+}
+
+impl Table {
+    const MAX_ADDRESS: usize = 32;
+    const MIN_ADDRESS: usize = 10;
+    const MIN_REPLY: usize = 16;
+
+    fn new(first: &[QueuedMessage], all_ids: &[MessageId]) -> Table {
+        let longest = |f: &dyn Fn(&QueuedMessage) -> usize| first.iter().map(f).max().unwrap_or(0);
+        let id = all_ids.last().map(|i| i.to_string().len()).unwrap_or(2).max(2);
+        let mut sender = longest(&|m| sender(m).chars().count()).clamp(6, Self::MAX_ADDRESS);
+        let mut recipient = longest(&|m| {
+            m.recipients
+                .iter()
+                .map(|r| recipient_label(r).chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .clamp(9, Self::MAX_ADDRESS);
+        // id, age, size, state, tries, and the two spaces after each of the seven columns.
+        let fixed = id + 4 + 5 + 9 + 5 + 7 * 2;
+        let reply = match out::terminal_width() {
+            Some(cols) => {
+                // On a narrow terminal the addresses give up room first, so that the reply
+                // keeps at least MIN_REPLY characters where it can (80 columns: it can).
+                let room = cols.saturating_sub(fixed);
+                while sender + recipient + Self::MIN_REPLY > room
+                    && (sender > Self::MIN_ADDRESS || recipient > Self::MIN_ADDRESS)
+                {
+                    if sender >= recipient {
+                        sender -= 1;
+                    } else {
+                        recipient -= 1;
+                    }
+                }
+                room.saturating_sub(sender + recipient).max(8)
+            }
+            None => out::PLAIN_WIDTH,
+        };
+        Table {
+            id,
+            sender,
+            recipient,
+            reply,
         }
     }
+
+    fn header(&self, w: &mut impl Write) -> io::Result<()> {
+        writeln!(
+            w,
+            "{:>iw$}  {:>4}  {:>5}  {}  {}  {:9}  {:>5}  LAST REPLY",
+            "ID",
+            "AGE",
+            "SIZE",
+            out::cell("SENDER", self.sender),
+            out::cell("RECIPIENT", self.recipient),
+            "STATE",
+            "TRIES",
+            iw = self.id
+        )
+    }
+
+    fn message(&self, w: &mut impl Write, m: &QueuedMessage, now: i64) -> io::Result<()> {
+        for (i, r) in m.recipients.iter().enumerate() {
+            let (id, age, size, from) = if i == 0 {
+                (
+                    m.id.to_string(),
+                    out::age(now - m.received_at),
+                    out::size(m.size),
+                    sender(m).to_string(),
+                )
+            } else {
+                Default::default()
+            };
+            let line = format!(
+                "{id:>iw$}  {age:>4}  {size:>5}  {}  {}  {:9}  {:>5}  {}",
+                out::cell(&from, self.sender),
+                out::cell(&recipient_label(r), self.recipient),
+                r.state.as_str(),
+                r.attempts,
+                out::truncate(&reply_text(r), self.reply),
+                iw = self.id
+            );
+            writeln!(w, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+async fn list(
+    store: &Store,
+    domain: Option<String>,
+    state: Option<RecipientState>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let ids = store
+        .queue_ids(&QueueFilter {
+            ids: Vec::new(),
+            domain: domain.clone(),
+        })
+        .await?;
+    let wanted = |r: &RecipientStatus| {
+        domain.as_ref().is_none_or(|d| &r.domain == d) && state.is_none_or(|s| r.state == s)
+    };
+    let now = out::now_secs();
+    let mut w = BufWriter::new(io::stdout().lock());
+    let mut table: Option<Table> = None;
+    let (mut messages, mut recipients) = (0usize, 0usize);
+    for batch in ids.chunks(BATCH) {
+        let mut found = store
+            .queue_find(&QueueFilter {
+                ids: batch.to_vec(),
+                domain: domain.clone(),
+            })
+            .await?;
+        found.sort_by_key(|m| m.id);
+        for m in &mut found {
+            m.recipients.retain(|r| wanted(r));
+        }
+        found.retain(|m| !m.recipients.is_empty());
+        for m in &found {
+            if json {
+                let sep = if messages == 0 { "[\n" } else { ",\n" };
+                write!(w, "{sep}{}", serde_json::to_string_pretty(&message_json(m, now))?)?;
+            } else {
+                let t = table.get_or_insert_with(|| Table::new(&found, &ids));
+                if messages == 0 {
+                    t.header(&mut w)?;
+                }
+                t.message(&mut w, m, now)?;
+            }
+            messages += 1;
+            recipients += m.recipients.len();
+        }
+    }
+    if json {
+        writeln!(w, "{}", if messages == 0 { "[]" } else { "\n]" })?;
+    } else if messages == 0 {
+        let what = match (&domain, state) {
+            (None, None) => "queue is empty".to_string(),
+            (d, s) => format!(
+                "no {}recipient{}",
+                s.map(|s| format!("{s} ")).unwrap_or_default(),
+                d.as_ref().map(|d| format!(" in {d}")).unwrap_or_default()
+            ),
+        };
+        writeln!(w, "{what}")?;
+    } else {
+        writeln!(
+            w,
+            "{}, {}",
+            plural(messages as u64, "message"),
+            plural(recipients as u64, "recipient")
+        )?;
+    }
+    w.flush()?;
     Ok(())
 }
 
-async fn list(store: &odmr_store::Store, json: bool) -> anyhow::Result<()> {
-    let list = store.queue_list().await?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    if json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|m| {
-                serde_json::json!({
-                    "id": m.id,
-                    "received_at": m.received_at,
-                    "age_seconds": (now - m.received_at).max(0),
-                    "size": m.size,
-                    "sender": m.mail_from,
-                    "recipients": m.recipients.iter().map(|r| serde_json::json!({
-                        "address": r.address,
-                        "domain": r.domain,
-                        "state": r.state.as_str(),
-                        "last_reply": r.last_reply,
-                        "attempts": r.attempts,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else if list.is_empty() {
-        println!("queue is empty");
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
     } else {
-        println!("{:>8}  {:>8}  {:>10}  SENDER", "ID", "AGE", "SIZE");
-        for m in &list {
-            let from = if m.mail_from.is_empty() {
-                "<>"
-            } else {
-                &m.mail_from
-            };
-            println!(
-                "{:>8}  {:>8}  {:>10}  {}",
-                m.id,
-                age((now - m.received_at).max(0)),
-                m.size,
-                from
+        format!("{n} {word}s")
+    }
+}
+
+fn not_in_queue(id: MessageId) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no message {id} in the queue (delivered, deleted, or never there); see `odmr queue list`"
+    )
+}
+
+async fn show(store: &Store, id: MessageId, whole: bool, json: bool) -> anyhow::Result<()> {
+    let m = store
+        .queue_find(&QueueFilter {
+            ids: vec![id],
+            domain: None,
+        })
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| not_in_queue(id))?;
+    let now = out::now_secs();
+    let mut w = BufWriter::new(io::stdout().lock());
+    if json {
+        let meta = serde_json::to_string_pretty(&message_json(&m, now))?;
+        // Streamed: the object's fields, then the text as one more field written piece by piece.
+        let open = meta.strip_suffix("\n}").unwrap_or(&meta);
+        let key = if whole { "data" } else { "headers" };
+        write!(w, "{open},\n  \"{key}\": \"")?;
+        let mut text = JsonText::default();
+        let printed = stream_body(store, m.id, whole, |piece| text.write(&mut w, piece)).await?;
+        text.finish(&mut w)?;
+        writeln!(w, "\"\n}}")?;
+        w.flush()?;
+        gone_meanwhile(printed, &m);
+        return Ok(());
+    }
+    writeln!(w, "message {}", m.id)?;
+    writeln!(
+        w,
+        "  received  {} ({} ago) from {} [{}]",
+        out::timestamp(m.received_at),
+        out::age(now - m.received_at),
+        m.helo,
+        m.client_addr
+    )?;
+    writeln!(
+        w,
+        "  size      {}{}",
+        out::size_long(m.size),
+        if m.eight_bit { ", 8-bit" } else { "" }
+    )?;
+    let params = if m.mail_params.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", m.mail_params)
+    };
+    writeln!(w, "  sender    <{}>{params}", m.mail_from)?;
+    writeln!(w, "recipients")?;
+    for r in &m.recipients {
+        let params = if r.params.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", r.params)
+        };
+        writeln!(
+            w,
+            "  <{}>{params}  {}, {}, updated {}",
+            r.address,
+            r.state.as_str(),
+            plural(u64::from(r.attempts), "attempt"),
+            out::timestamp(r.updated_at)
+        )?;
+        if let Some(reply) = &r.last_reply {
+            writeln!(w, "      last reply  {reply}")?;
+        }
+        if let Some(mta) = &r.remote_mta {
+            writeln!(w, "      remote MTA  {mta}")?;
+        }
+        if let Some(status) = &r.status {
+            writeln!(w, "      status      {}", status_text(status))?;
+        }
+        if r.warned {
+            writeln!(w, "      delay warning handled")?;
+        }
+    }
+    writeln!(w, "\n{}", if whole { "message" } else { "headers" })?;
+    w.flush()?;
+    let printed = stream_body(store, m.id, whole, |piece| w.write_all(piece)).await?;
+    w.flush()?;
+    gone_meanwhile(printed, &m);
+    Ok(())
+}
+
+fn gone_meanwhile(printed: u64, m: &QueuedMessage) {
+    if printed == 0 && m.size > 0 {
+        eprintln!("odmr: message {} left the queue while it was being shown", m.id);
+    }
+}
+
+/// Feeds the stored message to `sink` chunk by chunk: all of it, or only its header section
+/// (up to and including the line before the first empty line). Returns the octets read.
+async fn stream_body(
+    store: &Store,
+    id: MessageId,
+    whole: bool,
+    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> anyhow::Result<u64> {
+    let mut cut = HeaderCut::default();
+    let mut chunk = 0u32;
+    let mut read = 0u64;
+    while let Some(bytes) = store.read_body(id, chunk).await? {
+        read += bytes.len() as u64;
+        if whole {
+            sink(&bytes)?;
+        } else if cut.feed(&bytes, &mut sink)? {
+            return Ok(read);
+        }
+        chunk += 1;
+    }
+    cut.finish(&mut sink)?;
+    Ok(read)
+}
+
+/// Finds the end of the header section (the first CRLF CRLF) in a body given in chunks, passing
+/// on everything before it. Up to three octets are held back, in case the CRLF CRLF is split
+/// between two chunks.
+#[derive(Default)]
+struct HeaderCut {
+    held: Vec<u8>,
+}
+
+impl HeaderCut {
+    /// Returns true once the end was found (the sink has the whole header section).
+    fn feed(&mut self, chunk: &[u8], sink: &mut impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<bool> {
+        let mut buf = std::mem::take(&mut self.held);
+        buf.extend_from_slice(chunk);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            sink(&buf[..p + 2])?;
+            return Ok(true);
+        }
+        let keep = buf.len().min(3);
+        sink(&buf[..buf.len() - keep])?;
+        self.held = buf[buf.len() - keep..].to_vec();
+        Ok(false)
+    }
+
+    /// A message without an empty line is all header.
+    fn finish(&mut self, sink: &mut impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        let rest = std::mem::take(&mut self.held);
+        if rest.is_empty() {
+            Ok(())
+        } else {
+            sink(&rest)
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Delete,
+    Bounce,
+    Hold,
+    Release,
+}
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Delete => "delete",
+            Action::Bounce => "bounce",
+            Action::Hold => "hold",
+            Action::Release => "release",
+        }
+    }
+
+    fn past(self) -> &'static str {
+        match self {
+            Action::Delete => "deleted",
+            Action::Bounce => "bounced",
+            Action::Hold => "held",
+            Action::Release => "released",
+        }
+    }
+
+    /// The recipient states the store's operation changes.
+    fn applies(self, s: RecipientState) -> bool {
+        use RecipientState::*;
+        match self {
+            Action::Delete => matches!(s, Queued | Held | Failed),
+            Action::Bounce => matches!(s, Queued | Held),
+            Action::Hold => s == Queued,
+            Action::Release => s == Held,
+        }
+    }
+
+    fn candidates(self) -> &'static str {
+        match self {
+            Action::Delete => "undelivered",
+            Action::Bounce => "queued or held",
+            Action::Hold => "queued",
+            Action::Release => "held",
+        }
+    }
+
+    fn consequence(self) -> &'static str {
+        match self {
+            Action::Delete => "nobody is notified",
+            Action::Bounce => "their senders will be notified",
+            Action::Hold => "they wait until `odmr queue release`",
+            Action::Release => "the next ATRN delivers them",
+        }
+    }
+
+    async fn run(self, store: &Store, filter: &QueueFilter) -> anyhow::Result<u64> {
+        Ok(match self {
+            Action::Delete => store.queue_delete(filter).await?,
+            Action::Bounce => store.queue_bounce(filter).await?,
+            Action::Hold => store.queue_hold(filter).await?,
+            Action::Release => store.queue_release(filter).await?,
+        })
+    }
+}
+
+async fn operate(store: &Store, action: Action, sel: Select) -> anyhow::Result<()> {
+    let verb = action.verb();
+    if sel.ids.is_empty() && !sel.all && sel.domain.is_none() {
+        bail!(
+            "refusing to {verb} every message of the queue without --all; name message ids \
+             (`odmr queue {verb} 12 15`), limit it to one domain with --domain DOMAIN, or give \
+             --all to {verb} the whole queue"
+        );
+    }
+    let domain = sel.domain.as_deref().map(domain_arg);
+    let ids = if sel.ids.is_empty() {
+        store
+            .queue_ids(&QueueFilter {
+                ids: Vec::new(),
+                domain: domain.clone(),
+            })
+            .await?
+    } else {
+        let mut asked = sel.ids.clone();
+        asked.sort_unstable();
+        asked.dedup();
+        let mut found = Vec::with_capacity(asked.len());
+        for batch in asked.chunks(BATCH) {
+            found.extend(
+                store
+                    .queue_ids(&QueueFilter {
+                        ids: batch.to_vec(),
+                        domain: domain.clone(),
+                    })
+                    .await?,
             );
-            for r in &m.recipients {
-                let reply = r
-                    .last_reply
-                    .as_deref()
-                    .map(|x| format!("  ({x})"))
-                    .unwrap_or_default();
-                println!("{:>30}  {:<9}  {}{}", "", r.state.as_str(), r.address, reply);
+        }
+        found.sort_unstable();
+        let missing: Vec<String> = asked
+            .iter()
+            .filter(|id| found.binary_search(id).is_err())
+            .map(|id| id.to_string())
+            .collect();
+        if !missing.is_empty() {
+            let shown = if missing.len() > 10 {
+                format!("{}, … ({} in all)", missing[..10].join(", "), missing.len())
+            } else {
+                missing.join(", ")
+            };
+            match &domain {
+                Some(d) => bail!(
+                    "nothing left to do for {d} in message {shown} (or no such message); nothing \
+                     was changed; see `odmr queue list --domain {d}`"
+                ),
+                None => bail!(
+                    "no message {shown} in the queue (delivered, deleted, or never there); \
+                     nothing was changed; see `odmr queue list`"
+                ),
             }
         }
-        println!("{} message(s)", list.len());
+        found
+    };
+
+    let bar = out::progress(ids.len() as u64, &format!("{}ing", verb.trim_end_matches('e')));
+    let (mut messages, mut recipients) = (0u64, 0u64);
+    for batch in ids.chunks(BATCH) {
+        let filter = QueueFilter {
+            ids: batch.to_vec(),
+            domain: domain.clone(),
+        };
+        // Counted just before the change, for the summary; the store's count of changed
+        // recipients is the authority (a delivery may finish in between).
+        let before = store.queue_find(&filter).await?;
+        let touched = before
+            .iter()
+            .filter(|m| {
+                m.recipients
+                    .iter()
+                    .any(|r| domain.as_ref().is_none_or(|d| &r.domain == d) && action.applies(r.state))
+            })
+            .count() as u64;
+        let changed = action.run(store, &filter).await?;
+        if changed > 0 {
+            messages += touched.max(1);
+            recipients += changed;
+        }
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    tracing::debug!(
+        action = verb,
+        domain = domain.as_deref().unwrap_or(""),
+        messages,
+        recipients,
+        "operator changed the queue"
+    );
+
+    if sel.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "action": verb,
+                "domain": domain,
+                "messages": messages,
+                "recipients": recipients,
+            }))?
+        );
+    } else if recipients == 0 {
+        println!(
+            "nothing to {verb}: no {} recipient{} matched",
+            action.candidates(),
+            domain.as_ref().map(|d| format!(" in {d}")).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "{} {} of {}{}; {}",
+            action.past(),
+            plural(recipients, "recipient"),
+            plural(messages, "message"),
+            domain.as_ref().map(|d| format!(" in {d}")).unwrap_or_default(),
+            action.consequence()
+        );
     }
     Ok(())
 }
 
-fn age(secs: i64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut c = HeaderCut::default();
+        let mut sink = |b: &[u8]| -> io::Result<()> {
+            out.extend_from_slice(b);
+            Ok(())
+        };
+        for ch in chunks {
+            if c.feed(ch, &mut sink).unwrap() {
+                return out;
+            }
+        }
+        c.finish(&mut sink).unwrap();
+        out
+    }
+
+    #[test]
+    fn header_section_ends_before_the_first_empty_line_even_across_chunks() {
+        let msg = b"A: 1\r\nB: 2\r\n\r\nbody\r\n";
+        for split in 0..msg.len() {
+            assert_eq!(
+                cut(&[&msg[..split], &msg[split..]]),
+                b"A: 1\r\nB: 2\r\n",
+                "split at {split}"
+            );
+        }
+        assert_eq!(cut(&[b"A: 1\r\n"]), b"A: 1\r\n");
     }
 }

@@ -6,6 +6,8 @@
 //! `CI=true`, where it fails: CI installs every peer, so a missing one is a broken CI.
 #![allow(dead_code)]
 
+pub mod customer;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

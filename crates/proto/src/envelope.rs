@@ -129,12 +129,6 @@ pub enum XtextError {
 /// lower case is accepted too, as smtp-proto and most MTAs do); every other character must be
 /// an `xchar`. The decoded octets must be UTF-8 (callers that need ASCII check that themselves).
 pub fn xtext_decode(s: &str) -> Result<String, XtextError> {
-    decode_xtext(s, false)
-}
-
-/// xtext, or with `unitext` also raw non-ASCII UTF-8 (the `utf-8-addr-unitext` form of RFC 6533
-/// §3, allowed in ORCPT of the `utf-8` type).
-fn decode_xtext(s: &str, unitext: bool) -> Result<String, XtextError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -150,7 +144,7 @@ fn decode_xtext(s: &str, unitext: bool) -> Result<String, XtextError> {
                 out.push(v);
                 i += 3;
             }
-            c if is_xchar(c) || (unitext && c >= 0x80) => {
+            c if is_xchar(c) => {
                 out.push(c);
                 i += 1;
             }
@@ -242,7 +236,11 @@ pub fn split_dsn_params(line: &[u8], verb: DsnVerb) -> Result<(Vec<u8>, DsnParam
             None => (tok, None),
         };
         let key = String::from_utf8_lossy(key).to_ascii_uppercase();
-        let value = value.map(|v| String::from_utf8_lossy(v).into_owned());
+        // A value that is not UTF-8 can be no valid DSN parameter; for other keywords `value`
+        // is not looked at.
+        let value = value
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_string);
         match (verb, key.as_str()) {
             (DsnVerb::Mail, "RET") => {
                 if dsn.ret.is_some() {
@@ -354,9 +352,9 @@ fn canonical_notify(v: &str) -> Result<String, DsnParamError> {
 }
 
 /// Decode an ORCPT value `addr-type;xtext` into `addr-type;address` (RFC 3461 §4.2). The
-/// `rfc822` type must decode to printable US-ASCII (§4.2); the `utf-8` type may also carry raw
-/// UTF-8 (`utf-8-addr-unitext`) and `\x{HEX}` escapes, which are expanded (RFC 6533 §3).
-/// `None` when the value is malformed.
+/// `rfc822` type must decode to printable US-ASCII (§4.2). The `utf-8` type is not xtext but
+/// `utf-8-addr-xtext` / `utf-8-addr-unitext` (RFC 6533 §3): printable ASCII except `\`, `+`
+/// and `=`, raw UTF-8, and `\x{HEX}` escapes, which are expanded. `None` when malformed.
 pub fn decode_orcpt(v: &str) -> Option<String> {
     let (ty, x) = v.split_once(';')?;
     let atext = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&c);
@@ -364,7 +362,7 @@ pub fn decode_orcpt(v: &str) -> Option<String> {
         return None;
     }
     let addr = if ty.eq_ignore_ascii_case("utf-8") {
-        expand_unicode_escapes(&decode_xtext(x, true).ok()?)?
+        decode_utf8_addr(x)?
     } else {
         let a = xtext_decode(x).ok()?;
         if ty.eq_ignore_ascii_case("rfc822") && !a.bytes().all(|b| (0x20..0x7f).contains(&b)) {
@@ -375,23 +373,31 @@ pub fn decode_orcpt(v: &str) -> Option<String> {
     Some(format!("{ty};{addr}"))
 }
 
-/// Expand RFC 6533 §3 `EmbeddedUnicodeChar` (`\x{HEXPOINT}`); `None` for a malformed escape.
-fn expand_unicode_escapes(s: &str) -> Option<String> {
+/// RFC 6533 §3 `utf-8-addr-unitext` (which includes `utf-8-addr-xtext`): QCHAR, raw UTF-8 and
+/// `EmbeddedUnicodeChar` (`\x{HEXPOINT}`, expanded). `None` for anything else.
+fn decode_utf8_addr(s: &str) -> Option<String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
-    while let Some(i) = rest.find("\\x{") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 3..];
-        let close = after.find('}')?;
-        let hex = &after[..close];
-        if hex.is_empty() || hex.len() > 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    while let Some(c) = rest.chars().next() {
+        if let Some(after) = rest.strip_prefix("\\x{") {
+            let close = after.find('}')?;
+            let hex = &after[..close];
+            if hex.is_empty() || hex.len() > 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
+            rest = &after[close + 1..];
+            continue;
+        }
+        let qchar = ('!'..='~').contains(&c) && !matches!(c, '\\' | '+' | '=');
+        if c.is_ascii() && !qchar {
             return None;
         }
-        out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
-        rest = &after[close + 1..];
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
     }
-    out.push_str(rest);
-    Some(out)
+    // An escape may not smuggle in a control character (or a line end into a DSN field).
+    (!out.is_empty() && !out.chars().any(char::is_control)).then_some(out)
 }
 
 #[cfg(test)]
@@ -525,6 +531,19 @@ mod tests {
             "surrogate"
         );
         assert_eq!(rcpt("RCPT TO:<a@b> ORCPT=utf-8;a\\x{41"), E::Orcpt);
+        assert_eq!(
+            rcpt("RCPT TO:<a@b> ORCPT=utf-8;a+40b"),
+            E::Orcpt,
+            "no xtext in utf-8-addr-xtext"
+        );
+        assert_eq!(rcpt("RCPT TO:<a@b> ORCPT=utf-8;a\\b"), E::Orcpt);
+        assert_eq!(
+            rcpt("RCPT TO:<a@b> ORCPT=utf-8;a\\x{A}b"),
+            E::Orcpt,
+            "control character"
+        );
+        let bad_utf8 = b"RCPT TO:<a@b> ORCPT=utf-8;\xC3@b";
+        assert_eq!(split_dsn_params(bad_utf8, DsnVerb::Rcpt).unwrap_err(), E::Orcpt);
         let long = format!("RCPT TO:<a@b> ORCPT=rfc822;{}@b", "x".repeat(492));
         assert_eq!(rcpt(&long), E::Orcpt, "501 characters");
         assert!(split(

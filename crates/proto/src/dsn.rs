@@ -382,7 +382,9 @@ fn quoted_printable(lines: &[String]) -> Vec<u8> {
             } else {
                 format!("={b:02X}").into_bytes()
             };
-            if col + token.len() > 75 {
+            // 76 characters a line; a soft break takes one of them, except after the last token.
+            let room = if last { 76 } else { 75 };
+            if col + token.len() > room {
                 out.extend_from_slice(b"=\r\n");
                 col = 0;
             }
@@ -791,9 +793,9 @@ fn intro(host: &str) -> String {
 pub fn explain_refused(host: &str, recipients: &[&str], remote: &str) -> String {
     format!(
         "{}Your message could not be delivered to the following {}:\n\n{}\n\
-         The mail for {} is kept here until its owner's mail server collects it. When that \
-         server ({}) collected your message, it refused it; its reply is in the delivery \
-         report below. The message will not be delivered.\n",
+         The mail for {} is kept here until its owner's mail server collects it. When your \
+         message was passed to that server ({}), it refused the message; its reply is in the \
+         delivery report below. The message will not be delivered.\n",
         intro(host),
         plural(recipients.len(), "recipient", "recipients"),
         recipient_list(recipients),
@@ -1212,10 +1214,7 @@ mod tests {
         assert!(e.contains("warning only") && e.contains("No error has occurred") && e.contains("24 hours"));
         assert!(e.contains("Tue, 07 May 2024 10:00:00 +0000"));
         let e = explain_refused("h", &rs[..1], "mail.example.org");
-        assert!(
-            e.contains("(mail.example.org) collected your message, it refused it"),
-            "{e}"
-        );
+        assert!(e.contains("(mail.example.org), it refused the message"), "{e}");
         let e = explain_operator("h", &rs, Some("spam\r\n"));
         assert!(
             e.contains("returned by the administrator") && e.ends_with("Reason given: spam\n"),

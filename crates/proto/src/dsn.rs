@@ -162,7 +162,8 @@ pub struct Composed {
     pub bytes: Vec<u8>,
     /// Some octet is not ASCII: send with `BODY=8BITMIME`.
     pub eight_bit: bool,
-    /// The `To:` address (the reverse-path) is not ASCII: send with `SMTPUTF8`.
+    /// The `To:` address (the reverse-path) or the postmaster address in `From:` is not ASCII:
+    /// send with `SMTPUTF8` (RFC 6531 §3.2: UTF-8 header fields need it).
     pub smtputf8: bool,
     pub returned: ReturnedAs,
     /// Without angle brackets.
@@ -288,7 +289,7 @@ pub fn compose(r: &Report<'_>) -> Result<Composed, DsnError> {
 
     Ok(Composed {
         eight_bit: !out.is_ascii(),
-        smtputf8: !to.is_ascii(),
+        smtputf8: !to.is_ascii() || !r.postmaster.is_ascii(),
         bytes: out,
         returned: ret_as,
         message_id,
@@ -1121,6 +1122,16 @@ mod tests {
     }
 
     #[test]
+    fn a_utf8_postmaster_needs_smtputf8() {
+        // Found by fuzzing: the From: address made a seven_bit_only DSN 8-bit, unannounced.
+        let mut r = report(Returned::Nothing, vec![rcpt("b@x.org", Action::Failed, "5.1.1")]);
+        r.postmaster = "p\u{f6}stmaster@x.org".into();
+        r.seven_bit_only = true;
+        let c = compose(&r).unwrap();
+        assert!(c.smtputf8 && c.eight_bit);
+    }
+
+    #[test]
     fn caller_text_cannot_add_header_fields() {
         let mut a = rcpt("b@x.org\r\nX-Evil: 1", Action::Failed, "5.1.1\r\nX-Evil: 2");
         a.remote_mta = Some("mx\r\nX-Evil: 3".into());
@@ -1273,7 +1284,8 @@ mod tests {
                 for l in ours.split(|&b| b == b'\n') {
                     prop_assert!(l.len() <= MAX_LINE + 1);
                 }
-                prop_assert!(!seven || c.returned == ReturnedAs::Nothing || !c.eight_bit || !r.to.is_ascii());
+                prop_assert!(!seven || c.smtputf8 || !c.eight_bit);
+                prop_assert_eq!(c.smtputf8, !r.to.is_ascii() || !r.postmaster.is_ascii());
             }
         }
     }

@@ -224,12 +224,44 @@ write(
     ),
 )
 
+# dsn: octet 0 picks the parameter parsers (0; octet 1 even = MAIL, odd = RCPT) or compose (1;
+# octet 1 = flags, then NUL-separated fields and the original message).
+write("dsn", "mail", b"\x00\x00MAIL FROM:<a@b.example> RET=HDRS ENVID=QQ+2B1 BODY=8BITMIME")
+write("dsn", "rcpt", b"\x00\x01RCPT TO:<\"x> y\"@c> NOTIFY=failure,DELAY ORCPT=rfc822;b+40c SIZE=1")
+write("dsn", "rcpt_utf8", b"\x00\x01RCPT TO:<b@c> ORCPT=utf-8;j\\x{E9}r\xc3\xb4me@c NOTIFY=NEVER")
+write("dsn", "repeat", b"\x00\x00MAIL FROM:<> RET=FULL RET=FULL")
+write(
+    "dsn",
+    "report",
+    b"\x01\x24"
+    + b"\0".join(
+        [
+            b"alice@sender.example",
+            b"j\xc3\xa9r\xc3\xb4me@example.org",
+            b"5.1.1",
+            b"550-5.1.1 unknown\r\n550 5.1.1 user",
+            b"mail.example.org",
+            b"Your message could not be delivered.\n\n    bob@example.org\n",
+            b"utf-8;j\xc3\xa9r\xc3\xb4me@example.org",
+            b"QQ314159",
+            b"4711",
+            MESSAGE,
+        ]
+    ),
+)
+
 # Regression seeds: inputs that made a target fail once. They stay, so that a fix is checked on
 # every run (libFuzzer runs the seeds first).
 # parse_reply sliced the reply text at octet 4 inside a multi-octet character (reply.rs).
 write("parsers", "regress-reply-utf8", b"\x00250\xc3\xa9\r\n")
 write("customer", "regress-reply-utf8", header(0) + b"220\xc3\xa9\r\n")
 write("deliverer", "regress-reply-utf8", header(0) + b"220 c\r\n250\xffx\r\n")
+# A UTF-8 postmaster address made a seven_bit_only DSN 8-bit without asking for SMTPUTF8 (dsn.rs).
+write(
+    "dsn",
+    "regress-utf8-postmaster",
+    b"\x01\x10" + b"\0".join([b"a@b.example", b"x@y.example", b"5.1.1", b"550 5.1.1 no", b"h\xc3\xb6st.example", b"text", b"", b"", b"u", MESSAGE]),
+)
 # A 250 (not 354) to DATA made the recipient Delivered although no body was sent (deliver.rs).
 write(
     "deliverer",

@@ -11,6 +11,7 @@ pub mod customer;
 pub mod data;
 pub mod deliver;
 pub mod dot;
+pub mod dsn;
 pub mod envelope;
 pub mod line;
 pub mod odmr;

@@ -22,7 +22,10 @@
 //!   the driver flushes whenever the machine asks for more input (RFC 2920 §3.2).
 
 use crate::data::{DataError, DataLimits, DataReceiver, DataStatus};
-use crate::envelope::{address_domain, mail_params_text, rcpt_params_text, MailEnvelope, RcptEntry};
+use crate::envelope::{
+    address_domain, mail_params_text, rcpt_params_text, split_dsn_params, DsnParams, DsnVerb, MailEnvelope,
+    RcptEntry,
+};
 use crate::line::{split_verb, Line, LineReader};
 use crate::reply::Reply;
 use bytes::BytesMut;
@@ -53,6 +56,10 @@ pub struct ServerConfig {
     pub starttls: bool,
     /// Messages accepted per session; MAIL after that gets 421 and the session ends.
     pub max_messages: u64,
+    /// Offer DSN (RFC 3461) and accept its parameters. The provider's MX does: it keeps them
+    /// and owes the DSNs. The customer's reversed side does not, since its sinks neither pass
+    /// them on nor report.
+    pub dsn: bool,
 }
 
 impl ServerConfig {
@@ -68,6 +75,7 @@ impl ServerConfig {
             check_sender: false,
             starttls: false,
             max_messages: 10_000,
+            dsn: true,
         }
     }
 }
@@ -322,6 +330,9 @@ impl SmtpServer {
                         lines.push("8BITMIME".into());
                     }
                     lines.push("ENHANCEDSTATUSCODES".into());
+                    if self.cfg.dsn {
+                        lines.push("DSN".into());
+                    }
                     if self.cfg.smtputf8 {
                         lines.push("SMTPUTF8".into());
                     }
@@ -426,7 +437,8 @@ impl SmtpServer {
             ));
             return Some(ServerStep::Close);
         }
-        let mut l = line.to_vec();
+        // `None`: refused, the reply is written; there is no step for the driver.
+        let (mut l, dsn) = self.dsn_params(line, DsnVerb::Mail)?;
         l.extend_from_slice(b"\r\n");
         let from = match smtp_proto::Request::parse(&mut l.iter()) {
             Ok(smtp_proto::Request::Mail { from }) => from,
@@ -450,7 +462,7 @@ impl SmtpServer {
             ));
             return None;
         }
-        let params = match mail_params_text(&from) {
+        let params = match mail_params_text(&from, &dsn) {
             Ok(p) => p,
             Err(e) => {
                 self.reply(Reply::new(555, "5.5.4", format!("MAIL {e}")));
@@ -478,6 +490,24 @@ impl SmtpServer {
         None
     }
 
+    /// Split the DSN parameters off a MAIL/RCPT line; on a bad or unoffered one, reply and
+    /// return `None`. Repeats and invalid values get 501 (RFC 3461 §4.5, §5.1: MUST for MAIL,
+    /// SHOULD for RCPT); DSN parameters when DSN is not offered get 555 like any other
+    /// parameter of an extension we did not list (RFC 5321 §4.1.1.11).
+    fn dsn_params(&mut self, line: &[u8], verb: DsnVerb) -> Option<(Vec<u8>, DsnParams)> {
+        match split_dsn_params(line, verb) {
+            Ok((_, dsn)) if !self.cfg.dsn && !dsn.is_empty() => {
+                self.reply(Reply::new(555, "5.5.4", "DSN parameters are not offered here"));
+                None
+            }
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.reply(Reply::new(501, "5.5.4", format!("Invalid DSN parameter: {e}")));
+                None
+            }
+        }
+    }
+
     /// The driver's answer to [`ServerStep::CheckSender`]: `Ok` accepts, or the reply to give.
     pub fn sender_verdict(&mut self, verdict: Result<(), Reply>) {
         let State::AwaitSender { from, params } = std::mem::replace(&mut self.state, State::Command) else {
@@ -498,7 +528,8 @@ impl SmtpServer {
             self.reply(Reply::new(503, "5.5.1", "Need MAIL command first"));
             return None;
         }
-        let mut l = line.to_vec();
+        // `None`: refused, the reply is written; there is no step for the driver.
+        let (mut l, dsn) = self.dsn_params(line, DsnVerb::Rcpt)?;
         l.extend_from_slice(b"\r\n");
         let to = match smtp_proto::Request::parse(&mut l.iter()) {
             Ok(smtp_proto::Request::Rcpt { to }) => to,
@@ -511,7 +542,7 @@ impl SmtpServer {
                 return None;
             }
         };
-        let params = match rcpt_params_text(&to) {
+        let params = match rcpt_params_text(&to, &dsn) {
             Ok(p) => p,
             Err(e) => {
                 self.reply(Reply::new(555, "5.5.4", format!("RCPT {e}")));
@@ -947,6 +978,75 @@ mod tests {
             "{out}"
         );
         assert!(out.ends_with("503 5.5.1 TLS is already active\r\n"), "{out}");
+    }
+
+    #[test]
+    fn dsn_is_offered_and_its_parameters_checked_and_kept() {
+        let mut s = session(1 << 20);
+        let mut input = BytesMut::from("EHLO c\r\n");
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+        let ehlo = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(ehlo.contains("\r\n250-DSN\r\n"), "{ehlo}");
+
+        input.extend_from_slice(
+            b"MAIL FROM:<a@b.example> RET=HDRS RET=FULL\r\n\
+              MAIL FROM:<a@b.example> ENVID=x+ZZ\r\n\
+              MAIL FROM:<a@b.example> ENVID=QQ+2B1 ret=full BODY=8BITMIME\r\n\
+              RCPT TO:<x@example.org> NOTIFY=NEVER,FAILURE\r\n\
+              RCPT TO:<x@example.org> ORCPT=rfc822;x@example.org ORCPT=rfc822;y@example.org\r\n\
+              RCPT TO:<x@example.org> NOTIFY=failure,delay ORCPT=rfc822;X+40example.org\r\n\
+              DATA\r\n",
+        );
+        assert!(matches!(s.poll(&mut input), ServerStep::CheckRecipient { .. }));
+        s.recipient_verdict(RcptVerdict::Accept);
+        let ServerStep::StartData(env) = s.poll(&mut input) else {
+            panic!("no DATA")
+        };
+        assert_eq!(env.mail_params, "BODY=8BITMIME RET=FULL ENVID=QQ+2B1");
+        assert_eq!(
+            env.recipients[0].params,
+            "NOTIFY=FAILURE,DELAY ORCPT=rfc822;X+40example.org"
+        );
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "501 5.5.4 Invalid DSN parameter: RET given more than once",
+                "501 5.5.4 Invalid DSN parameter: ENVID must be 1 to 100 characters of xtext encoding printable US-ASCII",
+                "250 2.1.0 Sender OK",
+                "501 5.5.4 Invalid DSN parameter: NOTIFY=NEVER cannot be combined with other values",
+                "501 5.5.4 Invalid DSN parameter: ORCPT given more than once",
+                "250 2.1.5 Recipient OK",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_dsn_its_parameters_are_not_offered() {
+        let mut cfg = ServerConfig::new("cust.example");
+        cfg.dsn = false;
+        let mut s = SmtpServer::new(
+            cfg,
+            PeerInfo {
+                ip: "192.0.2.9".into(),
+                session: "r".into(),
+            },
+        );
+        let mut input = BytesMut::from(
+            "EHLO provider\r\nMAIL FROM:<a@b.example> RET=FULL\r\nMAIL FROM:<a@b.example>\r\n\
+             RCPT TO:<x@c.example> NOTIFY=NEVER\r\n",
+        );
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(!out.contains("DSN\r\n"), "{out}");
+        assert!(
+            out.ends_with(
+                "555 5.5.4 DSN parameters are not offered here\r\n250 2.1.0 Sender OK\r\n\
+                 555 5.5.4 DSN parameters are not offered here\r\n"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

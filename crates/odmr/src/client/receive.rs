@@ -36,6 +36,8 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
     cfg.max_message_size = caps.max_size;
     cfg.eight_bit_mime = caps.eight_bit_mime;
     cfg.smtputf8 = caps.smtputf8;
+    // No sink passes DSN parameters on or reports, so DSN is not offered to the provider.
+    cfg.dsn = false;
     cfg.max_recipients = caps.max_recipients.max(1);
     cfg.check_sender = true;
     let peer = PeerInfo {

@@ -39,6 +39,26 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    queue: RawQueue,
+    #[serde(default)]
+    bounce: RawBounce,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    max_age: Option<String>,
+    delay_warning: Option<String>,
+    scan_interval: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBounce {
+    relay: Option<String>,
+    retry: Option<String>,
+    max_return: Option<Size>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -174,6 +194,30 @@ pub struct Config {
     /// Certificate and key (PEM) for STARTTLS and the implicit-TLS listener.
     pub tls: Option<TlsFiles>,
     pub limits: crate::server::limits::Limits,
+    pub queue: QueueConfig,
+    pub bounce: BounceConfig,
+}
+
+/// How long mail is held, and when its sender hears about it.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Hold time before undelivered mail is returned to its sender (a domain may override it).
+    pub max_age: Duration,
+    /// When to tell the sender the mail is still waiting; `None`: never.
+    pub delay_warning: Option<Duration>,
+    /// How often expiry, notices and the relay queue are looked at.
+    pub scan_interval: Duration,
+}
+
+/// Where delivery status notifications go.
+#[derive(Debug, Clone)]
+pub struct BounceConfig {
+    /// `host:port` of the provider's outbound MTA; `None`: notices wait in the queue.
+    pub relay: Option<String>,
+    /// First wait after the relay could not take the notices; doubles up to 30 minutes.
+    pub retry: Duration,
+    /// A failed message larger than this is returned as its header section only.
+    pub max_return: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -350,6 +394,62 @@ impl Config {
                 &format!("use at most {}", humantime::format_duration(LEASE_TTL_MAX)),
             ));
         }
+        let size = |key: &str, v: &Option<Size>, default: u64| -> Result<u64, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(Size::Octets(n)) => Ok(*n),
+                Some(Size::Text(t)) => parse_size(t).ok_or_else(|| {
+                    invalid(
+                        key,
+                        t,
+                        "not a size",
+                        "write a number of octets or a size such as \"50MiB\"",
+                    )
+                }),
+            }
+        };
+        let delay_warning = match raw.queue.delay_warning.as_deref() {
+            Some("off") | Some("never") => None,
+            _ => Some(dur(
+                "queue.delay_warning",
+                &raw.queue.delay_warning,
+                sec(24 * 3600),
+                sec(1),
+            )?),
+        };
+        if let Some(relay) = &raw.bounce.relay {
+            let ok = relay
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(invalid(
+                    "bounce.relay",
+                    relay,
+                    "not a host:port",
+                    "write the outbound MTA as HOST:PORT, e.g. \"127.0.0.1:25\" or \"smtp.example.net:587\"",
+                ));
+            }
+        }
+        let queue = QueueConfig {
+            max_age: dur("queue.max_age", &raw.queue.max_age, sec(7 * 86400), sec(1))?,
+            delay_warning,
+            scan_interval: dur(
+                "queue.scan_interval",
+                &raw.queue.scan_interval,
+                sec(15),
+                Duration::from_millis(200),
+            )?,
+        };
+        let bounce = BounceConfig {
+            relay: raw.bounce.relay.clone(),
+            retry: dur(
+                "bounce.retry",
+                &raw.bounce.retry,
+                sec(60),
+                Duration::from_millis(200),
+            )?,
+            max_return: size("bounce.max_return", &raw.bounce.max_return, 10 << 20)?,
+        };
         let d = crate::server::limits::Limits::default();
         let limits = crate::server::limits::Limits {
             max_connections: raw.limits.max_connections.unwrap_or(d.max_connections).max(1),
@@ -367,6 +467,8 @@ impl Config {
         };
         Ok(Config {
             limits,
+            queue,
+            bounce,
             tls: raw.tls.as_ref().map(|t| TlsFiles {
                 cert: t.cert.clone(),
                 key: t.key.clone(),
@@ -500,6 +602,32 @@ listen = ["0.0.0.0:366"]
                 .to_string();
             assert!(e.contains("odmr.lease_ttl") && e.contains(why), "{v}: {e}");
         }
+    }
+
+    #[test]
+    fn queue_and_bounce_defaults_and_errors() {
+        let c = parse("hostname = \"h.example\"\n").unwrap();
+        assert_eq!(c.queue.max_age, Duration::from_secs(7 * 86400));
+        assert_eq!(c.queue.delay_warning, Some(Duration::from_secs(86400)));
+        assert_eq!(c.bounce.relay, None);
+        assert_eq!(c.bounce.max_return, 10 << 20);
+        let c = parse(
+            "hostname = \"h.example\"\n[queue]\nmax_age = \"14d\"\ndelay_warning = \"off\"\n\
+             [bounce]\nrelay = \"smtp.example.net:587\"\nmax_return = \"1M\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.queue.max_age, Duration::from_secs(14 * 86400));
+        assert_eq!(c.queue.delay_warning, None);
+        assert_eq!(c.bounce.relay.as_deref(), Some("smtp.example.net:587"));
+        assert_eq!(c.bounce.max_return, 1 << 20);
+        let e = parse("hostname = \"h.example\"\n[bounce]\nrelay = \"smtp.example.net\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bounce.relay") && e.contains("HOST:PORT"), "{e}");
+        let e = parse("hostname = \"h.example\"\n[queue]\ndelay_warning = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("queue.delay_warning") && e.contains("duration"), "{e}");
     }
 
     #[test]

@@ -540,56 +540,6 @@ fn bodies_are_byte_exact_into_the_maildir() {
 
 // ----- 3. the local MTA says no -----
 
-/// A scripted local MTA (aiosmtpd) whose answers come from a rules file.
-struct LocalMta {
-    peer: PyPeer,
-    rules: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl LocalMta {
-    fn start() -> Option<LocalMta> {
-        let dir = tempfile::tempdir().unwrap();
-        let rules = dir.path().join("rules.json");
-        std::fs::write(&rules, "{}").unwrap();
-        let peer = PyPeer::start("client_local_mta.py", &[rules.to_str().unwrap()], true)?;
-        Some(LocalMta {
-            peer,
-            rules,
-            _dir: dir,
-        })
-    }
-
-    fn rules(&self, v: serde_json::Value) {
-        std::fs::write(&self.rules, v.to_string()).unwrap();
-    }
-
-    /// The transactions that reached the end of data: (sender, recipients, reply, content).
-    fn data(&self) -> Vec<(String, Vec<String>, String, Vec<u8>)> {
-        use base64::Engine;
-        self.peer
-            .events()
-            .iter()
-            .filter(|e| e["event"] == "data")
-            .map(|e| {
-                (
-                    e["from"].as_str().unwrap().to_string(),
-                    e["rcpts"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|r| r.as_str().unwrap().to_string())
-                        .collect(),
-                    e["reply"].as_str().unwrap().to_string(),
-                    base64::engine::general_purpose::STANDARD
-                        .decode(e["content"].as_str().unwrap())
-                        .unwrap(),
-                )
-            })
-            .collect()
-    }
-}
-
 /// 451 at the end of data: `--once` exits 2, the provider keeps both recipients queued with
 /// the 451 recorded; once the local MTA accepts, the next poll delivers the message exactly
 /// once (exit 0) and the queue is empty.

@@ -6,6 +6,7 @@
 //! can be lost at any point, because a `250` is only ever sent after the commit and a message
 //! leaves the queue only after the customer's `250`.
 
+mod bounce;
 mod deliver;
 mod lease;
 pub mod limits;
@@ -101,6 +102,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let housekeeping = tokio::spawn(purge_abandoned(store.clone(), HOUSEKEEPING, STALE_RECEIVING));
+    // Expiry, notices and the bounce relay; it stops by itself at shutdown.
+    let maintenance = tokio::spawn(bounce::run(shared.clone()));
     let mut sessions = JoinSet::new();
     let mut accepts = JoinSet::new();
     let (sess_tx, mut sess_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -142,6 +145,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!("sessions still running after the grace period; closing them (unacknowledged mail is not lost: the sender retries)");
         sessions.shutdown().await;
     }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, maintenance).await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -1,5 +1,11 @@
 //! Driver of the inbound MX dialogue ([`odmr_proto::mx`]): socket reads and writes, recipient
 //! lookups and store commits. `250` after DATA is sent only once `commit` has returned.
+//!
+//! Per-domain policy is applied while the sender is still connected, never later: an unknown
+//! local part gets `550 5.1.1` at RCPT and a domain over its quota `452 4.2.2` at RCPT (messages
+//! or bytes already held) or after DATA (this message would pass the byte quota), so a full
+//! customer never causes a bounce to a possibly forged sender (backscatter). Quotas are soft
+//! under concurrency: sessions racing each other can each pass the check.
 
 use super::{session_id, Shared};
 use crate::net::conn::Conn;
@@ -38,6 +44,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
     let mut writer: Option<MessageWriter> = None;
     let mut store_failed = false;
     let mut envelope_log = (String::new(), 0usize);
+    let mut rcpt_domains: Vec<String> = Vec::new();
     tracing::debug!("connected");
     loop {
         match s.poll(&mut conn.buf) {
@@ -88,12 +95,8 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
             }
             ServerStep::CheckSender { .. } => s.sender_verdict(Ok(())),
             ServerStep::CheckRecipient { address, domain } => {
-                let verdict = match shared.store.domain_owner(&domain).await {
-                    Ok(Some(_)) => RcptVerdict::Accept,
-                    Ok(None) => {
-                        tracing::info!(rcpt = %address, domain = %domain, "recipient refused: domain not hosted");
-                        RcptVerdict::NotHosted
-                    }
+                let verdict = match check_recipient(&shared, &address, &domain).await {
+                    Ok(v) => v,
                     Err(e) => {
                         tracing::error!(error = %e, "store lookup failed");
                         RcptVerdict::Refuse(Reply::new(
@@ -107,6 +110,13 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
             }
             ServerStep::StartData(env) => {
                 envelope_log = (env.mail_from.clone(), env.recipients.len());
+                rcpt_domains = env
+                    .recipients
+                    .iter()
+                    .filter_map(|r| odmr_store::address_domain(&r.address))
+                    .collect();
+                rcpt_domains.sort();
+                rcpt_domains.dedup();
                 let envelope = Envelope {
                     mail_from: env.mail_from,
                     mail_params: env.mail_params,
@@ -148,6 +158,14 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 }
             }
             ServerStep::EndData { size, eight_bit } => {
+                if let Some(full) = over_byte_quota(&shared, &rcpt_domains, size).await {
+                    if let Some(w) = writer.take() {
+                        let _ = w.abort().await;
+                    }
+                    tracing::info!(domain = %full, size, "message refused: domain over its byte quota");
+                    s.committed(Err(quota_reply(&full)));
+                    continue;
+                }
                 let result: Result<i64, String> = match writer.take() {
                     Some(w) if !store_failed => w
                         .commit(CommitInfo { eight_bit })
@@ -191,4 +209,60 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
         let _ = w.abort().await;
     }
     conn.shutdown().await;
+}
+
+/// The RCPT verdict from the domain's owner, recipient list and quotas.
+async fn check_recipient(
+    shared: &Shared,
+    address: &str,
+    domain: &str,
+) -> Result<RcptVerdict, odmr_store::StoreError> {
+    let local = address.rsplit_once('@').map_or(address, |(l, _)| l);
+    let Some(check) = shared.store.domain_accepts(domain, local).await? else {
+        tracing::info!(rcpt = %address, domain = %domain, "recipient refused: domain not hosted");
+        return Ok(RcptVerdict::NotHosted);
+    };
+    if !check.accepted {
+        tracing::info!(rcpt = %address, domain = %domain, "recipient refused: unknown local part");
+        return Ok(RcptVerdict::Refuse(Reply::new(
+            550,
+            "5.1.1",
+            format!("<{address}>: no such recipient here"),
+        )));
+    }
+    if check.max_messages.is_some() || check.max_bytes.is_some() {
+        let usage = shared.store.domain_usage(domain).await?;
+        let full = check.max_messages.is_some_and(|m| usage.messages >= m)
+            || check.max_bytes.is_some_and(|b| usage.bytes >= b);
+        if full {
+            tracing::info!(rcpt = %address, domain = %domain, messages = usage.messages, bytes = usage.bytes, "recipient refused: domain over quota");
+            return Ok(RcptVerdict::Refuse(quota_reply(domain)));
+        }
+    }
+    Ok(RcptVerdict::Accept)
+}
+
+/// The first of `domains` this message of `size` octets would take over its byte quota.
+async fn over_byte_quota(shared: &Shared, domains: &[String], size: u64) -> Option<String> {
+    for d in domains {
+        let Ok(Some(info)) = shared.store.domain_get(d).await else {
+            continue;
+        };
+        let Some(max) = info.policy.max_bytes else {
+            continue;
+        };
+        match shared.store.domain_usage(d).await {
+            Ok(u) if u.bytes.saturating_add(size) > max => return Some(d.clone()),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn quota_reply(domain: &str) -> Reply {
+    Reply::new(
+        452,
+        "4.2.2",
+        format!("Too much mail is waiting for {domain} to collect it; try again later"),
+    )
 }

@@ -652,6 +652,56 @@ pub fn maildir(root: &Path, domain: &str, local: &str) -> (Vec<PathBuf>, Vec<Pat
     )
 }
 
+/// A scripted local MTA (aiosmtpd) whose answers come from a rules file.
+pub struct LocalMta {
+    pub peer: PyPeer,
+    rules: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalMta {
+    pub fn start() -> Option<LocalMta> {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.json");
+        std::fs::write(&rules, "{}").unwrap();
+        let peer = PyPeer::start("client_local_mta.py", &[rules.to_str().unwrap()], true)?;
+        Some(LocalMta {
+            peer,
+            rules,
+            _dir: dir,
+        })
+    }
+
+    pub fn rules(&self, v: serde_json::Value) {
+        std::fs::write(&self.rules, v.to_string()).unwrap();
+    }
+
+    /// The transactions that reached the end of data: (sender, recipients, reply, content).
+    pub fn data(&self) -> Vec<(String, Vec<String>, String, Vec<u8>)> {
+        use base64::Engine;
+        self.peer
+            .events()
+            .iter()
+            .filter(|e| e["event"] == "data")
+            .map(|e| {
+                (
+                    e["from"].as_str().unwrap().to_string(),
+                    e["rcpts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.as_str().unwrap().to_string())
+                        .collect(),
+                    e["reply"].as_str().unwrap().to_string(),
+                    base64::engine::general_purpose::STANDARD
+                        .decode(e["content"].as_str().unwrap())
+                        .unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
 // ----- Python peers -----
 
 /// A `client_*.py` script under `timeout 120`: the first line of its stdout is its port; the

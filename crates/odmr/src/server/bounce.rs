@@ -1,0 +1,344 @@
+//! The end of a message's life on the provider: expiry, failure notices (bounces), delay
+//! warnings, and the relay that carries the notices out.
+//!
+//! Invariants:
+//! - A notice is queued in the same store transaction that settles its recipients
+//!   ([`Store::settle_failed`], [`Store::settle_delayed`]), so a crash can neither lose a notice
+//!   nor send one twice.
+//! - Notices leave through `[bounce] relay` like held mail leaves through ATRN: under a lease on
+//!   [`OUTBOUND_QUEUE`] (one sender in the whole fleet at a time), removed only after the relay's
+//!   `250`, kept and retried (1 min doubling to 30 min by default) while the relay is down or
+//!   answers 4xx.
+//! - Never a notice to the null sender (RFC 5321 §4.5.5, RFC 3461 §5.2), nor to a recipient
+//!   whose NOTIFY excludes it (RFC 3461 §5.2.5–6): those recipients are settled silently.
+//! - Every pass is bounded (batches) and runs every `[queue] scan_interval`, so expiry is acted
+//!   on within that interval of its deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use odmr_proto::dsn::{self, Action, ReceivedFrom, Report, ReportedRecipient, Returned};
+use odmr_store::{Notice, OutboundMessage, RecipientStatus, Store, StoreError, OUTBOUND_QUEUE};
+
+use super::deliver::deliver;
+use super::Shared;
+use crate::net::conn::Conn;
+use tracing::Instrument;
+
+/// Notices composed per store query.
+const BATCH: usize = 50;
+/// The longest wait between attempts to reach the relay.
+const MAX_RETRY: Duration = Duration::from_secs(30 * 60);
+/// How long to wait for the relay's TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most header octets returned in a headers-only notice.
+const MAX_HEADER_SECTION: usize = 256 * 1024;
+
+/// The job's memory between passes.
+struct State {
+    /// Delay warnings: every message up to this (received_at, id) was looked at.
+    delay_cursor: (i64, i64),
+    /// When the relay may be tried again, and the wait after the next failure.
+    relay_next: Instant,
+    relay_wait: Duration,
+}
+
+/// Runs until the server shuts down.
+pub async fn run(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut state = State {
+        delay_cursor: (0, 0),
+        relay_next: Instant::now(),
+        relay_wait: shared.cfg.bounce.retry,
+    };
+    if shared.cfg.bounce.relay.is_none() {
+        tracing::warn!("no [bounce] relay configured: delivery status notices are queued (see `odmr queue list --domain {OUTBOUND_QUEUE}`) but not sent");
+    }
+    let mut tick = tokio::time::interval(shared.cfg.queue.scan_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = pass(&shared, &mut state).await {
+            tracing::error!(error = %e, "queue maintenance failed; retrying at the next pass");
+        }
+    }
+}
+
+async fn pass(shared: &Shared, state: &mut State) -> anyhow::Result<()> {
+    let store = &shared.store;
+    let expired = store.expire(shared.cfg.queue.max_age).await?;
+    if expired > 0 {
+        tracing::info!(
+            recipients = expired,
+            "hold time over: returning mail to its senders"
+        );
+    }
+    loop {
+        let batch = store.notices_failed(BATCH).await?;
+        for n in &batch {
+            notify_failed(shared, n).await?;
+        }
+        if batch.len() < BATCH {
+            break;
+        }
+    }
+    if let Some(delay) = shared.cfg.queue.delay_warning {
+        let until = now() - secs(delay);
+        loop {
+            let batch = store.notices_delayed(until, state.delay_cursor, BATCH).await?;
+            for n in &batch {
+                notify_delayed(shared, n).await?;
+                state.delay_cursor = (n.received_at, n.id);
+            }
+            if batch.len() < BATCH {
+                break;
+            }
+        }
+    }
+    send_notices(shared, state).await
+}
+
+/// Composes (or not) the failure notice for the failed recipients of one message and settles them.
+async fn notify_failed(shared: &Shared, n: &Notice) -> anyhow::Result<()> {
+    let ids: Vec<i64> = n.recipients.iter().map(|r| r.id).collect();
+    let wanted: Vec<&RecipientStatus> = n
+        .recipients
+        .iter()
+        .filter(|r| dsn::wants_failure(&r.params))
+        .collect();
+    if n.mail_from.is_empty() || wanted.is_empty() {
+        for r in &n.recipients {
+            tracing::warn!(msg = n.id, rcpt = %r.address, reply = r.last_reply.as_deref().unwrap_or(""),
+                "undeliverable; no notice (null sender or NOTIFY without FAILURE)");
+        }
+        return Ok(shared.store.settle_failed(&ids, None).await?);
+    }
+    let mut recipients = Vec::with_capacity(wanted.len());
+    for r in &wanted {
+        let status = r
+            .status
+            .clone()
+            .or_else(|| r.last_reply.as_deref().and_then(dsn::enhanced_status))
+            .unwrap_or_else(|| "5.0.0".into());
+        recipients.push(reported(r, Action::Failed, status, None));
+    }
+    let explanation = failure_text(shared, &wanted).await;
+    let notice = compose(shared, n, recipients, explanation, true).await?;
+    for r in &wanted {
+        tracing::info!(msg = n.id, rcpt = %r.address, to = %n.mail_from, "undeliverable; notice queued for the sender");
+    }
+    Ok(shared.store.settle_failed(&ids, Some(&notice)).await?)
+}
+
+/// Composes (or not) the delay warning for the waiting recipients of one message and settles them.
+async fn notify_delayed(shared: &Shared, n: &Notice) -> anyhow::Result<()> {
+    let ids: Vec<i64> = n.recipients.iter().map(|r| r.id).collect();
+    let wanted: Vec<&RecipientStatus> = n
+        .recipients
+        .iter()
+        .filter(|r| dsn::wants_delay(&r.params))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(shared.store.settle_delayed(&ids, None).await?);
+    }
+    let mut recipients = Vec::with_capacity(wanted.len());
+    for r in &wanted {
+        let until = n.received_at + secs(max_age(shared, &r.domain).await);
+        // A customer's 4xx explains the wait better than the generic 4.0.0 ("waiting").
+        let status = r
+            .last_reply
+            .as_deref()
+            .and_then(dsn::enhanced_status)
+            .filter(|s| s.starts_with('4'))
+            .unwrap_or_else(|| "4.0.0".into());
+        recipients.push(reported(r, Action::Delayed, status, Some(until)));
+    }
+    let addresses: Vec<&str> = wanted.iter().map(|r| r.address.as_str()).collect();
+    let waited_hours = u64::try_from((now() - n.received_at) / 3600).unwrap_or(0);
+    let until = n.received_at + secs(max_age(shared, &wanted[0].domain).await);
+    let explanation = dsn::explain_delayed(&shared.cfg.hostname, &addresses, waited_hours, until);
+    let notice = compose(shared, n, recipients, explanation, false).await?;
+    tracing::info!(msg = n.id, to = %n.mail_from, recipients = wanted.len(), "delay warning queued for the sender");
+    Ok(shared.store.settle_delayed(&ids, Some(&notice)).await?)
+}
+
+fn reported(r: &RecipientStatus, action: Action, status: String, until: Option<i64>) -> ReportedRecipient {
+    // Remote-MTA and Diagnostic-Code only when a peer's reply is what we report (RFC 3464
+    // §2.3.5–6).
+    let (remote_mta, diagnostic) = match (&r.remote_mta, &r.last_reply) {
+        (Some(m), Some(reply)) => (Some(m.clone()), Some(reply.clone())),
+        _ => (None, None),
+    };
+    ReportedRecipient {
+        original_recipient: dsn::orcpt(&r.params),
+        final_recipient: r.address.clone(),
+        action,
+        status,
+        remote_mta,
+        diagnostic,
+        last_attempt: (r.attempts > 0).then_some(r.updated_at),
+        will_retry_until: until,
+    }
+}
+
+/// The human-readable part of a failure notice: why these recipients were given up.
+async fn failure_text(shared: &Shared, wanted: &[&RecipientStatus]) -> String {
+    let host = &shared.cfg.hostname;
+    let addresses: Vec<&str> = wanted.iter().map(|r| r.address.as_str()).collect();
+    let first = wanted[0];
+    match first.status.as_deref() {
+        Some("4.4.7") => {
+            let days = max_age(shared, &first.domain).await.as_secs().div_ceil(86400);
+            dsn::explain_expired(host, &addresses, days)
+        }
+        Some(_) => dsn::explain_operator(host, &addresses, None),
+        None => dsn::explain_refused(
+            host,
+            &addresses,
+            first.remote_mta.as_deref().unwrap_or("the customer's server"),
+        ),
+    }
+}
+
+/// The notice as it is queued for the relay.
+async fn compose(
+    shared: &Shared,
+    n: &Notice,
+    recipients: Vec<ReportedRecipient>,
+    explanation: String,
+    failure: bool,
+) -> anyhow::Result<OutboundMessage> {
+    let max_return = shared.cfg.bounce.max_return;
+    // RFC 3461 §6.2: only failures return the content, and RET=HDRS asks for headers only; so
+    // the whole body is read only when it may be returned.
+    let full = failure && dsn::ret(&n.mail_params) != Some(dsn::Ret::Hdrs) && n.size <= max_return;
+    let original = read_original(&shared.store, n.id, full).await?;
+    let returned = if full {
+        Returned::Full(&original)
+    } else {
+        Returned::HeadersOnly(&original)
+    };
+    let client_ip = n
+        .client_addr
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let report = Report {
+        reporting_mta: shared.cfg.hostname.clone(),
+        postmaster: format!("postmaster@{}", shared.cfg.hostname),
+        to: n.mail_from.clone(),
+        envid: dsn::envid(&n.mail_params),
+        arrival: n.received_at,
+        received_from_mta: (!n.helo.is_empty()).then(|| ReceivedFrom {
+            helo: n.helo.clone(),
+            ip: client_ip,
+        }),
+        now: now(),
+        unique: format!("{}.{}", n.id, rand::random::<u32>()),
+        explanation,
+        recipients,
+        returned,
+        max_return: usize::try_from(max_return).unwrap_or(usize::MAX),
+        // The relay's abilities are not known here; the delivery to it holds 8-bit mail the
+        // relay cannot take, as for any peer.
+        seven_bit_only: false,
+    };
+    let composed = dsn::compose(&report)?;
+    let mut params = Vec::new();
+    if composed.eight_bit {
+        params.push("BODY=8BITMIME");
+    }
+    if composed.smtputf8 {
+        params.push("SMTPUTF8");
+    }
+    Ok(OutboundMessage {
+        mail_params: params.join(" "),
+        to: n.mail_from.clone(),
+        body: composed.bytes,
+        eight_bit: composed.eight_bit,
+    })
+}
+
+/// The whole message (`full`), or enough of its start to hold the header section.
+async fn read_original(store: &Store, id: i64, full: bool) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    let mut chunk = 0;
+    while let Some(bytes) = store.read_body(id, chunk).await? {
+        out.extend_from_slice(&bytes);
+        chunk += 1;
+        if !full && (memchr_blank_line(&out) || out.len() >= MAX_HEADER_SECTION) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn memchr_blank_line(b: &[u8]) -> bool {
+    b.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
+/// The hold time of a domain: its own, else the server's.
+async fn max_age(shared: &Shared, domain: &str) -> Duration {
+    match shared.store.domain_get(domain).await {
+        Ok(Some(d)) => d.policy.max_age.map(Duration::from_secs),
+        _ => None,
+    }
+    .unwrap_or(shared.cfg.queue.max_age)
+}
+
+/// Delivers queued notices to the relay, unless it failed recently.
+async fn send_notices(shared: &Shared, state: &mut State) -> anyhow::Result<()> {
+    let Some(relay) = shared.cfg.bounce.relay.as_deref() else {
+        return Ok(());
+    };
+    let queue = [OUTBOUND_QUEUE.to_string()];
+    if Instant::now() < state.relay_next || !shared.store.has_pending(&queue).await? {
+        return Ok(());
+    }
+    let holder = shared.identity.holder("bounce-relay");
+    let Some(lease) = shared
+        .store
+        .lease_acquire(&queue, &holder, shared.cfg.odmr.lease_ttl)
+        .await?
+    else {
+        return Ok(()); // another node is sending them
+    };
+    let attempt = async {
+        match Conn::connect(relay, CONNECT_TIMEOUT).await {
+            Ok(mut conn) => {
+                deliver(shared, &mut conn, &lease, &queue).await;
+                conn.shutdown().await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reach the bounce relay; notices stay queued"),
+        }
+    };
+    attempt
+        .instrument(tracing::info_span!("relay", relay = %relay))
+        .await;
+    shared.store.lease_release(&lease).await?;
+    if shared.store.has_pending(&queue).await? {
+        state.relay_next = Instant::now() + state.relay_wait;
+        tracing::info!(relay = %relay, retry_in = ?state.relay_wait, "notices still queued; will retry");
+        state.relay_wait = (state.relay_wait * 2).min(MAX_RETRY.max(shared.cfg.bounce.retry));
+    } else {
+        state.relay_wait = shared.cfg.bounce.retry;
+    }
+    Ok(())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
+}

@@ -1,0 +1,117 @@
+//! Per-domain policy at the MX, with real senders (swaks, Python's smtplib): recipient lists
+//! (`550 5.1.1` at RCPT for an unknown local part, so nothing is accepted that would later
+//! bounce to a possibly forged sender) and quotas (`452 4.2.2` at RCPT when the domain already
+//! holds too many messages or bytes, and after DATA when this message would pass the byte
+//! quota). The policy is set with `odmr domain set`, as an operator would.
+
+mod common;
+#[path = "peers/interop_util.rs"]
+mod interop_util;
+
+use common::{send_mail, Line, Server};
+
+fn provider() -> Server {
+    let s = Server::start();
+    s.account("acme", "secret-pw", &["example.org", "other.example"]);
+    s
+}
+
+fn domain_set(server: &Server, args: &[&str]) {
+    let mut all = vec!["domain", "set"];
+    all.extend_from_slice(args);
+    let (st, out, err) = server.cli(&all, None);
+    assert_eq!(st, 0, "domain set {args:?}: {out}{err}");
+}
+
+/// RCPT's reply in a fresh session, after EHLO and MAIL.
+fn rcpt_reply(server: &Server, rcpt: &str) -> String {
+    let mut c = Line::connect(server.smtp);
+    assert!(c.reply().starts_with("220"));
+    assert!(c.ask("EHLO sender.test").starts_with("250"));
+    assert!(c.ask("MAIL FROM:<a@sender.test>").starts_with("250"));
+    let r = c.ask(&format!("RCPT TO:<{rcpt}>"));
+    c.ask("QUIT");
+    r
+}
+
+fn body(size: usize) -> String {
+    let mut b = String::from("Subject: sized\n\n");
+    while b.len() < size {
+        b.push_str("0123456789012345678901234567890123456789012345678901234567890123456789\n");
+    }
+    b
+}
+
+#[test]
+fn unknown_local_parts_are_refused_at_rcpt() {
+    let server = provider();
+    domain_set(&server, &["example.org", "--recipients", "bob,Alice"]);
+    assert!(rcpt_reply(&server, "bob@example.org").starts_with("250"));
+    assert!(
+        rcpt_reply(&server, "ALICE@Example.org").starts_with("250"),
+        "case-insensitive"
+    );
+    let r = rcpt_reply(&server, "mallory@example.org");
+    assert!(r.starts_with("550 5.1.1"), "{r}");
+    // Other domains stay catch-all.
+    assert!(rcpt_reply(&server, "anyone@other.example").starts_with("250"));
+
+    // swaks, a real sender, sees the refusal too and nothing is queued for it.
+    if let Some(run) = interop_util::swaks(&[
+        "--server",
+        &server.smtp.to_string(),
+        "--from",
+        "a@sender.test",
+        "--to",
+        "mallory@example.org",
+    ]) {
+        assert!(run.all().contains("550 5.1.1"), "{}", run.all());
+    }
+    assert!(server.queue().as_array().unwrap().is_empty());
+
+    // Back to catch-all.
+    domain_set(&server, &["example.org", "--catch-all"]);
+    assert!(rcpt_reply(&server, "mallory@example.org").starts_with("250"));
+}
+
+#[test]
+fn message_quota_answers_452_at_rcpt() {
+    let server = provider();
+    domain_set(&server, &["example.org", "--max-messages", "2"]);
+    for i in 0..2 {
+        let r = send_mail(
+            server.smtp,
+            "a@sender.test",
+            &[&format!("u{i}@example.org")],
+            "Subject: q\n\nx\n",
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let r = rcpt_reply(&server, "u3@example.org");
+    assert!(r.starts_with("452 4.2.2"), "{r}");
+    assert!(
+        rcpt_reply(&server, "u3@other.example").starts_with("250"),
+        "per domain"
+    );
+    // Raising the quota takes effect at once (no restart).
+    domain_set(&server, &["example.org", "--max-messages", "none"]);
+    assert!(rcpt_reply(&server, "u3@example.org").starts_with("250"));
+}
+
+#[test]
+fn byte_quota_answers_452_after_data_then_at_rcpt() {
+    let server = provider();
+    domain_set(&server, &["example.org", "--max-bytes", "5k"]);
+    let r = send_mail(server.smtp, "a@sender.test", &["bob@example.org"], &body(3000));
+    assert!(r.starts_with("250"), "{r}");
+    // This one would take the domain over 5 KiB: refused after DATA, not queued.
+    let r = send_mail(server.smtp, "a@sender.test", &["bob@example.org"], &body(3000));
+    assert!(r.starts_with("452 4.2.2"), "{r}");
+    assert_eq!(server.queue().as_array().unwrap().len(), 1);
+    // A small one still fits; then the domain is full and RCPT says so.
+    let r = send_mail(server.smtp, "a@sender.test", &["bob@example.org"], &body(1500));
+    assert!(r.starts_with("250"), "{r}");
+    domain_set(&server, &["example.org", "--max-bytes", "4500"]);
+    let r = rcpt_reply(&server, "bob@example.org");
+    assert!(r.starts_with("452 4.2.2"), "{r}");
+}

@@ -262,6 +262,12 @@ write(
     "regress-utf8-postmaster",
     b"\x01\x10" + b"\0".join([b"a@b.example", b"x@y.example", b"5.1.1", b"550 5.1.1 no", b"h\xc3\xb6st.example", b"text", b"", b"", b"u", MESSAGE]),
 )
+# Found in review: an explanation line indented by more than 998 spaces underflowed in wrap().
+write(
+    "dsn",
+    "regress-deep-indent",
+    b"\x01\x00" + b"\0".join([b"a@b.example", b"x@y.example", b"5.1.1", b"550 5.1.1 no", b"h.example", b" " * 1200 + b"word " + b"x" * 1100, b"", b"", b"u", MESSAGE]),
+)
 # A 250 (not 354) to DATA made the recipient Delivered although no body was sent (deliver.rs).
 write(
     "deliverer",

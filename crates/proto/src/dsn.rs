@@ -208,17 +208,7 @@ pub fn compose(r: &Report<'_>) -> Result<Composed, DsnError> {
         })
         .take(200)
         .collect();
-    // "=_" cannot occur in quoted-printable, and the loop makes sure the returned message does
-    // not hold the boundary either (RFC 2046 §5.1.1).
-    let mut boundary = format!("=_dsn_{unique}");
-    let mut n = 0;
-    while [&text.body[..], &status[..], returned]
-        .iter()
-        .any(|p| contains(p, boundary.as_bytes()))
-    {
-        n += 1;
-        boundary = format!("=_dsn_{unique}.{n}");
-    }
+    let boundary = boundary(&unique, &[&text.body, &status, returned]);
     let message_id = format!("dsn.{unique}@{host}");
     // [project] PROTOCOL.md §8.3.
     let subject = if any_failed {
@@ -334,7 +324,8 @@ fn wrap(line: &str, width: usize, out: &mut Vec<String>) {
         out.push(line.to_string());
         return;
     }
-    let indent: String = line.chars().take_while(|c| *c == ' ').collect();
+    // Indentation is kept, within reason: it must leave room for the words.
+    let indent = " ".repeat(line.chars().take_while(|c| *c == ' ').count().min(16));
     let mut cur = String::new();
     for word in line.split(' ').filter(|w| !w.is_empty()) {
         let mut word = word;
@@ -663,8 +654,28 @@ fn fold(line: &str) -> Vec<String> {
     out
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
+/// A boundary that occurs nowhere in the parts (RFC 2046 §5.1.1): `=_dsn_UNIQUE`, or if the
+/// content holds that (a returned DSN, or a sender who guessed it), `=_dsn_UNIQUE.1…1` with more
+/// ones than any digit run following `=_dsn_UNIQUE.` in the content. "=_" cannot occur in
+/// quoted-printable. One pass over the content, whatever it holds.
+fn boundary(unique: &str, parts: &[&[u8]]) -> String {
+    let base = format!("=_dsn_{unique}");
+    let mut seen = false;
+    let mut longest = 0;
+    for p in parts {
+        for i in memchr::memmem::find_iter(p, base.as_bytes()) {
+            seen = true;
+            let after = &p[i + base.len()..];
+            if let Some(rest) = after.strip_prefix(b".") {
+                longest = longest.max(rest.iter().take_while(|b| b.is_ascii_digit()).count());
+            }
+        }
+    }
+    if seen {
+        format!("{base}.{}", "1".repeat(longest + 1))
+    } else {
+        base
+    }
 }
 
 /// RFC 5322 §3.3 date-time in UTC with a numeric zone, e.g. `Tue, 07 May 2024 10:00:00 +0000`
@@ -1153,13 +1164,13 @@ mod tests {
 
     #[test]
     fn the_boundary_never_occurs_in_the_content() {
-        let msg = b"Subject: x\r\n\r\n--=_dsn_u1\r\n--=_dsn_u1.1--\r\n";
+        let msg = b"Subject: x\r\n\r\n--=_dsn_u1\r\n--=_dsn_u1.1--\r\n--=_dsn_u1.11x\r\n";
         let c = compose(&report(
             Returned::Full(msg),
             vec![rcpt("b@x.org", Action::Failed, "5.1.1")],
         ))
         .unwrap();
-        assert!(text(&c).contains("boundary=\"=_dsn_u1.2\""), "{}", text(&c));
+        assert!(text(&c).contains("boundary=\"=_dsn_u1.111\""), "{}", text(&c));
     }
 
     #[test]
@@ -1190,6 +1201,21 @@ mod tests {
         for l in words {
             assert!(l.len() <= TEXT_WIDTH, "{l:?}");
         }
+    }
+
+    #[test]
+    fn deep_indentation_is_capped() {
+        let mut out = Vec::new();
+        wrap(
+            &format!("{}word {}", " ".repeat(2000), "x".repeat(1200)),
+            TEXT_WIDTH,
+            &mut out,
+        );
+        assert!(
+            out.iter()
+                .all(|l| l.len() <= MAX_LINE && l.starts_with(&" ".repeat(16))),
+            "{out:?}"
+        );
     }
 
     #[test]

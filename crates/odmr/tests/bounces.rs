@@ -352,3 +352,59 @@ fn notices_wait_for_the_relay() {
     wait_notices(&relay, 1);
     assert!(wait_until(10, || queue_len(&server) == 0), "{}", server.queue());
 }
+
+/// NOTIFY=SUCCESS to a customer whose server does not offer DSN (odmr client does not): the
+/// parameter cannot travel on, so the provider reports "relayed" with the customer's 250
+/// (RFC 3461 §5.2.2); a recipient without SUCCESS gets no report.
+#[test]
+fn success_asked_of_a_customer_without_dsn_is_reported_relayed() {
+    let Some(relay) = LocalMta::start() else { return };
+    let Some(customer) = LocalMta::start() else { return };
+    let server = provider(relay.peer.port, "");
+    send(
+        &server,
+        SENDER,
+        &["bob@example.org"],
+        &["ENVID=env-42"],
+        &["NOTIFY=SUCCESS,FAILURE"],
+        "Subject: tell me\n\nx\n",
+    );
+    send(
+        &server,
+        SENDER,
+        &["carol@example.org"],
+        &[],
+        &[],
+        "Subject: quiet\n\ny\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ProviderCfg::new(
+        server.odmr.port(),
+        USER,
+        PASS,
+        &["example.org"],
+        smtp_to(customer.peer.port),
+    )
+    .write(dir.path());
+    let once = client_once(&cfg);
+    assert_eq!(once.code, Some(0), "{}", once.stderr);
+    assert_eq!(customer.data().len(), 2);
+
+    let got = wait_notices(&relay, 1);
+    let dsn = &got[0].2;
+    assert_eq!(got[0].1, [SENDER]);
+    assert_eq!(dsn["per_message"]["original-envelope-id"], "env-42");
+    let r = &dsn["recipients"];
+    assert_eq!(r.as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r[0]["final-recipient"], "rfc822;bob@example.org");
+    assert_eq!(r[0]["action"], "relayed");
+    assert!(r[0]["status"].as_str().unwrap().starts_with("2."), "{r}");
+    assert_eq!(r[0]["remote-mta"], format!("dns; {CUSTOMER}"));
+    assert!(
+        r[0]["diagnostic-code"].as_str().unwrap().starts_with("smtp; 250"),
+        "{r}"
+    );
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(notices(&relay).len(), 1, "nothing for carol");
+    assert!(wait_until(10, || queue_len(&server) == 0), "{}", server.queue());
+}

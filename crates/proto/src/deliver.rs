@@ -174,6 +174,8 @@ pub struct Deliverer {
     error: Option<String>,
     /// The name the peer gave in its 220 greeting, for the Remote-MTA of a notice.
     peer_name: Option<String>,
+    /// The last transaction was decided here, without asking the peer (see [`Deliverer::send`]).
+    local_verdict: bool,
 }
 
 impl Deliverer {
@@ -190,7 +192,15 @@ impl Deliverer {
             stuffer: DotStuffer::new(),
             error: None,
             peer_name: None,
+            local_verdict: false,
         }
+    }
+
+    /// Whether the outcomes of the last transaction were decided here (over SIZE, 8-bit or
+    /// UTF-8 the peer cannot take) rather than replied by the peer: such a reply must not be
+    /// reported as the peer's (no Remote-MTA or Diagnostic-Code in a notice).
+    pub fn verdict_was_local(&self) -> bool {
+        self.local_verdict
     }
 
     /// The first word of the peer's 220 greeting (its host name by RFC 5321 §4.2), once seen.
@@ -349,6 +359,7 @@ impl Deliverer {
             }
             _ => None,
         };
+        self.local_verdict = refusal.is_some();
         if let Some(o) = refusal {
             self.finished = Some(vec![o; n]);
             return;
@@ -794,6 +805,30 @@ mod tests {
             out.starts_with("MAIL FROM:<alice@sender.example> SIZE=20 BODY=8BITMIME\r\n"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn local_verdicts_are_marked() {
+        let mut d = Deliverer::new("odmr.test");
+        let mut input =
+            BytesMut::from(&b"220 customer.test ESMTP\r\n250-customer.test\r\n250 SIZE 100\r\n"[..]);
+        assert!(matches!(d.poll(&mut input), DeliverStep::Ready));
+        assert_eq!(d.peer_name(), Some("customer.test"));
+        let msg = |size| OutMessage {
+            mail_from: "a@b.example".into(),
+            mail_params: String::new(),
+            size,
+            eight_bit: false,
+            recipients: vec![RcptEntry {
+                address: "x@y.example".into(),
+                params: String::new(),
+            }],
+        };
+        d.send(msg(1000));
+        assert!(matches!(d.poll(&mut input), DeliverStep::Finished(_)));
+        assert!(d.verdict_was_local());
+        d.send(msg(10));
+        assert!(!d.verdict_was_local());
     }
 
     #[test]

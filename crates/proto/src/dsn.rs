@@ -847,6 +847,23 @@ pub fn explain_delayed(host: &str, recipients: &[&str], waited_hours: u64, until
     )
 }
 
+/// Delivered to a customer's server that does not offer DSN, for a sender who asked for
+/// NOTIFY=SUCCESS: "relayed" (RFC 3461 §5.2.2), since no further report will come.
+pub fn explain_relayed(host: &str, recipients: &[&str], remote: &str) -> String {
+    format!(
+        "{}Your message was delivered to the mail server of the following {}, as you asked to          be told:
+
+{}
+The mail for {} was collected by its owner's server ({}), which does          not confirm final delivery, so no further report will follow.
+",
+        intro(host),
+        plural(recipients.len(), "recipient", "recipients"),
+        recipient_list(recipients),
+        domains(recipients),
+        host_token(remote),
+    )
+}
+
 /// The operator bounced the message by hand.
 pub fn explain_operator(host: &str, recipients: &[&str], reason: Option<&str>) -> String {
     let mut s = format!(

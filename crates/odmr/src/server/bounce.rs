@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use odmr_proto::dsn::{self, Action, ReceivedFrom, Report, ReportedRecipient, Returned};
-use odmr_store::{Notice, OutboundMessage, RecipientStatus, Store, StoreError, OUTBOUND_QUEUE};
+use odmr_store::{
+    Notice, OutboundMessage, Pending, PendingRecipient, RecipientStatus, Store, StoreError, OUTBOUND_QUEUE,
+};
 
 use super::deliver::deliver;
 use super::Shared;
@@ -168,6 +170,55 @@ async fn notify_delayed(shared: &Shared, n: &Notice) -> anyhow::Result<()> {
     Ok(shared.store.settle_delayed(&ids, Some(&notice)).await?)
 }
 
+/// Queues a "relayed" notice for recipients just delivered to a customer without DSN whose
+/// sender asked for NOTIFY=SUCCESS. Courtesy only: headers are not returned (RFC 3461 §6.2 allows
+/// it for reports without failures) and a crash right after the delivery may lose the notice.
+pub async fn notify_relayed(
+    shared: &Shared,
+    p: &Pending,
+    delivered: &[(PendingRecipient, String)],
+    remote: &str,
+) -> anyhow::Result<()> {
+    if p.mail_from.is_empty() || delivered.is_empty() {
+        return Ok(());
+    }
+    let addresses: Vec<&str> = delivered.iter().map(|(r, _)| r.address.as_str()).collect();
+    let recipients = delivered
+        .iter()
+        .map(|(r, reply)| ReportedRecipient {
+            original_recipient: dsn::orcpt(&r.params),
+            final_recipient: r.address.clone(),
+            action: Action::Relayed,
+            status: dsn::enhanced_status(reply)
+                .filter(|s| s.starts_with('2'))
+                .unwrap_or_else(|| "2.0.0".into()),
+            remote_mta: Some(remote.to_string()),
+            diagnostic: Some(reply.clone()),
+            last_attempt: Some(now()),
+            will_retry_until: None,
+        })
+        .collect();
+    let report = Report {
+        reporting_mta: shared.cfg.hostname.clone(),
+        postmaster: format!("postmaster@{}", shared.cfg.hostname),
+        to: p.mail_from.clone(),
+        envid: dsn::envid(&p.mail_params),
+        arrival: p.received_at,
+        received_from_mta: None,
+        now: now(),
+        unique: format!("{}.{}", p.id, rand::random::<u32>()),
+        explanation: dsn::explain_relayed(&shared.cfg.hostname, &addresses, remote),
+        recipients,
+        returned: Returned::Nothing,
+        max_return: 0,
+        seven_bit_only: false,
+    };
+    let notice = outbound(&p.mail_from, dsn::compose(&report)?);
+    shared.store.queue_notice(&notice).await?;
+    tracing::info!(msg = p.id, to = %p.mail_from, recipients = delivered.len(), "success notice (relayed) queued for the sender");
+    Ok(())
+}
+
 fn reported(r: &RecipientStatus, action: Action, status: String, until: Option<i64>) -> ReportedRecipient {
     // Remote-MTA and Diagnostic-Code only when a peer's reply is what we report (RFC 3464
     // §2.3.5–6).
@@ -249,7 +300,11 @@ async fn compose(
         // relay cannot take, as for any peer.
         seven_bit_only: false,
     };
-    let composed = dsn::compose(&report)?;
+    Ok(outbound(&n.mail_from, dsn::compose(&report)?))
+}
+
+/// A composed notice as the store queues it, with the MAIL parameters its content needs.
+fn outbound(to: &str, composed: dsn::Composed) -> OutboundMessage {
     let mut params = Vec::new();
     if composed.eight_bit {
         params.push("BODY=8BITMIME");
@@ -257,12 +312,12 @@ async fn compose(
     if composed.smtputf8 {
         params.push("SMTPUTF8");
     }
-    Ok(OutboundMessage {
+    OutboundMessage {
         mail_params: params.join(" "),
-        to: n.mail_from.clone(),
+        to: to.to_string(),
         body: composed.bytes,
         eight_bit: composed.eight_bit,
-    })
+    }
 }
 
 /// The whole message (`full`), or enough of its start to hold the header section.

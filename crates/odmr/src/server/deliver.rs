@@ -132,10 +132,14 @@ async fn run(
                 let Some(p) = current.take() else { continue };
                 let mut rec = Vec::with_capacity(outcomes.len());
                 let mut again = Vec::new();
-                let remote_mta = Some(match d.peer_name() {
+                // RFC 3461 §5.2.2: a customer without DSN got no NOTIFY, so the sender who asked
+                // for SUCCESS is told "relayed" by us.
+                let mut relayed = Vec::new();
+                let peer = match d.peer_name() {
                     Some(name) => name.to_string(),
                     None => format!("[{}]", conn.peer.ip()),
-                });
+                };
+                let remote_mta = (!d.verdict_was_local()).then(|| peer.clone());
                 for (r, o) in p.recipients.iter().zip(outcomes.iter()) {
                     let state = match o {
                         RcptOutcome::Again(_) => {
@@ -144,8 +148,11 @@ async fn run(
                             again.push(r.clone());
                             continue;
                         }
-                        RcptOutcome::Delivered(_) => {
+                        RcptOutcome::Delivered(reply) => {
                             delivered += 1;
+                            if !d.caps().dsn && odmr_proto::dsn::wants_success(&r.params) {
+                                relayed.push((r.clone(), reply.one_line()));
+                            }
                             RecipientState::Delivered
                         }
                         RcptOutcome::Deferred(_) => {
@@ -168,6 +175,10 @@ async fn run(
                 if let Err(e) = store.record(lease, &rec).await {
                     tracing::error!(msg = p.id, error = %e, "cannot record outcomes; stopping delivery");
                     lost.store(true, Ordering::SeqCst);
+                } else if !relayed.is_empty() {
+                    if let Err(e) = super::bounce::notify_relayed(shared, &p, &relayed, &peer).await {
+                        tracing::warn!(msg = p.id, error = %e, "cannot queue the success notice");
+                    }
                 }
                 if !again.is_empty() {
                     batch.push_front(Pending {

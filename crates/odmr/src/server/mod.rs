@@ -6,12 +6,14 @@
 //! can be lost at any point, because a `250` is only ever sent after the commit and a message
 //! leaves the queue only after the customer's `250`.
 
+mod auth;
 mod deliver;
+mod etrn;
 pub mod limits;
 mod mx;
 mod odmr;
 
-pub use odmr::CERT_SCHEME;
+pub use auth::CERT_SCHEME;
 
 use crate::config::Config;
 use crate::net::tls::TlsServer;

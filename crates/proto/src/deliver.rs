@@ -172,6 +172,8 @@ pub struct Deliverer {
     finished: Option<Vec<RcptOutcome>>,
     stuffer: DotStuffer,
     error: Option<String>,
+    /// The name the peer gave in its 220 greeting, for the Remote-MTA of a notice.
+    peer_name: Option<String>,
 }
 
 impl Deliverer {
@@ -187,7 +189,13 @@ impl Deliverer {
             finished: None,
             stuffer: DotStuffer::new(),
             error: None,
+            peer_name: None,
         }
+    }
+
+    /// The first word of the peer's 220 greeting (its host name by RFC 5321 §4.2), once seen.
+    pub fn peer_name(&self) -> Option<&str> {
+        self.peer_name.as_deref()
     }
 
     pub fn output(&mut self) -> &mut Vec<u8> {
@@ -248,6 +256,12 @@ impl Deliverer {
         match self.state {
             State::Greeting => {
                 if r.code == 220 {
+                    self.peer_name = r
+                        .lines
+                        .first()
+                        .and_then(|l| l.split_whitespace().next())
+                        .filter(|n| n.len() <= 255 && n.bytes().all(|b| b.is_ascii_graphic()))
+                        .map(str::to_string);
                     let h = format!("EHLO {}", self.hostname);
                     self.cmd(&h);
                     self.state = State::Ehlo;

@@ -73,7 +73,56 @@ pub struct Account {
     pub domains: Vec<String>,
     /// Unix seconds.
     pub created_at: i64,
+    /// `host:port` to which an ETRN from this account delivers its mail.
+    pub etrn_destination: Option<String>,
+    /// Networks (CIDR text, as given) from which ETRN is honoured without authentication.
+    pub etrn_from: Vec<String>,
 }
+
+/// What an operator set for one domain. `None` means no limit (quotas) or the server's default
+/// (`max_age`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DomainPolicy {
+    /// Most messages held for the domain at once.
+    pub max_messages: Option<u64>,
+    /// Most bytes (sum of message sizes) held for the domain at once.
+    pub max_bytes: Option<u64>,
+    /// How long mail is held before it is returned to its sender, in seconds.
+    pub max_age: Option<u64>,
+    /// `None`: every local part is accepted (catch-all). `Some(list)`: only these (lower-case,
+    /// sorted); others are refused at RCPT.
+    pub local_parts: Option<Vec<String>>,
+}
+
+/// The answer of [`Store::domain_accepts`]: what the MX needs at RCPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainCheck {
+    /// The local part is listed, or the domain is catch-all.
+    pub accepted: bool,
+    pub max_messages: Option<u64>,
+    pub max_bytes: Option<u64>,
+}
+
+/// A domain, its owner and its policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainInfo {
+    pub name: String,
+    pub account: String,
+    pub policy: DomainPolicy,
+}
+
+/// What a domain holds right now: messages with at least one recipient in it still to deliver
+/// (queued, held or awaiting its notice), and the sum of their sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DomainUsage {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// The recipients' domain of notices (DSNs) waiting for the bounce relay. Not a valid domain
+/// name, so no account can own it and no ATRN can ask for it; the relay sender leases it like a
+/// domain, so every node shares one queue run at a time.
+pub const OUTBOUND_QUEUE: &str = "@outbound";
 
 /// The envelope of a message being received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,22 +157,36 @@ pub struct CommitInfo {
 }
 
 /// The state of one recipient of a queued message.
+///
+/// ```text
+/// queued ──2xx──▶ delivered
+///   │ ▲  └─5xx, expiry, operator bounce──▶ failed ──notice queued (or none wanted)──▶ bounced
+///   ▼ │ hold / release
+///  held
+/// ```
+/// A message leaves the queue once every recipient is `delivered` or `bounced`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecipientState {
     /// Not delivered yet (never tried, or a 4xx reply).
     Queued,
-    /// Delivered (2xx); the message is removed once all its recipients are.
+    /// Stopped by the operator: neither delivered nor expired until released.
+    Held,
+    /// Delivered (2xx).
     Delivered,
-    /// Refused for good (5xx); stays visible until bounced.
+    /// Given up (5xx, expiry, or the operator): a failure notice is due.
     Failed,
+    /// Given up and the notice is queued (or none was wanted).
+    Bounced,
 }
 
 impl RecipientState {
     pub fn as_str(self) -> &'static str {
         match self {
             RecipientState::Queued => "queued",
+            RecipientState::Held => "held",
             RecipientState::Delivered => "delivered",
             RecipientState::Failed => "failed",
+            RecipientState::Bounced => "bounced",
         }
     }
 
@@ -131,10 +194,17 @@ impl RecipientState {
     pub fn parse(s: &str) -> Option<RecipientState> {
         match s {
             "queued" => Some(RecipientState::Queued),
+            "held" => Some(RecipientState::Held),
             "delivered" => Some(RecipientState::Delivered),
             "failed" => Some(RecipientState::Failed),
+            "bounced" => Some(RecipientState::Bounced),
             _ => None,
         }
+    }
+
+    /// Nothing more will happen to this recipient.
+    pub fn is_final(self) -> bool {
+        matches!(self, RecipientState::Delivered | RecipientState::Bounced)
     }
 }
 
@@ -183,6 +253,10 @@ pub struct QueuedMessage {
     pub received_at: i64,
     pub size: u64,
     pub mail_from: String,
+    pub mail_params: String,
+    pub eight_bit: bool,
+    pub helo: String,
+    pub client_addr: String,
     /// All recipients, in the order they were received.
     pub recipients: Vec<RecipientStatus>,
 }
@@ -190,13 +264,41 @@ pub struct QueuedMessage {
 /// One recipient of a [`QueuedMessage`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientStatus {
+    pub id: RecipientId,
     pub address: String,
     pub domain: String,
+    pub params: String,
     pub state: RecipientState,
     pub last_reply: Option<String>,
+    /// The peer that gave `last_reply` (e.g. the customer's EHLO name), if a peer did.
+    pub remote_mta: Option<String>,
+    /// RFC 3463 status of a failure decided here (expiry `4.4.7`, the operator `5.0.0`); `None`
+    /// when the failure is the peer's reply.
+    pub status: Option<String>,
     pub attempts: u32,
     /// Unix seconds.
     pub updated_at: i64,
+    /// A delay warning was handled (sent, or not wanted).
+    pub warned: bool,
+}
+
+/// Which messages an operator's command is about. Empty `ids` means every message; `domain`
+/// narrows to messages with a recipient in it (and the command then touches only those
+/// recipients).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueFilter {
+    pub ids: Vec<MessageId>,
+    pub domain: Option<String>,
+}
+
+/// A leased domain, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub domain: String,
+    pub holder: String,
+    pub token: String,
+    /// Unix milliseconds.
+    pub expires_at: i64,
 }
 
 /// The result of one delivery attempt to one recipient.
@@ -205,7 +307,23 @@ pub struct Outcome {
     pub recipient: RecipientId,
     pub state: RecipientState,
     pub reply: Option<String>,
+    /// Who gave the reply (the customer's EHLO name or `[ip]`), for the notice's Remote-MTA.
+    pub remote_mta: Option<String>,
 }
+
+/// A notice (DSN) to queue for the bounce relay: always from the null sender, to one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundMessage {
+    pub mail_params: String,
+    /// The original sender, to whom the notice goes.
+    pub to: String,
+    pub body: Vec<u8>,
+    pub eight_bit: bool,
+}
+
+/// A message with recipients a notice may be due for, as [`Store::notices_failed`] and
+/// [`Store::notices_delayed`] return it: only those recipients are listed.
+pub type Notice = QueuedMessage;
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -449,10 +567,135 @@ impl Store {
     /// Records delivery outcomes in one transaction. Fencing: [`StoreError::LeaseLost`] (and
     /// nothing written) unless every recipient's domain is leased with `lease.token` and the lease
     /// is unexpired. Sets state, last reply, `attempts += 1` and `updated_at`; removes a message
-    /// (and its body) once all its recipients are delivered.
+    /// (and its body) once all its recipients are delivered or bounced. A recipient the operator
+    /// removed meanwhile is skipped; one the operator held still gets its outcome (the delivery
+    /// happened).
     pub async fn record(&self, lease: &Lease, outcomes: &[Outcome]) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.record(lease, outcomes).await,
+        }
+    }
+
+    /// How many committed messages have at least one queued recipient in `domains`.
+    pub async fn pending_count(&self, domains: &[String]) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.pending_count(domains).await,
+        }
+    }
+
+    // ----- ETRN and domain policy -----
+
+    /// Sets (replaces) an account's ETRN destination and the networks allowed to ask without
+    /// authenticating.
+    pub async fn account_set_etrn(
+        &self,
+        name: &str,
+        destination: Option<&str>,
+        from: &[String],
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.account_set_etrn(name, destination, from).await,
+        }
+    }
+
+    /// A domain (case-insensitive) with its owner and policy.
+    pub async fn domain_get(&self, domain: &str) -> Result<Option<DomainInfo>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.domain_get(domain).await,
+        }
+    }
+
+    /// Replaces a domain's policy (local parts are lower-cased and deduplicated).
+    pub async fn domain_set_policy(&self, domain: &str, policy: &DomainPolicy) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.domain_set_policy(domain, policy).await,
+        }
+    }
+
+    /// Whether `domain` takes mail for `local_part` (case-insensitive), with its quotas; `None`
+    /// if nobody owns the domain. Cheap: one indexed lookup, whatever the length of the list.
+    pub async fn domain_accepts(
+        &self,
+        domain: &str,
+        local_part: &str,
+    ) -> Result<Option<DomainCheck>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.domain_accepts(domain, local_part).await,
+        }
+    }
+
+    /// What a domain holds now (see [`DomainUsage`]). Its cost follows the domain's mail.
+    pub async fn domain_usage(&self, domain: &str) -> Result<DomainUsage, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.domain_usage(domain).await,
+        }
+    }
+
+    // ----- the queue's end: expiry and notices -----
+
+    /// Turns queued recipients held longer than their domain's `max_age` (else `default_max_age`)
+    /// into `failed` with status `4.4.7`; returns how many. Domains with a live lease are left
+    /// for the next run, so a running delivery never sees its recipients change under it. Held
+    /// recipients do not expire. The cost follows the number of old messages.
+    pub async fn expire(&self, default_max_age: Duration) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.expire(default_max_age).await,
+        }
+    }
+
+    /// Messages with `failed` recipients (oldest first, at most `limit`), each listing only those.
+    pub async fn notices_failed(&self, limit: usize) -> Result<Vec<Notice>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.notices_failed(limit).await,
+        }
+    }
+
+    /// Messages received at or before `until` (unix seconds) with queued recipients whose delay
+    /// warning was not handled yet, each listing only those (never a message from the null
+    /// sender: nobody to warn); ordered by (received_at, id), after
+    /// the cursor `after` (such a pair), at most `limit`. A caller walks forward with the cursor so
+    /// each old message is looked at once, not at every run: the cost follows new work.
+    pub async fn notices_delayed(
+        &self,
+        until: i64,
+        after: (i64, MessageId),
+        limit: usize,
+    ) -> Result<Vec<Notice>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.notices_delayed(until, after, limit).await,
+        }
+    }
+
+    /// In one transaction: queues `notice` (if any) for the bounce relay and turns `recipients`
+    /// that are still `failed` into `bounced`, removing messages that are then done. So a crash
+    /// never loses a notice nor sends one twice.
+    pub async fn settle_failed(
+        &self,
+        recipients: &[RecipientId],
+        notice: Option<&OutboundMessage>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.settle(recipients, notice, Settle::Failed).await,
+        }
+    }
+
+    /// Like [`Store::settle_failed`] for delay warnings: marks `recipients` as warned.
+    pub async fn settle_delayed(
+        &self,
+        recipients: &[RecipientId],
+        notice: Option<&OutboundMessage>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.settle(recipients, notice, Settle::Delayed).await,
+        }
+    }
+
+    /// Queues a notice that settles nothing (a "relayed" notice after a delivery to a customer
+    /// that does not offer DSN). Unlike failure notices, such a courtesy notice may be lost if
+    /// the process dies between the delivery's record and this call.
+    pub async fn queue_notice(&self, notice: &OutboundMessage) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queue_notice(notice).await,
         }
     }
 
@@ -460,10 +703,84 @@ impl Store {
 
     /// Every committed message, oldest first, with all its recipients.
     pub async fn queue_list(&self) -> Result<Vec<QueuedMessage>, StoreError> {
+        self.queue_find(&QueueFilter::default()).await
+    }
+
+    /// The committed messages a filter selects, oldest first, with all their recipients.
+    pub async fn queue_find(&self, filter: &QueueFilter) -> Result<Vec<QueuedMessage>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.queue_list().await,
+            Store::Sqlite(s) => s.queue_find(filter).await,
         }
     }
+
+    /// The ids of the committed messages a filter selects, ascending.
+    pub async fn queue_ids(&self, filter: &QueueFilter) -> Result<Vec<MessageId>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queue_ids(filter).await,
+        }
+    }
+
+    /// Removes the selected messages without any notice; returns how many. With a domain
+    /// filter, only that domain's recipients go (as `bounced` without a notice), and a message
+    /// is removed once nothing is left to do for it.
+    pub async fn queue_delete(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queue_operate(filter, Operation::Delete).await,
+        }
+    }
+
+    /// Gives up on the selected queued or held recipients: `failed` with status `5.0.0`, so the
+    /// bounce job sends their senders a notice. Returns how many recipients changed.
+    pub async fn queue_bounce(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queue_operate(filter, Operation::Bounce).await,
+        }
+    }
+
+    /// Holds the selected queued recipients; returns how many changed.
+    pub async fn queue_hold(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queue_operate(filter, Operation::Hold).await,
+        }
+    }
+
+    /// Releases the selected held recipients; returns how many changed.
+    pub async fn queue_release(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queue_operate(filter, Operation::Release).await,
+        }
+    }
+
+    /// All lease rows (live and expired), by domain.
+    pub async fn lease_list(&self) -> Result<Vec<LeaseInfo>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lease_list().await,
+        }
+    }
+
+    /// Removes the lease of `domain`; returns whether there was one. The holder's next write is
+    /// then refused (fencing), so breaking a live lease is safe, only wasteful.
+    pub async fn lease_break(&self, domain: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lease_break(domain).await,
+        }
+    }
+}
+
+/// Which of the two notice kinds [`Store::settle_failed`]/[`Store::settle_delayed`] settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    Failed,
+    Delayed,
+}
+
+/// An operator's command on the selected recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Delete,
+    Bounce,
+    Hold,
+    Release,
 }
 
 /// Receives the body of one message: [`write`](MessageWriter::write) it in pieces of any size,

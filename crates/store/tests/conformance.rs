@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use odmr_store::{
-    CommitInfo, Credential, Envelope, EnvelopeRecipient, Lease, MessageId, Outcome, Pending, RecipientState,
-    Store, StoreError, CHUNK_SIZE,
+    CommitInfo, Credential, DomainPolicy, DomainUsage, Envelope, EnvelopeRecipient, Lease, MessageId,
+    OutboundMessage, Outcome, Pending, QueueFilter, RecipientState, Store, StoreError, CHUNK_SIZE,
+    OUTBOUND_QUEUE,
 };
 
 /// Fresh storage for one test, which can be opened several times (as several processes would).
@@ -115,6 +116,7 @@ fn outcome(recipient: i64, state: RecipientState, reply: &str) -> Outcome {
         recipient,
         state,
         reply: Some(reply.into()),
+        remote_mta: Some("mx.customer.example".into()),
     }
 }
 
@@ -775,6 +777,7 @@ async fn record_transitions(store: &Store) {
                 recipient: rcpt_id(&p[0], "two@d.example"),
                 state: RecipientState::Delivered,
                 reply: None,
+                remote_mta: None,
             }],
         )
         .await
@@ -825,16 +828,14 @@ async fn record_fencing(store: &Store) {
         Err(StoreError::LeaseLost) => {}
         other => panic!("{other:?}"),
     }
-    match store
+    // A recipient that no longer exists (the operator removed its message) is skipped.
+    store
         .record(
             &stale,
             &[outcome(987_654_321, RecipientState::Delivered, "250 ok")],
         )
         .await
-    {
-        Err(StoreError::RecipientNotFound(987_654_321)) => {}
-        other => panic!("{other:?}"),
-    }
+        .unwrap();
     let untouched = |q: &[odmr_store::QueuedMessage]| {
         q.len() == 1
             && q[0].id == id
@@ -1149,6 +1150,466 @@ async fn credentials_put_and_reverse_lookup(store: &Store) {
     ));
 }
 
+// ----- the queue's whole life -----
+
+async fn etrn_settings_and_pending_count(store: &Store) {
+    store
+        .account_add("acme", &[], &strings(&["a.example", "b.example"]))
+        .await
+        .unwrap();
+    let a = store.account_get("acme").await.unwrap().unwrap();
+    assert_eq!(a.etrn_destination, None);
+    assert!(a.etrn_from.is_empty());
+    store
+        .account_set_etrn(
+            "acme",
+            Some("mail.acme.example:25"),
+            &strings(&["192.0.2.0/24", "2001:db8::/32"]),
+        )
+        .await
+        .unwrap();
+    let a = store.account_get("acme").await.unwrap().unwrap();
+    assert_eq!(a.etrn_destination.as_deref(), Some("mail.acme.example:25"));
+    assert_eq!(a.etrn_from, strings(&["192.0.2.0/24", "2001:db8::/32"]));
+    assert_eq!(store.account_list().await.unwrap()[0], a);
+    store.account_set_etrn("acme", None, &[]).await.unwrap();
+    assert_eq!(
+        store.account_get("acme").await.unwrap().unwrap().etrn_destination,
+        None
+    );
+    assert!(matches!(
+        store.account_set_etrn("nobody", None, &[]).await,
+        Err(StoreError::AccountNotFound(_))
+    ));
+
+    assert_eq!(store.pending_count(&strings(&["a.example"])).await.unwrap(), 0);
+    put(store, &["x@a.example", "y@a.example"], b"1").await;
+    put(store, &["x@a.example", "z@b.example"], b"2").await;
+    put(store, &["z@b.example"], b"3").await;
+    assert_eq!(store.pending_count(&strings(&["A.example"])).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .pending_count(&strings(&["a.example", "b.example"]))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(store.pending_count(&[]).await.unwrap(), 0);
+}
+
+async fn domain_policy_and_usage(store: &Store) {
+    store
+        .account_add("acme", &[], &strings(&["a.example"]))
+        .await
+        .unwrap();
+    let info = store.domain_get("A.Example").await.unwrap().unwrap();
+    assert_eq!(info.account, "acme");
+    assert_eq!(info.policy, DomainPolicy::default());
+    assert_eq!(
+        store
+            .domain_accepts("a.example", "anyone")
+            .await
+            .unwrap()
+            .map(|c| c.accepted),
+        Some(true)
+    );
+    assert_eq!(
+        store
+            .domain_accepts("nobody.example", "x")
+            .await
+            .unwrap()
+            .map(|c| c.accepted),
+        None
+    );
+
+    let policy = DomainPolicy {
+        max_messages: Some(2),
+        max_bytes: Some(10_000),
+        max_age: Some(3600),
+        local_parts: Some(strings(&["Bob", "alice", "bob"])),
+    };
+    store.domain_set_policy("a.example", &policy).await.unwrap();
+    let got = store.domain_get("a.example").await.unwrap().unwrap().policy;
+    assert_eq!(got.local_parts, Some(strings(&["alice", "bob"])));
+    assert_eq!(
+        (got.max_messages, got.max_bytes, got.max_age),
+        (Some(2), Some(10_000), Some(3600))
+    );
+    assert_eq!(
+        store
+            .domain_accepts("a.example", "BOB")
+            .await
+            .unwrap()
+            .map(|c| c.accepted),
+        Some(true)
+    );
+    assert_eq!(
+        store
+            .domain_accepts("a.example", "carol")
+            .await
+            .unwrap()
+            .map(|c| c.accepted),
+        Some(false)
+    );
+    assert!(matches!(
+        store.domain_set_policy("nobody.example", &policy).await,
+        Err(StoreError::DomainNotFound(_))
+    ));
+
+    // Usage counts messages with something left to do in the domain, and their sizes.
+    assert_eq!(
+        store.domain_usage("a.example").await.unwrap(),
+        DomainUsage::default()
+    );
+    put(store, &["bob@a.example", "x@other.example"], &[b'x'; 100]).await;
+    let second = put(store, &["alice@a.example"], &[b'y'; 50]).await;
+    put(store, &["x@other.example"], &[b'z'; 7]).await;
+    assert_eq!(
+        store.domain_usage("a.example").await.unwrap(),
+        DomainUsage {
+            messages: 2,
+            bytes: 150
+        }
+    );
+    let l = lease(store, &["a.example"]).await;
+    let p = store.pending(&strings(&["a.example"]), None, 10).await.unwrap();
+    let rid = rcpt_id(&p[1], "alice@a.example");
+    assert_eq!(p[1].id, second);
+    store
+        .record(&l, &[outcome(rid, RecipientState::Delivered, "250 ok")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.domain_usage("a.example").await.unwrap(),
+        DomainUsage {
+            messages: 1,
+            bytes: 100
+        }
+    );
+
+    // Back to catch-all; the list goes with the domain.
+    store
+        .domain_set_policy("a.example", &DomainPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .domain_accepts("a.example", "carol")
+            .await
+            .unwrap()
+            .map(|c| c.accepted),
+        Some(true)
+    );
+    assert_eq!(
+        store.domain_get("a.example").await.unwrap().unwrap().policy,
+        DomainPolicy::default()
+    );
+}
+
+async fn expiry_and_failure_notices(store: &Store) {
+    store
+        .account_add("acme", &[], &strings(&["a.example", "long.example"]))
+        .await
+        .unwrap();
+    store
+        .domain_set_policy(
+            "long.example",
+            &DomainPolicy {
+                max_age: Some(1_000_000),
+                ..DomainPolicy::default()
+            },
+        )
+        .await
+        .unwrap();
+    let m1 = put(
+        store,
+        &["x@a.example", "y@long.example"],
+        b"Subject: one\r\n\r\nbody\r\n",
+    )
+    .await;
+    let m2 = put(store, &["z@leased.example"], b"two").await;
+    let held = put(store, &["h@a.example"], b"held").await;
+    store
+        .queue_hold(&QueueFilter {
+            ids: vec![held],
+            domain: None,
+        })
+        .await
+        .unwrap();
+    let live = lease(store, &["leased.example"]).await;
+
+    // A week is far away: nothing expires.
+    assert_eq!(store.expire(Duration::from_secs(7 * 86400)).await.unwrap(), 0);
+    // With no hold time left: only x@a.example (long.example keeps its own, the leased domain
+    // waits for its lease, a held recipient does not expire).
+    assert_eq!(store.expire(Duration::ZERO).await.unwrap(), 1);
+    let notices = store.notices_failed(10).await.unwrap();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].id, m1);
+    assert_eq!(notices[0].recipients.len(), 1);
+    let r = &notices[0].recipients[0];
+    assert_eq!(
+        (r.address.as_str(), r.state),
+        ("x@a.example", RecipientState::Failed)
+    );
+    assert_eq!(r.status.as_deref(), Some("4.4.7"));
+    assert_eq!(notices[0].mail_from, "sender@origin.example");
+    assert_eq!(notices[0].mail_params, "BODY=8BITMIME");
+
+    // The lease ends: the leased domain expires on the next run.
+    store.lease_release(&live).await.unwrap();
+    assert_eq!(store.expire(Duration::ZERO).await.unwrap(), 1);
+    let notices = store.notices_failed(10).await.unwrap();
+    assert_eq!(notices.iter().map(|n| n.id).collect::<Vec<_>>(), [m1, m2]);
+    assert_eq!(store.notices_failed(1).await.unwrap().len(), 1, "limit");
+
+    // Settling queues the notice and the recipient is done; the message stays for y@long.
+    let notice = OutboundMessage {
+        mail_params: String::new(),
+        to: "sender@origin.example".into(),
+        body: pattern(CHUNK_SIZE + 10),
+        eight_bit: false,
+    };
+    let x = notices[0].recipients[0].id;
+    store.settle_failed(&[x], Some(&notice)).await.unwrap();
+    // Settling again finds nothing to settle and queues nothing.
+    store.settle_failed(&[x], Some(&notice)).await.unwrap();
+    let out = store
+        .pending(&strings(&[OUTBOUND_QUEUE]), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 1, "one notice, not two");
+    assert_eq!(out[0].mail_from, "");
+    assert_eq!(out[0].recipients[0].address, "sender@origin.example");
+    assert_eq!(out[0].recipients[0].domain, OUTBOUND_QUEUE);
+    assert_eq!(read_all(store, out[0].id).await, notice.body);
+    let q = store
+        .queue_find(&QueueFilter {
+            ids: vec![m1],
+            domain: None,
+        })
+        .await
+        .unwrap();
+    let states: Vec<_> = q[0].recipients.iter().map(|r| r.state).collect();
+    assert_eq!(states, [RecipientState::Bounced, RecipientState::Queued]);
+
+    // No notice wanted (null sender, NOTIFY=NEVER): settled without one; the message goes.
+    let z = notices[1].recipients[0].id;
+    store.settle_failed(&[z], None).await.unwrap();
+    assert!(store
+        .queue_find(&QueueFilter {
+            ids: vec![m2],
+            domain: None
+        })
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(read_all(store, m2).await, b"");
+    assert!(store.notices_failed(10).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .pending(&strings(&[OUTBOUND_QUEUE]), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn delay_notices(store: &Store) {
+    let m1 = put(store, &["a@d.example", "b@d.example"], b"1").await;
+    let m2 = put(store, &["c@d.example"], b"2").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // Nothing is old enough yet.
+    assert!(store
+        .notices_delayed(now - 3600, (0, 0), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store.notices_delayed(now + 1, (0, 0), 10).await.unwrap();
+    assert_eq!(due.iter().map(|n| n.id).collect::<Vec<_>>(), [m1, m2]);
+    assert_eq!(due[0].recipients.len(), 2);
+    // The cursor walks forward.
+    let first = store.notices_delayed(now + 1, (0, 0), 1).await.unwrap();
+    assert_eq!(first[0].id, m1);
+    let rest = store
+        .notices_delayed(now + 1, (first[0].received_at, first[0].id), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|n| n.id).collect::<Vec<_>>(), [m2]);
+
+    let warning = OutboundMessage {
+        mail_params: String::new(),
+        to: "sender@origin.example".into(),
+        body: b"warning".to_vec(),
+        eight_bit: false,
+    };
+    let ids: Vec<_> = due[0].recipients.iter().map(|r| r.id).collect();
+    store.settle_delayed(&ids, Some(&warning)).await.unwrap();
+    store.settle_delayed(&ids, Some(&warning)).await.unwrap();
+    let due = store.notices_delayed(now + 1, (0, 0), 10).await.unwrap();
+    assert_eq!(due.iter().map(|n| n.id).collect::<Vec<_>>(), [m2]);
+    // A warning does not take the recipient off the queue.
+    assert_eq!(
+        store
+            .pending(&strings(&["d.example"]), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .pending(&strings(&[OUTBOUND_QUEUE]), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let q = store
+        .queue_find(&QueueFilter {
+            ids: vec![m1],
+            domain: None,
+        })
+        .await
+        .unwrap();
+    assert!(q[0].recipients.iter().all(|r| r.warned));
+
+    // A courtesy notice settles nothing and is queued on its own.
+    store.queue_notice(&warning).await.unwrap();
+    assert_eq!(store.pending(&strings(&[OUTBOUND_QUEUE]), None, 10).await.unwrap().len(), 2);
+}
+
+async fn operator_commands(store: &Store) {
+    let m1 = put(store, &["a@x.example", "b@y.example"], b"1").await;
+    let m2 = put(store, &["c@x.example"], b"2").await;
+    let m3 = put(store, &["d@y.example"], b"3").await;
+    let x = |ids: Vec<MessageId>| QueueFilter {
+        ids,
+        domain: Some("X.example".into()),
+    };
+    let all = QueueFilter::default();
+    assert_eq!(store.queue_ids(&all).await.unwrap(), [m1, m2, m3]);
+    assert_eq!(store.queue_ids(&x(vec![])).await.unwrap(), [m1, m2]);
+    assert_eq!(store.queue_ids(&x(vec![m2, m3])).await.unwrap(), [m2]);
+    let found = store.queue_find(&x(vec![])).await.unwrap();
+    assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [m1, m2]);
+    assert_eq!(
+        found[0].recipients.len(),
+        2,
+        "all recipients of a selected message are shown"
+    );
+    assert_eq!(found[0].helo, "client.example");
+
+    // Hold takes x.example's recipients off delivery; release puts them back.
+    assert_eq!(store.queue_hold(&x(vec![])).await.unwrap(), 2);
+    assert!(store
+        .pending(&strings(&["x.example"]), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!store.has_pending(&strings(&["x.example"])).await.unwrap());
+    assert_eq!(
+        store
+            .pending(&strings(&["y.example"]), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(store.queue_hold(&x(vec![])).await.unwrap(), 0, "already held");
+    assert_eq!(store.queue_release(&x(vec![m1])).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .pending(&strings(&["x.example"]), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A delivery still records the outcome of a recipient held after it was read.
+    let l = lease(store, &["x.example"]).await;
+    let p = store.pending(&strings(&["x.example"]), None, 10).await.unwrap();
+    store.queue_hold(&x(vec![m1])).await.unwrap();
+    store
+        .record(
+            &l,
+            &[outcome(
+                rcpt_id(&p[0], "a@x.example"),
+                RecipientState::Delivered,
+                "250 ok",
+            )],
+        )
+        .await
+        .unwrap();
+    store.lease_release(&l).await.unwrap();
+
+    // Bounce: queued or held recipients fail with 5.0.0 and a notice becomes due.
+    assert_eq!(
+        store.queue_bounce(&x(vec![])).await.unwrap(),
+        1,
+        "c@x.example (held)"
+    );
+    let n = store.notices_failed(10).await.unwrap();
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].id, m2);
+    assert_eq!(n[0].recipients[0].status.as_deref(), Some("5.0.0"));
+    // An outcome arriving after the operator gave up does not undo that.
+    let l = lease(store, &["x.example"]).await;
+    store
+        .record(
+            &l,
+            &[outcome(
+                n[0].recipients[0].id,
+                RecipientState::Delivered,
+                "250 late",
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.notices_failed(10).await.unwrap().len(), 1);
+    store.lease_release(&l).await.unwrap();
+
+    // Delete by domain leaves other domains' recipients; delete all empties the queue.
+    assert_eq!(
+        store
+            .queue_delete(&QueueFilter {
+                ids: vec![],
+                domain: Some("y.example".into())
+            })
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.queue_ids(&all).await.unwrap(), [m2]);
+    assert_eq!(store.queue_delete(&all).await.unwrap(), 1);
+    assert!(store.queue_list().await.unwrap().is_empty());
+    assert!(store.notices_failed(10).await.unwrap().is_empty());
+    for m in [m1, m2, m3] {
+        assert_eq!(read_all(store, m).await, b"", "body of {m} removed");
+    }
+
+    // Leases: listed, and breaking one fences its holder out.
+    let l = lease(store, &["x.example", "y.example"]).await;
+    let listed = store.lease_list().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|l| l.domain.as_str()).collect::<Vec<_>>(),
+        ["x.example", "y.example"]
+    );
+    assert_eq!(listed[0].holder, "node-test");
+    assert_eq!(listed[0].token, l.token);
+    assert!(store.lease_break("X.example").await.unwrap());
+    assert!(!store.lease_break("x.example").await.unwrap());
+    assert!(matches!(
+        store.lease_renew(&l, Duration::from_secs(60)).await,
+        Err(StoreError::LeaseLost)
+    ));
+}
+
 macro_rules! suite {
     ($module:ident, $backend:expr;
      store: [$($store_test:ident),* $(,)?];
@@ -1189,6 +1650,11 @@ store: [
     record_fencing,
     concurrent_sessions,
     credentials_put_and_reverse_lookup,
+    etrn_settings_and_pending_count,
+    domain_policy_and_usage,
+    expiry_and_failure_notices,
+    delay_notices,
+    operator_commands,
 ];
 backend: [
     second_handle_sees_changes,

@@ -132,6 +132,10 @@ async fn run(
                 let Some(p) = current.take() else { continue };
                 let mut rec = Vec::with_capacity(outcomes.len());
                 let mut again = Vec::new();
+                let remote_mta = Some(match d.peer_name() {
+                    Some(name) => name.to_string(),
+                    None => format!("[{}]", conn.peer.ip()),
+                });
                 for (r, o) in p.recipients.iter().zip(outcomes.iter()) {
                     let state = match o {
                         RcptOutcome::Again(_) => {
@@ -158,6 +162,7 @@ async fn run(
                         recipient: r.id,
                         state,
                         reply: Some(o.reply().one_line()),
+                        remote_mta: remote_mta.clone(),
                     });
                 }
                 if let Err(e) = store.record(lease, &rec).await {

@@ -25,15 +25,20 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::{
     account_domains, check_account_name, domain_set, duration_millis, new_token, normalize_domain,
     now_millis, now_secs, Account, CommitInfo, Credential, Envelope, Lease, MessageId, NewRecipient, Outcome,
-    Pending, PendingRecipient, QueuedMessage, RecipientState, RecipientStatus, StoreError, CHUNK_SIZE,
-    STALE_RECEIVING,
+    Pending, PendingRecipient, RecipientState, StoreError, CHUNK_SIZE, STALE_RECEIVING,
 };
+
+mod operators;
+mod queue_end;
 
 /// The file inside the store directory.
 pub const DB_FILE: &str = "odmr.db";
 
 /// The migrations, in order; `PRAGMA user_version` counts how many are applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_queue_life.sql"),
+];
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -324,7 +329,7 @@ impl SqliteStore {
 
     pub async fn account_get(&self, name: &str) -> Result<Option<Account>, StoreError> {
         let rows = sqlx::query(
-            "SELECT a.name, a.created_at, d.name AS domain
+            "SELECT a.name, a.created_at, a.etrn_destination, a.etrn_from, d.name AS domain
              FROM account a LEFT JOIN domain d ON d.account = a.name
              WHERE a.name = ?
              ORDER BY d.name",
@@ -337,7 +342,7 @@ impl SqliteStore {
 
     pub async fn account_list(&self) -> Result<Vec<Account>, StoreError> {
         let rows = sqlx::query(
-            "SELECT a.name, a.created_at, d.name AS domain
+            "SELECT a.name, a.created_at, a.etrn_destination, a.etrn_from, d.name AS domain
              FROM account a LEFT JOIN domain d ON d.account = a.name
              ORDER BY a.name, d.name",
         )
@@ -568,23 +573,30 @@ impl SqliteStore {
         }
         let mut touched = BTreeSet::new();
         for outcome in outcomes {
-            let row = sqlx::query("SELECT message, domain FROM recipient WHERE id = ?")
+            // Gone: the operator removed the message meanwhile; nothing left to record.
+            let Some(row) = sqlx::query("SELECT message, domain FROM recipient WHERE id = ?")
                 .bind(outcome.recipient)
                 .fetch_optional(&mut *tx)
                 .await?
-                .ok_or(StoreError::RecipientNotFound(outcome.recipient))?;
+            else {
+                continue;
+            };
             let message: i64 = row.try_get("message")?;
             let domain: String = row.try_get("domain")?;
             if !live.contains(&domain) {
                 return Err(StoreError::LeaseLost);
             }
+            // Only a recipient still waiting for delivery takes an outcome: one the operator (or
+            // expiry) gave up on meanwhile keeps that decision.
             sqlx::query(
                 "UPDATE recipient
-                 SET state = ?, last_reply = ?, attempts = attempts + 1, updated_at = ?
-                 WHERE id = ?",
+                 SET state = ?, last_reply = ?, remote_mta = ?, attempts = attempts + 1,
+                     updated_at = ?
+                 WHERE id = ? AND state IN ('queued', 'held')",
             )
             .bind(outcome.state.as_str())
             .bind(outcome.reply.as_deref())
+            .bind(outcome.remote_mta.as_deref())
             .bind(now)
             .bind(outcome.recipient)
             .execute(&mut *tx)
@@ -592,59 +604,41 @@ impl SqliteStore {
             touched.insert(message);
         }
         for message in touched {
-            // Recipients and body chunks go with it (ON DELETE CASCADE).
-            sqlx::query(
-                "DELETE FROM message WHERE id = ?1 AND NOT EXISTS
-                    (SELECT 1 FROM recipient WHERE message = ?1 AND state <> 'delivered')",
-            )
-            .bind(message)
-            .execute(&mut *tx)
-            .await?;
+            remove_if_done(&mut tx, message).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    // ----- operators -----
-
-    pub async fn queue_list(&self) -> Result<Vec<QueuedMessage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT m.id, m.received_at, m.size, m.mail_from,
-                    r.address, r.domain, r.state, r.last_reply, r.attempts, r.updated_at
-             FROM message m JOIN recipient r ON r.message = m.id
-             WHERE m.state = 'queued'
-             ORDER BY m.received_at, m.id, r.id",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        let mut out: Vec<QueuedMessage> = Vec::new();
-        for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            if out.last().map(|m| m.id) != Some(id) {
-                out.push(QueuedMessage {
-                    id,
-                    received_at: row.try_get("received_at")?,
-                    size: size_of(row.try_get("size")?),
-                    mail_from: row.try_get("mail_from")?,
-                    recipients: Vec::new(),
-                });
-            }
-            let state: String = row.try_get("state")?;
-            let attempts: i64 = row.try_get("attempts")?;
-            out.last_mut()
-                .expect("pushed above")
-                .recipients
-                .push(RecipientStatus {
-                    address: row.try_get("address")?,
-                    domain: row.try_get("domain")?,
-                    state: state_of(&state)?,
-                    last_reply: row.try_get("last_reply")?,
-                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                    updated_at: row.try_get("updated_at")?,
-                });
+    pub async fn pending_count(&self, domains: &[String]) -> Result<u64, StoreError> {
+        let domains = domain_set(domains);
+        if domains.is_empty() {
+            return Ok(0);
         }
-        Ok(out)
+        // Recipient rows exist only for committed messages, so no join is needed.
+        let sql = format!(
+            "SELECT count(DISTINCT message) FROM recipient WHERE domain IN ({}) AND state = 'queued'",
+            placeholders(domains.len())
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(&sql);
+        for d in &domains {
+            q = q.bind(d);
+        }
+        Ok(size_of(q.fetch_one(&self.read).await?))
     }
+}
+
+/// Removes a message once nothing is left to do for it (every recipient delivered or bounced),
+/// with its recipients and body (ON DELETE CASCADE).
+async fn remove_if_done(tx: &mut Transaction<'static, Sqlite>, message: MessageId) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM message WHERE id = ?1 AND NOT EXISTS
+            (SELECT 1 FROM recipient WHERE message = ?1 AND state NOT IN ('delivered', 'bounced'))",
+    )
+    .bind(message)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn require_account(tx: &mut Transaction<'static, Sqlite>, name: &str) -> Result<(), StoreError> {
@@ -703,16 +697,19 @@ async fn insert_domain(
     Ok(())
 }
 
-/// Accounts from rows of (name, created_at, domain) ordered by name.
+/// Accounts from rows of (name, created_at, etrn_destination, etrn_from, domain) ordered by name.
 fn accounts_of(rows: &[SqliteRow]) -> Result<Vec<Account>, StoreError> {
     let mut out: Vec<Account> = Vec::new();
     for row in rows {
         let name: String = row.try_get("name")?;
         if out.last().map(|a| a.name.as_str()) != Some(name.as_str()) {
+            let etrn_from: String = row.try_get("etrn_from")?;
             out.push(Account {
                 name,
                 domains: Vec::new(),
                 created_at: row.try_get("created_at")?,
+                etrn_destination: row.try_get("etrn_destination")?,
+                etrn_from: etrn_from.split_whitespace().map(str::to_string).collect(),
             });
         }
         if let Some(domain) = row.try_get::<Option<String>, _>("domain")? {
@@ -1128,6 +1125,96 @@ mod tests {
                 "{joined}"
             );
         }
+        store.close().await;
+    }
+
+    /// A store of schema 1 with mail in it is upgraded in place: recipients keep their ids and
+    /// states, and new ids continue above the old ones.
+    #[tokio::test]
+    async fn schema_1_is_upgraded_keeping_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(dir.path().join(DB_FILE))
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            sqlx::raw_sql(MIGRATIONS[0]).execute(&pool).await.unwrap();
+            sqlx::raw_sql(
+                "PRAGMA user_version = 1;
+                 INSERT INTO account (name, created_at) VALUES ('acme', 1);
+                 INSERT INTO domain (name, account) VALUES ('y.example', 'acme');
+                 INSERT INTO message (id, state, received_at, size, mail_from, mail_params, helo, client_addr)
+                     VALUES (7, 'queued', 1, 4, 'a@b.example', '', 'h', '192.0.2.1:1');
+                 INSERT INTO body_chunk (message, seq, data) VALUES (7, 0, x'61626364');
+                 INSERT INTO recipient (id, message, address, domain, params, state, last_reply, attempts, updated_at)
+                     VALUES (41, 7, 'x@y.example', 'y.example', '', 'failed', '550 no', 1, 1),
+                            (42, 7, 'z@y.example', 'y.example', '', 'queued', NULL, 0, 1);",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let q = store.queue_list().await.unwrap();
+        assert_eq!(q.len(), 1);
+        let r: Vec<_> = q[0]
+            .recipients
+            .iter()
+            .map(|r| (r.id, r.state, r.last_reply.clone()))
+            .collect();
+        assert_eq!(
+            r,
+            [
+                (41, RecipientState::Failed, Some("550 no".to_string())),
+                (42, RecipientState::Queued, None)
+            ]
+        );
+        assert_eq!(store.notices_failed(10).await.unwrap()[0].recipients[0].id, 41);
+        let info = store.domain_get("y.example").await.unwrap().unwrap();
+        assert_eq!(info.policy, crate::DomainPolicy::default());
+        let id = store
+            .receive(envelope("n@y.example"))
+            .await
+            .unwrap()
+            .commit(CommitInfo::default())
+            .await
+            .unwrap();
+        assert!(id > 7);
+        let q = store.queue_list().await.unwrap();
+        assert!(q[1].recipients[0].id > 42);
+        store.close().await;
+    }
+
+    /// Expiry walks only old messages (the state/received_at index), never the whole queue.
+    #[tokio::test]
+    async fn expiry_uses_the_age_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {}", queue_end::EXPIRE_SQL))
+            .bind(5)
+            .bind(1)
+            .bind(1)
+            .bind(5)
+            .fetch_all(&store.write)
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows.iter().map(|r| r.get("detail")).collect();
+        assert!(
+            plan.iter()
+                .any(|l| l.contains("SEARCH m USING") && l.contains("message_state")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter()
+                .all(|l| !l.starts_with("SCAN") || l.starts_with("SCAN d")),
+            "{plan:?}"
+        );
         store.close().await;
     }
 

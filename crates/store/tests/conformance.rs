@@ -1480,7 +1480,14 @@ async fn delay_notices(store: &Store) {
 
     // A courtesy notice settles nothing and is queued on its own.
     store.queue_notice(&warning).await.unwrap();
-    assert_eq!(store.pending(&strings(&[OUTBOUND_QUEUE]), None, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .pending(&strings(&[OUTBOUND_QUEUE]), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 async fn operator_commands(store: &Store) {

@@ -41,6 +41,18 @@ pub struct Shared {
     pub guards: limits::Guards,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Runs a task alongside the sessions (an ETRN queue run), so that shutdown waits for it
+    /// like for a session (within the grace period).
+    background: tokio::sync::mpsc::UnboundedSender<SessionFuture>,
+}
+
+impl Shared {
+    pub fn spawn_background(&self, task: SessionFuture) {
+        if let Err(e) = self.background.send(task) {
+            // Shutting down: run it anyway; it is bounded by its timeouts.
+            tokio::spawn(e.0);
+        }
+    }
 }
 
 /// A short random id for a session, used in logs and `Received:` headers.
@@ -60,7 +72,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| cfg.store_error(e))?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (sess_tx, mut sess_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
+        background: sess_tx.clone(),
         cfg: cfg.clone(),
         store: store.clone(),
         tls: tls.clone(),
@@ -90,7 +104,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut sessions = JoinSet::new();
     let mut accepts = JoinSet::new();
-    let (sess_tx, mut sess_rx) = tokio::sync::mpsc::unbounded_channel();
     for (kind, l) in listeners {
         let shared = shared.clone();
         let sess_tx = sess_tx.clone();
@@ -150,7 +163,7 @@ impl Kind {
     }
 }
 
-type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+pub type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 async fn accept_loop(
     kind: Kind,

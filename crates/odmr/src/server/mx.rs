@@ -37,7 +37,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
         mcfg,
         PeerInfo {
             ip: conn.peer.ip().to_string(),
-            session: id,
+            session: id.clone(),
         },
     );
     if c.smtp.auth {
@@ -123,7 +123,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
             }
             ServerStep::Etrn { node, subdomains } => {
                 let verdict =
-                    super::etrn::request(&shared, conn.peer.ip(), s.account(), &node, subdomains).await;
+                    super::etrn::request(&shared, conn.peer.ip(), s.account(), &node, subdomains, &id).await;
                 s.etrn_verdict(verdict);
             }
             ServerStep::CheckSender { .. } => s.sender_verdict(Ok(())),

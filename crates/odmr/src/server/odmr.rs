@@ -191,8 +191,10 @@ async fn decide(
             return (AtrnDecision::TempError, None);
         }
     }
-    let holder = format!("{}/{}/{}", hostname(), std::process::id(), session);
-    match store.lease_acquire(&domains, &holder, LEASE_TTL).await {
+    match store
+        .lease_acquire(&domains, &lease_holder(session), LEASE_TTL)
+        .await
+    {
         Ok(Some(lease)) => (AtrnDecision::Granted, Some((lease, domains))),
         Ok(None) => (AtrnDecision::Busy, None),
         Err(e) => {
@@ -200,6 +202,11 @@ async fn decide(
             (AtrnDecision::TempError, None)
         }
     }
+}
+
+/// Who holds a lease, for operators (`odmr lease list`): node, process and session.
+pub fn lease_holder(session: &str) -> String {
+    format!("{}/{}/{}", hostname(), std::process::id(), session)
 }
 
 fn hostname() -> String {

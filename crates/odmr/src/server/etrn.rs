@@ -173,6 +173,7 @@ async fn queue_run(shared: Arc<Shared>, r: Run) {
         }
     }
     release(&shared, &r.lease).await;
+    tracing::info!("ETRN queue run finished");
 }
 
 async fn release(shared: &Shared, lease: &Lease) {

@@ -81,6 +81,49 @@ write(
     + b"bare\nLF\r\n.\r\nMAIL FROM:<a@b.example>\r\n",
 )
 write("smtp_server", "errors", header(0) + b"BOGUS\r\nNOOP\nMAIL FROM:<\r\n" + b"X" * 3000 + b"\r\nQUIT\r\n")
+# In MX mode (check_sender off) AUTH and ETRN are offered; decisions pick AUTH answers and
+# ETRN verdicts.
+write(
+    "smtp_server",
+    "etrn",
+    header(0x0C, decisions=(0, 1, 2, 3, 4, 5))
+    + crlf(
+        EHLO,
+        b"ETRN example.org",
+        b"ETRN @Example.ORG.",
+        b"ETRN",
+        b"ETRN #uucp",
+        b"ETRN localhost",
+        b"MAIL FROM:<>",
+        b"ETRN a.example",
+        b"RSET",
+        b"ETRN b.example.org",
+        b"ETRN @c.example.org",
+        b"QUIT",
+    ),
+)
+write(
+    "smtp_server",
+    "auth_tls",
+    header(0x0D, decisions=(0, 3))
+    + crlf(EHLO, b"STARTTLS")
+    + crlf(EHLO, b"AUTH PLAIN " + base64.b64encode(b"\0acme\0pw"), b"ETRN example.org", b"AUTH LOGIN", b"QUIT"),
+)
+write(
+    "smtp_server",
+    "auth_cram",
+    header(0x0C, decisions=(1, 0))
+    + crlf(
+        b"HELO c",
+        b"AUTH CRAM-MD5",
+        EHLO,
+        b"AUTH CRAM-MD5",
+        b"dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw",
+        b"AUTH SCRAM-SHA-256 " + base64.b64encode(b"n,,n=acme,r=fuzz"),
+        b"*",
+        b"ETRN x.example.org",
+    ),
+)
 
 # odmr_session: flags bit 0 STARTTLS, 1 require_tls, 2 TLS from the start,
 # bits 3-4 max_errors, 5-6 max_auth_failures. $CRAM$ becomes a correct response.
@@ -128,6 +171,11 @@ write(
 )
 write("customer", "auth_refused", header(0) + PROVIDER.replace(b"235 Authentication successful", b"535 no") + crlf(b"221 bye"))
 write("customer", "bad_challenge", header(0) + PROVIDER.replace(CHALLENGE, b"334 !!!") + crlf(b"501 cancelled", b"221 bye"))
+# bit 4: ETRN for two domains; bit 5 with it: no password (no AUTH).
+ETRN_MX = crlf(b"220 mx ESMTP", b"250-mx", b"250-AUTH CRAM-MD5", b"250 ETRN")
+write("customer", "etrn", header(0x10) + ETRN_MX + crlf(CHALLENGE, b"235 ok", b"253 2.0.0 OK, 2 pending", b"458 4.3.0 busy", b"221 bye"))
+write("customer", "etrn_no_auth", header(0x30) + ETRN_MX + crlf(b"251 2.0.0 none", b"459 4.7.1 no", b"221 bye"))
+write("customer", "etrn_unsupported", header(0x30) + crlf(b"220 mx", b"250 mx", b"502 5.5.1 no ETRN", b"221 bye"))
 
 
 

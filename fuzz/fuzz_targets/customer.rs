@@ -2,12 +2,15 @@
 //!
 //! Input: the common header, then what the provider sends. Flags (octet 0): bit 0 request two
 //! domains (else a bare ATRN), bit 1 insist on STARTTLS, bit 2 the connection is TLS from the
-//! start (implicit TLS), bit 3 we have a client certificate (EXTERNAL). The provider may offer SCRAM-SHA-256, CRAM-MD5 and PLAIN. STARTTLS is handled as the driver does
+//! start (implicit TLS), bit 3 we have a client certificate (EXTERNAL), bit 4 ETRN instead of
+//! ATRN (for two domains), bit 5 with ETRN: no password (no AUTH). The provider may offer
+//! SCRAM-SHA-256, CRAM-MD5 and PLAIN. STARTTLS is handled as the driver does
 //! (handshake if no input is buffered, else give up); end of stream calls `closed()`. Checks:
 //! - no panic; every poll ends in a step; at most `MAX_IDLE_POLLS` polls in a row consume
 //!   nothing; output bounded by what was consumed;
 //! - with STARTTLS required, nothing but EHLO, STARTTLS and QUIT is sent before the handshake
 //!   (no AUTH in plaintext); AUTH PLAIN (a cleartext password) never without TLS;
+//! - an ETRN session never turns around;
 //! - `Turnaround`, `Ended` and `StartTls` are final until answered: polling again gives the same
 //!   step and consumes nothing (the bytes after the 250 belong to the SMTP server).
 
@@ -18,7 +21,7 @@ mod common;
 use bytes::BytesMut;
 use common::{check_output_bound, feed, Input, Progress};
 use libfuzzer_sys::fuzz_target;
-use odmr_proto::customer::{Customer, CustomerConfig, CustomerStep};
+use odmr_proto::customer::{Customer, CustomerConfig, CustomerStep, Request};
 
 fuzz_target!(|data: &[u8]| {
     let Input {
@@ -26,11 +29,17 @@ fuzz_target!(|data: &[u8]| {
     } = Input::parse(data);
     let starttls = flags & 2 != 0;
     let tls_active = flags & 4 != 0;
+    let etrn = flags & 0x10 != 0;
     let mut c = Customer::new(CustomerConfig {
         ehlo_name: "cust.example".into(),
         user: "tim".into(),
-        password: b"tanstaaftanstaaf".to_vec(),
-        domains: if flags & 1 != 0 {
+        password: if etrn && flags & 0x20 != 0 {
+            Vec::new()
+        } else {
+            b"tanstaaftanstaaf".to_vec()
+        },
+        request: if etrn { Request::Etrn } else { Request::Atrn },
+        domains: if flags & 1 != 0 || etrn {
             vec!["example.org".into(), "example.net".into()]
         } else {
             Vec::new()
@@ -96,6 +105,10 @@ fuzz_target!(|data: &[u8]| {
                 tls = true;
             }
             CustomerStep::Turnaround | CustomerStep::Ended(_) => {
+                assert!(
+                    !(etrn && step == CustomerStep::Turnaround),
+                    "an ETRN session turned around"
+                );
                 let left = input.clone();
                 assert_eq!(c.poll(&mut input), step, "the end of the front half is not final");
                 assert_eq!(input, left, "input consumed after the front half ended");

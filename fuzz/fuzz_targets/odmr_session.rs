@@ -37,6 +37,7 @@ use base64::Engine;
 use bytes::BytesMut;
 use common::{check_output_bound, Input, Progress};
 use libfuzzer_sys::fuzz_target;
+use odmr_proto::auth::AuthStep;
 use odmr_proto::odmr::{AtrnDecision, OdmrConfig, OdmrSession, OdmrStep};
 use odmr_proto::sasl::cram_md5::{self, CramSecret};
 use odmr_proto::sasl::scram::{ScramClient, ScramVerifier, DEFAULT_ITERATIONS};
@@ -235,10 +236,10 @@ fuzz_target!(|data: &[u8]| {
         let live = matches!(
             step,
             OdmrStep::NeedInput
-                | OdmrStep::LookupSecret { .. }
-                | OdmrStep::LookupScram { .. }
-                | OdmrStep::CheckPassword { .. }
-                | OdmrStep::External { .. }
+                | OdmrStep::Auth(AuthStep::LookupSecret { .. })
+                | OdmrStep::Auth(AuthStep::LookupScram { .. })
+                | OdmrStep::Auth(AuthStep::CheckPassword { .. })
+                | OdmrStep::Auth(AuthStep::External { .. })
                 | OdmrStep::Atrn { .. }
         );
         ss.after_call(live);
@@ -255,7 +256,7 @@ fuzz_target!(|data: &[u8]| {
                     break;
                 }
             }
-            OdmrStep::LookupSecret { user } => {
+            OdmrStep::Auth(AuthStep::LookupSecret { user }) => {
                 assert!(ss.account.is_none(), "AUTH while authenticated");
                 assert!(
                     !user.is_empty() && !user.chars().any(char::is_control),
@@ -281,7 +282,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
-            OdmrStep::LookupScram { user } => {
+            OdmrStep::Auth(AuthStep::LookupScram { user }) => {
                 assert!(ss.account.is_none(), "AUTH while authenticated");
                 assert!(!user.is_empty(), "empty SCRAM user");
                 match decisions.next() % 4 {
@@ -291,7 +292,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 ss.after_call(true);
             }
-            OdmrStep::CheckPassword { user, password } => {
+            OdmrStep::Auth(AuthStep::CheckPassword { user, password }) => {
                 assert!(ss.s.is_tls(), "PLAIN/LOGIN password accepted without TLS");
                 assert!(ss.account.is_none(), "AUTH while authenticated");
                 assert!(!user.is_empty() && !password.is_empty());
@@ -305,7 +306,7 @@ fuzz_target!(|data: &[u8]| {
                     "password_checked() = {ok}, wrote {out:?}"
                 );
             }
-            OdmrStep::External { authzid } => {
+            OdmrStep::Auth(AuthStep::External { authzid }) => {
                 assert!(
                     ss.s.is_tls() && client_cert,
                     "EXTERNAL without TLS and a client certificate"

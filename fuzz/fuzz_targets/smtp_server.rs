@@ -3,13 +3,19 @@
 //! Input: the common header, then what the client sends. Flags (octet 0): bit 0 offer STARTTLS,
 //! bit 1 `check_sender` (customer mode), bit 2 `eight_bit_mime`, bit 3 `smtputf8`, bits 4-5 the
 //! message size limit (64, 1000, 50 MiB, 0), bit 6 small recipient and `Received:` limits, bit 7
-//! one message per session. Every decision step is answered from the decision tape (accept or
-//! refuse a sender or recipient, `data_ready` or `data_refused`, `committed` Ok or Err).
+//! one message per session. In MX mode (`check_sender` off) AUTH and ETRN are offered, as
+//! `odmr server` does by default. Every decision step is answered from the decision tape (accept
+//! or refuse a sender or recipient, `data_ready` or `data_refused`, `committed` Ok or Err, an
+//! AUTH answer, an ETRN verdict).
 //! STARTTLS is handled as the driver does: handshake (`tls_started`) if no input is buffered,
 //! otherwise the connection is closed. Checks:
 //! - no panic, and every poll ends in a step: `NeedInput` once the input is used up, or
 //!   `Close`/`StartTls` (at most `MAX_IDLE_POLLS` polls in a row consume nothing);
-//! - after `NeedInput` fewer than `MAX_COMMAND_LINE` octets stay buffered (bounded memory);
+//! - after `NeedInput` fewer than `MAX_COMMAND_LINE` octets stay buffered (bounded memory;
+//!   `MAX_AUTH_LINE` when AUTH is offered, for SASL exchange lines);
+//! - authenticated only in the `auth_answer` call that writes the 235;
+//! - `Etrn` names a valid lower-case domain, and each verdict is answered with one line with
+//!   its code;
 //! - output bounded by what was consumed; the body of one message (including our `Received:`
 //!   header) never exceeds the size limit by more than the header;
 //! - `CheckRecipient` names the domain of the address; `EndData`'s size is within the limit;
@@ -23,9 +29,11 @@ use bytes::BytesMut;
 use common::{check_output_bound, feed, Input, Progress};
 use libfuzzer_sys::fuzz_target;
 use odmr_proto::envelope::address_domain;
+use odmr_proto::auth::{AuthAnswer, AuthConfig, AuthStep, MAX_AUTH_LINE};
 use odmr_proto::reply::Reply;
+use odmr_proto::sasl::cram_md5::CramSecret;
 use odmr_proto::smtp_server::{
-    PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer, MAX_COMMAND_LINE,
+    EtrnVerdict, PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer, MAX_COMMAND_LINE,
 };
 
 /// Our `Received:` header is at most this long: the HELO name and the address are each bounded
@@ -52,6 +60,8 @@ fuzz_target!(|data: &[u8]| {
         cfg.max_messages = 1;
     }
     let max_size = cfg.max_message_size;
+    let mx = !cfg.check_sender;
+    cfg.etrn = mx;
     let mut s = SmtpServer::new(
         cfg,
         PeerInfo {
@@ -59,6 +69,10 @@ fuzz_target!(|data: &[u8]| {
             session: "fuzz".into(),
         },
     );
+    if mx {
+        s.enable_auth(AuthConfig::default(), 0x5eed, 1_800_000_000);
+    }
+    let max_buffered = if mx { MAX_AUTH_LINE } else { MAX_COMMAND_LINE };
 
     let mut input = BytesMut::new();
     let mut progress = Progress::default();
@@ -83,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
         match step {
             ServerStep::NeedInput => {
                 assert!(
-                    input.len() < MAX_COMMAND_LINE,
+                    input.len() < max_buffered,
                     "{} octets buffered after NeedInput",
                     input.len()
                 );
@@ -149,6 +163,57 @@ fuzz_target!(|data: &[u8]| {
                 in_message = false;
             }
             ServerStep::Reset => {}
+            ServerStep::Auth(step) => {
+                assert!(mx && s.account().is_none(), "AUTH step while not offered or authenticated");
+                if matches!(step, AuthStep::CheckPassword { .. } | AuthStep::External { .. }) {
+                    assert!(s.is_tls(), "PLAIN/LOGIN/EXTERNAL without TLS");
+                }
+                let answer = match (decisions.next() % 3, &step) {
+                    (2, _) => AuthAnswer::TemporaryFailure,
+                    (d, AuthStep::LookupSecret { .. }) => {
+                        AuthAnswer::Secret((d == 0).then(|| CramSecret::from_password(b"pw")))
+                    }
+                    (_, AuthStep::LookupScram { .. }) => AuthAnswer::Scram(None),
+                    (d, AuthStep::CheckPassword { .. }) => AuthAnswer::Password(d == 0),
+                    (d, AuthStep::External { .. }) => AuthAnswer::External((d == 0).then(|| "acme".into())),
+                };
+                let r = s.auth_answer(answer);
+                let out = std::mem::take(s.output());
+                out_total += out.len();
+                assert_eq!(
+                    r == Some(true),
+                    out.starts_with(b"235 2.7.0 Authentication successful\r\n"),
+                    "auth_answer() = {r:?}, wrote {:?}",
+                    String::from_utf8_lossy(&out)
+                );
+                assert_eq!(r == Some(true), s.account().is_some());
+            }
+            ServerStep::Etrn { node, subdomains: _ } => {
+                assert!(mx, "ETRN step while not offered");
+                assert!(
+                    node.contains('.')
+                        && node
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'),
+                    "ETRN node {node:?}"
+                );
+                let (verdict, code) = match decisions.next() % 6 {
+                    0 => (EtrnVerdict::Started, b"250 "),
+                    1 => (EtrnVerdict::NoMessages, b"251 "),
+                    2 => (EtrnVerdict::Pending, b"252 "),
+                    3 => (EtrnVerdict::PendingCount(7), b"253 "),
+                    4 => (EtrnVerdict::Unable("busy".into()), b"458 "),
+                    _ => (EtrnVerdict::NotAllowed, b"459 "),
+                };
+                s.etrn_verdict(verdict);
+                let out = std::mem::take(s.output());
+                out_total += out.len();
+                assert!(
+                    out.starts_with(code) && out.iter().filter(|&&b| b == b'\n').count() == 1,
+                    "ETRN reply {:?}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
             ServerStep::StartTls => {
                 let again = s.poll(&mut input);
                 assert_eq!(again, ServerStep::StartTls);

@@ -112,6 +112,12 @@ struct RawSmtp {
     max_messages_per_session: Option<u64>,
     #[serde(default)]
     command_timeout: Option<String>,
+    #[serde(default = "yes")]
+    auth: bool,
+    #[serde(default = "yes")]
+    etrn: bool,
+    #[serde(default)]
+    etrn_connect_timeout: Option<String>,
 }
 
 impl Default for RawSmtp {
@@ -123,6 +129,9 @@ impl Default for RawSmtp {
             max_received_headers: None,
             max_messages_per_session: None,
             command_timeout: None,
+            auth: true,
+            etrn: true,
+            etrn_connect_timeout: None,
         }
     }
 }
@@ -237,6 +246,12 @@ pub struct SmtpConfig {
     pub max_messages_per_session: u64,
     /// Idle time allowed between commands and between data blocks (RFC 5321 §4.5.3.2.7: ≥ 5 min).
     pub command_timeout: Duration,
+    /// Offer AUTH on the MX: it identifies an account for ETRN, and never allows relaying.
+    pub auth: bool,
+    /// Offer ETRN (RFC 1985) on the MX.
+    pub etrn: bool,
+    /// How long an ETRN queue run may take to connect to the account's destination.
+    pub etrn_connect_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -489,6 +504,14 @@ impl Config {
                     sec(300),
                     sec(1),
                 )?,
+                auth: raw.smtp.auth,
+                etrn: raw.smtp.etrn,
+                etrn_connect_timeout: dur(
+                    "smtp.etrn_connect_timeout",
+                    &raw.smtp.etrn_connect_timeout,
+                    sec(30),
+                    sec(1),
+                )?,
             },
             odmr: OdmrConfig {
                 listen: addrs("odmr.listen", &raw.odmr.listen, "0.0.0.0:366")?,
@@ -583,6 +606,8 @@ listen = ["0.0.0.0:366"]
         let c = parse(include_str!("../../../odmr.example.toml")).unwrap();
         assert_eq!(c.smtp.listen[0].port(), 10025);
         assert_eq!(c.limits.max_connections_per_ip, 20);
+        assert!(c.smtp.auth && c.smtp.etrn);
+        assert_eq!(c.smtp.etrn_connect_timeout, Duration::from_secs(30));
         assert_eq!(c.odmr.lease_ttl, DEFAULT_LEASE_TTL);
     }
 

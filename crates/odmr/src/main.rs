@@ -38,10 +38,10 @@ enum Command {
     /// Run the customer: poll the providers of the config file and deliver their mail locally.
     #[command(
         after_help = "Exit status with --once (the most serious over all providers):\n  \
-        0  mail was delivered\n  \
-        1  no mail was waiting\n  \
-        2  error: network, protocol, refusal (450/451/530) or local delivery\n  \
-        3  authentication failed"
+        0  mail was delivered (ETRN: a queue run was started)\n  \
+        1  no mail was waiting (ETRN: 251 for every domain)\n  \
+        2  error: network, protocol, refusal (450/451/530; ETRN 458 or not supported) or local delivery\n  \
+        3  authentication failed (ETRN: 459, not allowed)"
     )]
     Client {
         /// Poll each provider once and exit with a status scripts can use (see below).

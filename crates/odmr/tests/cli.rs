@@ -262,3 +262,122 @@ fn queue_list_shows_messages_and_recipients() {
     assert_eq!(m["recipients"][0]["state"], "queued");
     assert!(m["id"].as_i64().is_some());
 }
+
+/// `odmr account set NAME --etrn-destination HOST:PORT --etrn-from CIDR`: inputs are checked
+/// with errors that say what to fix, options not given keep their value, `none` clears, and
+/// `account list` shows the result.
+#[test]
+fn etrn_settings_are_validated_kept_cleared_and_listed() {
+    let s = Server::start();
+    s.account("acme", "pw", &["example.org"]);
+    for (args, words) in [
+        (
+            vec!["--etrn-destination", "mail.example.org"],
+            vec!["no port", "HOST:PORT"],
+        ),
+        (
+            vec!["--etrn-destination", "mail.example.org:0"],
+            vec!["not a port", "HOST:PORT"],
+        ),
+        (
+            vec!["--etrn-destination", "mail.example.org:99999"],
+            vec!["not a port"],
+        ),
+        (
+            vec!["--etrn-destination", "bad host:25"],
+            vec!["not a host name", "HOST:PORT"],
+        ),
+        (vec!["--etrn-destination", "[::1:25"], vec!["not a host name"]),
+        (vec!["--etrn-from", "192.0.2.0/33"], vec!["not a network", "CIDR"]),
+        (vec!["--etrn-from", "somewhere"], vec!["not a network"]),
+        (vec![], vec!["nothing to set", "--etrn-destination"]),
+    ] {
+        let mut a = vec!["account", "set", "acme"];
+        a.extend(&args);
+        let (st, _, err) = s.cli(&a, None);
+        assert_eq!(st, 1, "{args:?} accepted");
+        for w in words {
+            assert!(err.contains(w), "{args:?}: {err}");
+        }
+    }
+    let (st, _, err) = s.cli(
+        &["account", "set", "ghost", "--etrn-destination", "h.example:25"],
+        None,
+    );
+    assert_eq!(st, 1);
+    assert!(err.contains("ghost") && err.contains("account list"), "{err}");
+
+    let (st, out, err) = s.cli(
+        &[
+            "account",
+            "set",
+            "acme",
+            "--etrn-destination",
+            "Mail.Example.ORG:2525",
+        ],
+        None,
+    );
+    assert_eq!(st, 0, "{err}");
+    assert!(out.contains("mail.example.org:2525"), "{out}");
+    // Only the networks change; a single address becomes a /32.
+    let (st, _, err) = s.cli(
+        &[
+            "account",
+            "set",
+            "acme",
+            "--etrn-from",
+            "192.0.2.0/24",
+            "--etrn-from",
+            "2001:db8::7",
+        ],
+        None,
+    );
+    assert_eq!(st, 0, "{err}");
+    let (_, out, _) = s.cli(&["account", "list"], None);
+    assert!(out.contains("ETRN"), "{out}");
+    assert!(
+        out.contains("mail.example.org:2525 (without AUTH from 192.0.2.0/24, 2001:db8::7/128)"),
+        "{out}"
+    );
+    let (_, out, _) = s.cli(&["account", "list", "--json"], None);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["etrn_destination"], "mail.example.org:2525");
+    assert_eq!(
+        v[0]["etrn_from"],
+        serde_json::json!(["192.0.2.0/24", "2001:db8::7/128"])
+    );
+
+    assert_eq!(
+        s.cli(&["account", "set", "acme", "--etrn-from", "none"], None).0,
+        0
+    );
+    let (_, out, _) = s.cli(&["account", "list"], None);
+    assert!(
+        out.contains("mail.example.org:2525") && !out.contains("192.0.2.0"),
+        "{out}"
+    );
+    assert_eq!(
+        s.cli(
+            &[
+                "account",
+                "set",
+                "acme",
+                "--etrn-destination",
+                "[2001:db8::25]:25"
+            ],
+            None
+        )
+        .0,
+        0
+    );
+    let (_, out, _) = s.cli(&["account", "list"], None);
+    assert!(out.contains("[2001:db8::25]:25"), "{out}");
+    assert_eq!(
+        s.cli(&["account", "set", "acme", "--etrn-destination", "none"], None)
+            .0,
+        0
+    );
+    let (_, out, _) = s.cli(&["account", "list", "--json"], None);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["etrn_destination"], serde_json::Value::Null);
+}

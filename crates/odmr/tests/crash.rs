@@ -559,7 +559,7 @@ fn client_killed_during_reception_gets_the_rest_again_and_nothing_is_stuck() {
     );
     client.kill();
     // The provider notices the dead connection and ends its session (releasing the lease).
-    let ended = wait_until(30, || server.log().contains("reversed session finished"));
+    let ended = wait_until(30, || server.log().contains("delivery session finished"));
     assert!(ended, "the provider's session did not end:\n{}", server.log());
 
     let first = delivered(&maildirs);

@@ -183,7 +183,7 @@ fn st(addr: &str, state: &str, reply: &str) -> (String, String, String) {
 
 /// Number of finished reversed sessions in the server log.
 fn finished_sessions(server: &Server) -> usize {
-    server.log().matches("reversed session finished").count()
+    server.log().matches("delivery session finished").count()
 }
 
 /// Wait until the server has finished `n` reversed sessions (it notices a dropped connection

@@ -207,6 +207,8 @@ fn external_with_a_client_certificate_mapped_to_the_account() {
     assert!(s.log().contains("mechanism=EXTERNAL"), "{}", s.log());
 }
 
+/// On both listeners that offer AUTH: the ODMR port (then ATRN: 453, nothing queued) and the MX
+/// port (then ETRN: 458, as the account has no ETRN destination; AUTH there only identifies).
 #[test]
 fn python_smtplib_plain_after_starttls_and_not_before() {
     let Some(py) = common::python() else { return };
@@ -215,7 +217,7 @@ fn python_smtplib_plain_after_starttls_and_not_before() {
     let s = server(&p);
     let script = r#"
 import smtplib, ssl, sys, json
-port, ca = int(sys.argv[1]), sys.argv[2]
+port, ca, verb = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 out = {}
 s = smtplib.SMTP("localhost", port, timeout=10)
 s.ehlo("customer.test")
@@ -232,28 +234,30 @@ except smtplib.SMTPAuthenticationError as e:
 s.user, s.password = "acme", "s3cret"
 code, _ = s.auth("PLAIN", s.auth_plain, initial_response_ok=True)
 out["plain"] = code
-code, _ = s.docmd("ATRN", "example.org")
-out["atrn"] = code
+code, _ = s.docmd(verb, "example.org")
+out["release"] = code
 print(json.dumps(out))
 "#;
-    let out = Command::new(py)
-        .args(["-c", script, &s.odmr.port().to_string(), p.ca.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        v["before"],
-        serde_json::json!(["SCRAM-SHA-256", "CRAM-MD5"]),
-        "{v}"
-    );
-    assert_eq!(v["plain_before_tls"], 504, "{v}");
-    assert_eq!(
-        v["after"],
-        serde_json::json!(["SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN"]),
-        "{v}"
-    );
-    assert_eq!(v["wrong"], 535, "{v}");
-    assert_eq!(v["plain"], 235, "{v}");
-    assert_eq!(v["atrn"], 453, "{v}");
+    for (port, verb, release) in [(s.odmr.port(), "ATRN", 453), (s.smtp.port(), "ETRN", 458)] {
+        let out = Command::new(&py)
+            .args(["-c", script, &port.to_string(), p.ca.to_str().unwrap(), verb])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["before"],
+            serde_json::json!(["SCRAM-SHA-256", "CRAM-MD5"]),
+            "{v}"
+        );
+        assert_eq!(v["plain_before_tls"], 504, "{v}");
+        assert_eq!(
+            v["after"],
+            serde_json::json!(["SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN"]),
+            "{v}"
+        );
+        assert_eq!(v["wrong"], 535, "{v}");
+        assert_eq!(v["plain"], 235, "{v}");
+        assert_eq!(v["release"], release, "{verb}: {v}");
+    }
 }

@@ -27,6 +27,10 @@ fn replay(kind: &str) {
         for a in &t.accounts {
             let domains: Vec<&str> = a.domains.iter().map(String::as_str).collect();
             server.account(&a.name, &a.password, &domains);
+            if let Some(d) = &a.etrn_destination {
+                let (st, out, err) = server.cli(&["account", "set", &a.name, "--etrn-destination", d], None);
+                assert_eq!(st, 0, "account set: {out}{err}");
+            }
         }
         let mut c = Line::connect(if kind == "mx" { server.smtp } else { server.odmr });
         let mut challenge = Vec::new();

@@ -102,8 +102,9 @@ fn is_space(c: char) -> bool {
     c == ' ' || c == '\t'
 }
 
-/// Validates one domain and returns it lower-cased, without a trailing root dot.
-fn parse_domain(word: &str) -> Result<String, AtrnSyntaxError> {
+/// Validates one domain and returns it lower-cased, without a trailing root dot (also the node
+/// name of ETRN, RFC 1985 §5: a fully qualified domain name).
+pub fn parse_domain(word: &str) -> Result<String, AtrnSyntaxError> {
     let name = word.strip_suffix('.').unwrap_or(word);
     if !name
         .bytes()
@@ -129,7 +130,7 @@ fn parse_domain(word: &str) -> Result<String, AtrnSyntaxError> {
 
 /// Makes an element safe to put in a reply line: printable ASCII only (others become `?`), at
 /// most [`MAX_QUOTED`] characters, `"` replaced so the quoting stays unambiguous.
-fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     let mut q: String = s
         .chars()
         .take(MAX_QUOTED)

@@ -1,11 +1,20 @@
 //! The customer's ODMR front half (RFC 2645 §5.1–5.2): greeting, EHLO, AUTH, ATRN, as the
 //! client. After a `250` to ATRN the connection belongs to the customer's receiving SMTP server.
 //!
+//! With [`Request::Etrn`] the same machine asks for an ETRN queue run instead (RFC 1985): EHLO,
+//! STARTTLS and AUTH as for ATRN (AUTH only when a password is set: the provider may also know
+//! us by our address), then `ETRN <domain>` for each domain, one at a time, and QUIT. The mail
+//! then comes over a new connection that the provider opens to our fixed address; this session
+//! only learns whether the run was started ([`FrontEnd::Etrn`]).
+//!
 //! Invariants:
 //! - **Turnaround keeps buffered input.** The machine reads exactly one reply to ATRN and stops
 //!   consuming; anything after it in the buffer is the provider's first command (RFC 2645 §5.3).
-//! - **No STARTTLS/AUTH surprises.** We refuse to go on unless EHLO lists both ATRN and AUTH
-//!   (RFC 2645 §5.1.1) and CRAM-MD5 is among the mechanisms.
+//! - **No STARTTLS/AUTH surprises.** For ATRN we refuse to go on unless EHLO lists both ATRN and
+//!   AUTH (RFC 2645 §5.1.1) with a mechanism we can use; for ETRN, AUTH must be offered when we
+//!   have a password (we never silently go on unauthenticated).
+//! - **A 5xx to ETRN stops the ETRNs** (RFC 1985 §5.2: "not supported or broken"); the domains
+//!   not yet asked for get no outcome.
 //! - **A refused ATRN ends politely with QUIT** (PROTOCOL.md C08).
 //! - A challenge we cannot decode is cancelled with `*` (RFC 4954 §4).
 
@@ -34,6 +43,34 @@ pub struct CustomerConfig {
     pub external: bool,
     /// Our SCRAM nonce (random, from the driver).
     pub nonce: String,
+    /// ATRN (turn the connection around) or ETRN (ask for a queue run to our fixed address).
+    pub request: Request,
+}
+
+/// What the session asks for once authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Request {
+    /// RFC 2645: the provider delivers over this connection.
+    #[default]
+    Atrn,
+    /// RFC 1985: `ETRN <domain>` for each of `domains` (which must not be empty); AUTH only
+    /// when `password` is not empty (or we present a certificate).
+    Etrn,
+}
+
+/// The provider's answer to one `ETRN` (RFC 1985 §5.1, §5.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtrnOutcome {
+    /// 250, 252, 253: the queue run was started.
+    Started(Reply),
+    /// 251: no messages waiting.
+    NoMail(Reply),
+    /// 458 (or another 4xx): supported, but the queue cannot be run now.
+    TryLater(Reply),
+    /// 459: not allowed for us (not our domain, or we are not authorized).
+    NotAllowed(Reply),
+    /// 5xx: ETRN not supported, or broken: no further ETRN was sent.
+    NotSupported(Reply),
 }
 
 /// How the front half ended, when it did not turn around.
@@ -51,6 +88,8 @@ pub enum FrontEnd {
     AuthFailed(Reply),
     /// Anything else that stops the session: what went wrong, in words.
     Failed(String),
+    /// [`Request::Etrn`]: each domain asked for, with the provider's answer, in order.
+    Etrn(Vec<(String, EtrnOutcome)>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +125,8 @@ enum State {
     AuthStart,
     AuthResult,
     Atrn,
+    /// Waiting for the reply to the ETRN for `domains[n]`.
+    Etrn(usize),
     Quit,
     Done,
 }
@@ -97,6 +138,7 @@ pub struct Customer {
     ended: Option<FrontEnd>,
     tls: bool,
     scram: Option<ScramClient>,
+    etrn: Vec<(String, EtrnOutcome)>,
 }
 
 impl Customer {
@@ -109,6 +151,7 @@ impl Customer {
             ended: None,
             tls: cfg_tls,
             scram: None,
+            etrn: Vec::new(),
         }
     }
 
@@ -215,7 +258,8 @@ impl Customer {
                     self.state = State::StartTls;
                     return;
                 }
-                if kw("ATRN").is_none() {
+                let etrn = self.cfg.request == Request::Etrn;
+                if !etrn && kw("ATRN").is_none() {
                     return self.end(FrontEnd::Failed(
                         "provider does not offer ATRN (its EHLO reply lacks ATRN); is this the ODMR port (366)?".into(),
                     ));
@@ -223,7 +267,12 @@ impl Customer {
                 // Preference: EXTERNAL > SCRAM-SHA-256 > CRAM-MD5 > PLAIN (PLAIN only under TLS).
                 let offered = kw("AUTH").unwrap_or_default();
                 let has = |m: &str| offered.iter().any(|x| x == m);
-                if has("EXTERNAL") && self.cfg.external && self.tls {
+                let external = has("EXTERNAL") && self.cfg.external && self.tls;
+                if etrn && self.cfg.password.is_empty() && !external {
+                    // No credentials: the provider must know us by our address.
+                    return self.next_etrn(0);
+                }
+                if external {
                     // Empty authorization identity: "the account my certificate maps to".
                     self.cmd("AUTH EXTERNAL =");
                     self.state = State::AuthResult;
@@ -328,6 +377,9 @@ impl Customer {
                 if r.code != 235 {
                     return self.end(FrontEnd::AuthFailed(r));
                 }
+                if self.cfg.request == Request::Etrn {
+                    return self.next_etrn(0);
+                }
                 let atrn = if self.cfg.domains.is_empty() {
                     "ATRN".to_string()
                 } else {
@@ -348,8 +400,44 @@ impl Customer {
                 _ if r.is_transient() => self.end(FrontEnd::TryLater(r)),
                 _ => self.end(FrontEnd::Failed(format!("provider refused ATRN: {r}"))),
             },
+            State::Etrn(i) => {
+                let domain = self.cfg.domains.get(i).cloned().unwrap_or_default();
+                let outcome = match r.code {
+                    250 | 252 | 253 => EtrnOutcome::Started(r),
+                    251 => EtrnOutcome::NoMail(r),
+                    459 => EtrnOutcome::NotAllowed(r),
+                    _ if r.is_transient() => EtrnOutcome::TryLater(r),
+                    // A 5xx (or nonsense such as a 3xx): not supported or broken; ask no more.
+                    _ => EtrnOutcome::NotSupported(r),
+                };
+                let stop = matches!(outcome, EtrnOutcome::NotSupported(_));
+                self.etrn.push((domain, outcome));
+                if stop {
+                    let done = std::mem::take(&mut self.etrn);
+                    self.end(FrontEnd::Etrn(done));
+                } else {
+                    self.next_etrn(i + 1);
+                }
+            }
             State::Quit => self.state = State::Done,
             State::Done => {}
+        }
+    }
+
+    /// Send the ETRN for `domains[i]`, or QUIT once every domain was asked for.
+    fn next_etrn(&mut self, i: usize) {
+        match self.cfg.domains.get(i).cloned() {
+            Some(d) => {
+                self.cmd(&format!("ETRN {d}"));
+                self.state = State::Etrn(i);
+            }
+            None if i == 0 => self.end(FrontEnd::Failed(
+                "no domain to ask for: ETRN needs the domains listed".into(),
+            )),
+            None => {
+                let done = std::mem::take(&mut self.etrn);
+                self.end(FrontEnd::Etrn(done));
+            }
         }
     }
 }
@@ -368,6 +456,7 @@ mod tests {
             tls_active: false,
             external: false,
             nonce: "testnonce".into(),
+            request: Request::Atrn,
         })
     }
 
@@ -489,5 +578,88 @@ mod tests {
             "QUIT\r\n"
         );
         assert!(matches!(c.closed(), Some(FrontEnd::Failed(m)) if m.contains("STARTTLS")));
+    }
+
+    fn etrn_customer(password: &str, domains: &[&str]) -> Customer {
+        let mut c = customer(domains);
+        c.cfg.request = Request::Etrn;
+        c.cfg.password = password.as_bytes().to_vec();
+        c
+    }
+
+    #[test]
+    fn etrn_without_a_password_asks_for_each_domain_then_quits() {
+        let mut c = etrn_customer("", &["example.org", "example.net", "example.com"]);
+        assert_eq!(step(&mut c, "220 mx ESMTP\r\n").0, "EHLO cust.example\r\n");
+        // No ATRN needed, and no AUTH without a password even when offered.
+        assert_eq!(
+            step(&mut c, "250-mx\r\n250-AUTH CRAM-MD5\r\n250 ETRN\r\n").0,
+            "ETRN example.org\r\n"
+        );
+        assert_eq!(c.waiting_for(), Wait::Command);
+        assert_eq!(
+            step(&mut c, "253 2.0.0 OK, 2 pending messages\r\n").0,
+            "ETRN example.net\r\n"
+        );
+        assert_eq!(
+            step(&mut c, "251 OK, no messages waiting\r\n").0,
+            "ETRN example.com\r\n"
+        );
+        assert_eq!(step(&mut c, "458 4.3.0 busy\r\n").0, "QUIT\r\n");
+        let (_, s) = step(&mut c, "221 bye\r\n");
+        let CustomerStep::Ended(FrontEnd::Etrn(got)) = s else {
+            panic!("{s:?}")
+        };
+        let kinds: Vec<(&str, u16)> = got
+            .iter()
+            .map(|(d, o)| {
+                let code = match o {
+                    EtrnOutcome::Started(r) => r.code,
+                    EtrnOutcome::NoMail(r) => r.code,
+                    EtrnOutcome::TryLater(r) => r.code,
+                    _ => 0,
+                };
+                (d.as_str(), code)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [("example.org", 253), ("example.net", 251), ("example.com", 458)]
+        );
+    }
+
+    #[test]
+    fn etrn_with_a_password_authenticates_first_and_a_5xx_stops_the_etrns() {
+        let mut c = etrn_customer("tanstaaftanstaaf", &["example.org", "example.net"]);
+        through_auth(&mut c);
+        assert_eq!(step(&mut c, "235 2.7.0 ok\r\n").0, "ETRN example.org\r\n");
+        assert_eq!(step(&mut c, "502 5.5.1 ETRN not implemented\r\n").0, "QUIT\r\n");
+        // The provider closes without answering QUIT: the outcome is still known.
+        let Some(FrontEnd::Etrn(got)) = c.closed() else {
+            panic!()
+        };
+        assert!(
+            matches!(&got[..], [(d, EtrnOutcome::NotSupported(r))] if d == "example.org" && r.code == 502)
+        );
+
+        let mut c = etrn_customer("pw", &["example.org"]);
+        step(&mut c, "220 mx\r\n");
+        step(&mut c, "250-mx\r\n250-AUTH CRAM-MD5\r\n250 ETRN\r\n");
+        step(
+            &mut c,
+            "334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+\r\n",
+        );
+        assert_eq!(step(&mut c, "235 ok\r\n").0, "ETRN example.org\r\n");
+        step(&mut c, "459 4.7.1 Node example.org not allowed\r\n");
+        let (_, s) = step(&mut c, "221 bye\r\n");
+        assert!(
+            matches!(s, CustomerStep::Ended(FrontEnd::Etrn(g)) if matches!(g[0].1, EtrnOutcome::NotAllowed(_)))
+        );
+
+        // A password but no AUTH offered: never go on unauthenticated.
+        let mut c = etrn_customer("pw", &["example.org"]);
+        step(&mut c, "220 mx\r\n");
+        assert_eq!(step(&mut c, "250-mx\r\n250 ETRN\r\n").0, "QUIT\r\n");
+        assert!(matches!(c.closed(), Some(FrontEnd::Failed(m)) if m.contains("AUTH")));
     }
 }

@@ -7,6 +7,7 @@
 //! tested from a transcript without sockets.
 
 pub mod atrn;
+pub mod auth;
 pub mod customer;
 pub mod data;
 pub mod deliver;

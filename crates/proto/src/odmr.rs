@@ -2,7 +2,8 @@
 //!
 //! Invariants:
 //! - **Authenticated only after the 235 line is written** (RFC 2645 §5.1.2): the state changes in
-//!   the same step that queues the 235.
+//!   the same step that queues the 235. The AUTH exchange itself is [`crate::auth`], shared with
+//!   the MX listener.
 //! - **Every ATRN reply is a single line**: fetchmail reads one line and then relays bytes.
 //! - **Nothing leaks through ATRN**: an unknown domain and another customer's domain get the same
 //!   450 text (PROTOCOL.md §2.13).
@@ -15,18 +16,15 @@
 //!   enhanced codes.
 
 use crate::atrn::parse_atrn_args;
+use crate::auth::{AuthAnswer, AuthConfig, AuthEvent, AuthResult, AuthServer, AuthStep, MAX_AUTH_LINE};
 use crate::line::{split_verb, Line, LineReader};
 use crate::reply::Reply;
-use crate::sasl::cram_md5::{self, CramSecret};
-use crate::sasl::plain::{self, LOGIN_PASS_CHALLENGE, LOGIN_USER_CHALLENGE};
-use crate::sasl::scram::{self, ScramServer, ScramVerifier};
-use base64::Engine;
+use crate::sasl::cram_md5::CramSecret;
+use crate::sasl::scram::ScramVerifier;
 use bytes::BytesMut;
 
 /// Command lines before AUTH; AUTH exchange lines may be longer (RFC 4954 §4).
 const MAX_COMMAND_LINE: usize = 1024;
-const MAX_AUTH_LINE: usize = 12288;
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 #[derive(Debug, Clone)]
 pub struct OdmrConfig {
@@ -65,25 +63,8 @@ impl OdmrConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OdmrStep {
     NeedInput,
-    /// Fetch the CRAM-MD5 secret of `user`, then call [`OdmrSession::secret`].
-    LookupSecret {
-        user: String,
-    },
-    /// Fetch the SCRAM-SHA-256 verifier of `user`, then call [`OdmrSession::scram_verifier`].
-    LookupScram {
-        user: String,
-    },
-    /// SASL EXTERNAL: map the TLS client certificate to an account (which must equal `authzid`
-    /// when that is not empty), then call [`OdmrSession::external_result`].
-    External {
-        authzid: String,
-    },
-    /// Check a password given with PLAIN or LOGIN (only ever under TLS), then call
-    /// [`OdmrSession::password_checked`].
-    CheckPassword {
-        user: String,
-        password: String,
-    },
+    /// An AUTH lookup (see [`AuthStep`]): answer with [`OdmrSession::auth_answer`].
+    Auth(AuthStep),
     /// Decide on ATRN for the authenticated `account`; `domains` is empty for a bare ATRN
     /// (meaning all of the account's domains). Answer with [`OdmrSession::atrn_decision`].
     Atrn {
@@ -113,54 +94,12 @@ pub enum AtrnDecision {
     TempError,
 }
 
-enum Exchange {
-    Cram {
-        challenge: String,
-    },
-    /// SCRAM, waiting for client-first.
-    Scram(Box<ScramServer>),
-    /// SCRAM, waiting for client-final.
-    ScramFinal(Box<ScramServer>),
-    /// SCRAM's server-final was sent; the client answers with an empty line.
-    ScramDone {
-        user: String,
-    },
-    Plain,
-    External,
-    LoginUser,
-    LoginPass {
-        user: String,
-    },
-}
-
-enum ExKind {
-    ScramFirst,
-    Other,
-}
-
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Initial,
-    /// A SASL exchange waiting for the client's next line.
-    Sasl(Exchange),
-    /// SCRAM: waiting for the driver's verifier.
-    AwaitScram(Box<ScramServer>),
-    /// PLAIN/LOGIN: waiting for the driver's password check.
-    AwaitPassword {
-        user: String,
-    },
-    /// EXTERNAL: waiting for the driver's certificate mapping.
-    AwaitExternal,
-    AwaitSecret {
-        user: String,
-        challenge: String,
-        digest: [u8; 16],
-    },
-    Authenticated {
-        account: String,
-    },
-    AwaitAtrn {
-        account: String,
-    },
+    Command,
+    /// Waiting for the driver's answer to an AUTH lookup.
+    AwaitAuth,
+    AwaitAtrn,
     Turned,
     Tls,
     Closed,
@@ -172,33 +111,32 @@ pub struct OdmrSession {
     lines: LineReader,
     state: State,
     pending: Option<OdmrStep>,
-    seed: u64,
-    unix_time: u64,
-    attempts: u64,
-    auth_failures: usize,
+    auth: AuthServer,
     errors: usize,
     tls: bool,
     client_cert: bool,
-    mechanism: Option<String>,
 }
 
 impl OdmrSession {
     /// `seed` must be random per session (it makes CRAM-MD5 challenges unique); `unix_time` is
     /// the current time, also part of the challenge. The 220 greeting is already in the output.
     pub fn new(cfg: OdmrConfig, seed: u64, unix_time: u64) -> Self {
+        let auth_cfg = AuthConfig {
+            max_failures: cfg.max_auth_failures,
+            decoy_secret: cfg.decoy_secret.clone(),
+            cram_md5: cfg.cram_md5,
+        };
+        // No ENHANCEDSTATUSCODES on this listener (PROTOCOL.md §2.4).
+        let auth = AuthServer::new(auth_cfg, cfg.hostname.clone(), false, seed, unix_time);
         let mut s = OdmrSession {
             out: Vec::with_capacity(512),
             lines: LineReader::new(MAX_COMMAND_LINE),
-            state: State::Initial,
+            state: State::Command,
             pending: None,
-            seed,
-            unix_time,
-            attempts: 0,
-            auth_failures: 0,
+            auth,
             errors: 0,
             tls: false,
             client_cert: false,
-            mechanism: None,
             cfg,
         };
         let host = s.cfg.hostname.clone();
@@ -214,7 +152,8 @@ impl OdmrSession {
     /// greeting (RFC 3207 §4.2).
     pub fn tls_started(&mut self) {
         self.tls = true;
-        self.state = State::Initial;
+        self.auth.reset();
+        self.state = State::Command;
     }
 
     /// The connection is TLS from the start (the implicit-TLS listener).
@@ -228,7 +167,7 @@ impl OdmrSession {
 
     /// The SASL mechanism of the last AUTH command (for logs).
     pub fn mechanism(&self) -> Option<&str> {
-        self.mechanism.as_deref()
+        self.auth.mechanism()
     }
 
     /// The TLS handshake produced a verified client certificate: offer EXTERNAL.
@@ -238,10 +177,7 @@ impl OdmrSession {
 
     /// The authenticated account, if any.
     pub fn account(&self) -> Option<&str> {
-        match &self.state {
-            State::Authenticated { account } | State::AwaitAtrn { account } => Some(account),
-            _ => None,
-        }
+        self.auth.account()
     }
 
     fn reply(&mut self, code: u16, text: impl Into<String>) {
@@ -256,30 +192,26 @@ impl OdmrSession {
             return p.clone();
         }
         loop {
-            match &self.state {
+            match self.state {
                 State::Closed => return OdmrStep::Close,
                 State::Turned => return OdmrStep::Turnaround,
                 State::Tls => return OdmrStep::StartTls,
-                State::AwaitSecret { .. }
-                | State::AwaitScram(_)
-                | State::AwaitPassword { .. }
-                | State::AwaitExternal
-                | State::AwaitAtrn { .. } => return OdmrStep::NeedInput,
-                _ => {}
+                State::AwaitAuth | State::AwaitAtrn => return OdmrStep::NeedInput,
+                State::Command => {}
             }
-            if self.errors > self.cfg.max_errors {
+            if self.errors + self.auth.errors() > self.cfg.max_errors {
                 let host = self.cfg.hostname.clone();
                 self.reply(421, format!("{host} too many errors, closing"));
                 self.state = State::Closed;
                 return OdmrStep::Close;
             }
+            let exchange = self.auth.in_exchange();
+            self.lines
+                .set_max(if exchange { MAX_AUTH_LINE } else { MAX_COMMAND_LINE });
             let line = match self.lines.next_line(input) {
                 None => return OdmrStep::NeedInput,
                 Some(Line::TooLong) => {
-                    if matches!(self.state, State::Sasl(_)) {
-                        self.state = State::Initial;
-                        self.lines.set_max(MAX_COMMAND_LINE);
-                    }
+                    self.auth.abort();
                     self.reply(500, "Line too long");
                     continue;
                 }
@@ -289,12 +221,11 @@ impl OdmrSession {
                 }
                 Some(Line::Ok(l)) => l,
             };
-            let step = match std::mem::replace(&mut self.state, State::Initial) {
-                State::Sasl(ex) => self.sasl_line(&line, ex),
-                other => {
-                    self.state = other;
-                    self.command(&line)
-                }
+            let step = if exchange {
+                let ev = self.auth.line(&line, &mut self.out);
+                self.auth_event(ev)
+            } else {
+                self.command(&line)
             };
             if let Some(step) = step {
                 match step {
@@ -305,6 +236,17 @@ impl OdmrSession {
                 }
                 return step;
             }
+        }
+    }
+
+    fn auth_event(&mut self, ev: AuthEvent) -> Option<OdmrStep> {
+        match ev {
+            AuthEvent::Continue => None,
+            AuthEvent::Ask(step) => {
+                self.state = State::AwaitAuth;
+                Some(OdmrStep::Auth(step))
+            }
+            AuthEvent::Close => Some(OdmrStep::Close),
         }
     }
 
@@ -336,19 +278,8 @@ impl OdmrSession {
                 // Names without a dot are fine: fetchmail sends the bare host name.
                 let mut lines = vec![format!("{} greets {}", self.cfg.hostname, args)];
                 if authed.is_none() && !before_tls {
-                    // PLAIN and LOGIN only under TLS (RFC 4954 §4, §14).
-                    let mut mechs = vec!["AUTH"];
-                    if self.tls && self.client_cert {
-                        mechs.push("EXTERNAL");
-                    }
-                    mechs.push("SCRAM-SHA-256");
-                    if self.cfg.cram_md5 {
-                        mechs.push("CRAM-MD5");
-                    }
-                    if self.tls {
-                        mechs.extend(["PLAIN", "LOGIN"]);
-                    }
-                    lines.push(mechs.join(" "));
+                    let mechs = self.auth.mechanisms(self.tls, self.client_cert);
+                    lines.push(format!("AUTH {}", mechs.join(" ")));
                 }
                 if self.cfg.starttls && !self.tls && authed.is_none() {
                     lines.push("STARTTLS".into());
@@ -365,7 +296,12 @@ impl OdmrSession {
                     self.reply(250, host);
                 }
             }
-            "AUTH" => return self.auth(&args),
+            "AUTH" => {
+                let ev = self
+                    .auth
+                    .command(&args, self.tls, self.client_cert, &mut self.out);
+                return self.auth_event(ev);
+            }
             "ATRN" => {
                 let Some(account) = authed else {
                     self.reply(530, "Authentication required");
@@ -373,9 +309,7 @@ impl OdmrSession {
                 };
                 match parse_atrn_args(&args) {
                     Ok(domains) => {
-                        self.state = State::AwaitAtrn {
-                            account: account.clone(),
-                        };
+                        self.state = State::AwaitAtrn;
                         return Some(OdmrStep::Atrn { account, domains });
                     }
                     Err(e) => self.reply(501, format!("Syntax: ATRN [domain[,domain]...]: {e}")),
@@ -404,304 +338,63 @@ impl OdmrSession {
         None
     }
 
-    fn auth(&mut self, args: &str) -> Option<OdmrStep> {
-        if self.account().is_some() {
-            self.reply(503, "Already authenticated");
+    /// The driver's answer to [`OdmrStep::Auth`]: `Some(true)` when the session is now
+    /// authenticated (the 235 is in the output), `Some(false)` when the attempt failed (535),
+    /// `None` when neither is known yet (SCRAM goes on) or the answer was a temporary failure.
+    pub fn auth_answer(&mut self, answer: AuthAnswer) -> Option<bool> {
+        if self.state != State::AwaitAuth {
             return None;
         }
-        let mut parts = args.split_whitespace();
-        let mech = parts.next().unwrap_or("").to_ascii_uppercase();
-        let initial = parts.next();
-        if mech.is_empty() {
-            self.reply(501, "Syntax: AUTH mechanism");
-            return None;
-        }
-        self.attempts += 1;
-        self.mechanism = Some(mech.clone());
-        let initial = match initial.map(|i| if i == "=" { Ok(Vec::new()) } else { B64.decode(i) }) {
-            Some(Ok(b)) => Some(b),
-            Some(Err(_)) => {
-                self.reply(501, "Invalid base64 data");
-                return None;
-            }
-            None => None,
-        };
-        match mech.as_str() {
-            "CRAM-MD5" if self.cfg.cram_md5 => {}
-            "SCRAM-SHA-256" => {
-                let mut nonce_seed = self.seed.to_le_bytes().to_vec();
-                nonce_seed.extend_from_slice(&self.unix_time.to_le_bytes());
-                nonce_seed.extend_from_slice(&self.attempts.to_le_bytes());
-                let server = ScramServer::new(&scram::make_nonce(&nonce_seed))
-                    .with_decoy_secret(&self.cfg.decoy_secret);
-                return self.sasl_start(initial, "", Exchange::Scram(Box::new(server)));
-            }
-            "PLAIN" | "LOGIN" if !self.tls => {
-                self.reply(504, "Mechanism available only after STARTTLS");
-                return None;
-            }
-            "PLAIN" => return self.sasl_start(initial, "", Exchange::Plain),
-            "EXTERNAL" if self.tls && self.client_cert => {
-                return self.sasl_start(initial, "", Exchange::External)
-            }
-            "LOGIN" => return self.sasl_start(initial, LOGIN_USER_CHALLENGE, Exchange::LoginUser),
-            _ => {
-                self.reply(504, "Unrecognized authentication type");
-                return None;
-            }
-        }
-        if initial.is_some() {
-            // CRAM-MD5 is server-first (RFC 4954 §4).
-            self.reply(501, "CRAM-MD5 does not take an initial response");
-            return None;
-        }
-        let challenge = cram_md5::make_challenge(
-            self.seed.wrapping_add(self.attempts),
-            self.unix_time,
-            &self.cfg.hostname,
-        );
-        let enc = B64.encode(challenge.as_bytes());
-        self.reply(334, enc);
-        self.lines.set_max(MAX_AUTH_LINE);
-        self.state = State::Sasl(Exchange::Cram { challenge });
-        None
-    }
-
-    /// Begin a client-first exchange: use the initial response, or ask for it.
-    fn sasl_start(&mut self, initial: Option<Vec<u8>>, prompt: &str, ex: Exchange) -> Option<OdmrStep> {
-        match initial {
-            Some(data) => self.sasl_data(&data, ex),
-            None => {
-                self.reply(334, prompt.to_string());
-                self.lines.set_max(MAX_AUTH_LINE);
-                self.state = State::Sasl(ex);
-                None
-            }
-        }
-    }
-
-    /// One line of a SASL exchange from the client.
-    fn sasl_line(&mut self, line: &[u8], ex: Exchange) -> Option<OdmrStep> {
-        self.lines.set_max(MAX_COMMAND_LINE);
-        if line == b"*" {
-            self.reply(501, "Authentication cancelled");
-            return None;
-        }
-        let Ok(decoded) = B64.decode(line) else {
-            self.reply(501, "Invalid base64 data");
-            return None;
-        };
-        self.sasl_data(&decoded, ex)
-    }
-
-    /// Decoded client data for the exchange `ex`.
-    fn sasl_data(&mut self, decoded: &[u8], ex: Exchange) -> Option<OdmrStep> {
-        self.state = State::Initial;
-        let continue_with = |s: &mut Self, text: String, ex: Exchange| {
-            s.reply(334, text);
-            s.lines.set_max(MAX_AUTH_LINE);
-            s.state = State::Sasl(ex);
-            None
-        };
-        let ex_kind = if matches!(ex, Exchange::Scram(_)) {
-            ExKind::ScramFirst
-        } else {
-            ExKind::Other
-        };
-        match ex {
-            Exchange::Cram { challenge } => self.cram_response(decoded, challenge),
-            Exchange::Scram(mut server) | Exchange::ScramFinal(mut server) => {
-                let step = if matches!(ex_kind, ExKind::ScramFirst) {
-                    server.client_first(decoded)
-                } else {
-                    server.client_final(decoded)
-                };
-                match step {
-                    scram::ServerStep::LookupUser(user) => {
-                        self.state = State::AwaitScram(server);
-                        Some(OdmrStep::LookupScram { user })
-                    }
-                    scram::ServerStep::Final(v) => {
-                        let user = server.user().unwrap_or_default().to_string();
-                        continue_with(self, B64.encode(v), Exchange::ScramDone { user })
-                    }
-                    scram::ServerStep::Challenge(_) | scram::ServerStep::Failed(_) => self.auth_failed(),
-                }
-            }
-            Exchange::ScramDone { user } => {
-                if decoded.is_empty() {
-                    self.reply(235, "Authentication successful");
-                    self.state = State::Authenticated { account: user };
-                    None
-                } else {
-                    self.auth_failed()
-                }
-            }
-            Exchange::Plain => match plain::parse_plain(decoded) {
-                Ok(c) => {
-                    self.state = State::AwaitPassword { user: c.user.clone() };
-                    Some(OdmrStep::CheckPassword {
-                        user: c.user,
-                        password: c.password,
-                    })
-                }
-                Err(_) => self.auth_failed(),
-            },
-            Exchange::External => match std::str::from_utf8(decoded) {
-                Ok(authzid) if !authzid.contains('\0') => {
-                    self.state = State::AwaitExternal;
-                    Some(OdmrStep::External {
-                        authzid: authzid.to_string(),
-                    })
-                }
-                _ => self.auth_failed(),
-            },
-            Exchange::LoginUser => match plain::parse_login_user(decoded) {
-                Ok(user) => continue_with(self, LOGIN_PASS_CHALLENGE.into(), Exchange::LoginPass { user }),
-                Err(_) => self.auth_failed(),
-            },
-            Exchange::LoginPass { user } => match plain::parse_login_password(decoded) {
-                Ok(password) => {
-                    self.state = State::AwaitPassword { user: user.clone() };
-                    Some(OdmrStep::CheckPassword { user, password })
-                }
-                Err(_) => self.auth_failed(),
-            },
-        }
-    }
-
-    /// The driver's answer to [`OdmrStep::LookupScram`].
-    pub fn scram_verifier(&mut self, v: Option<ScramVerifier>) {
-        let State::AwaitScram(mut server) = std::mem::replace(&mut self.state, State::Initial) else {
-            return;
-        };
-        self.pending = None;
-        match server.verifier(v) {
-            scram::ServerStep::Challenge(first) => {
-                self.reply(334, B64.encode(first));
-                self.lines.set_max(MAX_AUTH_LINE);
-                self.state = State::Sasl(Exchange::ScramFinal(server));
-            }
-            _ => {
-                if self.auth_failed().is_some() {
-                    self.state = State::Closed;
-                }
-            }
-        }
-    }
-
-    /// The driver's answer to [`OdmrStep::External`]: the account the certificate maps to (and
-    /// that the authzid, if any, names), or `None`.
-    pub fn external_result(&mut self, account: Option<String>) -> bool {
-        if !matches!(self.state, State::AwaitExternal) {
-            return false;
-        }
-        self.pending = None;
-        self.state = State::Initial;
-        match account {
-            Some(a) => {
-                self.reply(235, "Authentication successful");
-                self.state = State::Authenticated { account: a };
-                true
-            }
-            None => {
-                if self.auth_failed().is_some() {
-                    self.state = State::Closed;
-                }
-                false
-            }
-        }
-    }
-
-    /// The driver's answer to [`OdmrStep::CheckPassword`]. Returns whether it succeeded.
-    pub fn password_checked(&mut self, ok: bool) -> bool {
-        let State::AwaitPassword { user } = std::mem::replace(&mut self.state, State::Initial) else {
-            return false;
-        };
-        self.pending = None;
-        if ok {
-            self.reply(235, "Authentication successful");
-            self.state = State::Authenticated { account: user };
-        } else if self.auth_failed().is_some() {
-            self.state = State::Closed;
-        }
-        ok
-    }
-
-    fn cram_response(&mut self, decoded: &[u8], challenge: String) -> Option<OdmrStep> {
-        match cram_md5::parse_response(decoded) {
-            Ok((user, digest)) => {
-                self.state = State::AwaitSecret {
-                    user: user.clone(),
-                    challenge,
-                    digest,
-                };
-                Some(OdmrStep::LookupSecret { user })
-            }
-            Err(_) => self.auth_failed(),
-        }
-    }
-
-    fn auth_failed(&mut self) -> Option<OdmrStep> {
-        self.auth_failures += 1;
-        // 535 counts as an auth failure, not a protocol error.
-        Reply::new(535, "", "Authentication credentials invalid").write(&mut self.out, false);
-        if self.auth_failures >= self.cfg.max_auth_failures.max(3) {
-            let host = self.cfg.hostname.clone();
-            self.reply(421, format!("{host} too many authentication failures, closing"));
-            return Some(OdmrStep::Close);
-        }
-        None
-    }
-
-    /// The driver's answer to [`OdmrStep::LookupSecret`]: the stored secret, or `None` for an
-    /// unknown account. Returns whether authentication succeeded.
-    pub fn secret(&mut self, secret: Option<CramSecret>) -> bool {
-        let State::AwaitSecret {
-            user,
-            challenge,
-            digest,
-        } = std::mem::replace(&mut self.state, State::Initial)
-        else {
-            return false;
-        };
-        self.pending = None;
-        let ok = secret.is_some_and(|s| cram_md5::verify(&s, challenge.as_bytes(), &digest));
-        if ok {
-            self.reply(235, "Authentication successful");
-            self.state = State::Authenticated { account: user };
-        } else if self.auth_failed().is_some() {
-            self.state = State::Closed;
-        }
-        ok
-    }
-
-    /// The driver's answer to [`OdmrStep::LookupSecret`] when it will not check the credentials
-    /// now (too many recent failures): a temporary refusal, 454 (RFC 4954 §4).
-    pub fn auth_temporary_failure(&mut self) {
-        if matches!(
-            self.state,
-            State::AwaitSecret { .. }
-                | State::AwaitScram(_)
-                | State::AwaitPassword { .. }
-                | State::AwaitExternal
-        ) {
+        let r = self.auth.answer(answer, &mut self.out);
+        if !self.auth.awaiting() {
             self.pending = None;
-            self.state = State::Initial;
-            self.reply(
-                454,
-                "4.7.0 Temporary authentication failure: too many failures, try again later",
-            );
+            self.state = State::Command;
         }
+        match r {
+            AuthResult::Succeeded => Some(true),
+            AuthResult::Failed => Some(false),
+            AuthResult::FailedClose => {
+                self.state = State::Closed;
+                Some(false)
+            }
+            AuthResult::Pending => None,
+        }
+    }
+
+    /// [`OdmrSession::auth_answer`] for a CRAM-MD5 lookup; whether authentication succeeded.
+    pub fn secret(&mut self, secret: Option<CramSecret>) -> bool {
+        self.auth_answer(AuthAnswer::Secret(secret)) == Some(true)
+    }
+
+    /// [`OdmrSession::auth_answer`] for a SCRAM lookup (the outcome comes with the client's proof).
+    pub fn scram_verifier(&mut self, v: Option<ScramVerifier>) {
+        self.auth_answer(AuthAnswer::Scram(v));
+    }
+
+    /// [`OdmrSession::auth_answer`] for EXTERNAL: the account the certificate maps to (and
+    /// that the authzid, if any, names), or `None`. Whether authentication succeeded.
+    pub fn external_result(&mut self, account: Option<String>) -> bool {
+        self.auth_answer(AuthAnswer::External(account)) == Some(true)
+    }
+
+    /// [`OdmrSession::auth_answer`] for PLAIN/LOGIN. Whether authentication succeeded.
+    pub fn password_checked(&mut self, ok: bool) -> bool {
+        self.auth_answer(AuthAnswer::Password(ok)) == Some(true)
+    }
+
+    /// The driver will not check the credentials now (too many recent failures): a temporary
+    /// refusal, 454 (RFC 4954 §4).
+    pub fn auth_temporary_failure(&mut self) {
+        self.auth_answer(AuthAnswer::TemporaryFailure);
     }
 
     /// The driver's answer to [`OdmrStep::Atrn`].
     pub fn atrn_decision(&mut self, decision: AtrnDecision) {
-        let State::AwaitAtrn { account } = std::mem::replace(&mut self.state, State::Initial) else {
+        if self.state != State::AwaitAtrn {
             return;
-        };
+        }
         self.pending = None;
-        self.state = State::Authenticated { account };
+        self.state = State::Command;
         match decision {
             AtrnDecision::Granted => {
                 self.reply(250, "OK now reversing the connection");
@@ -721,6 +414,10 @@ impl OdmrSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sasl::cram_md5;
+    use base64::Engine;
+
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
     fn authed() -> (OdmrSession, BytesMut) {
         let mut s = OdmrSession::new(OdmrConfig::new("odmr.example.net"), 7, 1_800_000_000);
@@ -731,7 +428,10 @@ mod tests {
         let challenge = B64.decode(b64).unwrap();
         let resp = cram_md5::client_response("acme", b"pw", &challenge);
         input.extend_from_slice(format!("{}\r\n", B64.encode(resp)).as_bytes());
-        assert_eq!(s.poll(&mut input), OdmrStep::LookupSecret { user: "acme".into() });
+        assert_eq!(
+            s.poll(&mut input),
+            OdmrStep::Auth(AuthStep::LookupSecret { user: "acme".into() })
+        );
         // Not authenticated until the 235 is written.
         assert_eq!(s.account(), None);
         assert!(s.secret(Some(CramSecret::from_password(b"pw"))));
@@ -790,7 +490,10 @@ mod tests {
             input.extend_from_slice(
                 format!("{}\r\n", B64.encode("acme 00000000000000000000000000000000")).as_bytes(),
             );
-            assert_eq!(s.poll(&mut input), OdmrStep::LookupSecret { user: "acme".into() });
+            assert_eq!(
+                s.poll(&mut input),
+                OdmrStep::Auth(AuthStep::LookupSecret { user: "acme".into() })
+            );
             assert!(!s.secret(None));
             let step = s.poll(&mut input);
             if i < 5 {
@@ -851,7 +554,10 @@ mod tests {
         let mut client = ScramClient::new("acme", "pencil", "clientnonce123").unwrap();
         let mut input =
             BytesMut::from(format!("AUTH SCRAM-SHA-256 {}\r\n", B64.encode(client.client_first())).as_str());
-        assert_eq!(s.poll(&mut input), OdmrStep::LookupScram { user: "acme".into() });
+        assert_eq!(
+            s.poll(&mut input),
+            OdmrStep::Auth(AuthStep::LookupScram { user: "acme".into() })
+        );
         s.scram_verifier(Some(
             ScramVerifier::from_password("pencil", b"0123456789abcdef", 4096).unwrap(),
         ));
@@ -881,7 +587,10 @@ mod tests {
             assert_eq!(s.output().as_slice(), b"334 \r\n");
             s.output().clear();
             input.extend_from_slice(format!("{}\r\n", B64.encode(client.client_first())).as_bytes());
-            assert!(matches!(s.poll(&mut input), OdmrStep::LookupScram { .. }));
+            assert!(matches!(
+                s.poll(&mut input),
+                OdmrStep::Auth(AuthStep::LookupScram { .. })
+            ));
             let v = known.then(|| ScramVerifier::from_password("right", b"0123456789abcdef", 4096).unwrap());
             s.scram_verifier(v);
             let out = String::from_utf8(std::mem::take(s.output())).unwrap();
@@ -922,10 +631,10 @@ mod tests {
         input.extend_from_slice(format!("AUTH PLAIN {}\r\n", B64.encode("\0acme\0pw")).as_bytes());
         assert_eq!(
             s.poll(&mut input),
-            OdmrStep::CheckPassword {
+            OdmrStep::Auth(AuthStep::CheckPassword {
                 user: "acme".into(),
                 password: "pw".into()
-            }
+            })
         );
         assert!(s.password_checked(true));
         assert_eq!(s.account(), Some("acme"));
@@ -944,10 +653,10 @@ mod tests {
         input.extend_from_slice(format!("{}\r\n", B64.encode("pw")).as_bytes());
         assert_eq!(
             s.poll(&mut input),
-            OdmrStep::CheckPassword {
+            OdmrStep::Auth(AuthStep::CheckPassword {
                 user: "acme".into(),
                 password: "pw".into()
-            }
+            })
         );
         assert!(!s.password_checked(false));
         assert!(s

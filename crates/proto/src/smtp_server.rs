@@ -20,7 +20,16 @@
 //!   [`SmtpServer::tls_started`] forgets everything learnt before it (RFC 3207 §4.2).
 //! - **Pipelining.** Replies accumulate in the output buffer while commands remain in the input;
 //!   the driver flushes whenever the machine asks for more input (RFC 2920 §3.2).
+//! - **AUTH only identifies.** With [`SmtpServer::enable_auth`] the MX offers AUTH (the exchange
+//!   is [`crate::auth`], shared with the ODMR listener); a successful AUTH names the account for
+//!   ETRN and the `Received:` header, and nothing else: recipients are still checked one by one,
+//!   so it never opens relaying.
+//! - **ETRN is decided by the driver and never inside a transaction** (RFC 1985 §5): with
+//!   `etrn` set, a well-formed `ETRN [@]node` becomes [`ServerStep::Etrn`]; the reply is one
+//!   line, from [`SmtpServer::etrn_verdict`], and the queue run starts only after it.
 
+use crate::atrn::{parse_domain, quote};
+use crate::auth::{AuthAnswer, AuthConfig, AuthEvent, AuthResult, AuthServer, AuthStep, MAX_AUTH_LINE};
 use crate::data::{DataError, DataLimits, DataReceiver, DataStatus};
 use crate::envelope::{
     address_domain, mail_params_text, rcpt_params_text, split_dsn_params, DsnParams, DsnVerb, MailEnvelope,
@@ -60,6 +69,8 @@ pub struct ServerConfig {
     /// and owes the DSNs. The customer's reversed side does not, since its sinks neither pass
     /// them on nor report.
     pub dsn: bool,
+    /// Offer ETRN (RFC 1985) and pass each request to the driver ([`ServerStep::Etrn`]).
+    pub etrn: bool,
 }
 
 impl ServerConfig {
@@ -76,6 +87,7 @@ impl ServerConfig {
             starttls: false,
             max_messages: 10_000,
             dsn: true,
+            etrn: false,
         }
     }
 }
@@ -112,8 +124,35 @@ pub enum ServerStep {
     /// The 220 to STARTTLS is in the output: flush it, check that no input is buffered (else
     /// close), run the TLS handshake, then call [`SmtpServer::tls_started`].
     StartTls,
+    /// An AUTH lookup (only after [`SmtpServer::enable_auth`]): answer with
+    /// [`SmtpServer::auth_answer`].
+    Auth(AuthStep),
+    /// Only with `etrn`: `ETRN node`, or `ETRN @node` (`subdomains`: every domain equal to
+    /// `node` or ending in `.node`, RFC 1985 §5.3). `node` is a valid, lower-cased domain. Decide
+    /// and answer with [`SmtpServer::etrn_verdict`]; start the queue run only after that (RFC
+    /// 1985 §5.1: the reply does not wait for it).
+    Etrn { node: String, subdomains: bool },
     /// Flush the output and close the connection.
     Close,
+}
+
+/// The driver's answer to [`ServerStep::Etrn`] (RFC 1985 §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtrnVerdict {
+    /// 250: queuing started; nothing said about whether mail exists.
+    Started,
+    /// 251: nothing is waiting for the node.
+    NoMessages,
+    /// 252: pending messages, number unknown; queuing started.
+    Pending,
+    /// 253: this many pending messages; queuing started.
+    PendingCount(u64),
+    /// 458: the queue cannot be run now; the text says why (e.g. "delivery already in
+    /// progress").
+    Unable(String),
+    /// 459: not allowed. One text for every reason, so the reply does not tell who owns a
+    /// domain (PROTOCOL.md §3 [project]).
+    NotAllowed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +178,12 @@ enum State {
     AwaitDataStart,
     Data,
     AwaitCommit,
+    /// Waiting for the driver's answer to an AUTH lookup.
+    AwaitAuth,
+    /// Waiting for the driver's ETRN verdict; the node as the client gave it (for the reply).
+    AwaitEtrn {
+        shown: String,
+    },
     /// Waiting for the driver's TLS handshake.
     Tls,
     Closed,
@@ -159,6 +204,8 @@ pub struct SmtpServer {
     errors: usize,
     messages: u64,
     tls: bool,
+    client_cert: bool,
+    auth: Option<AuthServer>,
 }
 
 impl SmtpServer {
@@ -177,6 +224,8 @@ impl SmtpServer {
             errors: 0,
             messages: 0,
             tls: false,
+            client_cert: false,
+            auth: None,
             cfg,
             peer,
         };
@@ -195,6 +244,30 @@ impl SmtpServer {
         self.helo.as_ref().map(|(h, _)| h.as_str())
     }
 
+    /// Offer AUTH in this session (the MX listener): `seed` random per session and `unix_time`
+    /// the current time, which make CRAM-MD5 challenges and SCRAM nonces unique. Call before the
+    /// first `poll`.
+    pub fn enable_auth(&mut self, cfg: AuthConfig, seed: u64, unix_time: u64) {
+        let host = self.cfg.hostname.clone();
+        // The MX offers ENHANCEDSTATUSCODES, so AUTH replies carry them too.
+        self.auth = Some(AuthServer::new(cfg, host, true, seed, unix_time));
+    }
+
+    /// The account the client authenticated as, if any.
+    pub fn account(&self) -> Option<&str> {
+        self.auth.as_ref().and_then(AuthServer::account)
+    }
+
+    /// The SASL mechanism of the last AUTH command (for logs).
+    pub fn mechanism(&self) -> Option<&str> {
+        self.auth.as_ref().and_then(AuthServer::mechanism)
+    }
+
+    /// The TLS handshake produced a verified client certificate: offer SASL EXTERNAL.
+    pub fn set_client_cert(&mut self) {
+        self.client_cert = true;
+    }
+
     /// The TLS handshake after STARTTLS succeeded: start over from the greeting state, without
     /// a new greeting, forgetting the client's name (RFC 3207 §4.2). STARTTLS is no longer
     /// offered.
@@ -202,6 +275,9 @@ impl SmtpServer {
         self.reset_tx();
         self.helo = None;
         self.tls = true;
+        if let Some(a) = self.auth.as_mut() {
+            a.reset();
+        }
         self.state = State::Command;
     }
 
@@ -256,7 +332,9 @@ impl SmtpServer {
                 State::AwaitSender { .. }
                 | State::AwaitRcpt { .. }
                 | State::AwaitDataStart
-                | State::AwaitCommit => {
+                | State::AwaitCommit
+                | State::AwaitAuth
+                | State::AwaitEtrn { .. } => {
                     // A decision is outstanding; `pending` holds it. Unreachable in a correct
                     // driver, harmless otherwise.
                     return ServerStep::NeedInput;
@@ -264,7 +342,8 @@ impl SmtpServer {
                 State::Data => return self.poll_data(input),
                 State::Command => {}
             }
-            if self.errors > self.cfg.max_errors {
+            let auth_errors = self.auth.as_ref().map_or(0, AuthServer::errors);
+            if self.errors + auth_errors > self.cfg.max_errors {
                 self.reply(Reply::new(
                     421,
                     "4.7.0",
@@ -273,9 +352,15 @@ impl SmtpServer {
                 self.state = State::Closed;
                 return ServerStep::Close;
             }
+            let exchange = self.auth.as_ref().is_some_and(AuthServer::in_exchange);
+            self.lines
+                .set_max(if exchange { MAX_AUTH_LINE } else { MAX_COMMAND_LINE });
             let line = match self.lines.next_line(input) {
                 None => return ServerStep::NeedInput,
                 Some(Line::TooLong) => {
+                    if let Some(a) = self.auth.as_mut() {
+                        a.abort();
+                    }
                     self.reply(Reply::new(500, "5.5.6", "Line too long"));
                     continue;
                 }
@@ -289,7 +374,14 @@ impl SmtpServer {
                 }
                 Some(Line::Ok(l)) => l,
             };
-            if let Some(step) = self.command(&line) {
+            let step = match self.auth.as_mut() {
+                Some(a) if exchange => {
+                    let ev = a.line(&line, &mut self.out);
+                    self.auth_event(ev)
+                }
+                _ => self.command(&line),
+            };
+            if let Some(step) = step {
                 match step {
                     ServerStep::Close => self.state = State::Closed,
                     ServerStep::StartTls => self.state = State::Tls,
@@ -336,8 +428,15 @@ impl SmtpServer {
                     if self.cfg.smtputf8 {
                         lines.push("SMTPUTF8".into());
                     }
-                    if self.cfg.starttls && !self.tls {
+                    if self.cfg.starttls && !self.tls && self.account().is_none() {
                         lines.push("STARTTLS".into());
+                    }
+                    if let Some(a) = self.auth.as_ref().filter(|a| a.account().is_none()) {
+                        let mechs = a.mechanisms(self.tls, self.client_cert);
+                        lines.push(format!("AUTH {}", mechs.join(" ")));
+                    }
+                    if self.cfg.etrn {
+                        lines.push("ETRN".into());
                     }
                     lines.push("HELP".into());
                     Reply::multi(250, lines).write(&mut self.out, false);
@@ -384,11 +483,16 @@ impl SmtpServer {
                 ));
                 return Some(ServerStep::Close);
             }
-            "HELP" => self.reply(Reply::new(
-                214,
-                "2.0.0",
-                "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY",
-            )),
+            "HELP" => {
+                let mut text = String::from("Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY");
+                if self.auth.is_some() {
+                    text.push_str(" AUTH");
+                }
+                if self.cfg.etrn {
+                    text.push_str(" ETRN");
+                }
+                self.reply(Reply::new(214, "2.0.0", text))
+            }
             "VRFY" => self.reply(Reply::new(
                 252,
                 "2.5.0",
@@ -403,12 +507,38 @@ impl SmtpServer {
                         "5.5.1",
                         "STARTTLS is not allowed inside a mail transaction",
                     ));
+                } else if self.account().is_some() {
+                    // What was learnt before TLS must be forgotten (RFC 3207 §4.2), and
+                    // forgetting an authentication the client believes in only confuses it.
+                    self.reply(Reply::new(503, "5.5.1", "STARTTLS is not allowed after AUTH"));
                 } else {
                     self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
                     return Some(ServerStep::StartTls);
                 }
             }
             "STARTTLS" if self.tls => self.reply(Reply::new(503, "5.5.1", "TLS is already active")),
+            "AUTH" if self.auth.is_some() => {
+                if self.mail.is_some() {
+                    // RFC 4954 §4.
+                    self.reply(Reply::new(
+                        503,
+                        "5.5.1",
+                        "AUTH is not allowed inside a mail transaction",
+                    ));
+                } else if !self.helo.as_ref().is_some_and(|(_, esmtp)| *esmtp) {
+                    // AUTH is a service extension: only an EHLO session knows it exists.
+                    self.reply(Reply::new(503, "5.5.1", "Send EHLO first"));
+                } else {
+                    let args = String::from_utf8_lossy(args).trim().to_string();
+                    let (tls, cert) = (self.tls, self.client_cert);
+                    let ev = match self.auth.as_mut() {
+                        Some(a) => a.command(&args, tls, cert, &mut self.out),
+                        None => AuthEvent::Continue,
+                    };
+                    return self.auth_event(ev);
+                }
+            }
+            "ETRN" if self.cfg.etrn => return self.etrn(args),
             "EXPN" | "TURN" | "ATRN" | "ETRN" | "AUTH" | "STARTTLS" | "BDAT" => self.reply(Reply::new(
                 502,
                 "5.5.1",
@@ -417,6 +547,126 @@ impl SmtpServer {
             _ => self.reply(Reply::new(500, "5.5.2", "Command unrecognized")),
         }
         None
+    }
+
+    fn auth_event(&mut self, ev: AuthEvent) -> Option<ServerStep> {
+        match ev {
+            AuthEvent::Continue => None,
+            AuthEvent::Ask(step) => {
+                self.state = State::AwaitAuth;
+                Some(ServerStep::Auth(step))
+            }
+            AuthEvent::Close => Some(ServerStep::Close),
+        }
+    }
+
+    /// The driver's answer to [`ServerStep::Auth`]: `Some(true)` when the session is now
+    /// authenticated (the 235 is in the output), `Some(false)` when the attempt failed (535),
+    /// `None` when neither is known yet (SCRAM goes on) or for a temporary failure (454).
+    pub fn auth_answer(&mut self, answer: AuthAnswer) -> Option<bool> {
+        if self.state != State::AwaitAuth {
+            return None;
+        }
+        let a = self.auth.as_mut()?;
+        let r = a.answer(answer, &mut self.out);
+        if !a.awaiting() {
+            self.pending = None;
+            self.state = State::Command;
+        }
+        match r {
+            AuthResult::Succeeded => Some(true),
+            AuthResult::Failed => Some(false),
+            AuthResult::FailedClose => {
+                self.state = State::Closed;
+                Some(false)
+            }
+            AuthResult::Pending => None,
+        }
+    }
+
+    /// `ETRN [@|#]node` (RFC 1985 §5).
+    fn etrn(&mut self, args: &[u8]) -> Option<ServerStep> {
+        if self.mail.is_some() {
+            self.reply(Reply::new(
+                503,
+                "5.5.1",
+                "ETRN is not allowed inside a mail transaction",
+            ));
+            return None;
+        }
+        let arg = String::from_utf8_lossy(args).trim().to_string();
+        if arg.is_empty() {
+            // 501, not the 500 of RFC 1985 §7's example: the command is known here and only its
+            // parameter is missing, which is what 501 says (RFC 5321 §4.2.2; RFC 1985 §5.1 lists
+            // 501 for syntax errors in parameters). A 500 would claim ETRN is unknown.
+            self.reply(Reply::new(501, "5.5.4", "Syntax: ETRN [@]node"));
+            return None;
+        }
+        if let Some(queue) = arg.strip_prefix('#') {
+            // We keep one queue, indexed by domain; there are no named queues to start. 459
+            // ("not allowed", with the reason) as sendmail answers an unknown queue group: it
+            // is a refusal of this request, not a failure to run an existing queue (458).
+            let text = format!(
+                "<#{}> not allowed: no such queue, ask by domain name",
+                quote(queue)
+            );
+            self.reply(Reply::new(459, "4.5.4", text));
+            return None;
+        }
+        let (subdomains, name) = match arg.strip_prefix('@') {
+            Some(n) => (true, n),
+            None => (false, arg.as_str()),
+        };
+        match parse_domain(name) {
+            Ok(node) => {
+                let shown = if subdomains {
+                    format!("@{node}")
+                } else {
+                    node.clone()
+                };
+                self.state = State::AwaitEtrn { shown };
+                Some(ServerStep::Etrn { node, subdomains })
+            }
+            Err(e) => {
+                self.reply(Reply::new(501, "5.5.4", format!("Syntax: ETRN [@]node: {e}")));
+                None
+            }
+        }
+    }
+
+    /// The driver's answer to [`ServerStep::Etrn`]: one reply line.
+    pub fn etrn_verdict(&mut self, verdict: EtrnVerdict) {
+        let State::AwaitEtrn { shown } = std::mem::replace(&mut self.state, State::Command) else {
+            return;
+        };
+        self.pending = None;
+        let r = match verdict {
+            EtrnVerdict::Started => Reply::new(250, "2.0.0", format!("Queuing for node {shown} started")),
+            EtrnVerdict::NoMessages => {
+                Reply::new(251, "2.0.0", format!("OK, no messages waiting for node {shown}"))
+            }
+            EtrnVerdict::Pending => Reply::new(
+                252,
+                "2.0.0",
+                format!("OK, pending messages for node {shown} started"),
+            ),
+            EtrnVerdict::PendingCount(n) => Reply::new(
+                253,
+                "2.0.0",
+                format!("OK, {n} pending messages for node {shown} started"),
+            ),
+            EtrnVerdict::Unable(why) => Reply::new(
+                458,
+                "4.3.0",
+                format!("Unable to queue messages for node {shown}: {why}"),
+            ),
+            EtrnVerdict::NotAllowed => Reply::new(
+                459,
+                "4.7.1",
+                format!("Node {shown} not allowed: not a domain this client may release"),
+            ),
+        };
+        self.reply(r);
     }
 
     fn mail(&mut self, line: &[u8]) -> Option<ServerStep> {
@@ -624,11 +874,14 @@ impl SmtpServer {
 
     fn received_header(&self, date: &str) -> String {
         let (helo, esmtp) = self.helo.clone().unwrap_or_default();
-        let with = match (esmtp, self.tls) {
-            (true, true) => "ESMTPS",
-            (true, false) => "ESMTP",
-            (false, true) => "SMTPS",
-            (false, false) => "SMTP",
+        // RFC 3848: "A" for an authenticated session, "S" for TLS.
+        let with = match (esmtp, self.tls, self.account().is_some()) {
+            (true, true, true) => "ESMTPSA",
+            (true, false, true) => "ESMTPA",
+            (true, true, false) => "ESMTPS",
+            (true, false, false) => "ESMTP",
+            (false, true, _) => "SMTPS",
+            (false, false, _) => "SMTP",
         };
         let for_clause = match self.rcpts.as_slice() {
             [one] => format!("\r\n\tfor <{}>", one.address),
@@ -1069,5 +1322,187 @@ mod tests {
         assert!(s
             .output()
             .ends_with(b"421 4.7.0 mx too many messages in one session, reconnect\r\n"));
+    }
+
+    fn mx(etrn: bool, auth: bool) -> SmtpServer {
+        let mut cfg = ServerConfig::new("mx");
+        cfg.etrn = etrn;
+        let mut s = SmtpServer::new(
+            cfg,
+            PeerInfo {
+                ip: "192.0.2.1".into(),
+                session: "e".into(),
+            },
+        );
+        if auth {
+            s.enable_auth(AuthConfig::default(), 3, 1_800_000_000);
+        }
+        s.output().clear();
+        s
+    }
+
+    #[test]
+    fn etrn_and_auth_are_offered_only_when_enabled() {
+        let mut s = mx(false, false);
+        let mut input = BytesMut::from("EHLO c\r\nETRN example.org\r\nAUTH CRAM-MD5\r\n");
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(!out.contains("250-ETRN") && !out.contains("250-AUTH"), "{out}");
+        assert!(out.contains("502 5.5.1 ETRN not implemented"), "{out}");
+        assert!(
+            out.ends_with("502 5.5.1 AUTH not implemented on this listener\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn every_etrn_verdict_is_one_line_with_its_code() {
+        for (v, want) in [
+            (
+                EtrnVerdict::Started,
+                "250 2.0.0 Queuing for node @example.org started\r\n",
+            ),
+            (
+                EtrnVerdict::NoMessages,
+                "251 2.0.0 OK, no messages waiting for node @example.org\r\n",
+            ),
+            (
+                EtrnVerdict::Pending,
+                "252 2.0.0 OK, pending messages for node @example.org started\r\n",
+            ),
+            (
+                EtrnVerdict::PendingCount(3),
+                "253 2.0.0 OK, 3 pending messages for node @example.org started\r\n",
+            ),
+            (
+                EtrnVerdict::Unable("busy".into()),
+                "458 4.3.0 Unable to queue messages for node @example.org: busy\r\n",
+            ),
+            (
+                EtrnVerdict::NotAllowed,
+                "459 4.7.1 Node @example.org not allowed: not a domain this client may release\r\n",
+            ),
+        ] {
+            let mut s = mx(true, false);
+            let mut input = BytesMut::from("ETRN @Example.ORG\r\nNOOP\r\n");
+            assert_eq!(
+                s.poll(&mut input),
+                ServerStep::Etrn {
+                    node: "example.org".into(),
+                    subdomains: true
+                }
+            );
+            // Nothing more is read until the verdict.
+            assert!(matches!(s.poll(&mut input), ServerStep::Etrn { .. }));
+            assert_eq!(&input[..], b"NOOP\r\n");
+            s.etrn_verdict(v);
+            assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+            let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+            assert_eq!(out, format!("{want}250 2.0.0 OK\r\n"));
+        }
+    }
+
+    #[test]
+    fn auth_identifies_for_the_received_header_but_recipients_are_still_checked() {
+        let mut s = mx(true, true);
+        let mut input = BytesMut::from("EHLO c\r\nAUTH PLAIN\r\n");
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(out.contains("250-AUTH SCRAM-SHA-256 CRAM-MD5\r\n"), "{out}");
+        assert!(
+            out.ends_with("504 5.5.4 Mechanism available only after STARTTLS\r\n"),
+            "{out}"
+        );
+        input.extend_from_slice(b"AUTH SCRAM-SHA-256\r\n");
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+        assert_eq!(s.output().as_slice(), b"334 \r\n");
+        s.output().clear();
+        use crate::sasl::scram::{ScramClient, ScramVerifier};
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut client = ScramClient::new("acme", "pencil", "cnonce").unwrap();
+        input.extend_from_slice(format!("{}\r\n", b64.encode(client.client_first())).as_bytes());
+        assert_eq!(
+            s.poll(&mut input),
+            ServerStep::Auth(AuthStep::LookupScram { user: "acme".into() })
+        );
+        let v = ScramVerifier::from_password("pencil", b"0123456789abcdef", 4096).unwrap();
+        assert_eq!(s.auth_answer(AuthAnswer::Scram(Some(v))), None);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        let first = b64.decode(out.trim_end().strip_prefix("334 ").unwrap()).unwrap();
+        input.extend_from_slice(
+            format!("{}\r\n", b64.encode(client.server_first(&first).unwrap())).as_bytes(),
+        );
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        client
+            .server_final(&b64.decode(out.trim_end().strip_prefix("334 ").unwrap()).unwrap())
+            .unwrap();
+        input.extend_from_slice(b"\r\n");
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+        assert_eq!(s.output().as_slice(), b"235 2.7.0 Authentication successful\r\n");
+        assert_eq!(s.account(), Some("acme"));
+        s.output().clear();
+
+        input.extend_from_slice(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@elsewhere.example>\r\n");
+        assert!(matches!(s.poll(&mut input), ServerStep::CheckRecipient { .. }));
+        s.recipient_verdict(RcptVerdict::NotHosted);
+        input.extend_from_slice(b"RCPT TO:<x@example.org>\r\nDATA\r\n");
+        assert!(matches!(s.poll(&mut input), ServerStep::CheckRecipient { .. }));
+        s.recipient_verdict(RcptVerdict::Accept);
+        let ServerStep::StartData(env) = s.poll(&mut input) else {
+            panic!()
+        };
+        assert_eq!(env.recipients.len(), 1, "the refused recipient stays refused");
+        s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000");
+        input.extend_from_slice(b"x\r\n.\r\n");
+        let ServerStep::Body(b) = s.poll(&mut input) else {
+            panic!()
+        };
+        let header = String::from_utf8(b).unwrap();
+        assert!(header.contains("with ESMTPA id e.1"), "{header}");
+    }
+
+    #[test]
+    fn starttls_is_refused_after_auth() {
+        let mut cfg = ServerConfig::new("mx");
+        cfg.starttls = true;
+        let mut s = SmtpServer::new(
+            cfg,
+            PeerInfo {
+                ip: "192.0.2.1".into(),
+                session: "t".into(),
+            },
+        );
+        s.enable_auth(AuthConfig::default(), 3, 1);
+        s.output().clear();
+        let mut input = BytesMut::from("EHLO c\r\nAUTH CRAM-MD5\r\n");
+        s.poll(&mut input);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        let challenge = out
+            .lines()
+            .last()
+            .unwrap()
+            .strip_prefix("334 ")
+            .unwrap()
+            .to_string();
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let r = crate::sasl::cram_md5::client_response("acme", b"pw", &b64.decode(challenge).unwrap());
+        input.extend_from_slice(format!("{}\r\n", b64.encode(r)).as_bytes());
+        assert!(matches!(
+            s.poll(&mut input),
+            ServerStep::Auth(AuthStep::LookupSecret { .. })
+        ));
+        let secret = crate::sasl::cram_md5::CramSecret::from_password(b"pw");
+        assert_eq!(s.auth_answer(AuthAnswer::Secret(Some(secret))), Some(true));
+        input.extend_from_slice(b"EHLO c\r\nSTARTTLS\r\n");
+        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
+        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        assert!(!out.contains("STARTTLS\r\n250"), "{out}");
+        assert!(
+            out.ends_with("503 5.5.1 STARTTLS is not allowed after AUTH\r\n"),
+            "{out}"
+        );
     }
 }

@@ -9,6 +9,8 @@ pub struct Account {
     pub name: String,
     pub password: String,
     pub domains: Vec<String>,
+    /// Where ETRN delivers this account's mail (`@etrn NAME HOST:PORT`).
+    pub etrn_destination: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +46,17 @@ impl Transcript {
                     name: name.into(),
                     password: password.into(),
                     domains: domains.split(',').map(str::to_string).collect(),
+                    etrn_destination: None,
                 });
+            } else if let Some(rest) = line.strip_prefix("@etrn ") {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let [name, destination] = f[..] else {
+                    return Err(err("expected @etrn NAME HOST:PORT"));
+                };
+                let Some(a) = t.accounts.iter_mut().find(|a| a.name == name) else {
+                    return Err(err("@etrn names an account not declared before"));
+                };
+                a.etrn_destination = Some(destination.to_string());
             } else if let Some(rest) = line.strip_prefix("C: @cram ") {
                 let f: Vec<&str> = rest.split_whitespace().collect();
                 let [user, password] = f[..] else {
@@ -154,10 +166,13 @@ mod tests {
 
     #[test]
     fn parses_and_expands() {
-        let t =
-            Transcript::parse("# c\n@account a pw x.org,y.org\nC: NOOP {ab*3}\nC+ A\\r\\n\\0\nS: 250 *\n")
-                .unwrap();
+        let t = Transcript::parse(
+            "# c\n@account a pw x.org,y.org\n@etrn a 127.0.0.1:9\nC: NOOP {ab*3}\nC+ A\\r\\n\\0\nS: 250 *\n",
+        )
+        .unwrap();
         assert_eq!(t.accounts[0].domains, vec!["x.org", "y.org"]);
+        assert_eq!(t.accounts[0].etrn_destination.as_deref(), Some("127.0.0.1:9"));
+        assert!(Transcript::parse("@etrn nobody 127.0.0.1:9\n").is_err());
         assert_eq!(t.steps[0], Step::Send(b"NOOP ababab\r\n".to_vec()));
         assert_eq!(t.steps[1], Step::Send(b"A\r\n\0".to_vec()));
         assert!(matches("250 *", "250 OK"));

@@ -4,13 +4,55 @@
 
 use base64::Engine;
 use bytes::BytesMut;
+use odmr_proto::auth::{AuthAnswer, AuthConfig, AuthStep};
 use odmr_proto::odmr::{AtrnDecision, OdmrConfig, OdmrSession, OdmrStep};
 use odmr_proto::sasl::cram_md5::{self, CramSecret};
-use odmr_proto::smtp_server::{PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer};
+use odmr_proto::smtp_server::{EtrnVerdict, PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer};
 use odmr_proto::transcript::{matches, Step, Transcript};
 use std::path::PathBuf;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// The world's answer to an AUTH lookup: the accounts of the transcript, their passwords.
+fn auth_answer(t: &Transcript, step: AuthStep) -> AuthAnswer {
+    let account = |user: &str| t.accounts.iter().find(|a| a.name == user);
+    match step {
+        AuthStep::LookupSecret { user } => {
+            AuthAnswer::Secret(account(&user).map(|a| CramSecret::from_password(a.password.as_bytes())))
+        }
+        AuthStep::LookupScram { user } => AuthAnswer::Scram(account(&user).map(|a| {
+            odmr_proto::sasl::scram::ScramVerifier::from_password(&a.password, b"transcript-salt!", 4096)
+                .expect("verifier")
+        })),
+        // No TLS at unit level, so EXTERNAL is never offered.
+        AuthStep::External { .. } => AuthAnswer::External(None),
+        AuthStep::CheckPassword { user, password } => {
+            AuthAnswer::Password(account(&user).is_some_and(|a| a.password == password))
+        }
+    }
+}
+
+/// The world's ETRN verdict, as the server decides it (PROTOCOL.md §3 [project]): the node's
+/// domains among those of the authenticated account (none without AUTH: the transcripts use
+/// no client-address rules), 459 if there are none; 458 without an ETRN destination; the world
+/// holds no mail, so 251 otherwise.
+fn etrn_verdict(t: &Transcript, account: Option<&str>, node: &str, subdomains: bool) -> EtrnVerdict {
+    let Some(a) = account.and_then(|n| t.accounts.iter().find(|a| a.name == n)) else {
+        return EtrnVerdict::NotAllowed;
+    };
+    let suffix = format!(".{node}");
+    let matched = a
+        .domains
+        .iter()
+        .any(|d| d == node || (subdomains && d.ends_with(&suffix)));
+    if !matched {
+        EtrnVerdict::NotAllowed
+    } else if a.etrn_destination.is_none() {
+        EtrnVerdict::Unable("no ETRN destination is set for this node".into())
+    } else {
+        EtrnVerdict::NoMessages
+    }
+}
 
 trait Machine {
     /// Run until the machine wants input; returns false once it closed.
@@ -53,6 +95,13 @@ impl Machine for Mx {
                         .committed(Ok(format!("OK queued as {}", self.messages.len())))
                 }
                 ServerStep::AbortData => self.body.clear(),
+                ServerStep::Auth(step) => {
+                    self.s.auth_answer(auth_answer(t, step));
+                }
+                ServerStep::Etrn { node, subdomains } => {
+                    let v = etrn_verdict(t, self.s.account(), &node, subdomains);
+                    self.s.etrn_verdict(v)
+                }
             }
         }
     }
@@ -71,35 +120,8 @@ impl Machine for Odmr {
             match self.s.poll(input) {
                 OdmrStep::NeedInput => return true,
                 OdmrStep::Close | OdmrStep::Turnaround | OdmrStep::StartTls => return false,
-                OdmrStep::LookupSecret { user } => {
-                    let secret = t
-                        .accounts
-                        .iter()
-                        .find(|a| a.name == user)
-                        .map(|a| CramSecret::from_password(a.password.as_bytes()));
-                    self.s.secret(secret);
-                }
-                OdmrStep::LookupScram { user } => {
-                    let v = t.accounts.iter().find(|a| a.name == user).map(|a| {
-                        odmr_proto::sasl::scram::ScramVerifier::from_password(
-                            &a.password,
-                            b"transcript-salt!",
-                            4096,
-                        )
-                        .expect("verifier")
-                    });
-                    self.s.scram_verifier(v);
-                }
-                // No TLS at unit level, so EXTERNAL is never offered.
-                OdmrStep::External { .. } => {
-                    self.s.external_result(None);
-                }
-                OdmrStep::CheckPassword { user, password } => {
-                    let ok = t
-                        .accounts
-                        .iter()
-                        .any(|a| a.name == user && a.password == password);
-                    self.s.password_checked(ok);
+                OdmrStep::Auth(step) => {
+                    self.s.auth_answer(auth_answer(t, step));
                 }
                 OdmrStep::Atrn { account, domains } => {
                     let owned = &t
@@ -196,8 +218,13 @@ fn mx_transcripts() {
             ip: "192.0.2.1".into(),
             session: "test".into(),
         };
+        // As `odmr server` runs the MX by default: AUTH and ETRN offered.
+        let mut cfg = ServerConfig::new("mx.example.net");
+        cfg.etrn = true;
+        let mut s = SmtpServer::new(cfg, peer);
+        s.enable_auth(AuthConfig::default(), 42, 1_800_000_000);
         let mut m = Mx {
-            s: SmtpServer::new(ServerConfig::new("mx.example.net"), peer),
+            s,
             messages: Vec::new(),
             body: Vec::new(),
         };

@@ -38,6 +38,19 @@ pub enum AccountCmd {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+    /// Set an account's ETRN (RFC 1985) settings: where its mail goes when it asks with ETRN,
+    /// and from which networks it may ask without AUTH. Options not given keep their value.
+    Set {
+        name: String,
+        /// HOST:PORT of the customer's mail server ("[v6]:port" for IPv6), or "none" to stop
+        /// ETRN for this account.
+        #[arg(long, value_name = "HOST:PORT|none")]
+        etrn_destination: Option<String>,
+        /// A network (CIDR, or a single address) from which ETRN is allowed without AUTH
+        /// (repeatable; replaces the list). "none" clears the list.
+        #[arg(long, value_name = "CIDR|none")]
+        etrn_from: Vec<String>,
+    },
     /// Let a TLS client certificate log in as this account (SASL EXTERNAL). Replaces any
     /// certificate set before. The server needs `[tls] client_ca` to ask for certificates.
     Cert {
@@ -104,17 +117,74 @@ pub async fn account(cfg: &Config, cmd: AccountCmd) -> anyhow::Result<()> {
             if json {
                 let v: Vec<_> = list
                     .iter()
-                    .map(|a| serde_json::json!({"name": a.name, "domains": a.domains, "created_at": a.created_at}))
+                    .map(|a| {
+                        serde_json::json!({
+                            "name": a.name,
+                            "domains": a.domains,
+                            "created_at": a.created_at,
+                            "etrn_destination": a.etrn_destination,
+                            "etrn_from": a.etrn_from,
+                        })
+                    })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if list.is_empty() {
                 println!("no accounts");
             } else {
                 let w = list.iter().map(|a| a.name.len()).max().unwrap_or(0).max(7);
-                println!("{:w$}  DOMAINS", "ACCOUNT");
+                let dw = list
+                    .iter()
+                    .map(|a| a.domains.join(", ").len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(7);
+                println!("{:w$}  {:dw$}  ETRN", "ACCOUNT", "DOMAINS");
                 for a in list {
-                    println!("{:w$}  {}", a.name, a.domains.join(", "));
+                    let etrn = match (&a.etrn_destination, a.etrn_from.is_empty()) {
+                        (None, true) => "-".to_string(),
+                        (d, true) => d.clone().unwrap_or_default(),
+                        (d, false) => format!(
+                            "{} (without AUTH from {})",
+                            d.as_deref().unwrap_or("no destination"),
+                            a.etrn_from.join(", ")
+                        ),
+                    };
+                    println!("{:w$}  {:dw$}  {etrn}", a.name, a.domains.join(", "));
                 }
+            }
+        }
+        AccountCmd::Set {
+            name,
+            etrn_destination,
+            etrn_from,
+        } => {
+            if etrn_destination.is_none() && etrn_from.is_empty() {
+                bail!("nothing to set: give --etrn-destination HOST:PORT and/or --etrn-from CIDR");
+            }
+            let Some(current) = store.account_get(&name).await? else {
+                bail!("no account named {name}; see `odmr account list`");
+            };
+            let destination = match etrn_destination.as_deref() {
+                None => current.etrn_destination,
+                Some("none") => None,
+                Some(d) => Some(destination(d)?),
+            };
+            let from = match etrn_from.as_slice() {
+                [] => current.etrn_from,
+                [none] if none == "none" => Vec::new(),
+                list => list.iter().map(|n| network(n)).collect::<anyhow::Result<_>>()?,
+            };
+            store
+                .account_set_etrn(&name, destination.as_deref(), &from)
+                .await?;
+            match &destination {
+                Some(d) => println!("ETRN for {name} delivers to {d}"),
+                None => println!("ETRN for {name} has no destination (ETRN gets 458)"),
+            }
+            if from.is_empty() {
+                println!("ETRN for {name} needs AUTH as {name}");
+            } else {
+                println!("ETRN for {name} is allowed without AUTH from {}", from.join(", "));
             }
         }
         AccountCmd::Remove { name } => {
@@ -150,6 +220,46 @@ pub async fn account(cfg: &Config, cmd: AccountCmd) -> anyhow::Result<()> {
     }
     store.close().await;
     Ok(())
+}
+
+/// A `HOST:PORT` an outbound connection can be made to: a host name, an IPv4 address, or an
+/// IPv6 address in brackets, and a port from 1 to 65535.
+fn destination(d: &str) -> anyhow::Result<String> {
+    let fix = "write HOST:PORT, e.g. mail.example.org:25, 192.0.2.10:2525 or [2001:db8::10]:25 (or none)";
+    let Some((host, port)) = d.rsplit_once(':') else {
+        bail!("--etrn-destination {d:?}: no port; {fix}");
+    };
+    if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+        bail!("--etrn-destination {d:?}: {port:?} is not a port (1-65535); {fix}");
+    }
+    let ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    if !ok {
+        bail!("--etrn-destination {d:?}: {host:?} is not a host name or IP address; {fix}");
+    }
+    Ok(d.to_ascii_lowercase())
+}
+
+/// A network in CIDR notation; a single address becomes a /32 (or /128).
+fn network(n: &str) -> anyhow::Result<String> {
+    if let Ok(net) = n.parse::<ipnet::IpNet>() {
+        return Ok(net.to_string());
+    }
+    if let Ok(ip) = n.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip).to_string());
+    }
+    bail!("--etrn-from {n:?}: not a network; write CIDR such as 192.0.2.0/24 or 2001:db8::/48, a single address, or none")
 }
 
 pub async fn domain(cfg: &Config, cmd: DomainCmd) -> anyhow::Result<()> {

@@ -1,5 +1,7 @@
 //! The customer's configuration (`odmr client --config FILE`): one `[[provider]]` table per
-//! provider to poll, each with exactly one `[provider.deliver]` target.
+//! provider to poll, each with exactly one `[provider.deliver]` target — or, with
+//! `mode = "etrn"`, none: the provider then delivers to our fixed address over a new connection
+//! (RFC 1985), and the poll only asks it to.
 //!
 //! As for the server, every error names the file, the key and the fix, and unknown keys are
 //! errors.
@@ -24,7 +26,9 @@ struct RawProvider {
     name: Option<String>,
     host: String,
     port: Option<u16>,
-    user: String,
+    /// "atrn" (the default) or "etrn".
+    mode: Option<String>,
+    user: Option<String>,
     password: Option<String>,
     password_file: Option<PathBuf>,
     #[serde(default)]
@@ -64,7 +68,10 @@ pub struct Provider {
     pub name: String,
     pub host: String,
     pub port: u16,
+    pub mode: Mode,
+    /// Empty only with `mode = "etrn"` and no password.
     pub user: String,
+    /// Empty only with `mode = "etrn"`: no AUTH.
     pub password: String,
     pub domains: Vec<String>,
     pub tls: TlsMode,
@@ -77,8 +84,19 @@ pub struct Provider {
     pub interval: Duration,
     pub timeout: Duration,
     pub atrn_timeout: Duration,
-    pub deliver: Deliver,
+    /// Where received mail goes; `None` exactly with `mode = "etrn"`.
+    pub deliver: Option<Deliver>,
     pub max_message_size: u64,
+}
+
+/// How a provider is asked for mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// RFC 2645: ATRN on the ODMR port; the mail comes over the same connection.
+    Atrn,
+    /// RFC 1985: ETRN on the provider's MX port; the mail comes over a new connection to our
+    /// fixed address (set at the provider with `odmr account set --etrn-destination`).
+    Etrn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +169,21 @@ impl ClientConfig {
         for (i, p) in raw.provider.iter().enumerate() {
             let name = p.name.clone().unwrap_or_else(|| p.host.clone());
             let key = |k: &str| format!("provider[{i}].{k}");
+            let mode = match p.mode.as_deref().unwrap_or("atrn") {
+                "atrn" => Mode::Atrn,
+                "etrn" => Mode::Etrn,
+                m => {
+                    return Err(invalid(
+                        key("mode"),
+                        m,
+                        "unknown mode",
+                        "use \"atrn\" (the default: ODMR, the mail comes over this connection) or \"etrn\" (the provider delivers to your fixed address)",
+                    ))
+                }
+            };
             let password = match (&p.password, &p.password_file) {
+                // ETRN may go without AUTH: the provider can know us by our address.
+                (None, None) if mode == Mode::Etrn => String::new(),
                 (Some(pw), None) => pw.clone(),
                 (None, Some(f)) => std::fs::read_to_string(f)
                     .map_err(|e| {
@@ -199,6 +231,69 @@ impl ClientConfig {
                     }
                     Ok(d)
                 };
+            let user = match (&p.user, mode) {
+                (Some(u), _) => u.clone(),
+                (None, Mode::Etrn) if password.is_empty() => String::new(),
+                (None, _) => {
+                    return Err(invalid(
+                        key("user"),
+                        "",
+                        "missing",
+                        "set user = \"…\", the account name at the provider",
+                    ))
+                }
+            };
+            if mode == Mode::Etrn && p.domains.is_empty() {
+                return Err(invalid(
+                    key("domains"),
+                    "[]",
+                    "ETRN names each domain; there is no \"all my domains\" form",
+                    "list them, e.g. domains = [\"example.org\"]",
+                ));
+            }
+            if mode == Mode::Etrn {
+                for d in &p.domains {
+                    odmr_proto::atrn::parse_domain(d.trim()).map_err(|e| {
+                        invalid(
+                            key("domains"),
+                            d,
+                            &e.to_string(),
+                            "write a fully qualified domain name",
+                        )
+                    })?;
+                }
+            }
+            if mode == Mode::Etrn {
+                if p.deliver.is_some() {
+                    return Err(invalid(
+                        key("deliver"),
+                        "",
+                        "not used with mode = \"etrn\": the provider delivers to the address set at its end (odmr account set --etrn-destination)",
+                        "remove the [provider.deliver] table",
+                    ));
+                }
+                providers.push(Provider {
+                    name,
+                    host: p.host.clone(),
+                    // ETRN is an extension of the provider's MX (RFC 1985 §3).
+                    port: p.port.unwrap_or(25),
+                    mode,
+                    user,
+                    password,
+                    domains: p.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
+                    tls,
+                    ca_file: p.ca_file.clone(),
+                    tls_verify: p.tls_verify.unwrap_or(true),
+                    tls_identity: tls_identity(&p.tls_cert, &p.tls_key)
+                        .map_err(|(problem, fix)| invalid(key("tls_cert"), "", problem, fix))?,
+                    interval: dur("interval", &p.interval, 600, 1)?,
+                    timeout: dur("timeout", &p.timeout, 300, 1)?,
+                    atrn_timeout: dur("atrn_timeout", &p.atrn_timeout, 600, 600)?,
+                    deliver: None,
+                    max_message_size: 0,
+                });
+                continue;
+            }
             let Some(d) = &p.deliver else {
                 return Err(invalid(
                     key("deliver"),
@@ -253,33 +348,39 @@ impl ClientConfig {
                 name,
                 host: p.host.clone(),
                 port: p.port.unwrap_or(366),
-                user: p.user.clone(),
+                mode,
+                user,
                 password,
                 domains: p.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
                 tls,
                 ca_file: p.ca_file.clone(),
                 tls_verify: p.tls_verify.unwrap_or(true),
-                tls_identity: match (&p.tls_cert, &p.tls_key) {
-                    (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-                    (None, None) => None,
-                    _ => {
-                        return Err(invalid(
-                            key("tls_cert"),
-                            "",
-                            "tls_cert and tls_key go together",
-                            "set both (PEM files), or neither",
-                        ))
-                    }
-                },
+                tls_identity: tls_identity(&p.tls_cert, &p.tls_key)
+                    .map_err(|(problem, fix)| invalid(key("tls_cert"), "", problem, fix))?,
                 interval: dur("interval", &p.interval, 600, 1)?,
                 timeout: dur("timeout", &p.timeout, 300, 1)?,
                 // RFC 2645 §5.2.1: the customer MUST wait at least 10 minutes for the reply.
                 atrn_timeout: dur("atrn_timeout", &p.atrn_timeout, 600, 600)?,
-                deliver,
+                deliver: Some(deliver),
                 max_message_size: d.max_message_size.unwrap_or(50 * 1024 * 1024),
             });
         }
         Ok(ClientConfig { hostname, providers })
+    }
+}
+
+/// Our client certificate and key: both or neither. The error is (problem, fix).
+fn tls_identity(
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> Result<Option<(PathBuf, PathBuf)>, (&'static str, &'static str)> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
+        (None, None) => Ok(None),
+        _ => Err((
+            "tls_cert and tls_key go together",
+            "set both (PEM files), or neither",
+        )),
     }
 }
 
@@ -317,16 +418,82 @@ smtp = "127.0.0.1:25"
     fn accepts_the_documented_keys() {
         let c = parse(OK).unwrap();
         let p = &c.providers[0];
-        assert_eq!(p.deliver, Deliver::Smtp(Endpoint::Tcp("127.0.0.1:25".into())));
+        assert_eq!(
+            p.deliver,
+            Some(Deliver::Smtp(Endpoint::Tcp("127.0.0.1:25".into())))
+        );
         assert_eq!(p.interval, Duration::from_secs(600));
         assert_eq!(p.atrn_timeout, Duration::from_secs(600));
     }
 
     #[test]
     fn the_example_config_is_valid() {
-        let c = parse(include_str!("../../../../odmr-client.example.toml")).unwrap();
+        let text = include_str!("../../../../odmr-client.example.toml");
+        let c = parse(text).unwrap();
         assert_eq!(c.providers[0].tls, TlsMode::StartTls);
         assert_eq!(c.providers[0].port, 366);
+        assert_eq!(c.providers[0].mode, Mode::Atrn);
+        // The commented ETRN provider is valid once uncommented (its password as a value, as
+        // the file named does not exist here).
+        let start = text
+            .find("# [[provider]]\n# name = \"isp-etrn\"")
+            .expect("the ETRN example");
+        let etrn: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .map(|l| {
+                if l.starts_with("password_file") {
+                    "password = \"pw\""
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = parse(&format!("{text}\n{etrn}\n")).unwrap();
+        let p = &c.providers[1];
+        assert_eq!((p.mode, p.port, p.deliver.is_none()), (Mode::Etrn, 25, true));
+        assert_eq!(p.domains, ["example.org", "example.com"]);
+    }
+
+    #[test]
+    fn etrn_mode_needs_domains_takes_no_deliver_and_may_go_without_a_password() {
+        let etrn = "[[provider]]\nmode = \"etrn\"\nhost = \"mx.example.net\"\ndomains = [\"example.org\"]\n";
+        let c = parse(etrn).unwrap();
+        let p = &c.providers[0];
+        assert_eq!((p.mode, p.port), (Mode::Etrn, 25));
+        assert!(p.password.is_empty() && p.user.is_empty() && p.deliver.is_none());
+        let e = parse(&etrn.replace("[\"example.org\"]", "[]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("provider[0].domains") && e.contains("list them"),
+            "{e}"
+        );
+        let e = parse(&etrn.replace("example.org", "localhost"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("provider[0].domains") && e.contains("fully qualified"),
+            "{e}"
+        );
+        let e = parse(&format!("{etrn}[provider.deliver]\nsmtp = \"127.0.0.1:25\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("provider[0].deliver") && e.contains("remove"), "{e}");
+        let e = parse(&format!("{etrn}password = \"pw\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("provider[0].user"), "{e}");
+        let e = parse(&etrn.replace("\"etrn\"", "\"turn\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("provider[0].mode") && e.contains("\"etrn\""), "{e}");
+        // ATRN still needs its password and deliver target.
+        let e = parse(&etrn.replace("mode = \"etrn\"\n", "user = \"u\"\npassword = \"p\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("provider[0].deliver") && e.contains("missing"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `odmr client`: the customer. Polls each provider (or each once, with `--once`), receives the
-//! held mail over the reversed ODMR session and hands it to the local mail system.
+//! held mail over the reversed ODMR session and hands it to the local mail system — or, for a
+//! provider with `mode = "etrn"`, asks it with ETRN to deliver to our fixed address.
 //!
 //! Daemon behaviour: each provider is polled on its interval with ±10 % jitter; after an error
 //! the next try comes sooner (1 min, doubling up to the interval) so a short outage does not
@@ -56,6 +57,11 @@ fn log(provider: &str, o: &PollOutcome) {
             }
         },
         PollOutcome::NoMail => tracing::info!(provider, "no mail waiting"),
+        PollOutcome::QueueStarted(domains) => tracing::info!(
+            provider,
+            domains = %domains.join(","),
+            "ETRN accepted: the provider delivers to our address on its own connection"
+        ),
         PollOutcome::AuthFailed(e) => {
             tracing::error!(provider, error = %e, "authentication failed; check user and password")
         }

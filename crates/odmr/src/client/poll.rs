@@ -1,16 +1,22 @@
 //! One poll of one provider: open the sink, connect, EHLO/AUTH/ATRN, and on 250 receive the
-//! mail (or splice it through).
+//! mail (or splice it through). With `mode = "etrn"`: connect to the provider's MX,
+//! EHLO/AUTH (when a password is set), `ETRN <domain>` for each domain, QUIT; the provider then
+//! delivers to our fixed address on its own connection.
 //!
 //! The sink is opened before ATRN, so no ATRN is sent while local delivery is impossible: the
 //! provider keeps the mail instead of turning around into a session we cannot finish.
+//!
+//! ETRN outcomes map to the same exit statuses as ATRN's: a queue run started for some domain is
+//! 0 (like mail delivered), 251 for every domain is 1 (no mail), 458 or a 5xx is 2, and 459 —
+//! the provider does not let us release the domain — is 3, like an authentication failure.
 
-use super::config::{ClientConfig, Deliver, Provider, TlsMode};
+use super::config::{ClientConfig, Deliver, Mode, Provider, TlsMode};
 use super::receive::{receive, Received, Session};
 use super::sink::{command, maildir, relay, Sink};
 use super::splice::splice;
 use crate::net::conn::Conn;
 use crate::net::tls::client_connector;
-use odmr_proto::customer::{Customer, CustomerConfig, CustomerStep, FrontEnd, Wait};
+use odmr_proto::customer::{Customer, CustomerConfig, CustomerStep, EtrnOutcome, FrontEnd, Request, Wait};
 use rustls_pki_types::ServerName;
 use std::io::IsTerminal;
 
@@ -22,14 +28,19 @@ pub enum PollOutcome {
     /// 453: nothing waiting.
     NoMail,
     AuthFailed(String),
-    /// Network, protocol, refusal (450/451/530) or local delivery failure.
+    /// Network, protocol, refusal (450/451/530) or local delivery failure; for ETRN, 458 or
+    /// "not supported".
     Failed(String),
+    /// ETRN: the provider started a queue run for these domains (the mail comes over its own
+    /// connection to our address).
+    QueueStarted(Vec<String>),
 }
 
 impl PollOutcome {
     pub fn exit_code(&self) -> u8 {
         match self {
             PollOutcome::Delivered(r) if r.error.is_none() && r.refused == 0 && r.messages > 0 => 0,
+            PollOutcome::QueueStarted(_) => 0,
             PollOutcome::Delivered(r) if r.error.is_none() && r.refused == 0 => 1,
             PollOutcome::NoMail => 1,
             PollOutcome::AuthFailed(_) => 3,
@@ -54,7 +65,10 @@ impl Local {
 }
 
 async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Local, String> {
-    let sink = match &p.deliver {
+    let Some(deliver) = &p.deliver else {
+        return Err("no [provider.deliver] target".into());
+    };
+    let sink = match deliver {
         Deliver::Smtp(e) => Sink::Relay(
             relay::Relay::connect(e, false, &cfg.hostname, p.timeout)
                 .await
@@ -105,30 +119,9 @@ async fn connect(p: &Provider, target: &str) -> Result<Conn, String> {
     Ok(conn)
 }
 
-pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
-    let local = match open_sink(cfg, p).await {
-        Ok(s) => s,
-        Err(e) => return PollOutcome::Failed(format!("local delivery is not possible, not polling: {e}")),
-    };
-    let target = format!("{}:{}", p.host, p.port);
-    let mut conn = match connect(p, &target).await {
-        Ok(c) => c,
-        Err(e) => {
-            local.close().await;
-            return PollOutcome::Failed(e);
-        }
-    };
-    let mut front = Customer::new(CustomerConfig {
-        ehlo_name: cfg.hostname.clone(),
-        user: p.user.clone(),
-        password: p.password.clone().into_bytes(),
-        domains: p.domains.clone(),
-        starttls: p.tls == TlsMode::StartTls,
-        tls_active: conn.is_tls(),
-        external: p.tls_identity.is_some(),
-        nonce: odmr_proto::sasl::scram::make_nonce(&rand::random::<[u8; 18]>()),
-    });
-    let ended = loop {
+/// Drive the front half until it turns around (`None`) or ends (`Some`).
+async fn front_half(p: &Provider, conn: &mut Conn, front: &mut Customer, target: &str) -> Option<FrontEnd> {
+    loop {
         match front.poll(&mut conn.buf) {
             CustomerStep::NeedInput => {
                 if let Err(e) = conn.send(front.output(), p.timeout).await {
@@ -161,7 +154,7 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
                 break Some(e);
             }
             CustomerStep::StartTls => {
-                if let Err(e) = start_tls(p, &mut conn).await {
+                if let Err(e) = start_tls(p, conn).await {
                     break Some(FrontEnd::Failed(format!("STARTTLS with {target}: {e}")));
                 }
                 front.tls_started();
@@ -174,7 +167,107 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
             }
             CustomerStep::Turnaround => break None,
         }
+    }
+}
+
+fn customer(cfg: &ClientConfig, p: &Provider, conn: &Conn) -> Customer {
+    Customer::new(CustomerConfig {
+        ehlo_name: cfg.hostname.clone(),
+        user: p.user.clone(),
+        password: p.password.clone().into_bytes(),
+        domains: p.domains.clone(),
+        starttls: p.tls == TlsMode::StartTls,
+        tls_active: conn.is_tls(),
+        external: p.tls_identity.is_some(),
+        nonce: odmr_proto::sasl::scram::make_nonce(&rand::random::<[u8; 18]>()),
+        request: match p.mode {
+            Mode::Atrn => Request::Atrn,
+            Mode::Etrn => Request::Etrn,
+        },
+    })
+}
+
+/// `mode = "etrn"`: ask for a queue run per domain; no sink, nothing is received here.
+async fn etrn(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
+    let target = format!("{}:{}", p.host, p.port);
+    let mut conn = match connect(p, &target).await {
+        Ok(c) => c,
+        Err(e) => return PollOutcome::Failed(e),
     };
+    let mut front = customer(cfg, p, &conn);
+    let ended = front_half(p, &mut conn, &mut front, &target).await;
+    conn.shutdown().await;
+    let results = match ended {
+        Some(FrontEnd::Etrn(r)) => r,
+        Some(FrontEnd::AuthFailed(r)) => {
+            return PollOutcome::AuthFailed(format!("authentication as {} failed: {r}", p.user))
+        }
+        Some(FrontEnd::Failed(m)) => return PollOutcome::Failed(m),
+        Some(other) => return PollOutcome::Failed(format!("unexpected end of the ETRN session: {other:?}")),
+        None => return PollOutcome::Failed(format!("{target} turned the ETRN session around")),
+    };
+    let (mut started, mut not_allowed, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for (domain, o) in &results {
+        match o {
+            EtrnOutcome::Started(r) => {
+                tracing::info!(provider = %p.name, domain = %domain, reply = %r, "ETRN: queue run started");
+                started.push(domain.clone());
+            }
+            EtrnOutcome::NoMail(r) => {
+                tracing::info!(provider = %p.name, domain = %domain, reply = %r, "ETRN: no mail waiting")
+            }
+            EtrnOutcome::TryLater(r) => {
+                tracing::warn!(provider = %p.name, domain = %domain, reply = %r, "ETRN refused for now; try later");
+                failed.push(format!("{domain}: {r}"));
+            }
+            EtrnOutcome::NotAllowed(r) => {
+                tracing::error!(provider = %p.name, domain = %domain, reply = %r, "ETRN not allowed: the provider does not let this client release the domain");
+                not_allowed.push(format!("{domain}: {r}"));
+            }
+            EtrnOutcome::NotSupported(r) => {
+                tracing::error!(provider = %p.name, domain = %domain, reply = %r, "ETRN not supported by the provider (or broken); no further ETRN sent");
+                failed.push(format!("{domain}: ETRN not supported: {r}"));
+            }
+        }
+    }
+    let skipped = p.domains.len() - results.len();
+    if skipped > 0 {
+        failed.push(format!(
+            "{skipped} domain(s) not asked for after the provider refused ETRN"
+        ));
+    }
+    if !not_allowed.is_empty() {
+        PollOutcome::AuthFailed(format!(
+            "ETRN not allowed ({}): authenticate as the owning account, or ask the provider to allow this address",
+            not_allowed.join("; ")
+        ))
+    } else if !failed.is_empty() {
+        PollOutcome::Failed(failed.join("; "))
+    } else if started.is_empty() {
+        PollOutcome::NoMail
+    } else {
+        PollOutcome::QueueStarted(started)
+    }
+}
+
+pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
+    if p.mode == Mode::Etrn {
+        return etrn(cfg, p).await;
+    }
+    let local = match open_sink(cfg, p).await {
+        Ok(s) => s,
+        Err(e) => return PollOutcome::Failed(format!("local delivery is not possible, not polling: {e}")),
+    };
+    let target = format!("{}:{}", p.host, p.port);
+    let mut conn = match connect(p, &target).await {
+        Ok(c) => c,
+        Err(e) => {
+            local.close().await;
+            return PollOutcome::Failed(e);
+        }
+    };
+    let mut front = customer(cfg, p, &conn);
+    let ended = front_half(p, &mut conn, &mut front, &target).await;
     if let Some(e) = ended {
         conn.shutdown().await;
         local.close().await;
@@ -192,6 +285,7 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
                 PollOutcome::Failed(format!("provider says we are not authenticated: {r}"))
             }
             FrontEnd::Failed(m) => PollOutcome::Failed(m),
+            FrontEnd::Etrn(_) => PollOutcome::Failed("an ATRN session ended as ETRN".into()),
         };
     }
     tracing::info!(provider = %p.name, "turnaround: receiving mail");

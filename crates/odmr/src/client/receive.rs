@@ -116,8 +116,9 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
                 (s.progress)(&got);
             }
             ServerStep::AbortData | ServerStep::Reset => sink.reset().await,
-            // Not offered in the reversed session (TLS, if any, carries over from before ATRN).
-            ServerStep::StartTls => break,
+            // Not offered in the reversed session (TLS, if any, carries over from before ATRN;
+            // AUTH and ETRN are the provider's, never the customer's): unreachable here.
+            ServerStep::StartTls | ServerStep::Auth(_) | ServerStep::Etrn { .. } => break,
             ServerStep::Close => {
                 let _ = conn.send(m.output(), s.timeout).await;
                 break;

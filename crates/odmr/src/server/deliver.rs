@@ -1,4 +1,5 @@
-//! Driver of the delivering client ([`odmr_proto::deliver`]) after the turnaround.
+//! Driver of the delivering client ([`odmr_proto::deliver`]): on the customer's connection after
+//! the ATRN turnaround, and on the new connection of an ETRN queue run ([`super::etrn`]).
 //!
 //! Invariants:
 //! - A recipient's state changes only on the customer's reply, recorded under the lease
@@ -42,7 +43,7 @@ pub async fn deliver(shared: &Shared, conn: &mut Conn, lease: &Lease, domains: &
     };
     let (delivered, deferred, failed) = run(shared, conn, lease, domains, &lost).await;
     heartbeat.abort();
-    tracing::info!(delivered, deferred, failed, "reversed session finished");
+    tracing::info!(delivered, deferred, failed, "delivery session finished");
 }
 
 async fn run(

@@ -6,14 +6,16 @@
 //! can be lost at any point, because a `250` is only ever sent after the commit and a message
 //! leaves the queue only after the customer's `250`.
 
+mod auth;
 mod bounce;
 mod deliver;
+mod etrn;
 mod lease;
 pub mod limits;
 mod mx;
 mod odmr;
 
-pub use odmr::CERT_SCHEME;
+pub use auth::CERT_SCHEME;
 
 use crate::config::Config;
 use crate::net::tls::TlsServer;
@@ -47,6 +49,18 @@ pub struct Shared {
     pub identity: lease::Identity,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Runs a task alongside the sessions (an ETRN queue run), so that shutdown waits for it
+    /// like for a session (within the grace period).
+    background: tokio::sync::mpsc::UnboundedSender<SessionFuture>,
+}
+
+impl Shared {
+    pub fn spawn_background(&self, task: SessionFuture) {
+        if let Err(e) = self.background.send(task) {
+            // Shutting down: run it anyway; it is bounded by its timeouts.
+            tokio::spawn(e.0);
+        }
+    }
 }
 
 /// A short random id for a session, used in logs and `Received:` headers.
@@ -72,7 +86,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot look for leases of dead sessions; they expire by themselves");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (sess_tx, mut sess_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
+        background: sess_tx.clone(),
         cfg: cfg.clone(),
         store: store.clone(),
         tls: tls.clone(),
@@ -106,7 +122,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let maintenance = tokio::spawn(bounce::run(shared.clone()));
     let mut sessions = JoinSet::new();
     let mut accepts = JoinSet::new();
-    let (sess_tx, mut sess_rx) = tokio::sync::mpsc::unbounded_channel();
     for (kind, l) in listeners {
         let shared = shared.clone();
         let sess_tx = sess_tx.clone();
@@ -181,7 +196,7 @@ impl Kind {
     }
 }
 
-type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+pub type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 async fn accept_loop(
     kind: Kind,

@@ -1,5 +1,8 @@
-//! Driver of the inbound MX dialogue ([`odmr_proto::mx`]): socket reads and writes, recipient
-//! lookups and store commits. `250` after DATA is sent only once `commit` has returned.
+//! Driver of the inbound MX dialogue ([`odmr_proto::smtp_server`]): socket reads and writes,
+//! recipient lookups and store commits. `250` after DATA is sent only once `commit` has
+//! returned. AUTH lookups go through [`super::auth`] (shared with the ODMR listener): a
+//! successful AUTH here only identifies the account for ETRN; recipients are checked the same
+//! with or without it, so it never opens relaying.
 //!
 //! Per-domain policy is applied while the sender is still connected, never later: an unknown
 //! local part gets `550 5.1.1` at RCPT and a domain over its quota `452 4.2.2` at RCPT (messages
@@ -7,13 +10,15 @@
 //! customer never causes a bounce to a possibly forged sender (backscatter). Quotas are soft
 //! under concurrency: sessions racing each other can each pass the check.
 
-use super::{session_id, Shared};
+use super::{auth, session_id, Shared};
 use crate::net::conn::Conn;
+use odmr_proto::auth::AuthConfig;
 use odmr_proto::reply::Reply;
 use odmr_proto::smtp_server::{PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer};
 use odmr_store::{CommitInfo, Envelope, EnvelopeRecipient, MessageWriter};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -33,13 +38,27 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
     mcfg.max_messages = c.smtp.max_messages_per_session;
     // STARTTLS is offered, never required: RFC 3207 §4 forbids requiring it on a public MX.
     mcfg.starttls = shared.tls.is_some();
+    mcfg.etrn = c.smtp.etrn;
     let mut s = SmtpServer::new(
         mcfg,
         PeerInfo {
             ip: conn.peer.ip().to_string(),
-            session: id,
+            session: id.clone(),
         },
     );
+    if c.smtp.auth {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let acfg = AuthConfig {
+            max_failures: 5,
+            decoy_secret: shared.decoy_secret.clone(),
+            cram_md5: c.odmr.cram_md5,
+        };
+        s.enable_auth(acfg, rand::random(), now);
+    }
+    let mut announced = false;
     let mut shutdown = shared.shutdown.clone();
     let mut writer: Option<MessageWriter> = None;
     let mut store_failed = false;
@@ -49,6 +68,13 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
     loop {
         match s.poll(&mut conn.buf) {
             ServerStep::NeedInput => {
+                if !announced {
+                    if let Some(account) = s.account() {
+                        announced = true;
+                        shared.guards.auth_succeeded(conn.peer.ip(), account);
+                        tracing::info!(account = %account, mechanism = %s.mechanism().unwrap_or("?"), "authenticated");
+                    }
+                }
                 if let Err(e) = conn.send(s.output(), timeout).await {
                     tracing::info!(error = %e, "write failed");
                     break;
@@ -92,6 +118,20 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 }
                 tracing::debug!("TLS established");
                 s.tls_started();
+                if conn.client_cert.is_some() {
+                    s.set_client_cert();
+                }
+            }
+            ServerStep::Auth(step) => {
+                let ip = conn.peer.ip();
+                let answer = auth::answer(&shared, ip, conn.client_cert, &step).await;
+                let result = s.auth_answer(answer);
+                auth::settle(&shared, ip, &step, result);
+            }
+            ServerStep::Etrn { node, subdomains } => {
+                let verdict =
+                    super::etrn::request(&shared, conn.peer.ip(), s.account(), &node, subdomains, &id).await;
+                s.etrn_verdict(verdict);
             }
             ServerStep::CheckSender { .. } => s.sender_verdict(Ok(())),
             ServerStep::CheckRecipient { address, domain } => {

@@ -6,21 +6,15 @@
 //! lease held by another session → 451; otherwise 250 with the lease held for the whole
 //! reversed session.
 
-use super::limits::AuthGate;
-use super::{deliver, session_id, Shared};
+use super::{auth, deliver, session_id, Shared};
 use crate::net::conn::Conn;
 use odmr_proto::odmr::{AtrnDecision, OdmrConfig, OdmrSession, OdmrStep};
-use odmr_proto::sasl::cram_md5::{self, CramSecret};
-use odmr_proto::sasl::scram::{self, ScramVerifier};
-use odmr_store::{Lease, Store};
+use odmr_store::Lease;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tracing::Instrument;
-
-/// The credential scheme holding SHA-256 fingerprints of customers' client certificates.
-pub const CERT_SCHEME: &str = "x509-sha256";
 
 /// `implicit`: the listener is implicit TLS; the handshake comes before the greeting.
 pub async fn session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, implicit: bool) {
@@ -96,75 +90,11 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                     }
                 }
             }
-            step @ (OdmrStep::LookupSecret { .. }
-            | OdmrStep::LookupScram { .. }
-            | OdmrStep::CheckPassword { .. }) => {
-                let user = match &step {
-                    OdmrStep::LookupSecret { user }
-                    | OdmrStep::LookupScram { user }
-                    | OdmrStep::CheckPassword { user, .. } => user.clone(),
-                    _ => String::new(),
-                };
+            OdmrStep::Auth(step) => {
                 let ip = conn.peer.ip();
-                match shared.guards.auth_gate(ip, Some(&user)) {
-                    AuthGate::LockedOut => {
-                        tracing::warn!(account = %user, "AUTH refused: too many recent failures");
-                        s.auth_temporary_failure();
-                        continue;
-                    }
-                    AuthGate::Proceed(delay) => tokio::time::sleep(delay).await,
-                }
-                let verdict = match step {
-                    OdmrStep::LookupSecret { .. } => {
-                        let secret = credential(&shared.store, &user, cram_md5::SCHEME)
-                            .await
-                            .and_then(|b| CramSecret::from_bytes(&b).ok());
-                        Some(s.secret(secret))
-                    }
-                    OdmrStep::LookupScram { .. } => {
-                        let v = credential(&shared.store, &user, scram::SCHEME)
-                            .await
-                            .and_then(|b| ScramVerifier::from_bytes(&b).ok());
-                        // The outcome is known only after the client's proof.
-                        s.scram_verifier(v);
-                        None
-                    }
-                    OdmrStep::CheckPassword { password, .. } => {
-                        let v = credential(&shared.store, &user, scram::SCHEME)
-                            .await
-                            .and_then(|b| ScramVerifier::from_bytes(&b).ok());
-                        // Unknown users cost the same work as known ones.
-                        let v = v.unwrap_or_else(|| ScramVerifier::decoy(&user, &shared.decoy_secret));
-                        Some(s.password_checked(scram::verify_password(&v, &password)))
-                    }
-                    _ => None,
-                };
-                match verdict {
-                    // Logged (with the mechanism) once the session is authenticated.
-                    Some(true) => {}
-                    Some(false) => {
-                        shared.guards.auth_failed(ip, &user);
-                        tracing::warn!(account = %user, "authentication failed");
-                    }
-                    None => {}
-                }
-            }
-            OdmrStep::External { authzid } => {
-                let mapped = match conn.client_cert {
-                    Some(fp) => match shared.store.account_by_credential(CERT_SCHEME, &fp).await {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::error!(error = %e, "certificate lookup failed");
-                            None
-                        }
-                    },
-                    None => None,
-                };
-                // A named authorization identity must be the certificate's own account.
-                let account = mapped.filter(|a| authzid.is_empty() || authzid == *a);
-                if !s.external_result(account) {
-                    tracing::warn!(authzid = %authzid, "EXTERNAL failed: the client certificate maps to no such account");
-                }
+                let answer = auth::answer(&shared, ip, conn.client_cert, &step).await;
+                let result = s.auth_answer(answer);
+                auth::settle(&shared, ip, &step, result);
             }
             OdmrStep::Atrn { account, domains } => {
                 let (decision, lease) = decide(&shared, &account, &domains, &id).await;
@@ -220,17 +150,6 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
         let _ = shared.store.lease_release(&lease).await;
     }
     conn.shutdown().await;
-}
-
-/// A stored credential of `user` for `scheme`; `None` when absent or unreadable.
-async fn credential(store: &Store, user: &str, scheme: &str) -> Option<Vec<u8>> {
-    match store.account_credential(user, scheme).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "credential lookup failed");
-            None
-        }
-    }
 }
 
 /// The ATRN decision, and on success the lease and the granted domains.

@@ -395,6 +395,16 @@ impl SmtpSink {
         false
     }
 
+    /// Like [`SmtpSink::messages`], but `None` while a dump is still being written (a file
+    /// not yet ending in the empty line smtp-sink closes it with), for polling while a delivery
+    /// runs.
+    pub fn try_messages(&self) -> Option<Vec<Dumped>> {
+        let complete = std::fs::read_dir(self.dir.path().join("dump"))
+            .unwrap()
+            .all(|e| std::fs::read(e.unwrap().path()).is_ok_and(|b| b.ends_with(b"\n\n")));
+        complete.then(|| self.messages())
+    }
+
     /// Every transaction dumped so far, sorted by sender then recipients.
     pub fn messages(&self) -> Vec<Dumped> {
         let mut v: Vec<Dumped> = std::fs::read_dir(self.dir.path().join("dump"))

@@ -76,7 +76,13 @@ pub fn sink_program(ctx: &Ctx) -> Result<PathBuf> {
 }
 
 /// `odmr client --once` draining a copy of the seed into a fresh smtp-sink.
-pub async fn odmr_client(ctx: &Ctx, seed: &Seed, deliver: Deliver, ca: Option<&Path>, name: &str) -> Result<Timed> {
+pub async fn odmr_client(
+    ctx: &Ctx,
+    seed: &Seed,
+    deliver: Deliver,
+    ca: Option<&Path>,
+    name: &str,
+) -> Result<Timed> {
     let (server, store) = server_on_copy(ctx, seed, name).await?;
     let sink = SmtpSink::start(&sink_program(ctx)?).await?;
     let f = odmr::client_once(
@@ -92,7 +98,10 @@ pub async fn odmr_client(ctx: &Ctx, seed: &Seed, deliver: Deliver, ca: Option<&P
     // Let the server record the last outcome and end the session.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let left = odmr::pending(&store, DOMAIN).await?;
-    server.stop().await.context("stopping the server after the drain")?;
+    server
+        .stop()
+        .await
+        .context("stopping the server after the drain")?;
     drop(sink);
     let done = seed.messages - left.min(seed.messages);
     match f.status {
@@ -106,7 +115,11 @@ pub async fn odmr_client(ctx: &Ctx, seed: &Seed, deliver: Deliver, ca: Option<&P
             elapsed: f.elapsed,
             partial: false,
         }),
-        Some(_) => bail!("{} left {left} messages queued; {}", "odmr client --once", f.describe("it")),
+        Some(_) => bail!(
+            "{} left {left} messages queued; {}",
+            "odmr client --once",
+            f.describe("it")
+        ),
     }
 }
 
@@ -144,7 +157,10 @@ pub async fn fetchmail(ctx: &Ctx, seed: &Seed, ca: Option<&Path>, name: &str) ->
     drop(fm);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let left_after = odmr::pending(&store, DOMAIN).await?;
-    server.stop().await.context("stopping the server after fetchmail")?;
+    server
+        .stop()
+        .await
+        .context("stopping the server after fetchmail")?;
     drop(sink);
     let done = seed.messages - left_after.min(seed.messages);
     if done == 0 {
@@ -250,7 +266,14 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
     rows.push(b);
 
     let fp = peer(&fm, "fetchmail", n, &mut notes);
-    let mut c = Row::new("2c", "same, relay: odmr client vs fetchmail", ours, fp, Target::Report).note(format!(
+    let mut c = Row::new(
+        "2c",
+        "same, relay: odmr client vs fetchmail",
+        ours,
+        fp,
+        Target::Report,
+    )
+    .note(format!(
         "fetchmail is timed over at most {} s (it relays line by line) and its rate is what the \
          store recorded as delivered in that time",
         ctx.p.fetchmail_window.as_secs()

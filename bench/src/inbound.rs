@@ -42,7 +42,13 @@ impl Timed {
 
 /// Run `src` into 127.0.0.1:`port` within `limit`; a run cut at the limit reports what
 /// `count()` says was done.
-pub async fn time_source<F, Fut>(ctx: &Ctx, src: &Source, port: u16, limit: Duration, count: F) -> Result<Timed>
+pub async fn time_source<F, Fut>(
+    ctx: &Ctx,
+    src: &Source,
+    port: u16,
+    limit: Duration,
+    count: F,
+) -> Result<Timed>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<u64>>,
@@ -151,7 +157,10 @@ async fn ours(ctx: &Ctx, src: &Source) -> Result<Timed> {
     };
     let server = Server::start(&ctx.odmr, &dir, &store, &opts, &ctx.log).await?;
     server.add_account(&ctx.odmr, USER, PASSWORD, &[DOMAIN]).await?;
-    let t = time_source(ctx, src, server.smtp.port(), ctx.p.cap, || odmr::pending(&store, DOMAIN)).await;
+    let t = time_source(ctx, src, server.smtp.port(), ctx.p.cap, || {
+        odmr::pending(&store, DOMAIN)
+    })
+    .await;
     // Durable before acknowledged: kill without warning, then count.
     server.kill().await;
     let t = t?;
@@ -163,7 +172,10 @@ async fn ours(ctx: &Ctx, src: &Source) -> Result<Timed> {
         );
     }
     if t.partial && held < t.done {
-        bail!("the store lost messages: {held} after kill -9, {} counted before", t.done);
+        bail!(
+            "the store lost messages: {held} after kill -9, {} counted before",
+            t.done
+        );
     }
     Ok(t)
 }

@@ -35,7 +35,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
-#[command(name = "bench", about = "odmr benchmark harness (issue #6): one table, peers side by side")]
+#[command(
+    name = "bench",
+    about = "odmr benchmark harness (issue #6): one table, peers side by side"
+)]
 struct Cli {
     /// Small figures for CI (seconds, not minutes): every measurement and code path, tiny N.
     #[arg(long)]
@@ -55,7 +58,9 @@ struct Cli {
     /// Turnaround: messages of other domains in the first store [full: 10000, tiny: 1000].
     #[arg(long)]
     store_small: Option<u64>,
-    /// Turnaround: messages of other domains in the second store [full: 1000000, tiny: 2000].
+    /// Turnaround: messages of other domains in the second store [full: 100000, tiny: 2000].
+    /// Issue #6 asks for 1,000,000; loading that one durable commit at a time takes longer than
+    /// the whole run should, so the default stays lower until the store has a bulk commit.
     #[arg(long)]
     store_large: Option<u64>,
     /// Turnaround: how many other domains hold that mail [full: 10000, tiny: 100].
@@ -119,7 +124,7 @@ impl Params {
             sessions: cli.sessions.unwrap_or(20),
             size: cli.size.unwrap_or(1024),
             store_small: cli.store_small.unwrap_or(if t { 1_000 } else { 10_000 }),
-            store_large: cli.store_large.unwrap_or(if t { 2_000 } else { 1_000_000 }),
+            store_large: cli.store_large.unwrap_or(if t { 2_000 } else { 100_000 }),
             other_domains: cli.other_domains.unwrap_or(if t { 100 } else { 10_000 }),
             rounds: cli.rounds.unwrap_or(if t { 5 } else { 15 }),
             idle: cli.idle.unwrap_or(if t { 200 } else { 10_000 }),
@@ -189,7 +194,8 @@ fn main() -> ExitCode {
 
 async fn interrupted() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
         std::future::pending::<()>().await;
         unreachable!()
     };
@@ -238,7 +244,10 @@ async fn run(cli: Cli) -> Result<u8> {
         ctx.work.display()
     );
     if p.idle as u64 + 64 > nofile {
-        eprintln!("bench: WARNING: {} idle connections need more than the {nofile} open files allowed", p.idle);
+        eprintln!(
+            "bench: WARNING: {} idle connections need more than the {nofile} open files allowed",
+            p.idle
+        );
     }
 
     let started = Instant::now();
@@ -285,7 +294,10 @@ async fn run(cli: Cli) -> Result<u8> {
         code = 1;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") && report.unavailable() > 0 {
-        eprintln!("bench: under CI every peer must run; {} were unavailable", report.unavailable());
+        eprintln!(
+            "bench: under CI every peer must run; {} were unavailable",
+            report.unavailable()
+        );
         code = 1;
     }
     Ok(code)
@@ -297,8 +309,10 @@ fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+            })
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -316,4 +330,40 @@ pub fn unavailable(id: &str, what: &str, why: &str) -> Row {
         report::Peer::Nothing("—".into()),
         report::Target::Report,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(args: &[&str]) -> Result<Params> {
+        let mut v = vec!["bench"];
+        v.extend_from_slice(args);
+        Params::from(&Cli::try_parse_from(v)?)
+    }
+
+    #[test]
+    fn tiny_is_small_and_flags_override_it() {
+        let full = params(&[]).unwrap();
+        assert_eq!(
+            (full.messages, full.sessions, full.size, full.idle),
+            (20_000, 20, 1024, 10_000)
+        );
+        let tiny = params(&["--tiny"]).unwrap();
+        assert!(tiny.messages < full.messages && tiny.idle < full.idle && tiny.big_mib < full.big_mib);
+        assert!(tiny.store_large < full.store_large && tiny.cap < full.cap);
+        let mixed = params(&["--tiny", "--messages", "500", "--idle", "3"]).unwrap();
+        assert_eq!(
+            (mixed.messages, mixed.idle, mixed.big_mib),
+            (500, 3, tiny.big_mib)
+        );
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        assert!(params(&["--messages", "0"]).is_err());
+        assert!(params(&["--store-small", "10", "--store-large", "5"]).is_err());
+        let cli = Cli::try_parse_from(["bench", "--only", "1,3"]).unwrap();
+        assert_eq!(cli.only, vec![1, 3]);
+    }
 }

@@ -140,7 +140,10 @@ async fn big(ctx: &Ctx) -> Result<Row> {
     server.stop().await?;
     drop(sink);
     if !f.success() || left != 0 {
-        bail!("the large message was not delivered ({left} left); {}", f.describe("odmr client"));
+        bail!(
+            "the large message was not delivered ({left} left); {}",
+            f.describe("odmr client")
+        );
     }
 
     let growth = |m: &Mem| m.hwm_kib.saturating_sub(base_kib) as f64 / 1024.0;

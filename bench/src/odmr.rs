@@ -59,7 +59,10 @@ impl Odmr {
             if release {
                 cmd.arg("--release");
             }
-            eprintln!("bench: building odmr ({})", if release { "release" } else { "debug" });
+            eprintln!(
+                "bench: building odmr ({})",
+                if release { "release" } else { "debug" }
+            );
             let st = cmd.status().context("run cargo build -p odmr")?;
             if !st.success() {
                 bail!("cargo build -p odmr failed");
@@ -96,7 +99,6 @@ pub struct ServerOpts {
 /// A running `odmr server`.
 pub struct Server {
     pub config: PathBuf,
-    pub store: PathBuf,
     pub smtp: SocketAddr,
     pub odmr: SocketAddr,
     /// The implicit-TLS ODMR listener, when started with TLS.
@@ -107,7 +109,13 @@ pub struct Server {
 impl Server {
     /// Write `dir/odmr.toml` for a store in `store` and start the server with `log` as its
     /// `ODMR_LOG`.
-    pub async fn start(odmr: &Odmr, dir: &Path, store: &Path, opts: &ServerOpts, log: &str) -> Result<Server> {
+    pub async fn start(
+        odmr: &Odmr,
+        dir: &Path,
+        store: &Path,
+        opts: &ServerOpts,
+        log: &str,
+    ) -> Result<Server> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("odmr.toml");
         let mut text = format!(
@@ -137,7 +145,10 @@ impl Server {
         }
         std::fs::write(&config, text)?;
         let mut cmd = Command::new(&odmr.bin);
-        cmd.arg("server").arg("--config").arg(&config).env("ODMR_LOG", log);
+        cmd.arg("server")
+            .arg("--config")
+            .arg(&config)
+            .env("ODMR_LOG", log);
         let mut proc = Proc::spawn("odmr server", cmd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -154,7 +165,6 @@ impl Server {
                 if opts.tls.is_none() || tls.is_some() {
                     return Ok(Server {
                         config,
-                        store: store.to_path_buf(),
                         smtp,
                         odmr: od,
                         odmr_tls: tls,
@@ -166,7 +176,10 @@ impl Server {
                 bail!("odmr server exited with {st} at start:\n{}", proc.output());
             }
             if Instant::now() > deadline {
-                bail!("odmr server did not report its listeners in 30 s:\n{}", proc.output());
+                bail!(
+                    "odmr server did not report its listeners in 30 s:\n{}",
+                    proc.output()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -174,15 +187,6 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.proc.pid().unwrap_or(0)
-    }
-
-    pub fn output(&self) -> String {
-        self.proc.output()
-    }
-
-    /// Whether it is still running.
-    pub fn running(&mut self) -> bool {
-        self.proc.exited().is_none()
     }
 
     /// SIGTERM and wait (the store is checkpointed and closed on a clean exit).
@@ -264,7 +268,9 @@ pub async fn client_once(
     ca: Option<&Path>,
     limit: Duration,
 ) -> Result<Finished> {
-    Ok(client_spawn(odmr, dir, provider, deliver, sink, ca)?.wait(limit).await)
+    Ok(client_spawn(odmr, dir, provider, deliver, sink, ca)?
+        .wait(limit)
+        .await)
 }
 
 /// [`client_once`], started: the caller waits (and may watch its memory meanwhile).
@@ -317,4 +323,20 @@ pub async fn pending(dir: &Path, domain: &str) -> Result<u64> {
     let n = store.pending_count(&[domain.to_string()]).await;
     store.close().await;
     Ok(n?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_lines_give_kind_and_address() {
+        let line =
+            "2025-01-01T00:00:00.000000Z  INFO odmr::server: listening kind=odmr-tls addr=127.0.0.1:41234";
+        assert_eq!(field(line, "kind="), "odmr-tls");
+        assert_eq!(field(line, "addr="), "127.0.0.1:41234");
+        assert_eq!(field(line, "missing="), "");
+        let quoted = "INFO listening kind=\"smtp\" addr=127.0.0.1:1";
+        assert_eq!(field(quoted, "kind="), "smtp");
+    }
 }

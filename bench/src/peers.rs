@@ -22,7 +22,13 @@ use tokio::process::Command;
 
 /// Find a peer program in the usual places; the error says which package provides it.
 pub fn find(program: &str, package: &str) -> Result<PathBuf, String> {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/usr/lib/postfix/sbin"] {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/lib/postfix/sbin",
+    ] {
         let p = Path::new(dir).join(program);
         if p.is_file() {
             return Ok(p);
@@ -116,7 +122,9 @@ impl SmtpSink {
                 let name = name.clone();
                 let proc_ref = &mut proc;
                 tokio::task::block_in_place(|| {
-                    greets_as(port, &name, Duration::from_secs(10), || proc_ref.exited().is_none())
+                    greets_as(port, &name, Duration::from_secs(10), || {
+                        proc_ref.exited().is_none()
+                    })
                 })
             };
             if ok {
@@ -164,7 +172,12 @@ impl Postfix {
         Err(format!("postfix did not start: {last}"))
     }
 
-    async fn try_start(program: &Path, dir: &Path, domain: &str, tls: Option<(&Path, &Path)>) -> Result<Postfix> {
+    async fn try_start(
+        program: &Path,
+        dir: &Path,
+        domain: &str,
+        tls: Option<(&Path, &Path)>,
+    ) -> Result<Postfix> {
         let conf = dir.join("conf");
         let queue = dir.join("queue");
         let data = dir.join("data");
@@ -371,7 +384,13 @@ pub struct Fetchmail {
 }
 
 impl Fetchmail {
-    pub fn spawn(program: &Path, base: &Path, odmr_port: u16, sink: u16, ca: Option<&Path>) -> Result<Fetchmail> {
+    pub fn spawn(
+        program: &Path,
+        base: &Path,
+        odmr_port: u16,
+        sink: u16,
+        ca: Option<&Path>,
+    ) -> Result<Fetchmail> {
         let home = tempfile::Builder::new()
             .prefix("fetchmail-")
             .tempdir_in(base)

@@ -29,7 +29,6 @@ struct Output {
 
 /// A running child whose stdout and stderr are collected (first and last lines).
 pub struct Proc {
-    pub name: String,
     child: Child,
     out: Arc<Mutex<Output>>,
     pub started: Instant,
@@ -52,7 +51,11 @@ impl Finished {
     /// A short description for an error message.
     pub fn describe(&self, name: &str) -> String {
         match self.status {
-            None => format!("{name} timed out after {:.1} s; output:\n{}", self.elapsed.as_secs_f64(), self.output),
+            None => format!(
+                "{name} timed out after {:.1} s; output:\n{}",
+                self.elapsed.as_secs_f64(),
+                self.output
+            ),
             Some(s) => format!("{name} exited with {s}; output:\n{}", self.output),
         }
     }
@@ -74,7 +77,6 @@ impl Proc {
             tokio::spawn(collect(BufReader::new(e), out.clone()));
         }
         Ok(Proc {
-            name: name.into(),
             child,
             out,
             started: Instant::now(),
@@ -164,7 +166,10 @@ pub fn signal(pid: u32, sig: libc::c_int) {
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !matches!(s.rsplit_once(") ").map(|(_, r)| r.chars().next()), Some(Some('Z'))),
+        Ok(s) => !matches!(
+            s.rsplit_once(") ").map(|(_, r)| r.chars().next()),
+            Some(Some('Z'))
+        ),
         Err(_) => false,
     }
 }
@@ -183,9 +188,6 @@ pub struct Mem {
 impl Mem {
     pub fn rss_mib(&self) -> f64 {
         self.rss_kib as f64 / 1024.0
-    }
-    pub fn hwm_mib(&self) -> f64 {
-        self.hwm_kib as f64 / 1024.0
     }
 }
 
@@ -249,7 +251,10 @@ pub fn raise_nofile() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    // rlim_t is u64 on Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
+    let cur = lim.rlim_cur as u64;
+    cur
 }
 
 pub fn is_root() -> bool {
@@ -277,12 +282,22 @@ mod tests {
 
     #[test]
     fn status_fields_are_read() {
-        let text = "Name:\todmr\nVmPeak:\t  123456 kB\nVmHWM:\t   40960 kB\nVmRSS:\t   20480 kB\nThreads:\t3\n";
+        let text =
+            "Name:\todmr\nVmPeak:\t  123456 kB\nVmHWM:\t   40960 kB\nVmRSS:\t   20480 kB\nThreads:\t3\n";
         let m = parse_status(text).unwrap();
-        assert_eq!(m, Mem { rss_kib: 20480, hwm_kib: 40960 });
+        assert_eq!(
+            m,
+            Mem {
+                rss_kib: 20480,
+                hwm_kib: 40960
+            }
+        );
         assert_eq!(m.rss_mib(), 20.0);
-        assert_eq!(m.hwm_mib(), 40.0);
-        assert_eq!(parse_status("Name:\tx\nVmRSS:\t1 kB\n"), None, "no VmHWM (a kernel thread)");
+        assert_eq!(
+            parse_status("Name:\tx\nVmRSS:\t1 kB\n"),
+            None,
+            "no VmHWM (a kernel thread)"
+        );
     }
 
     #[test]
@@ -298,11 +313,14 @@ mod tests {
         cmd.arg("30");
         let f = run("sleep", cmd, Duration::from_millis(200)).await.unwrap();
         assert!(f.status.is_none());
-        assert!(f.elapsed < Duration::from_secs(5));
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
         let f = run("sh", cmd, Duration::from_secs(10)).await.unwrap();
         assert_eq!(f.status.and_then(|s| s.code()), Some(3));
-        assert!(f.output.contains("out") && f.output.contains("err"), "{}", f.output);
+        assert!(
+            f.output.contains("out") && f.output.contains("err"),
+            "{}",
+            f.output
+        );
     }
 }

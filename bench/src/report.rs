@@ -179,7 +179,13 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(id: &str, what: impl Into<String>, ours: Result<Figure, String>, peer: Peer, target: Target) -> Row {
+    pub fn new(
+        id: &str,
+        what: impl Into<String>,
+        ours: Result<Figure, String>,
+        peer: Peer,
+        target: Target,
+    ) -> Row {
         Row {
             id: id.into(),
             what: what.into(),
@@ -271,7 +277,10 @@ impl Report {
                 Peer::Unavailable { name, why } => format!("{name}: unavailable ({})", cell(why)),
                 Peer::Nothing(text) => cell(text),
             };
-            let ratio = r.ratio().map(|x| format!("{x:.2}×")).unwrap_or_else(|| "—".into());
+            let ratio = r
+                .ratio()
+                .map(|x| format!("{x:.2}×"))
+                .unwrap_or_else(|| "—".into());
             let met = match r.met() {
                 Some(true) => "yes",
                 Some(false) => "**no**",
@@ -292,7 +301,11 @@ impl Report {
         let notes: Vec<String> = self
             .rows
             .iter()
-            .flat_map(|r| r.notes.iter().map(move |n| format!("- {}: {}", r.id, one_line(n))))
+            .flat_map(|r| {
+                r.notes
+                    .iter()
+                    .map(move |n| format!("- {}: {}", r.id, one_line(n)))
+            })
             .collect();
         if !notes.is_empty() {
             out.push('\n');
@@ -337,7 +350,7 @@ mod tests {
         assert_eq!(thousands(1234567), "1,234,567");
         assert_eq!(thousands(-1234), "-1,234");
         assert_eq!(format_value(1234.4, Unit::Rate), "1,234/s");
-        assert_eq!(format_value(3.14159, Unit::Millis), "3.14 ms");
+        assert_eq!(format_value(3.004, Unit::Millis), "3.00 ms");
         assert_eq!(format_value(2100.04, Unit::Millis), "2,100.0 ms");
         assert_eq!(format_value(31.96, Unit::MiB), "32.0 MiB");
     }
@@ -384,7 +397,13 @@ mod tests {
 
     #[test]
     fn failed_ours_is_never_met() {
-        let r = Row::new("2a", "x", Err("boom".into()), measured(1.0, Unit::Rate), Target::Report);
+        let r = Row::new(
+            "2a",
+            "x",
+            Err("boom".into()),
+            measured(1.0, Unit::Rate),
+            Target::Report,
+        );
         assert_eq!(r.met(), Some(false));
         let mut rep = Report::default();
         rep.push(vec![r]);
@@ -395,7 +414,13 @@ mod tests {
     #[test]
     fn all_needs_every_part_and_absolute_targets_work_without_peer() {
         let t = Target::All(vec![Target::AtLeast(10_000.0), Target::RatioAtLeast(0.5)]);
-        let ok = Row::new("2a", "x", Ok(Figure::rate(12_000.0)), measured(20_000.0, Unit::Rate), t.clone());
+        let ok = Row::new(
+            "2a",
+            "x",
+            Ok(Figure::rate(12_000.0)),
+            measured(20_000.0, Unit::Rate),
+            t.clone(),
+        );
         assert_eq!(ok.met(), Some(true));
         let slow = Row {
             ours: Ok(Figure::rate(9_000.0)),
@@ -414,7 +439,13 @@ mod tests {
             ..ok
         };
         assert_eq!(undecided.met(), None);
-        let mem = Row::new("4a", "x", Ok(Figure::mib(150.0)), Peer::Nothing("-".into()), Target::Below(200.0));
+        let mem = Row::new(
+            "4a",
+            "x",
+            Ok(Figure::mib(150.0)),
+            Peer::Nothing("-".into()),
+            Target::Below(200.0),
+        );
         assert_eq!(mem.met(), Some(true));
     }
 
@@ -425,7 +456,13 @@ mod tests {
             slack: 2.0,
         };
         let row = |ours: f64, peer: f64| {
-            Row::new("3b", "x", Ok(Figure::millis(ours)), measured(peer, Unit::Millis), t.clone())
+            Row::new(
+                "3b",
+                "x",
+                Ok(Figure::millis(ours)),
+                measured(peer, Unit::Millis),
+                t.clone(),
+            )
         };
         assert_eq!(row(1.4, 1.0).met(), Some(true));
         assert_eq!(row(2.9, 1.0).met(), Some(true), "within the slack");

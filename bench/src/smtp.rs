@@ -53,13 +53,6 @@ impl Conn {
         })
     }
 
-    /// Wrap an established TLS stream (implicit TLS).
-    pub fn from_io(io: Box<dyn Io>) -> Conn {
-        Conn {
-            io: BufReader::new(io),
-        }
-    }
-
     /// One line without its CRLF.
     pub async fn line(&mut self) -> Result<String> {
         let mut buf = Vec::new();
@@ -128,9 +121,12 @@ impl Conn {
         }
         let io = self.io.into_inner();
         let name = ServerName::try_from(name.to_string())?;
-        let s = tokio::time::timeout(IO_TIMEOUT, tokio_rustls::TlsConnector::from(tls).connect(name, io))
-            .await
-            .map_err(|_| anyhow!("TLS handshake timed out"))??;
+        let s = tokio::time::timeout(
+            IO_TIMEOUT,
+            tokio_rustls::TlsConnector::from(tls).connect(name, io),
+        )
+        .await
+        .map_err(|_| anyhow!("TLS handshake timed out"))??;
         Ok(Conn {
             io: BufReader::new(Box::new(s)),
         })
@@ -184,14 +180,25 @@ pub struct LoadResult {
 }
 
 /// Send the load to `addr`, over STARTTLS when `tls` is given, within `limit`.
-pub async fn load(addr: SocketAddr, l: &Load, tls: Option<Arc<rustls::ClientConfig>>, limit: Duration) -> LoadResult {
+pub async fn load(
+    addr: SocketAddr,
+    l: &Load,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    limit: Duration,
+) -> LoadResult {
     let next = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let body = Arc::new(message(&l.to, l.size));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..l.sessions {
-        let (next, accepted, body, tls, l) = (next.clone(), accepted.clone(), body.clone(), tls.clone(), l.clone());
+        let (next, accepted, body, tls, l) = (
+            next.clone(),
+            accepted.clone(),
+            body.clone(),
+            tls.clone(),
+            l.clone(),
+        );
         tasks.spawn(async move { session(addr, &l, tls, &next, &accepted, &body).await });
     }
     let mut errors = Vec::new();
@@ -291,7 +298,11 @@ pub async fn send_big(addr: SocketAddr, to: &str, size: u64) -> Result<Duration>
 /// `n` octets of 76-character CRLF lines (the last may be shorter, still CRLF-terminated).
 fn message_lines(n: usize) -> Vec<u8> {
     let m = message("x@x", n);
-    let start = m.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(0);
+    let start = m
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(0);
     m[start..].to_vec()
 }
 
@@ -301,7 +312,12 @@ fn message_lines(n: usize) -> Vec<u8> {
 /// provider's first MAIL FROM, answer it 421 and close (the mail stays queued for the next
 /// round). Returns the time from sending ATRN to reading MAIL FROM, or `None` when the ATRN was
 /// answered with anything but 250 (e.g. 451: the lease of the previous round not yet free).
-pub async fn atrn_turnaround(addr: SocketAddr, user: &str, password: &str, domain: &str) -> Result<Option<Duration>> {
+pub async fn atrn_turnaround(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    domain: &str,
+) -> Result<Option<Duration>> {
     let mut c = Conn::connect(addr).await?;
     c.reply().await?;
     c.expect("EHLO customer.bench.test", 2).await?;

@@ -101,7 +101,14 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
     c.notes.append(&mut notes);
     rows.push(c);
     let fp = drain::peer(&fm, "fetchmail (implicit TLS)", n, &mut notes);
-    let mut d = Row::new("5d", "same, odmr client vs fetchmail over TLS", ours, fp, Target::Report).note(
+    let mut d = Row::new(
+        "5d",
+        "same, odmr client vs fetchmail over TLS",
+        ours,
+        fp,
+        Target::Report,
+    )
+    .note(
         "fetchmail has no STARTTLS for ODMR: it polls the implicit-TLS listener (`ssl sslcertck`), \
          timed over the same window as in 2c",
     );

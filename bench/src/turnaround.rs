@@ -134,14 +134,24 @@ async fn measure_both(ctx: &Ctx) -> Result<Vec<Row>> {
 
     let store = odmr::open_store(&store_dir).await?;
     other_accounts(&store, domains).await?;
-    eprintln!("bench: loading {} messages for {domains} other domains", p.store_small);
+    eprintln!(
+        "bench: loading {} messages for {domains} other domains",
+        p.store_small
+    );
     let rate_small = load(&store, 0, p.store_small, domains, p.size).await?;
     store.close().await;
     let small = timed_rounds(ctx, &dir, &store_dir).await?;
 
     let store = odmr::open_store(&store_dir).await?;
     eprintln!("bench: loading {} more messages", p.store_large - p.store_small);
-    let rate_large = load(&store, p.store_small, p.store_large - p.store_small, domains, p.size).await?;
+    let rate_large = load(
+        &store,
+        p.store_small,
+        p.store_large - p.store_small,
+        domains,
+        p.size,
+    )
+    .await?;
     let own = store.pending_count(&[DOMAIN.to_string()]).await?;
     store.close().await;
     if own != OWN_MESSAGES {

@@ -80,7 +80,7 @@ struct Cli {
     #[arg(long)]
     cap: Option<u64>,
     /// fetchmail relays about 21 messages/s, so it is timed over this window, seconds
-    /// [full: 30, tiny: 15].
+    /// [full: 30, tiny: 8].
     #[arg(long)]
     fetchmail_window: Option<u64>,
     /// The odmr binary [default: built by cargo and taken from beside this binary].
@@ -130,7 +130,7 @@ impl Params {
             idle: cli.idle.unwrap_or(if t { 200 } else { 10_000 }),
             big_mib: cli.big_mib.unwrap_or(if t { 1 } else { 100 }),
             cap: Duration::from_secs(cli.cap.unwrap_or(if t { 60 } else { 180 })),
-            fetchmail_window: Duration::from_secs(cli.fetchmail_window.unwrap_or(if t { 15 } else { 30 })),
+            fetchmail_window: Duration::from_secs(cli.fetchmail_window.unwrap_or(if t { 8 } else { 30 })),
         };
         if p.messages == 0 || p.sessions == 0 || p.rounds == 0 || p.other_domains == 0 {
             bail!("--messages, --sessions, --rounds and --other-domains must be at least 1");

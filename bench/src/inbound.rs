@@ -201,7 +201,7 @@ async fn sink(ctx: &Ctx, src: &Source) -> Result<Timed> {
         Ok(p) => p.clone(),
         Err(why) => bail!("{why}"),
     };
-    let sink = SmtpSink::start(&program).await?;
+    let sink = SmtpSink::start(&program, None).await?;
     let t = time_source(ctx, src, sink.port, ctx.p.cap, || async {
         bail!("smtp-sink counts nothing: the ceiling run must finish")
     })

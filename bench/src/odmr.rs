@@ -317,6 +317,15 @@ pub async fn open_store(dir: &Path) -> Result<Store> {
         .with_context(|| format!("open the store in {}", dir.display()))
 }
 
+/// How many messages are in the store in `dir` at all, in any state (delivered ones are removed;
+/// failed ones stay until their notice is queued).
+pub async fn in_queue(dir: &Path) -> Result<u64> {
+    let store = open_store(dir).await?;
+    let n = store.queue_ids(&odmr_store::QueueFilter::default()).await;
+    store.close().await;
+    Ok(n?.len() as u64)
+}
+
 /// How many messages wait for `domain` in the store in `dir`.
 pub async fn pending(dir: &Path, domain: &str) -> Result<u64> {
     let store = open_store(dir).await?;

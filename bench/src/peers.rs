@@ -106,7 +106,9 @@ pub struct SmtpSink {
 }
 
 impl SmtpSink {
-    pub async fn start(program: &Path) -> Result<SmtpSink> {
+    /// With `max_connections`, raise smtp-sink's limit of simultaneous connections (`-m`,
+    /// default 256; beyond it connections wait in the kernel's queue, ungreeted).
+    pub async fn start(program: &Path, max_connections: Option<usize>) -> Result<SmtpSink> {
         for _ in 0..10 {
             let port = procs::free_port()?;
             let name = random_name("sink");
@@ -115,7 +117,9 @@ impl SmtpSink {
             if procs::is_root() {
                 cmd.args(["-u", "root"]);
             }
-            // Backlog 1024: it also takes the idle connections of the memory measurement.
+            if let Some(m) = max_connections {
+                cmd.args(["-m", &m.to_string()]);
+            }
             cmd.arg(format!("127.0.0.1:{port}")).arg("1024");
             let mut proc = Proc::spawn("smtp-sink", cmd)?;
             let ok = {

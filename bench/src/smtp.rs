@@ -166,6 +166,9 @@ pub struct Load {
     pub messages: u64,
     pub size: usize,
     pub to: String,
+    /// RFC 2920: MAIL, RCPT and DATA in one write, their replies read together (the server
+    /// must announce PIPELINING). Otherwise lockstep, like smtp-source.
+    pub pipelining: bool,
 }
 
 #[derive(Debug)]
@@ -235,15 +238,32 @@ async fn session(
     if !greeting.is(2) {
         bail!("greeting {} {}", greeting.code, greeting.text);
     }
-    c.expect("EHLO source.bench.test", 2).await?;
+    let mut ehlo = c.expect("EHLO source.bench.test", 2).await?;
     if let Some(tls) = tls {
         c = c.starttls(tls, "localhost").await?;
-        c.expect("EHLO source.bench.test", 2).await?;
+        ehlo = c.expect("EHLO source.bench.test", 2).await?;
     }
+    if l.pipelining && !ehlo.text.lines().any(|x| x.eq_ignore_ascii_case("PIPELINING")) {
+        bail!("the server does not announce PIPELINING");
+    }
+    let envelope = format!(
+        "MAIL FROM:<sender@source.bench.test>\r\nRCPT TO:<{}>\r\nDATA\r\n",
+        l.to
+    );
     while next.fetch_add(1, Ordering::Relaxed) < l.messages {
-        c.expect("MAIL FROM:<sender@source.bench.test>", 2).await?;
-        c.expect(&format!("RCPT TO:<{}>", l.to), 2).await?;
-        c.expect("DATA", 3).await?;
+        if l.pipelining {
+            c.send(envelope.as_bytes()).await?;
+            for (what, class) in [("MAIL", 2), ("RCPT", 2), ("DATA", 3)] {
+                let r = c.reply().await?;
+                if !r.is(class) {
+                    bail!("{what} got {} {}", r.code, r.text);
+                }
+            }
+        } else {
+            c.expect("MAIL FROM:<sender@source.bench.test>", 2).await?;
+            c.expect(&format!("RCPT TO:<{}>", l.to), 2).await?;
+            c.expect("DATA", 3).await?;
+        }
         c.send(body).await?;
         c.send(b".\r\n").await?;
         let r = c.reply().await?;

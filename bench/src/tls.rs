@@ -30,6 +30,7 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
         messages: n,
         size: ctx.p.size,
         to: format!("user@{DOMAIN}"),
+        pipelining: false,
     };
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -110,7 +111,7 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
     )
     .note(
         "fetchmail has no STARTTLS for ODMR: it polls the implicit-TLS listener (`ssl sslcertck`), \
-         timed over the same window as in 2c",
+         timed over the same window as in 2d",
     );
     d.notes.append(&mut notes);
     rows.push(d);

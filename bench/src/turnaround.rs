@@ -239,6 +239,7 @@ async fn smtp_send(addr: std::net::SocketAddr, to: &str, size: usize) -> Result<
         messages: 1,
         size,
         to: to.into(),
+        pipelining: false,
     };
     let r = smtp::load(addr, &l, None, Duration::from_secs(60)).await;
     if r.accepted != 1 {

@@ -360,6 +360,8 @@ pub enum StoreError {
     RecipientNotFound(RecipientId),
     #[error("message {0} was removed while it was being received")]
     MessageGone(MessageId),
+    #[error("the store was closed")]
+    Closed,
     #[error("the store's schema version {found} is newer than this program supports ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("the store holds an unexpected value: {0}")]

@@ -29,8 +29,21 @@ use crate::{
     STALE_RECEIVING,
 };
 
+mod group_commit;
 mod operators;
 mod queue_end;
+
+use group_commit::{CommitJob, Committer};
+
+/// How every write transaction starts: with `synchronous=FULL`, so its commit is on stable
+/// storage when it returns. Set per transaction because [`RELAXED_BEGIN`] lowers it.
+const DURABLE_BEGIN: &str = "PRAGMA synchronous = FULL; BEGIN IMMEDIATE";
+/// How the transactions recording delivery outcomes start: `synchronous=NORMAL`, no fsync of
+/// their own. WAL keeps them atomic and safe against a process crash (kill -9); only a power loss
+/// can undo the latest ones, and an undone outcome means a message delivered again — never a
+/// message lost, since the message itself was committed with `FULL`. This is what lets one
+/// session drain thousands of messages a second.
+const RELAXED_BEGIN: &str = "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE";
 
 /// The file inside the store directory.
 pub const DB_FILE: &str = "odmr.db";
@@ -57,6 +70,7 @@ pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
     path: Arc<PathBuf>,
+    committer: Committer,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -140,6 +154,16 @@ impl SqliteStore {
                 .acquire_timeout(WRITER_ACQUIRE_TIMEOUT)
                 .idle_timeout(None)
                 .max_lifetime(None)
+                // Statements run outside a transaction of ours (autocommit) must be durable
+                // too, whatever the previous user of the connection set (see RELAXED_BEGIN).
+                .after_release(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(true)
+                    })
+                })
                 .connect_with(write_options.clone())
                 .await;
             match attempt {
@@ -160,6 +184,7 @@ impl SqliteStore {
             .connect_lazy_with(base);
 
         let store = SqliteStore {
+            committer: Committer::start(write.clone()),
             write,
             read,
             path: Arc::new(path),
@@ -181,7 +206,7 @@ impl SqliteStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.write.begin_with(DURABLE_BEGIN).await?)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -577,7 +602,7 @@ impl SqliteStore {
         }
         let now_ms = now_millis();
         let now = now_secs();
-        let mut tx = self.begin().await?;
+        let mut tx = self.write.begin_with(RELAXED_BEGIN).await?;
         // Fencing: the lease must still hold every one of its domains, unexpired. The write lock
         // taken by BEGIN IMMEDIATE keeps it so until the commit.
         let live: HashSet<String> =
@@ -836,67 +861,38 @@ impl SqliteMessageWriter {
     }
 
     pub(crate) async fn commit(mut self, info: CommitInfo) -> Result<MessageId, StoreError> {
-        let now = now_secs();
-        let size = i64::try_from(self.size).unwrap_or(i64::MAX);
-        let mut tx = self.store.begin().await?;
-        let id = match self.id {
-            None => {
-                let e = &self.envelope;
-                sqlx::query_scalar(
-                    "INSERT INTO message
-                        (state, received_at, size, eight_bit, mail_from, mail_params, helo,
-                         client_addr)
-                     VALUES ('queued', ?, ?, ?, ?, ?, ?, ?)
-                     RETURNING id",
-                )
-                .bind(now)
-                .bind(size)
-                .bind(info.eight_bit)
-                .bind(&e.mail_from)
-                .bind(&e.mail_params)
-                .bind(&e.helo)
-                .bind(&e.client_addr)
-                .fetch_one(&mut *tx)
-                .await?
-            }
-            Some(id) => {
-                let flipped = sqlx::query(
-                    "UPDATE message SET state = 'queued', received_at = ?, size = ?, eight_bit = ?
-                     WHERE id = ? AND state = 'receiving'",
-                )
-                .bind(now)
-                .bind(size)
-                .bind(info.eight_bit)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if flipped == 0 {
-                    return Err(StoreError::MessageGone(id));
-                }
-                id
-            }
-        };
-        if !self.buf.is_empty() {
-            insert_chunk(&mut tx, id, self.next_seq, &self.buf).await?;
-        }
-        for r in &self.recipients {
-            sqlx::query(
-                "INSERT INTO recipient (message, address, domain, params, state, attempts, updated_at)
-                 VALUES (?, ?, ?, ?, 'queued', 0, ?)",
-            )
-            .bind(id)
-            .bind(&r.address)
-            .bind(&r.domain)
-            .bind(&r.params)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        // Whatever happens now, the drop must not remove the message: the committer owns it
+        // (a failed commit leaves at most a `receiving` row for the purge).
         self.finished = true;
-        self.buf = Vec::new();
-        Ok(id)
+        let store = self.store.clone();
+        let result = store
+            .committer
+            .commit(|done| CommitJob {
+                id: self.id,
+                envelope: std::mem::replace(
+                    &mut self.envelope,
+                    Envelope {
+                        mail_from: String::new(),
+                        mail_params: String::new(),
+                        recipients: Vec::new(),
+                        helo: String::new(),
+                        client_addr: String::new(),
+                    },
+                ),
+                recipients: std::mem::take(&mut self.recipients),
+                last_chunk: std::mem::take(&mut self.buf),
+                next_seq: self.next_seq,
+                size: i64::try_from(self.size).unwrap_or(i64::MAX),
+                eight_bit: info.eight_bit,
+                done,
+            })
+            .await;
+        if result.is_err() {
+            if let Some(id) = self.id {
+                let _ = delete_receiving(&self.store.write, id).await;
+            }
+        }
+        result
     }
 
     pub(crate) async fn abort(mut self) -> Result<(), StoreError> {
@@ -1235,6 +1231,84 @@ mod tests {
                 .all(|l| !l.starts_with("SCAN") || l.starts_with("SCAN d")),
             "{plan:?}"
         );
+        store.close().await;
+    }
+
+    /// Commits arriving together share transactions, each still gets its own id and result, and
+    /// one failing message (purged while being received) does not take the others down.
+    #[tokio::test]
+    async fn concurrent_commits_share_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let Store::Sqlite(inner) = &store;
+        let mut doomed = store.receive(envelope("gone@y.example")).await.unwrap();
+        doomed.write(&vec![b'x'; CHUNK_SIZE + 1]).await.unwrap();
+        assert_eq!(store.purge_incomplete(Duration::ZERO).await.unwrap(), 1);
+        let before = inner.committer.transactions();
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut w = store.receive(envelope(&format!("r{i}@y.example"))).await.unwrap();
+                w.write(format!("body {i}").as_bytes()).await.unwrap();
+                w.commit(CommitInfo::default()).await
+            }));
+        }
+        let doomed = doomed.commit(CommitInfo::default()).await;
+        assert!(matches!(doomed, Err(StoreError::MessageGone(_))), "{doomed:?}");
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap().unwrap());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 64);
+        let used = inner.committer.transactions() - before;
+        assert!(used < 64, "{used} transactions for 64 concurrent commits");
+        store.close().await;
+        // Durable: a fresh open sees all of them, and nothing of the purged one.
+        let again = Store::open_sqlite(dir.path()).await.unwrap();
+        assert_eq!(again.queue_list().await.unwrap().len(), 64);
+        again.close().await;
+    }
+
+    /// Recording outcomes runs with synchronous=NORMAL; the writer connection is back to FULL for
+    /// whatever comes next, and message commits are FULL.
+    #[tokio::test]
+    async fn relaxed_outcome_records_leave_the_writer_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let Store::Sqlite(inner) = &store;
+        store
+            .receive(envelope("x@y.example"))
+            .await
+            .unwrap()
+            .commit(CommitInfo::default())
+            .await
+            .unwrap();
+        let lease = store
+            .lease_acquire(&["y.example".to_string()], "t", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let p = store.pending(&["y.example".to_string()], None, 10).await.unwrap();
+        store
+            .record(
+                &lease,
+                &[crate::Outcome {
+                    recipient: p[0].recipients[0].id,
+                    state: RecipientState::Queued,
+                    reply: Some("451 later".into()),
+                    remote_mta: None,
+                }],
+            )
+            .await
+            .unwrap();
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&inner.write)
+            .await
+            .unwrap();
+        assert_eq!(sync, 2, "FULL again after a relaxed transaction");
         store.close().await;
     }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 /// Messages held for the measured domain.
 const OWN_MESSAGES: u64 = 10;
 /// Concurrent writers of the bulk loader.
-const WRITERS: usize = 64;
+const WRITERS: usize = 256;
 
 /// The name of other domain number `i`.
 fn other_domain(i: u64) -> String {
@@ -184,7 +184,7 @@ async fn measure_both(ctx: &Ctx) -> Result<Vec<Row>> {
     ))
     .note(format!(
         "store bulk-loaded through odmr-store with {WRITERS} concurrent writers at {:.0} messages/s \
-         (one durable commit each), {domains} other domains",
+        , each message committed on its own (the store groups concurrent commits), {domains} other domains",
         rate_small
     ));
     let b = Row::new(

@@ -2,7 +2,7 @@
 //! into a real local MTA, Postfix's `smtp-sink`, which dumps every transaction it receives to
 //! a file headed by the exact envelope (`X-Mail-Args`, one `X-Rcpt-Args` per RCPT).
 //!
-//! fetchmail's exit code does not say whether mail moved (see /work/shared/PEERS.md), so every
+//! fetchmail's exit code does not say whether mail moved (see the shared notes on peers, PEERS.md), so every
 //! test counts what reached the sink and what is left in our queue.
 
 mod common;

@@ -327,14 +327,15 @@ async fn read_original(store: &Store, id: i64, full: bool) -> Result<Vec<u8>, St
     while let Some(bytes) = store.read_body(id, chunk).await? {
         out.extend_from_slice(&bytes);
         chunk += 1;
-        if !full && (memchr_blank_line(&out) || out.len() >= MAX_HEADER_SECTION) {
+        if !full && (ends_header_section(&out) || out.len() >= MAX_HEADER_SECTION) {
             break;
         }
     }
     Ok(out)
 }
 
-fn memchr_blank_line(b: &[u8]) -> bool {
+/// Whether the bytes hold the empty line that ends a message's header section.
+fn ends_header_section(b: &[u8]) -> bool {
     b.windows(4).any(|w| w == b"\r\n\r\n")
 }
 

@@ -1,12 +1,12 @@
 //! Measurement 2: draining one domain's held mail over one reversed connection (ATRN), into
 //! smtp-sink as the customer's MTA: `odmr client --once` relaying in lockstep, `odmr client`
-//! splicing bytes, and fetchmail (`proto odmr`); the ceiling is smtp-source with one session
-//! into smtp-sink.
+//! splicing bytes, and fetchmail (`proto odmr`); the ceilings are smtp-source with one session
+//! into smtp-sink (lockstep) and the harness's client with one session and PIPELINING.
 //!
 //! The queue is filled once through the MX with smtp-source, the server is stopped cleanly, and
 //! every variant runs on its own copy of that store, so all drain the same N messages. What was
-//! delivered is read from the store afterwards (recorded as delivered after the sink's 250),
-//! never taken from an exit code (fetchmail's says nothing, see PEERS.md).
+//! delivered is read from the store afterwards (a message leaves it once delivered, after the
+//! sink's 250; a failed one stays), never taken from an exit code (fetchmail's says nothing).
 
 use crate::inbound::{time_source, Timed};
 use crate::odmr::{self, Deliver, Server, ServerOpts, DOMAIN, PASSWORD, USER};
@@ -307,7 +307,7 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
     )
     .note(
         "timed from the start of `odmr client --once` to its exit (connect, AUTH, ATRN, every \
-         message, QUIT); delivered = what the store recorded as delivered",
+         message, QUIT); delivered = what left the store (delivered messages are removed, failed ones stay)",
     )
     .note("this ceiling is smtp-source, which does not pipeline (its manual: \"No SMTP command pipelining support\"); see 2c");
     a.notes.append(&mut notes);
@@ -348,8 +348,8 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
         Target::Report,
     )
     .note(format!(
-        "fetchmail is timed over at most {} s (it relays line by line) and its rate is what the \
-         store recorded as delivered in that time",
+        "fetchmail is timed over at most {} s (it relays line by line) and its rate is what left the \
+         store in that time",
         ctx.p.fetchmail_window.as_secs()
     ));
     c.notes.append(&mut notes);

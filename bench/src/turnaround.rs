@@ -183,8 +183,9 @@ async fn measure_both(ctx: &Ctx) -> Result<Vec<Row>> {
         ms(small.first)
     ))
     .note(format!(
-        "store bulk-loaded through odmr-store with {WRITERS} concurrent writers at {:.0} messages/s \
-        , each message committed on its own (the store groups concurrent commits), {domains} other domains",
+        "store bulk-loaded through odmr-store with {WRITERS} concurrent writers at {:.0} messages/s, \
+         each message committed on its own (the store groups concurrent commits), {domains} other \
+         domains",
         rate_small
     ));
     let b = Row::new(

@@ -39,6 +39,9 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
     // No sink passes DSN parameters on or reports, so DSN is not offered to the provider.
     cfg.dsn = false;
     cfg.max_recipients = caps.max_recipients.max(1);
+    // The provider authenticated by us delivers all it holds in one session: a per-session cap
+    // (the MX's defence against abusive senders) would leave mail behind, as Exim's 500 does.
+    cfg.max_messages = u64::MAX;
     cfg.check_sender = true;
     let peer = PeerInfo {
         ip: conn.peer.ip().to_string(),

@@ -9,114 +9,17 @@
 mod common;
 
 use base64::Engine;
+use common::customer::Running;
 use common::{send_mail, Line, Server};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PW: &str = "s3cret-pw";
 
-fn script() -> PathBuf {
-    common::peers_dir().join("odmr_customer.py")
-}
-
-fn customer_cmd(py: &Path, server: &Server, user: &str, domains: Option<&str>, flags: &[&str]) -> Command {
-    let mut c = Command::new(py);
-    c.arg(script())
-        .args(["--port", &server.odmr.port().to_string()])
-        .args(["--user", user, "--password", PW]);
-    if let Some(d) = domains {
-        c.args(["--domains", d]);
-    }
-    c.args(flags);
-    c
-}
-
-/// Run the customer to the end; it must exit 0 (it found nothing unexpected).
+/// Run the customer (common::customer) to the end; it must exit 0 (it found nothing unexpected).
 fn customer(py: &Path, server: &Server, user: &str, domains: Option<&str>, flags: &[&str]) -> Value {
-    let out = customer_cmd(py, server, user, domains, flags)
-        .output()
-        .expect("run odmr_customer.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "customer {flags:?} failed ({}):\nstderr:\n{stderr}\nreport:\n{stdout}\nserver log:\n{}",
-        out.status,
-        server.log()
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("customer report is not JSON ({e}): {stdout}"))
-}
-
-/// A customer running in the background; `start` returns once its ATRN has been answered.
-struct Running {
-    child: Child,
-    events: mpsc::Receiver<String>,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-impl Running {
-    fn start(
-        py: &Path,
-        server: &Server,
-        user: &str,
-        domains: Option<&str>,
-        flags: &[&str],
-    ) -> (Running, String) {
-        let mut child = customer_cmd(py, server, user, domains, flags)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start odmr_customer.py");
-        let err = child.stderr.take().unwrap();
-        let (tx, events) = mpsc::channel();
-        let stderr = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if let Some(ev) = line.strip_prefix("EVENT ") {
-                    let _ = tx.send(ev.to_string());
-                }
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        });
-        let mut r = Running {
-            child,
-            events,
-            stderr,
-        };
-        let atrn = r.event("atrn ");
-        (r, atrn)
-    }
-
-    fn event(&mut self, prefix: &str) -> String {
-        match self.events.recv_timeout(Duration::from_secs(20)) {
-            Ok(ev) => ev
-                .strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("expected event {prefix:?}, got {ev:?}"))
-                .to_string(),
-            Err(_) => {
-                let _ = self.child.kill();
-                panic!("customer sent no {prefix:?} event within 20 s");
-            }
-        }
-    }
-
-    fn finish(self) -> Value {
-        let out = self.child.wait_with_output().expect("wait for the customer");
-        let stderr = self.stderr.join().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "background customer failed ({}):\n{stderr}\n{stdout}",
-            out.status
-        );
-        serde_json::from_str(&stdout).expect("customer report is JSON")
-    }
+    common::customer::run(py, server, user, PW, domains, flags)
 }
 
 fn mail(server: &Server, from: &str, to: &[&str], body: &str) {
@@ -544,7 +447,7 @@ fn a_second_atrn_for_a_domain_being_delivered_gets_451() {
 
     // Customer 1 gets example.org and sits on the lease for 4 s before greeting.
     let started = Instant::now();
-    let (first, atrn) = Running::start(&py, &server, "acme", Some("example.org"), &["--hold", "4"]);
+    let (first, atrn) = Running::start(&py, &server, "acme", PW, Some("example.org"), &["--hold", "4"]);
     assert!(atrn.starts_with("250"), "{atrn}");
 
     // Meanwhile: the same domain, and a list overlapping it, are busy.

@@ -356,8 +356,6 @@ pub enum StoreError {
     InvalidEnvelope(String),
     #[error("the lease was lost: it expired and was taken over, or was released")]
     LeaseLost,
-    #[error("no recipient with id {0} in the queue")]
-    RecipientNotFound(RecipientId),
     #[error("message {0} was removed while it was being received")]
     MessageGone(MessageId),
     #[error("the store was closed")]

@@ -285,10 +285,11 @@ async fn check_recipient(
 /// The first of `domains` this message of `size` octets would take over its byte quota.
 async fn over_byte_quota(shared: &Shared, domains: &[String], size: u64) -> Option<String> {
     for d in domains {
-        let Ok(Some(info)) = shared.store.domain_get(d).await else {
+        // The quota only: the same single lookup as at RCPT, never the recipient list.
+        let Ok(Some(check)) = shared.store.domain_accepts(d, "").await else {
             continue;
         };
-        let Some(max) = info.policy.max_bytes else {
+        let Some(max) = check.max_bytes else {
             continue;
         };
         match shared.store.domain_usage(d).await {

@@ -1,15 +1,16 @@
 //! `Deliverer` (the provider's SMTP client after the turnaround) fed arbitrary customer replies.
 //!
 //! Input: the common header, then what the customer's SMTP server sends. The decision tape
-//! picks, at each `Ready`, `quit()` or `send()` of a message (0 to 3 recipients, 8-bit or not,
+//! picks, at each `Ready`, `hold()` (with messages in flight), `quit()` or `send()` of a message (0 to 3 recipients, 8-bit or not,
 //! BODY/SMTPUTF8/DSN parameters, various sizes); at most `MAX_MESSAGES` are sent, then `quit()`.
 //! `SendBody` is answered with `body()` in two pieces and `body_end()`. Checks:
 //! - no panic; every poll ends in a step; at most `MAX_IDLE_POLLS` polls in a row consume
 //!   nothing, and the whole run takes a bounded number of polls;
 //! - the body goes out dot-stuffed, exactly as `DotStuffer` makes it;
-//! - RCPT names only recipients of the message being sent;
-//! - `Finished` carries one outcome per recipient of that message, and `Delivered` only after
-//!   the final dot was sent (outcomes come only from the peer's replies);
+//! - RCPT names only recipients of the message being sent (the last one handed over);
+//! - `Finished` reports the messages in the order they were sent (with PIPELINING the next one
+//!   goes out while the previous awaits its final reply), with one outcome per recipient, and
+//!   `Delivered` only after the final dot was sent (outcomes come only from the peer's replies);
 //! - `Done` is final: polling again consumes nothing.
 
 #![no_main]
@@ -22,6 +23,7 @@ use libfuzzer_sys::fuzz_target;
 use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome};
 use odmr_proto::dot::DotStuffer;
 use odmr_proto::envelope::RcptEntry;
+use std::collections::VecDeque;
 
 const MAX_MESSAGES: usize = 4;
 const BODY: &[u8] = b"Subject: fuzz\r\n\r\n.dot line\r\n..\r\nno final CRLF";
@@ -75,8 +77,8 @@ fuzz_target!(|data: &[u8]| {
     let total_input = chunks.total_len();
 
     let mut sent = 0usize;
-    let mut current: Option<OutMessage> = None;
-    let mut final_dot_sent = false;
+    // Messages handed over and not yet reported, oldest first, each with "final dot sent".
+    let mut in_flight: VecDeque<(OutMessage, bool)> = VecDeque::new();
 
     loop {
         let before = input.len();
@@ -95,9 +97,9 @@ fuzz_target!(|data: &[u8]| {
         for line in out.split(|&b| b == b'\n') {
             if let Some(rest) = line.strip_prefix(b"RCPT TO:<") {
                 let addr = &rest[..rest.iter().position(|&b| b == b'>').expect("RCPT without '>'")];
-                let named = current
-                    .as_ref()
-                    .is_some_and(|m| m.recipients.iter().any(|r| r.address.as_bytes() == addr));
+                let named = in_flight
+                    .back()
+                    .is_some_and(|(m, _)| m.recipients.iter().any(|r| r.address.as_bytes() == addr));
                 assert!(
                     named,
                     "RCPT for {:?}, not a recipient of the message",
@@ -114,32 +116,34 @@ fuzz_target!(|data: &[u8]| {
             }
             DeliverStep::Ready => {
                 let dec = decisions.next();
-                if sent >= MAX_MESSAGES || dec % 8 == 7 {
+                if dec % 8 == 6 && d.in_flight() > 0 {
+                    d.hold();
+                } else if sent >= MAX_MESSAGES || dec % 8 == 7 {
                     d.quit();
                 } else {
                     let m = message(dec, sent);
                     sent += 1;
                     d.send(m.clone());
-                    current = Some(m);
-                    final_dot_sent = false;
+                    in_flight.push_back((m, false));
                 }
             }
             DeliverStep::SendBody => {
-                assert!(current.is_some(), "SendBody without a message");
-                assert!(!final_dot_sent, "SendBody twice for one message");
+                let (_, dot) = in_flight.back_mut().expect("SendBody without a message");
+                assert!(!*dot, "SendBody twice for one message");
+                *dot = true;
                 let (a, b) = BODY.split_at(split);
                 d.body(a);
                 d.body(b);
                 d.body_end();
-                final_dot_sent = true;
                 assert_eq!(*d.output(), stuffed(&[a, b]), "body not sent as stuffed");
                 d.output().clear();
             }
             DeliverStep::Finished(outcomes) => {
-                let m = current.take().expect("Finished without a message");
+                let (m, dot) = in_flight.pop_front().expect("Finished without a message");
                 assert_eq!(outcomes.len(), m.recipients.len(), "one outcome per recipient");
+                assert_eq!(d.in_flight(), in_flight.len(), "reported out of order");
                 if outcomes.iter().any(|o| matches!(o, RcptOutcome::Delivered(_))) {
-                    assert!(final_dot_sent, "Delivered without the final dot: {outcomes:?}");
+                    assert!(dot, "Delivered without the final dot: {outcomes:?}");
                 }
             }
             DeliverStep::Done => {

@@ -6,7 +6,12 @@
 //!   to the final dot; a transaction cut off (EOF, timeout) yields no outcome at all, so the
 //!   driver leaves the message queued.
 //! - **Replies are paired with commands by counting, never by code or text** (RFC 2920 §3.1):
-//!   `expect` is the queue of commands whose replies are outstanding.
+//!   `expect` is the queue of commands whose replies are outstanding, each tagged with its
+//!   transaction.
+//! - **With PIPELINING, the next transaction's MAIL, RCPT and DATA follow the final dot** in the
+//!   same write, so a message costs one round trip instead of two (RFC 2920 §3.1: message
+//!   content may open a group). At most one transaction is on the wire before its final dot,
+//!   and `Finished` reports transactions strictly in the order they were started.
 //! - **Only the recipients handed to [`Deliverer::send`] are named**; the driver restricts them
 //!   to the granted domains.
 //! - **Nothing is sent that the peer did not offer.** Without 8BITMIME an 8-bit message is not
@@ -109,11 +114,13 @@ impl RcptOutcome {
 pub enum DeliverStep {
     /// Flush the output, then read more input.
     NeedInput,
-    /// The session is ready for a message: call [`Deliverer::send`] or [`Deliverer::quit`].
+    /// The session is ready for a message: call [`Deliverer::send`] or [`Deliverer::quit`]. With
+    /// PIPELINING this comes while the previous message still awaits its final reply.
     Ready,
     /// The peer said 354: stream the body with [`Deliverer::body`], then [`Deliverer::body_end`].
     SendBody,
-    /// The message handed to `send` is finished: one outcome per recipient, in order.
+    /// The oldest message handed to `send` and not yet reported is finished: one outcome per
+    /// recipient, in order. Messages are reported in the order they were sent.
     Finished(Vec<RcptOutcome>),
     /// The session is over; close the connection. [`Deliverer::error`] says why, if it failed.
     Done,
@@ -137,6 +144,7 @@ enum Expect {
     /// The reply to a "." sent after a 354 with no accepted recipient; ignored.
     EmptyFinal,
     Rset,
+    Quit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,37 +152,65 @@ enum State {
     Greeting,
     Ehlo,
     Helo,
-    Ready,
-    Tx,
-    Body,
+    /// Transactions: see [`Deliverer::ready`] for when another may start.
+    Open,
+    /// QUIT is sent; replies still owed to earlier transactions come first.
     Quit,
     Done,
 }
 
-#[derive(Debug, Default)]
+/// Where one transaction stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Decided here without a command (see [`Deliverer::send`]); reported in its turn.
+    Local(RcptOutcome),
+    /// Replies to MAIL, RCPT or DATA (or the RSET after a refusal) are outstanding.
+    Commands,
+    /// The peer said 354: the driver streams the body.
+    Body,
+    /// The final dot is sent; its reply is the only one outstanding.
+    AwaitFinal,
+    /// Every reply is in: the outcomes wait to be reported in order.
+    Decided(Vec<RcptOutcome>),
+}
+
+#[derive(Debug)]
 struct Tx {
-    msg: Option<OutMessage>,
+    /// Pairs the replies in `expect` with their transaction.
+    seq: u64,
+    phase: Phase,
+    recipients: Vec<RcptEntry>,
     mail: Option<Reply>,
     rcpts: Vec<Option<Reply>>,
     data: Option<Reply>,
     fin: Option<Reply>,
-    /// A 421 ended the session mid-transaction.
-    closing: Option<Reply>,
+    /// Replies still owed to this transaction.
+    owed: usize,
 }
+
+/// Transactions in flight at once (at most one of them on the wire before its final dot; the
+/// others are awaiting the final reply or decided locally).
+const MAX_IN_FLIGHT: usize = 8;
 
 pub struct Deliverer {
     hostname: String,
     out: Vec<u8>,
     state: State,
     caps: PeerCaps,
-    expect: VecDeque<Expect>,
-    tx: Tx,
-    finished: Option<Vec<RcptOutcome>>,
+    /// Outstanding replies, oldest first, each with the `seq` of its transaction.
+    expect: VecDeque<(u64, Expect)>,
+    /// Transactions in the order they were started; reported (`Finished`) in the same order.
+    txs: VecDeque<Tx>,
+    next_seq: u64,
+    /// A 421 ended the session: every undecided recipient is deferred with it.
+    closing: Option<Reply>,
+    /// The driver had nothing to send (see [`Deliverer::hold`]).
+    holding: bool,
     stuffer: DotStuffer,
     error: Option<String>,
     /// The name the peer gave in its 220 greeting, for the Remote-MTA of a notice.
     peer_name: Option<String>,
-    /// The last transaction was decided here, without asking the peer (see [`Deliverer::send`]).
+    /// The transaction last reported `Finished` was decided here (see [`Deliverer::send`]).
     local_verdict: bool,
 }
 
@@ -187,8 +223,10 @@ impl Deliverer {
             state: State::Greeting,
             caps: PeerCaps::default(),
             expect: VecDeque::new(),
-            tx: Tx::default(),
-            finished: None,
+            txs: VecDeque::new(),
+            next_seq: 0,
+            closing: None,
+            holding: false,
             stuffer: DotStuffer::new(),
             error: None,
             peer_name: None,
@@ -196,9 +234,9 @@ impl Deliverer {
         }
     }
 
-    /// Whether the outcomes of the last transaction were decided here (over SIZE, 8-bit or
-    /// UTF-8 the peer cannot take) rather than replied by the peer: such a reply must not be
-    /// reported as the peer's (no Remote-MTA or Diagnostic-Code in a notice).
+    /// Whether the outcomes last reported by [`DeliverStep::Finished`] were decided here (over
+    /// SIZE, 8-bit or UTF-8 the peer cannot take) rather than replied by the peer: such a reply
+    /// must not be reported as the peer's (no Remote-MTA or Diagnostic-Code in a notice).
     pub fn verdict_was_local(&self) -> bool {
         self.local_verdict
     }
@@ -219,11 +257,16 @@ impl Deliverer {
         self.error.as_deref()
     }
 
+    /// Transactions started and not yet reported `Finished`.
+    pub fn in_flight(&self) -> usize {
+        self.txs.len()
+    }
+
     pub fn waiting_for(&self) -> Wait {
-        match (self.state.clone(), self.expect.front()) {
+        match (&self.state, self.expect.front()) {
             (State::Greeting, _) => Wait::Greeting,
-            (_, Some(Expect::Data)) => Wait::DataStart,
-            (_, Some(Expect::Final | Expect::EmptyFinal)) => Wait::DataFinal,
+            (_, Some((_, Expect::Data))) => Wait::DataStart,
+            (_, Some((_, Expect::Final | Expect::EmptyFinal))) => Wait::DataFinal,
             _ => Wait::Command,
         }
     }
@@ -233,16 +276,49 @@ impl Deliverer {
         self.out.extend_from_slice(b"\r\n");
     }
 
+    /// Queue a command of transaction `seq` (or of none, for QUIT) whose reply we then owe.
+    fn command(&mut self, seq: u64, s: &str, what: Expect) {
+        self.cmd(s);
+        self.expect.push_back((seq, what));
+        if let Some(tx) = self.txs.iter_mut().find(|t| t.seq == seq) {
+            tx.owed += 1;
+        }
+    }
+
+    /// Whether another transaction may start now. With PIPELINING the next MAIL, RCPT and DATA
+    /// follow the previous message's final dot in the same write (RFC 2920 §3.1 lets message
+    /// content open a group), so each message costs one round trip, not two; the peer answers
+    /// in order, so the final reply still decides the earlier message alone. Without
+    /// PIPELINING, one transaction at a time.
+    fn ready(&self) -> bool {
+        if self.state != State::Open || self.closing.is_some() {
+            return false;
+        }
+        if self.txs.is_empty() {
+            return true;
+        }
+        !self.holding
+            && self.caps.pipelining
+            && self.txs.len() < MAX_IN_FLIGHT
+            && self
+                .txs
+                .iter()
+                .all(|t| matches!(t.phase, Phase::Local(_) | Phase::AwaitFinal | Phase::Decided(_)))
+    }
+
     pub fn poll(&mut self, input: &mut BytesMut) -> DeliverStep {
         loop {
-            if let Some(f) = self.finished.take() {
+            if let Some(f) = self.pop_finished() {
                 return DeliverStep::Finished(f);
             }
-            match self.state {
-                State::Done => return DeliverStep::Done,
-                State::Ready => return DeliverStep::Ready,
-                State::Body => return DeliverStep::SendBody,
-                _ => {}
+            if self.state == State::Done {
+                return DeliverStep::Done;
+            }
+            if self.txs.iter().any(|t| t.phase == Phase::Body) {
+                return DeliverStep::SendBody;
+            }
+            if self.ready() {
+                return DeliverStep::Ready;
             }
             let reply = match parse_reply(input) {
                 Ok(Some(r)) => r,
@@ -256,10 +332,41 @@ impl Deliverer {
         }
     }
 
+    /// The oldest transaction, once decided (in-order reporting: a later message decided first
+    /// waits for the earlier ones).
+    fn pop_finished(&mut self) -> Option<Vec<RcptOutcome>> {
+        let front = self.txs.front()?;
+        let local = match &front.phase {
+            Phase::Local(_) => true,
+            Phase::Decided(_) => false,
+            _ => return None,
+        };
+        let tx = self.txs.pop_front()?;
+        self.local_verdict = local;
+        Some(match tx.phase {
+            Phase::Local(o) => vec![o; tx.recipients.len()],
+            Phase::Decided(v) => v,
+            _ => unreachable!("checked above"),
+        })
+    }
+
     fn protocol_error(&mut self, e: ReplyError) {
         self.error = Some(format!("customer sent an invalid reply: {e}"));
-        // In-flight recipients get no outcome: they stay queued.
+        self.keep_decided();
         self.state = State::Done;
+    }
+
+    /// The session broke: transactions still waiting for replies get no outcome (they stay
+    /// queued), and neither do those after them, so that what is reported is always the oldest
+    /// transactions, in order (the driver pairs them with its messages by counting).
+    fn keep_decided(&mut self) {
+        let undecided = self
+            .txs
+            .iter()
+            .position(|t| !matches!(t.phase, Phase::Local(_) | Phase::Decided(_)));
+        if let Some(i) = undecided {
+            self.txs.truncate(i);
+        }
     }
 
     fn on_reply(&mut self, r: Reply) {
@@ -278,8 +385,7 @@ impl Deliverer {
                 } else if r.code == 554 {
                     // RFC 5321 §3.1: still QUIT politely.
                     self.error = Some(format!("customer refused the session: {r}"));
-                    self.cmd("QUIT");
-                    self.state = State::Quit;
+                    self.quit_now();
                 } else {
                     self.error = Some(format!("customer greeting was not 220: {r}"));
                     self.state = State::Done;
@@ -288,7 +394,7 @@ impl Deliverer {
             State::Ehlo => {
                 if r.is_positive() {
                     self.caps = PeerCaps::from_ehlo(&r);
-                    self.state = State::Ready;
+                    self.state = State::Open;
                 } else if r.is_permanent() {
                     let h = format!("HELO {}", self.hostname);
                     self.cmd(&h);
@@ -301,25 +407,25 @@ impl Deliverer {
             State::Helo => {
                 if r.is_positive() {
                     self.caps = PeerCaps::default();
-                    self.state = State::Ready;
+                    self.state = State::Open;
                 } else {
                     self.error = Some(format!("customer refused HELO: {r}"));
-                    self.cmd("QUIT");
-                    self.state = State::Quit;
+                    self.quit_now();
                 }
             }
-            State::Quit => self.state = State::Done,
-            State::Tx => self.tx_reply(r),
-            State::Ready | State::Body | State::Done => {
-                // A reply nobody asked for: the peer is confused. 421 is allowed at any time.
-                self.error = Some(format!("unexpected reply from customer: {r}"));
-                self.state = State::Done;
-            }
+            State::Open | State::Quit => self.tx_reply(r),
+            State::Done => {}
         }
     }
 
-    /// Start a transaction. Messages the peer cannot take as they are finish at once, without a
-    /// command being sent:
+    fn quit_now(&mut self) {
+        self.cmd("QUIT");
+        self.expect.push_back((u64::MAX, Expect::Quit));
+        self.state = State::Quit;
+    }
+
+    /// Start a transaction. Messages the peer cannot take as they are finish without a command
+    /// being sent (reported in their turn, after the transactions started before them):
     /// - over the peer's SIZE limit: failed, `552 5.3.4` (RFC 1870 §6.2);
     /// - 8-bit content to a peer without 8BITMIME, or an SMTPUTF8 message to a peer without
     ///   SMTPUTF8: deferred, `450 4.6.3`/`4.6.7`, so the message stays queued with a visible
@@ -327,10 +433,13 @@ impl Deliverer {
     ///   downgrade content (RFC 6152 §3 allows only lossless conversion) and we do not bounce
     ///   mail the customer may well take once its configuration is fixed.
     pub fn send(&mut self, msg: OutMessage) {
-        if self.state != State::Ready {
+        if !self.ready() {
             return;
         }
+        self.holding = false;
         let n = msg.recipients.len();
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let synthetic = |code, st: &str, text: &str| Reply::new(code, st, text.to_string());
         let refusal = match self.caps.size {
             Some(max) if max > 0 && msg.size > max => Some(RcptOutcome::Failed(synthetic(
@@ -359,13 +468,24 @@ impl Deliverer {
             }
             _ => None,
         };
-        self.local_verdict = refusal.is_some();
+        let mut tx = Tx {
+            seq,
+            phase: Phase::Commands,
+            recipients: msg.recipients,
+            mail: None,
+            rcpts: vec![None; n],
+            data: None,
+            fin: None,
+            owed: 0,
+        };
         if let Some(o) = refusal {
-            self.finished = Some(vec![o; n]);
+            tx.phase = Phase::Local(o);
+            self.txs.push_back(tx);
             return;
         }
         if n == 0 {
-            self.finished = Some(Vec::new());
+            tx.phase = Phase::Decided(Vec::new());
+            self.txs.push_back(tx);
             return;
         }
         let mut mail = format!("MAIL FROM:<{}>", msg.mail_from);
@@ -389,26 +509,19 @@ impl Deliverer {
                 }
             }
         }
-        self.cmd(&mail);
-        self.expect.push_back(Expect::Mail);
+        self.txs.push_back(tx);
+        self.command(seq, &mail, Expect::Mail);
         if self.caps.pipelining {
             for i in 0..n {
-                let r = self.rcpt_cmd(&msg.recipients[i]);
-                self.cmd(&r);
-                self.expect.push_back(Expect::Rcpt(i));
+                let r = self.rcpt_cmd(seq, i);
+                self.command(seq, &r, Expect::Rcpt(i));
             }
-            self.cmd("DATA");
-            self.expect.push_back(Expect::Data);
+            self.command(seq, "DATA", Expect::Data);
         }
-        self.tx = Tx {
-            rcpts: vec![None; n],
-            msg: Some(msg),
-            ..Default::default()
-        };
-        self.state = State::Tx;
     }
 
-    fn rcpt_cmd(&self, r: &RcptEntry) -> String {
+    fn rcpt_cmd(&self, seq: u64, i: usize) -> String {
+        let r = &self.tx(seq).expect("transaction in flight").recipients[i];
         let mut s = format!("RCPT TO:<{}>", r.address);
         if self.caps.dsn {
             for k in ["NOTIFY", "ORCPT"] {
@@ -420,91 +533,113 @@ impl Deliverer {
         s
     }
 
+    fn tx(&self, seq: u64) -> Option<&Tx> {
+        self.txs.iter().find(|t| t.seq == seq)
+    }
+    fn tx_mut(&mut self, seq: u64) -> Option<&mut Tx> {
+        self.txs.iter_mut().find(|t| t.seq == seq)
+    }
+
     fn tx_reply(&mut self, r: Reply) {
-        let Some(what) = self.expect.pop_front() else {
+        let Some((seq, what)) = self.expect.pop_front() else {
             self.error = Some(format!("unexpected reply from customer: {r}"));
+            self.keep_decided();
             self.state = State::Done;
             return;
         };
+        if what == Expect::Quit {
+            self.state = State::Done;
+            return;
+        }
         if r.code == 421 {
             // The peer is going away: everything not yet decided is deferred.
             self.error = Some(format!("customer closed the session: {r}"));
-            self.tx.closing = Some(r);
+            self.closing = Some(r);
             self.expect.clear();
-            return self.finish();
+            let seqs: Vec<u64> = self.txs.iter().map(|t| t.seq).collect();
+            for s in seqs {
+                self.decide(s);
+            }
+            self.state = State::Done;
+            return;
         }
-        let n = self.tx.rcpts.len();
         let pipelining = self.caps.pipelining;
+        let (ok, go) = (r.is_positive(), r.code == 354);
+        let Some(tx) = self.tx_mut(seq) else { return };
+        tx.owed = tx.owed.saturating_sub(1);
+        let n = tx.rcpts.len();
+        match what {
+            Expect::Mail => tx.mail = Some(r),
+            Expect::Rcpt(i) => tx.rcpts[i] = Some(r),
+            Expect::Data => tx.data = Some(r),
+            Expect::Final => tx.fin = Some(r),
+            _ => {}
+        }
         match what {
             Expect::Mail => {
-                let ok = r.is_positive();
-                self.tx.mail = Some(r);
                 if !pipelining {
                     if ok {
-                        let c = self.rcpt_cmd(&self.tx.msg.as_ref().expect("tx has a message").recipients[0]);
-                        self.cmd(&c);
-                        self.expect.push_back(Expect::Rcpt(0));
+                        let c = self.rcpt_cmd(seq, 0);
+                        self.command(seq, &c, Expect::Rcpt(0));
                     } else {
-                        self.finish();
+                        self.decide(seq);
                     }
                 }
             }
             Expect::Rcpt(i) => {
-                self.tx.rcpts[i] = Some(r);
                 if !pipelining {
                     if i + 1 < n {
-                        let c =
-                            self.rcpt_cmd(&self.tx.msg.as_ref().expect("tx has a message").recipients[i + 1]);
-                        self.cmd(&c);
-                        self.expect.push_back(Expect::Rcpt(i + 1));
-                    } else if self.any_accepted() {
-                        self.cmd("DATA");
-                        self.expect.push_back(Expect::Data);
+                        let c = self.rcpt_cmd(seq, i + 1);
+                        self.command(seq, &c, Expect::Rcpt(i + 1));
+                    } else if self.any_accepted(seq) {
+                        self.command(seq, "DATA", Expect::Data);
                     } else {
-                        self.cmd("RSET");
-                        self.expect.push_back(Expect::Rset);
+                        self.command(seq, "RSET", Expect::Rset);
                     }
                 }
             }
             Expect::Data => {
-                let go = r.code == 354;
-                self.tx.data = Some(r);
-                if go && self.any_accepted() {
+                if go && self.any_accepted(seq) {
                     self.stuffer = DotStuffer::new();
-                    self.state = State::Body;
+                    if let Some(tx) = self.tx_mut(seq) {
+                        tx.phase = Phase::Body;
+                    }
                 } else if go {
                     // RFC 2920 §3.1: a 354 with no valid recipient gets an empty message.
-                    self.cmd(".");
-                    self.expect.push_back(Expect::EmptyFinal);
+                    self.command(seq, ".", Expect::EmptyFinal);
                 } else {
-                    self.cmd("RSET");
-                    self.expect.push_back(Expect::Rset);
+                    self.command(seq, "RSET", Expect::Rset);
                 }
             }
-            Expect::Final => self.tx.fin = Some(r),
-            Expect::EmptyFinal => {
-                self.cmd("RSET");
-                self.expect.push_back(Expect::Rset);
-            }
-            Expect::Rset => {}
+            Expect::EmptyFinal => self.command(seq, "RSET", Expect::Rset),
+            Expect::Final | Expect::Rset | Expect::Quit => {}
         }
-        if self.expect.is_empty() && self.state == State::Tx {
-            self.finish();
+        if self
+            .tx(seq)
+            .is_some_and(|t| t.owed == 0 && matches!(t.phase, Phase::Commands | Phase::AwaitFinal))
+        {
+            self.decide(seq);
         }
     }
 
-    fn any_accepted(&self) -> bool {
-        self.tx.mail.as_ref().is_some_and(Reply::is_positive)
-            && self
-                .tx
-                .rcpts
-                .iter()
-                .any(|r| r.as_ref().is_some_and(Reply::is_positive))
+    fn any_accepted(&self, seq: u64) -> bool {
+        self.tx(seq).is_some_and(|tx| {
+            tx.mail.as_ref().is_some_and(Reply::is_positive)
+                && tx
+                    .rcpts
+                    .iter()
+                    .any(|r| r.as_ref().is_some_and(Reply::is_positive))
+        })
     }
 
-    /// Turn the replies of the finished transaction into one outcome per recipient.
-    fn finish(&mut self) {
-        let tx = std::mem::take(&mut self.tx);
+    /// Turn the replies of transaction `seq` into one outcome per recipient (it is then
+    /// reported in its turn). Transactions already decided keep their outcomes.
+    fn decide(&mut self, seq: u64) {
+        let closing = self.closing.clone();
+        let Some(tx) = self.tx_mut(seq) else { return };
+        if matches!(tx.phase, Phase::Local(_) | Phase::Decided(_)) {
+            return;
+        }
         let lost = || Reply::new(451, "4.4.2", "no reply from customer");
         let progress = tx.mail.as_ref().is_some_and(Reply::is_positive)
             && tx
@@ -518,7 +653,7 @@ impl Deliverer {
             .map(|rr| {
                 let decided = match (&tx.mail, rr, &tx.data, &tx.fin) {
                     (Some(m), _, _, _) if !m.is_positive() => Some(RcptOutcome::from_refusal(m)),
-                    (_, Some(r), _, _) if too_many(r) && progress && tx.closing.is_none() => {
+                    (_, Some(r), _, _) if too_many(r) && progress && closing.is_none() => {
                         Some(RcptOutcome::Again(r.clone()))
                     }
                     (_, Some(r), _, _) if too_many(r) => Some(RcptOutcome::Deferred(r.clone())),
@@ -527,46 +662,54 @@ impl Deliverer {
                     (_, _, _, Some(f)) => Some(RcptOutcome::from_final(f)),
                     _ => None,
                 };
-                match (decided, &tx.closing) {
+                match (decided, &closing) {
                     (Some(o @ RcptOutcome::Failed(_)), _) | (Some(o), None) => o,
                     (_, Some(c)) => RcptOutcome::Deferred(c.clone()),
                     (None, None) => RcptOutcome::Deferred(lost()),
                 }
             })
             .collect();
-        self.finished = Some(outcomes);
-        self.state = if tx.closing.is_some() {
-            State::Done
-        } else {
-            State::Ready
-        };
+        tx.phase = Phase::Decided(outcomes);
     }
 
     /// Part of the body (unstuffed octets as stored); dot-stuffed into the output.
     pub fn body(&mut self, chunk: &[u8]) {
-        if self.state == State::Body {
+        if self.txs.iter().any(|t| t.phase == Phase::Body) {
             self.stuffer.stuff(chunk, &mut self.out);
         }
     }
 
     /// The body is complete: send the end marker.
     pub fn body_end(&mut self) {
-        if self.state == State::Body {
-            self.stuffer.finish(&mut self.out);
-            self.expect.push_back(Expect::Final);
-            self.state = State::Tx;
+        let Some(seq) = self.txs.iter().find(|t| t.phase == Phase::Body).map(|t| t.seq) else {
+            return;
+        };
+        self.stuffer.finish(&mut self.out);
+        if let Some(tx) = self.tx_mut(seq) {
+            tx.phase = Phase::AwaitFinal;
+        }
+        self.expect.push_back((seq, Expect::Final));
+        if let Some(tx) = self.tx_mut(seq) {
+            tx.owed += 1;
         }
     }
 
-    /// No more messages: send QUIT.
+    /// Nothing to send now, but messages are in flight: read their replies first (one may yet
+    /// need its refused recipients sent again); `Ready` comes back once they are all reported.
+    pub fn hold(&mut self) {
+        if self.ready() {
+            self.holding = true;
+        }
+    }
+
+    /// No more messages: send QUIT (after the final dot of a message still awaiting its reply,
+    /// if there is one; that reply is still read and reported before `Done`).
     pub fn quit(&mut self) {
-        if self.state == State::Ready {
-            self.cmd("QUIT");
-            self.state = State::Quit;
+        if self.ready() {
+            self.quit_now();
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,9 +771,13 @@ mod tests {
         assert_eq!(step, DeliverStep::SendBody);
         d.body(b"Subject: x\r\n\r\n.dot\r\n");
         d.body_end();
+        // The next transaction (here QUIT) may follow the final dot at once.
         let (out, step) = feed(&mut d, "");
         assert_eq!(out, "Subject: x\r\n\r\n..dot\r\n.\r\n");
-        assert_eq!(step, DeliverStep::NeedInput);
+        assert_eq!(step, DeliverStep::Ready);
+        d.quit();
+        let (out, step) = feed(&mut d, "");
+        assert_eq!((out.as_str(), step), ("QUIT\r\n", DeliverStep::NeedInput));
         let (_, step) = feed(&mut d, "250 2.0.0 queued\r\n");
         let DeliverStep::Finished(o) = step else {
             panic!("{step:?}")
@@ -640,10 +787,100 @@ mod tests {
         assert!(
             matches!(&o[2], RcptOutcome::Failed(r) if r.code == 550 && r.status.as_deref() == Some("5.1.1"))
         );
-        assert_eq!(feed(&mut d, "").1, DeliverStep::Ready);
-        d.quit();
-        assert_eq!(feed(&mut d, "").0, "QUIT\r\n");
+        assert_eq!(feed(&mut d, "").1, DeliverStep::NeedInput);
         assert_eq!(feed(&mut d, "221 bye\r\n").1, DeliverStep::Done);
+    }
+
+    /// RFC 2920 §3.1: the next MAIL, RCPT and DATA go out right behind the final dot, and the
+    /// replies are still paired by counting: the final reply decides the first message alone.
+    #[test]
+    fn the_next_transaction_is_pipelined_behind_the_final_dot() {
+        let mut d = ready(EHLO_FULL);
+        d.send(msg(&["x@example.org"]));
+        feed(&mut d, "");
+        assert_eq!(
+            feed(&mut d, "250 ok\r\n250 ok\r\n354 go\r\n").1,
+            DeliverStep::SendBody
+        );
+        d.body(b"one\r\n");
+        d.body_end();
+        assert_eq!(feed(&mut d, ""), ("one\r\n.\r\n".into(), DeliverStep::Ready));
+        assert_eq!(d.waiting_for(), Wait::DataFinal);
+        // A message the peer cannot take is decided here, but reported in its turn.
+        let mut big = msg(&["w@example.org"]);
+        big.size = 5000;
+        d.send(big);
+        assert_eq!(feed(&mut d, "").1, DeliverStep::Ready);
+        d.send(msg(&["y@example.org", "z@example.org"]));
+        let (out, step) = feed(&mut d, "");
+        assert_eq!(
+            out,
+            "MAIL FROM:<alice@sender.example> SIZE=20\r\nRCPT TO:<y@example.org>\r\nRCPT TO:<z@example.org>\r\nDATA\r\n"
+        );
+        assert_eq!(step, DeliverStep::NeedInput);
+        assert_eq!(d.in_flight(), 3);
+        let mut input = BytesMut::from("451 4.3.0 try later\r\n250 ok\r\n250 ok\r\n550 no\r\n354 go\r\n");
+        let DeliverStep::Finished(o) = d.poll(&mut input) else {
+            panic!()
+        };
+        assert!(matches!(&o[..], [RcptOutcome::Deferred(r)] if r.code == 451));
+        assert!(!d.verdict_was_local());
+        let DeliverStep::Finished(o) = d.poll(&mut input) else {
+            panic!()
+        };
+        assert!(matches!(&o[..], [RcptOutcome::Failed(r)] if r.code == 552));
+        assert!(d.verdict_was_local());
+        assert_eq!(d.poll(&mut input), DeliverStep::SendBody);
+        assert!(input.is_empty());
+        d.body(b"two");
+        d.body_end();
+        assert_eq!(d.poll(&mut input), DeliverStep::Ready);
+        d.quit();
+        input.extend_from_slice(b"250 queued\r\n221 bye\r\n");
+        let DeliverStep::Finished(o) = d.poll(&mut input) else {
+            panic!()
+        };
+        assert!(matches!(&o[..], [RcptOutcome::Delivered(_), RcptOutcome::Failed(r)] if r.code == 550));
+        assert_eq!(d.poll(&mut input), DeliverStep::Done);
+    }
+
+    /// Nothing to send but a message awaits its final reply: `hold` reads it first, so a
+    /// recipient refused as "too many" can still be sent again before QUIT.
+    #[test]
+    fn hold_reads_the_replies_in_flight_before_ready_comes_back() {
+        let mut d = ready(EHLO_FULL);
+        d.send(msg(&["x@example.org", "y@example.org"]));
+        feed(&mut d, "");
+        feed(&mut d, "250 ok\r\n250 ok\r\n452 4.5.3 one at a time\r\n354 go\r\n");
+        d.body(b"hi\r\n");
+        d.body_end();
+        assert_eq!(feed(&mut d, "").1, DeliverStep::Ready);
+        d.hold();
+        assert_eq!(feed(&mut d, ""), (String::new(), DeliverStep::NeedInput));
+        let DeliverStep::Finished(o) = feed(&mut d, "250 ok\r\n").1 else {
+            panic!()
+        };
+        assert!(matches!(&o[1], RcptOutcome::Again(_)));
+        assert_eq!(feed(&mut d, "").1, DeliverStep::Ready);
+        d.send(msg(&["y@example.org"]));
+        assert!(feed(&mut d, "").0.starts_with("MAIL FROM:"));
+    }
+
+    /// The connection breaks with a message awaiting its final reply and the next one on the
+    /// wire: neither gets an outcome (both stay queued), and nothing after them is reported.
+    #[test]
+    fn a_broken_pipeline_reports_only_the_decided_prefix() {
+        let mut d = ready(EHLO_FULL);
+        d.send(msg(&["x@example.org"]));
+        feed(&mut d, "");
+        feed(&mut d, "250 ok\r\n250 ok\r\n354 go\r\n");
+        d.body(b"one\r\n");
+        d.body_end();
+        feed(&mut d, "");
+        d.send(msg(&["y@example.org"]));
+        feed(&mut d, "");
+        assert_eq!(feed(&mut d, "garbage\r\n").1, DeliverStep::Done);
+        assert_eq!(d.in_flight(), 0);
     }
 
     #[test]
@@ -679,6 +916,9 @@ mod tests {
         );
         d.body(b"hi\r\n");
         d.body_end();
+        assert_eq!(feed(&mut d, "").1, DeliverStep::Ready);
+        // The driver sends the next message (here: the one recipient again) behind the dot.
+        d.send(msg(&["y@example.org"]));
         feed(&mut d, "");
         let DeliverStep::Finished(o) = feed(&mut d, "250 ok\r\n").1 else {
             panic!()
@@ -687,9 +927,6 @@ mod tests {
         assert!(matches!(&o[1], RcptOutcome::Again(r) if r.code == 452));
 
         // No recipient accepted at all: no progress, so it is an ordinary deferral.
-        assert_eq!(feed(&mut d, "").1, DeliverStep::Ready);
-        d.send(msg(&["y@example.org"]));
-        feed(&mut d, "");
         assert_eq!(
             feed(&mut d, "250 ok\r\n452 4.5.3 full\r\n503 no\r\n").0,
             "RSET\r\n"
@@ -827,7 +1064,10 @@ mod tests {
         d.send(msg(1000));
         assert!(matches!(d.poll(&mut input), DeliverStep::Finished(_)));
         assert!(d.verdict_was_local());
+        assert!(matches!(d.poll(&mut input), DeliverStep::Ready));
         d.send(msg(10));
+        input.extend_from_slice(b"250 ok\r\n250 ok\r\n550 no thanks\r\n250 reset\r\n");
+        assert!(matches!(d.poll(&mut input), DeliverStep::Finished(_)));
         assert!(!d.verdict_was_local());
     }
 

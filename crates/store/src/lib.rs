@@ -584,7 +584,20 @@ impl Store {
         }
     }
 
-    /// Records delivery outcomes in one transaction. Fencing: [`StoreError::LeaseLost`] (and
+    /// Chunk 0 of each listed message that has one, in one round trip (in no particular order):
+    /// the delivery prefetches the bodies of small messages (one chunk) a batch at a time
+    /// instead of asking for each.
+    pub async fn read_first_chunks(
+        &self,
+        ids: &[MessageId],
+    ) -> Result<Vec<(MessageId, bytes::Bytes)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.read_first_chunks(ids).await,
+        }
+    }
+
+    /// Records delivery outcomes in one transaction (of any number of messages: the statements
+    /// are batched). Fencing: [`StoreError::LeaseLost`] (and
     /// nothing written) unless every recipient's domain is leased with `lease.token` and the lease
     /// is unexpired. Sets state, last reply, `attempts += 1` and `updated_at`; removes a message
     /// (and its body) once all its recipients are delivered or bounced. A recipient the operator

@@ -379,6 +379,118 @@ async fn small_and_empty_bodies(store: &Store) {
     ));
 }
 
+/// The delivery's batch paths: first chunks of many messages in one call, and one `record` of
+/// more outcomes than one statement takes (the backend splits them), mixing states, a
+/// recipient named twice (the last outcome counts) and a recipient that no longer exists.
+async fn batched_reads_and_records(store: &Store) {
+    let small = put(store, &["a@batch.example"], b"small body").await;
+    let big_body = pattern(CHUNK_SIZE + 10);
+    let big = put(store, &["b@batch.example"], &big_body).await;
+    let empty = put(store, &["c@batch.example"], b"").await;
+    let mut got = store
+        .read_first_chunks(&[small, big, empty, 9_999_999])
+        .await
+        .unwrap();
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        got,
+        vec![
+            (small, bytes::Bytes::from_static(b"small body")),
+            (big, bytes::Bytes::copy_from_slice(&big_body[..CHUNK_SIZE])),
+        ]
+    );
+    assert!(store.read_first_chunks(&[]).await.unwrap().is_empty());
+
+    let mut ids = Vec::new();
+    for i in 0..1200 {
+        ids.push(put(store, &[&format!("r{i}@many.example"), "keep@many.example"], b"x").await);
+    }
+    let l = lease(store, &["many.example", "batch.example"]).await;
+    let pending = store
+        .pending(&strings(&["many.example"]), None, 2000)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1200);
+    let mut outcomes = Vec::new();
+    for (i, p) in pending.iter().enumerate() {
+        // Every recipient delivered: the message goes away.
+        let state = if i % 3 == 2 {
+            RecipientState::Failed
+        } else {
+            RecipientState::Delivered
+        };
+        for r in &p.recipients {
+            outcomes.push(outcome(r.id, state, &format!("250 ok {i}")));
+        }
+    }
+    // Named twice: first deferred, then delivered; the later one counts.
+    let first = rcpt_id(&pending[0], "keep@many.example");
+    outcomes.insert(0, outcome(first, RecipientState::Queued, "451 later"));
+    outcomes.push(outcome(
+        123_456_789,
+        RecipientState::Delivered,
+        "250 gone meanwhile",
+    ));
+    store.record(&l, &outcomes).await.unwrap();
+    let left = store
+        .pending(&strings(&["many.example"]), None, 2000)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{} messages still pending", left.len());
+    let failed = store
+        .queue_find(&QueueFilter {
+            domain: Some("many.example".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        failed.len(),
+        400,
+        "the messages with a failed recipient stay (for the notice)"
+    );
+    assert_eq!(
+        store.read_body(ids[0], 0).await.unwrap(),
+        None,
+        "delivered messages are removed"
+    );
+    assert!(store.read_body(ids[2], 0).await.unwrap().is_some());
+
+    // Fencing holds for a batch too: nothing is written when one domain is not leased.
+    let other = put(store, &["z@unleased.example"], b"x").await;
+    let p = store
+        .pending(&strings(&["unleased.example"]), None, 10)
+        .await
+        .unwrap();
+    let batch = [
+        outcome(
+            rcpt_id(&p[0], "z@unleased.example"),
+            RecipientState::Delivered,
+            "250",
+        ),
+        outcome(
+            rcpt_id(
+                &store
+                    .pending(&strings(&["batch.example"]), None, 10)
+                    .await
+                    .unwrap()[0],
+                "a@batch.example",
+            ),
+            RecipientState::Delivered,
+            "250",
+        ),
+    ];
+    assert!(matches!(
+        store.record(&l, &batch).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(
+        store.read_body(small, 0).await.unwrap().is_some(),
+        "nothing written"
+    );
+    assert!(store.read_body(other, 0).await.unwrap().is_some());
+}
+
 async fn uncommitted_messages_are_invisible(store: &Store) {
     let domains = strings(&["dest.example"]);
     // Aborted after several chunks.
@@ -1701,6 +1813,7 @@ store: [
     domains_crud,
     body_round_trip_multi_chunk,
     small_and_empty_bodies,
+    batched_reads_and_records,
     uncommitted_messages_are_invisible,
     pending_filters_by_domain_and_pages,
     lease_exclusivity,

@@ -5,23 +5,45 @@
 //! - A recipient's state changes only on the customer's reply, recorded under the lease
 //!   (fencing): 2xx delivered, 4xx stays queued with the reply, 5xx failed with the reply.
 //! - A connection lost mid-transaction records nothing for that message: it stays queued.
-//! - Bodies stream from the store chunk by chunk, so memory stays bounded whatever their size.
+//! - Bodies stream from the store chunk by chunk, so memory stays bounded whatever their size;
+//!   the bodies of small messages are fetched a batch at a time (at most [`PREFETCH_BYTES`]).
+//! - Outcomes are recorded by a recorder running beside the delivery, in batches, so the next
+//!   message is on its way while the previous ones are written. The cost is bounded: at most
+//!   [`UNRECORDED_MAX`] messages can have been delivered and not yet recorded, so a crash of
+//!   this node re-delivers at most that many (never loses one). A session ends only after the
+//!   recorder has written everything.
 //! - A heartbeat renews the lease while the session runs; if the lease is lost (this node
-//!   stalled past its expiry and another took over) delivery stops at once.
+//!   stalled past its expiry and another took over) or an outcome cannot be recorded, delivery
+//!   stops at once.
 
 use super::Shared;
 use crate::net::conn::Conn;
+use bytes::Bytes;
 use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, Wait};
 use odmr_proto::envelope::RcptEntry;
-use odmr_store::{Lease, Outcome, Pending, RecipientState};
-use std::collections::VecDeque;
+use odmr_store::{Lease, MessageId, Outcome, Pending, PendingRecipient, RecipientState, CHUNK_SIZE};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// Messages fetched from the store per query.
 const BATCH: usize = 200;
 /// Flush the body to the socket once this much is buffered.
 const FLUSH_AT: usize = 256 * 1024;
+/// Bodies up to this size are prefetched with their batch ...
+const PREFETCH_SIZE: u64 = 64 * 1024;
+/// ... up to this many bytes per batch.
+const PREFETCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Messages whose outcomes one store transaction records, at most.
+const RECORD_BATCH: usize = 64;
+/// Messages whose outcomes wait for the recorder, at most (then the delivery waits).
+const RECORD_QUEUE: usize = 64;
+/// Messages delivered and not yet recorded, at most: those queued for the recorder, those it is
+/// writing, and the one whose reply is being read. tests/crash.rs kills the server mid-delivery
+/// and checks this bound (it has its own copy of the figure).
+const UNRECORDED_MAX: usize = RECORD_QUEUE + RECORD_BATCH + 1;
+const _: () = assert!(UNRECORDED_MAX == 129, "update the bound in tests/crash.rs");
 
 pub async fn deliver(shared: &Shared, conn: &mut Conn, lease: &Lease, domains: &[String]) {
     let lost = Arc::new(AtomicBool::new(false));
@@ -41,25 +63,123 @@ pub async fn deliver(shared: &Shared, conn: &mut Conn, lease: &Lease, domains: &
             }
         })
     };
-    let (delivered, deferred, failed) = run(shared, conn, lease, domains, &lost).await;
+    let (jobs, queue) = mpsc::channel(RECORD_QUEUE);
+    let ((delivered, deferred, failed), ()) = tokio::join!(
+        run(shared, conn, domains, &lost, jobs),
+        recorder(shared, lease, queue, &lost)
+    );
     heartbeat.abort();
     tracing::info!(delivered, deferred, failed, "delivery session finished");
+}
+
+/// What the recorder writes for one message.
+struct RecordJob {
+    outcomes: Vec<Outcome>,
+    /// The message and its recipients delivered to a customer without DSN who asked for
+    /// NOTIFY=SUCCESS (RFC 3461 §5.2.2: we tell the sender "relayed"), with the peer's name.
+    relayed: Option<(Pending, Vec<(PendingRecipient, String)>, String)>,
+}
+
+/// Records outcomes as they come, a batch per transaction. On a failure it stops delivery and
+/// drops the queue, so the delivery's next hand-over fails too.
+async fn recorder(shared: &Shared, lease: &Lease, mut queue: mpsc::Receiver<RecordJob>, lost: &AtomicBool) {
+    let mut jobs = Vec::with_capacity(RECORD_BATCH);
+    while queue.recv_many(&mut jobs, RECORD_BATCH).await > 0 {
+        let outcomes: Vec<Outcome> = jobs
+            .iter_mut()
+            .flat_map(|j| std::mem::take(&mut j.outcomes))
+            .collect();
+        if let Err(e) = shared.store.record(lease, &outcomes).await {
+            tracing::error!(error = %e, messages = jobs.len(), "cannot record outcomes; stopping delivery");
+            lost.store(true, Ordering::SeqCst);
+            return;
+        }
+        for job in jobs.drain(..) {
+            if let Some((p, relayed, peer)) = job.relayed {
+                if let Err(e) = super::bounce::notify_relayed(shared, &p, &relayed, &peer).await {
+                    tracing::warn!(msg = p.id, error = %e, "cannot queue the success notice");
+                }
+            }
+        }
+    }
+}
+
+/// The queue as the session reads it: batches of envelopes in id order, with the bodies of
+/// the small ones.
+struct Source<'a> {
+    shared: &'a Shared,
+    domains: &'a [String],
+    batch: VecDeque<Pending>,
+    bodies: HashMap<MessageId, Bytes>,
+    after: Option<MessageId>,
+    exhausted: bool,
+}
+
+impl Source<'_> {
+    async fn next(&mut self) -> Option<Pending> {
+        if self.batch.is_empty() && !self.exhausted {
+            self.refill().await;
+        }
+        let p = self.batch.pop_front()?;
+        self.after = Some(self.after.map_or(p.id, |a| a.max(p.id)));
+        Some(p)
+    }
+
+    async fn refill(&mut self) {
+        let store = &self.shared.store;
+        let b = match store.pending(self.domains, self.after, BATCH).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "queue read failed; ending the session");
+                self.exhausted = true;
+                return;
+            }
+        };
+        self.exhausted = b.len() < BATCH;
+        let mut budget = PREFETCH_BYTES;
+        let small: Vec<MessageId> = b
+            .iter()
+            .filter(|p| p.size > 0 && p.size <= PREFETCH_SIZE)
+            .take_while(|p| {
+                budget = budget.saturating_sub(p.size);
+                budget > 0
+            })
+            .map(|p| p.id)
+            .collect();
+        self.bodies.clear();
+        match store.read_first_chunks(&small).await {
+            Ok(chunks) => self.bodies.extend(chunks),
+            // Not fatal: each body is then read on its own.
+            Err(e) => tracing::warn!(error = %e, "body prefetch failed"),
+        }
+        self.batch = b.into();
+    }
+
+    /// Recipients to try again in this session (the customer took fewer per transaction).
+    fn again(&mut self, p: Pending) {
+        self.batch.push_front(p);
+    }
 }
 
 async fn run(
     shared: &Shared,
     conn: &mut Conn,
-    lease: &Lease,
     domains: &[String],
     lost: &AtomicBool,
+    record: mpsc::Sender<RecordJob>,
 ) -> (u64, u64, u64) {
     let c = &shared.cfg.odmr;
-    let store = &shared.store;
     let mut d = Deliverer::new(shared.cfg.hostname.clone());
-    let mut batch: VecDeque<Pending> = VecDeque::new();
-    let mut after = None;
-    let mut exhausted = false;
-    let mut current: Option<Pending> = None;
+    let mut source = Source {
+        shared,
+        domains,
+        batch: VecDeque::new(),
+        bodies: HashMap::new(),
+        after: None,
+        exhausted: false,
+    };
+    // Messages handed to the machine and not yet finished, in the order it reports them.
+    let mut in_flight: VecDeque<Pending> = VecDeque::new();
     let (mut delivered, mut deferred, mut failed) = (0u64, 0u64, 0u64);
     loop {
         match d.poll(&mut conn.buf) {
@@ -85,27 +205,20 @@ async fn run(
                 }
             }
             DeliverStep::Ready => {
-                if lost.load(Ordering::SeqCst) {
-                    d.quit();
-                    continue;
-                }
-                if batch.is_empty() && !exhausted {
-                    match store.pending(domains, after, BATCH).await {
-                        Ok(b) => {
-                            exhausted = b.len() < BATCH;
-                            batch = b.into();
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "queue read failed; ending the session");
-                            exhausted = true;
-                        }
+                let next = if lost.load(Ordering::SeqCst) {
+                    None
+                } else {
+                    source.next().await
+                };
+                let Some(p) = next else {
+                    if d.in_flight() > 0 {
+                        // The last replies may yet ask for recipients to be sent again.
+                        d.hold();
+                    } else {
+                        d.quit();
                     }
-                }
-                let Some(p) = batch.pop_front() else {
-                    d.quit();
                     continue;
                 };
-                after = Some(p.id);
                 d.send(OutMessage {
                     mail_from: p.mail_from.clone(),
                     mail_params: p.mail_params.clone(),
@@ -120,21 +233,22 @@ async fn run(
                         })
                         .collect(),
                 });
-                current = Some(p);
+                in_flight.push_back(p);
             }
             DeliverStep::SendBody => {
-                let Some(p) = current.as_ref() else { break };
-                if let Err(e) = stream_body(shared, conn, &mut d, p.id).await {
-                    tracing::warn!(msg = p.id, error = %e, "body transfer failed; message stays queued");
+                // The machine has one message on the wire before its dot: the last handed over.
+                let Some(p) = in_flight.back() else { break };
+                let (id, size) = (p.id, p.size);
+                let prefetched = source.bodies.remove(&id);
+                if let Err(e) = send_body(shared, conn, &mut d, id, size, prefetched).await {
+                    tracing::warn!(msg = id, error = %e, "body transfer failed; message stays queued");
                     break;
                 }
             }
             DeliverStep::Finished(outcomes) => {
-                let Some(p) = current.take() else { continue };
+                let Some(p) = in_flight.pop_front() else { continue };
                 let mut rec = Vec::with_capacity(outcomes.len());
                 let mut again = Vec::new();
-                // RFC 3461 §5.2.2: a customer without DSN got no NOTIFY, so the sender who asked
-                // for SUCCESS is told "relayed" by us.
                 let mut relayed = Vec::new();
                 let peer = match d.peer_name() {
                     Some(name) => name.to_string(),
@@ -173,19 +287,24 @@ async fn run(
                         remote_mta: remote_mta.clone(),
                     });
                 }
-                if let Err(e) = store.record(lease, &rec).await {
-                    tracing::error!(msg = p.id, error = %e, "cannot record outcomes; stopping delivery");
-                    lost.store(true, Ordering::SeqCst);
-                } else if !relayed.is_empty() {
-                    if let Err(e) = super::bounce::notify_relayed(shared, &p, &relayed, &peer).await {
-                        tracing::warn!(msg = p.id, error = %e, "cannot queue the success notice");
-                    }
-                }
+                let relayed = (!relayed.is_empty()).then(|| (p.clone(), relayed, peer));
                 if !again.is_empty() {
-                    batch.push_front(Pending {
+                    source.again(Pending {
                         recipients: again,
                         ..p
                     });
+                }
+                if record
+                    .send(RecordJob {
+                        outcomes: rec,
+                        relayed,
+                    })
+                    .await
+                    .is_err()
+                {
+                    // The recorder failed and said why; `lost` is set, so we QUIT at the next
+                    // Ready.
+                    lost.store(true, Ordering::SeqCst);
                 }
             }
             DeliverStep::Done => {
@@ -200,11 +319,32 @@ async fn run(
     (delivered, deferred, failed)
 }
 
-async fn stream_body(shared: &Shared, conn: &mut Conn, d: &mut Deliverer, id: i64) -> anyhow::Result<()> {
+/// The body of message `id` (`size` octets), from the prefetched first chunk or chunk by chunk.
+async fn send_body(
+    shared: &Shared,
+    conn: &mut Conn,
+    d: &mut Deliverer,
+    id: MessageId,
+    size: u64,
+    prefetched: Option<Bytes>,
+) -> anyhow::Result<()> {
     let timeout = shared.cfg.odmr.reply_timeout;
+    let mut sent = 0u64;
     let mut chunk = 0u32;
-    while let Some(bytes) = shared.store.read_body(id, chunk).await? {
+    if let Some(first) = prefetched {
+        d.body(&first);
+        sent += first.len() as u64;
+        chunk = 1;
+    }
+    // Chunks are CHUNK_SIZE octets but the last, so the size says how many there are: no
+    // query just to learn that the body has ended.
+    while sent < size {
+        let Some(bytes) = shared.store.read_body(id, chunk).await? else {
+            anyhow::bail!("the stored body ends at {sent} of {size} octets");
+        };
+        debug_assert!(bytes.len() <= CHUNK_SIZE);
         d.body(&bytes);
+        sent += bytes.len() as u64;
         if d.output().len() >= FLUSH_AT {
             conn.send(d.output(), timeout).await?;
         }

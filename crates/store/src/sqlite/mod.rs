@@ -10,7 +10,7 @@
 //! - The schema is versioned with `PRAGMA user_version` and upgraded inside one `BEGIN IMMEDIATE`
 //!   transaction, so processes opening the store at the same time cannot both apply a migration.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -616,43 +616,84 @@ impl SqliteStore {
         if live.len() != lease.domains.len() {
             return Err(StoreError::LeaseLost);
         }
+        // A recipient named twice takes its last outcome (as if recorded one after the other).
+        let mut last = HashMap::with_capacity(outcomes.len());
+        for (i, o) in outcomes.iter().enumerate() {
+            last.insert(o.recipient, i);
+        }
+        let outcomes: Vec<&Outcome> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(i, o)| last.get(&o.recipient) == Some(i))
+            .map(|(_, o)| o)
+            .collect();
+        // A few statements per RECORD_ROWS outcomes, not several per outcome: a session that
+        // delivers thousands of messages a second records them in batches.
         let mut touched = BTreeSet::new();
-        for outcome in outcomes {
-            // Gone: the operator removed the message meanwhile; nothing left to record.
-            let Some(row) = sqlx::query("SELECT message, domain FROM recipient WHERE id = ?")
-                .bind(outcome.recipient)
-                .fetch_optional(&mut *tx)
-                .await?
-            else {
-                continue;
-            };
-            let message: i64 = row.try_get("message")?;
-            let domain: String = row.try_get("domain")?;
-            if !live.contains(&domain) {
-                return Err(StoreError::LeaseLost);
+        for part in outcomes.chunks(RECORD_ROWS) {
+            // Recipients gone (the operator removed the message meanwhile) are simply absent.
+            let sql = format!(
+                "SELECT DISTINCT message, domain FROM recipient WHERE id IN ({})",
+                placeholders(part.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for o in part {
+                q = q.bind(o.recipient);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                let domain: String = row.try_get("domain")?;
+                if !live.contains(&domain) {
+                    return Err(StoreError::LeaseLost);
+                }
+                touched.insert(row.try_get::<i64, _>("message")?);
             }
             // Only a recipient still waiting for delivery takes an outcome: one the operator (or
             // expiry) gave up on meanwhile keeps that decision.
-            sqlx::query(
-                "UPDATE recipient
-                 SET state = ?, last_reply = ?, remote_mta = ?, attempts = attempts + 1,
-                     updated_at = ?
-                 WHERE id = ? AND state IN ('queued', 'held')",
-            )
-            .bind(outcome.state.as_str())
-            .bind(outcome.reply.as_deref())
-            .bind(outcome.remote_mta.as_deref())
-            .bind(now)
-            .bind(outcome.recipient)
-            .execute(&mut *tx)
-            .await?;
-            touched.insert(message);
+            let values = vec!["(?, ?, ?, ?)"; part.len()].join(", ");
+            let sql = format!(
+                "WITH v (id, state, reply, mta) AS (VALUES {values})
+                 UPDATE recipient
+                 SET state = v.state, last_reply = v.reply, remote_mta = v.mta,
+                     attempts = attempts + 1, updated_at = ?
+                 FROM v WHERE recipient.id = v.id AND recipient.state IN ('queued', 'held')"
+            );
+            let mut q = sqlx::query(&sql);
+            for o in part {
+                q = q
+                    .bind(o.recipient)
+                    .bind(o.state.as_str())
+                    .bind(o.reply.as_deref())
+                    .bind(o.remote_mta.as_deref());
+            }
+            q.bind(now).execute(&mut *tx).await?;
         }
-        for message in touched {
-            remove_if_done(&mut tx, message).await?;
+        let touched: Vec<MessageId> = touched.into_iter().collect();
+        for part in touched.chunks(RECORD_ROWS) {
+            remove_if_done(&mut tx, part).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    pub async fn read_first_chunks(&self, ids: &[MessageId]) -> Result<Vec<(MessageId, Bytes)>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(RECORD_ROWS) {
+            let sql = format!(
+                "SELECT message, data FROM body_chunk WHERE seq = 0 AND message IN ({})",
+                placeholders(part.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in part {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.read).await? {
+                out.push((
+                    row.try_get("message")?,
+                    Bytes::from(row.try_get::<Vec<u8>, _>("data")?),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     pub async fn pending_count(&self, domains: &[String]) -> Result<u64, StoreError> {
@@ -673,16 +714,30 @@ impl SqliteStore {
     }
 }
 
-/// Removes a message once nothing is left to do for it (every recipient delivered or bounced),
-/// with its recipients and body (ON DELETE CASCADE).
-async fn remove_if_done(tx: &mut Transaction<'static, Sqlite>, message: MessageId) -> Result<(), StoreError> {
-    sqlx::query(
-        "DELETE FROM message WHERE id = ?1 AND NOT EXISTS
-            (SELECT 1 FROM recipient WHERE message = ?1 AND state NOT IN ('delivered', 'bounced'))",
-    )
-    .bind(message)
-    .execute(&mut **tx)
-    .await?;
+/// Outcomes (or message ids) per statement of [`SqliteStore::record`]: 4 variables each, far
+/// below SQLite's limit of 32766.
+const RECORD_ROWS: usize = 500;
+
+/// Removes the messages of `messages` that have nothing left to do (every recipient delivered
+/// or bounced), with their recipients and bodies (ON DELETE CASCADE).
+async fn remove_if_done(
+    tx: &mut Transaction<'static, Sqlite>,
+    messages: &[MessageId],
+) -> Result<(), StoreError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "DELETE FROM message WHERE id IN ({}) AND NOT EXISTS
+            (SELECT 1 FROM recipient r
+             WHERE r.message = message.id AND r.state NOT IN ('delivered', 'bounced'))",
+        placeholders(messages.len())
+    );
+    let mut q = sqlx::query(&sql);
+    for m in messages {
+        q = q.bind(m);
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 

@@ -291,7 +291,7 @@ impl SqliteStore {
             messages.sort_unstable();
             messages.dedup();
             for m in messages {
-                remove_if_done(&mut tx, m).await?;
+                remove_if_done(&mut tx, &[m]).await?;
             }
         }
         tx.commit().await?;

@@ -25,6 +25,7 @@ use odmr_store::{Lease, MessageId, Outcome, Pending, PendingRecipient, Recipient
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Messages fetched from the store per query.
@@ -39,6 +40,10 @@ const PREFETCH_BYTES: u64 = 4 * 1024 * 1024;
 const RECORD_BATCH: usize = 64;
 /// Messages whose outcomes wait for the recorder, at most (then the delivery waits).
 const RECORD_QUEUE: usize = 64;
+/// How long the recorder lets outcomes gather before it writes a batch short of
+/// [`RECORD_BATCH`]: without it a recorder faster than the delivery writes every message in a
+/// transaction of its own, and the store's round trips cost more than the delivery itself.
+const RECORD_GATHER: Duration = Duration::from_millis(10);
 /// Messages delivered and not yet recorded, at most: those queued for the recorder, those it is
 /// writing, and the one whose reply is being read. tests/crash.rs kills the server mid-delivery
 /// and checks this bound (it has its own copy of the figure).
@@ -85,6 +90,15 @@ struct RecordJob {
 async fn recorder(shared: &Shared, lease: &Lease, mut queue: mpsc::Receiver<RecordJob>, lost: &AtomicBool) {
     let mut jobs = Vec::with_capacity(RECORD_BATCH);
     while queue.recv_many(&mut jobs, RECORD_BATCH).await > 0 {
+        let deadline = tokio::time::Instant::now() + RECORD_GATHER;
+        while jobs.len() < RECORD_BATCH {
+            let room = RECORD_BATCH - jobs.len();
+            match tokio::time::timeout_at(deadline, queue.recv_many(&mut jobs, room)).await {
+                Ok(n) if n > 0 => {}
+                // The delivery has ended (all its outcomes are here) or the time is up.
+                _ => break,
+            }
+        }
         let outcomes: Vec<Outcome> = jobs
             .iter_mut()
             .flat_map(|j| std::mem::take(&mut j.outcomes))

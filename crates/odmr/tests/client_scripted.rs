@@ -243,9 +243,9 @@ fn provider_drop_mid_data_delivers_only_the_complete_message_via_smtp() {
     let ev = finished(&p, &run);
     check_cut_session(&ev, &run);
     // What the relay announces is what smtp-sink offers: 8BITMIME, no SMTPUTF8, and (smtp-sink
-    // states no limit) a finite SIZE of our own.
+    // states no limit) "SIZE 0", no fixed maximum (RFC 1870 §4): smtp-sink decides.
     let kw = ehlo_keywords(&ev);
-    for k in ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 52428800"] {
+    for k in ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 0"] {
         assert!(kw.iter().any(|x| x == k), "EHLO lacks {k}: {kw:?}");
     }
     assert!(!kw.iter().any(|x| x == "SMTPUTF8"), "{kw:?}");

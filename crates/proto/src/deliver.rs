@@ -851,7 +851,10 @@ mod tests {
         let mut d = ready(EHLO_FULL);
         d.send(msg(&["x@example.org", "y@example.org"]));
         feed(&mut d, "");
-        feed(&mut d, "250 ok\r\n250 ok\r\n452 4.5.3 one at a time\r\n354 go\r\n");
+        feed(
+            &mut d,
+            "250 ok\r\n250 ok\r\n452 4.5.3 one at a time\r\n354 go\r\n",
+        );
         d.body(b"hi\r\n");
         d.body_end();
         assert_eq!(feed(&mut d, "").1, DeliverStep::Ready);

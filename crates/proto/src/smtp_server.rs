@@ -49,6 +49,9 @@ pub const BODY_CHUNK: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub hostname: String,
+    /// 0: no fixed maximum (advertised as `SIZE 0`, RFC 1870 §4), for the customer's reversed
+    /// session in front of a local MTA that states no limit: the body streams through to it,
+    /// and it enforces its own.
     pub max_message_size: u64,
     pub max_recipients: usize,
     /// More `Received:` headers than this is a mail loop (RFC 5321 §6.3 suggests ≥ 100).
@@ -701,7 +704,7 @@ impl SmtpServer {
                 return None;
             }
         };
-        if from.size as u64 > self.cfg.max_message_size {
+        if self.cfg.max_message_size > 0 && from.size as u64 > self.cfg.max_message_size {
             self.reply(Reply::new(
                 552,
                 "5.3.4",
@@ -853,7 +856,10 @@ impl SmtpServer {
         self.pending = None;
         self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
         self.data = Some(DataReceiver::new(DataLimits {
-            max_size: self.cfg.max_message_size,
+            max_size: match self.cfg.max_message_size {
+                0 => u64::MAX,
+                max => max,
+            },
             max_received: self.cfg.max_received,
         }));
         self.body.clear();
@@ -1057,6 +1063,19 @@ mod tests {
         assert!(total > 10_000 * 1000, "received header plus body");
         s.committed(Ok("OK queued as 7".into()));
         assert_eq!(s.output().as_slice(), b"250 2.0.0 OK queued as 7\r\n");
+    }
+
+    #[test]
+    fn size_zero_is_no_fixed_maximum() {
+        let mut s = session(0);
+        let mut input = BytesMut::from("EHLO c\r\nMAIL FROM:<a@b.example> SIZE=999999999999\r\n");
+        assert!(matches!(
+            s.poll(&mut input),
+            ServerStep::CheckSender { .. } | ServerStep::NeedInput
+        ));
+        let out = String::from_utf8(s.output().clone()).unwrap();
+        assert!(out.contains("250-SIZE 0\r\n"), "{out}");
+        assert!(!out.contains("552"), "{out}");
     }
 
     #[test]

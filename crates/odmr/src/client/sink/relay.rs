@@ -104,13 +104,11 @@ impl Relay {
         Ok(r)
     }
 
+    /// A local MTA that states no limit (`SIZE` bare or 0, or no SIZE at all) gives 0: the
+    /// provider is told "no fixed maximum" and sends whatever it holds, which streams through
+    /// to the local MTA, the one that knows its limit (a 552 from it reaches the provider).
     pub fn caps(&self) -> SinkCaps {
-        let mut c = self.caps.clone();
-        if c.max_size == 0 {
-            // The local MTA states no limit; still announce a finite one to the provider.
-            c.max_size = 50 * 1024 * 1024;
-        }
-        c
+        self.caps.clone()
     }
 
     async fn read_reply(&mut self) -> Result<Reply, String> {

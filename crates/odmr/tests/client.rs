@@ -602,6 +602,76 @@ fn local_mta_451_keeps_the_mail_queued_until_the_next_poll() {
     assert_eq!(mta.data().len(), 2, "delivered again");
 }
 
+/// A local MTA with PIPELINING gets MAIL together with the first RCPT, and DATA only with the
+/// body: its refusals still land on the right recipients. MAIL refused (550) fails both
+/// recipients of that message with the local reply; DATA refused (452) defers the message with
+/// the local reply; and the same connection then delivers the next message (a refused DATA
+/// leaves the local transaction reset, not the connection dropped).
+#[test]
+fn pipelined_local_mta_refusing_mail_or_data_decides_the_right_recipients() {
+    let Some(mta) = LocalMta::start() else { return };
+    let server = provider();
+    inject(
+        &server,
+        "eve@sender.test",
+        &["bob@example.org", "carol@example.org"],
+        M1,
+    );
+    inject(&server, "alice@sender.test", &["dave@example.org"], M1);
+    inject(&server, "alice@sender.test", &["bob@example.org"], M2);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&server, smtp_to(mta.peer.port), dir.path());
+
+    mta.rules(json!({
+        "pipelining": true,
+        "mail": {"eve@sender.test": "550 5.7.1 not from you"},
+        "data_command": {"dave@example.org": "452 4.3.1 insufficient system storage"},
+    }));
+    let run = client_once(&config);
+    expect_code(&run, 2, "poll with local refusals");
+    let st = server.recipient_states();
+    let by = |a: &str| st.iter().find(|s| s.0 == a).cloned();
+    assert_eq!(
+        st.len(),
+        3,
+        "one message delivered and removed, three recipients left: {st:?}"
+    );
+    for a in ["bob@example.org", "carol@example.org"] {
+        let (_, state, reply) = by(a).unwrap_or_else(|| panic!("{a}: {st:?}"));
+        assert_eq!(state, "failed", "{a}: {st:?}");
+        assert!(
+            reply.starts_with("550 5.7.1") && reply.contains("not from you"),
+            "{a}: {reply}"
+        );
+    }
+    let (_, state, reply) = by("dave@example.org").unwrap();
+    assert_eq!(state, "queued", "{st:?}");
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    let data = mta.data();
+    assert_eq!(
+        data.len(),
+        1,
+        "{:?}",
+        data.iter().map(|d| (&d.0, &d.1, &d.2)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (data[0].0.as_str(), data[0].1.as_slice()),
+        ("alice@sender.test", &["bob@example.org".to_string()][..])
+    );
+    assert_same_bytes(
+        &strip_both_received(&data[0].3),
+        &crlf(M2.as_bytes()),
+        "relayed message",
+    );
+
+    mta.rules(json!({"pipelining": true}));
+    let run = client_once(&config);
+    expect_code(&run, 0, "poll after the local MTA recovered");
+    let data = mta.data();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[1].1, ["dave@example.org"]);
+}
+
 /// 550 at RCPT for one of two recipients: that one is failed at the provider with the 550
 /// recorded, the other is delivered in a transaction of its own; `--once` reports the refusal
 /// (exit 2) and nothing is left to fetch.

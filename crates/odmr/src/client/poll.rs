@@ -51,7 +51,7 @@ impl PollOutcome {
 
 /// The local side: a sink, or for a splice the connection to the local server.
 enum Local {
-    Sink(Sink),
+    Sink(Box<Sink>),
     Splice(Conn),
 }
 
@@ -92,7 +92,7 @@ async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Local, String> {
             return Ok(Local::Splice(c));
         }
     };
-    Ok(Local::Sink(sink))
+    Ok(Local::Sink(Box::new(sink)))
 }
 
 /// The provider's certificate must name the host we dialled (RFC 4954 §14 for PLAIN; and

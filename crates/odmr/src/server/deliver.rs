@@ -80,9 +80,17 @@ pub async fn deliver(shared: &Shared, conn: &mut Conn, lease: &Lease, domains: &
 /// What the recorder writes for one message.
 struct RecordJob {
     outcomes: Vec<Outcome>,
-    /// The message and its recipients delivered to a customer without DSN who asked for
-    /// NOTIFY=SUCCESS (RFC 3461 §5.2.2: we tell the sender "relayed"), with the peer's name.
-    relayed: Option<(Pending, Vec<(PendingRecipient, String)>, String)>,
+    relayed: Option<Relayed>,
+}
+
+/// Recipients delivered to a customer without DSN who asked for NOTIFY=SUCCESS (RFC 3461
+/// §5.2.2: we tell the sender "relayed").
+struct Relayed {
+    message: Pending,
+    /// Each with the customer's reply.
+    recipients: Vec<(PendingRecipient, String)>,
+    /// The customer's name, for the notice.
+    peer: String,
 }
 
 /// Records outcomes as they come, a batch per transaction. On a failure it stops delivery and
@@ -109,9 +117,11 @@ async fn recorder(shared: &Shared, lease: &Lease, mut queue: mpsc::Receiver<Reco
             return;
         }
         for job in jobs.drain(..) {
-            if let Some((p, relayed, peer)) = job.relayed {
-                if let Err(e) = super::bounce::notify_relayed(shared, &p, &relayed, &peer).await {
-                    tracing::warn!(msg = p.id, error = %e, "cannot queue the success notice");
+            if let Some(r) = job.relayed {
+                if let Err(e) =
+                    super::bounce::notify_relayed(shared, &r.message, &r.recipients, &r.peer).await
+                {
+                    tracing::warn!(msg = r.message.id, error = %e, "cannot queue the success notice");
                 }
             }
         }
@@ -301,7 +311,11 @@ async fn run(
                         remote_mta: remote_mta.clone(),
                     });
                 }
-                let relayed = (!relayed.is_empty()).then(|| (p.clone(), relayed, peer));
+                let relayed = (!relayed.is_empty()).then(|| Relayed {
+                    message: p.clone(),
+                    recipients: relayed,
+                    peer,
+                });
                 if !again.is_empty() {
                     source.again(Pending {
                         recipients: again,

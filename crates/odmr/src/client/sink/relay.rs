@@ -11,6 +11,11 @@
 //!   dot is exactly the one SMTP reply the provider needs (PROTOCOL.md §9.3), with nothing lost
 //!   or duplicated.
 //! - Only parameters the local MTA offered are passed on.
+//! - **With the local MTA's PIPELINING, fewer round trips** (RFC 2920): MAIL waits in the buffer
+//!   and goes out with the first RCPT, and DATA goes out when the body does (after our 354 to
+//!   the provider). A local refusal of MAIL becomes the refusal of each RCPT, and one of DATA
+//!   the reply to the final dot: the provider's per-recipient outcomes are the same, one local
+//!   round trip in four is saved per message.
 
 use super::{SinkCaps, SinkError};
 use crate::client::config::Endpoint;
@@ -32,6 +37,15 @@ pub struct Relay {
     in_data: bool,
     in_tx: bool,
     failed: Option<Reply>,
+    /// The local MTA offered PIPELINING.
+    pipelining: bool,
+    /// MAIL is in `out`, not yet sent: its reply comes with the first RCPT's.
+    mail_unsent: bool,
+    /// The local MTA refused MAIL: every RCPT of this transaction gets that reply.
+    mail_refused: Option<Reply>,
+    /// We said 354 to the provider, and DATA is not yet sent to the local MTA (the body so far
+    /// waits in `out`).
+    data_unsent: bool,
 }
 
 fn unavailable(why: impl std::fmt::Display) -> Reply {
@@ -69,6 +83,10 @@ impl Relay {
             in_data: false,
             in_tx: false,
             failed: None,
+            pipelining: false,
+            mail_unsent: false,
+            mail_refused: None,
+            data_unsent: false,
         };
         let greeting = r.read_reply().await.map_err(|e| err(e.to_string()))?;
         if greeting.code != 220 {
@@ -95,6 +113,7 @@ impl Relay {
             let mut w = l.split_whitespace();
             match w.next().unwrap_or("").to_ascii_uppercase().as_str() {
                 "8BITMIME" => r.caps.eight_bit_mime = true,
+                "PIPELINING" => r.pipelining = true,
                 "SMTPUTF8" => r.caps.smtputf8 = true,
                 "SIZE" => r.caps.max_size = w.next().and_then(|n| n.parse().ok()).unwrap_or(0),
                 _ => {}
@@ -163,21 +182,93 @@ impl Relay {
         if self.caps.smtputf8 && param(params, "SMTPUTF8").is_some() {
             cmd.push_str(" SMTPUTF8");
         }
+        self.mail_refused = None;
+        if self.pipelining {
+            if self.conn.is_none() {
+                return Err(unavailable("connection closed"));
+            }
+            self.out.extend_from_slice(cmd.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+            self.mail_unsent = true;
+            self.in_tx = true;
+            return Ok(());
+        }
         let r = self.ask(&cmd).await;
         self.in_tx = r.is_ok();
         r
     }
 
     pub async fn rcpt(&mut self, to: &str, _params: &str) -> Result<(), Reply> {
-        self.ask(&format!("RCPT TO:<{to}>")).await
+        if let Some(r) = &self.mail_refused {
+            return Err(r.clone());
+        }
+        if !self.mail_unsent {
+            return self.ask(&format!("RCPT TO:<{to}>")).await;
+        }
+        // MAIL and this RCPT in one write; both replies, in order.
+        self.mail_unsent = false;
+        let rcpt = format!("RCPT TO:<{to}>");
+        let mail = match self.command(&rcpt).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(unavailable(e));
+            }
+        };
+        let rcpt = match self.read_reply().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(unavailable(e));
+            }
+        };
+        if !mail.is_positive() {
+            self.in_tx = false;
+            self.mail_refused = Some(mail.clone());
+            return Err(mail);
+        }
+        if rcpt.is_positive() {
+            Ok(())
+        } else {
+            Err(rcpt)
+        }
     }
 
     pub async fn data(&mut self) -> Result<(), Reply> {
-        self.ask("DATA").await?;
-        self.in_data = true;
         self.failed = None;
         self.stuffer = DotStuffer::new();
+        if self.pipelining {
+            self.data_unsent = true;
+        } else {
+            self.ask("DATA").await?;
+        }
+        self.in_data = true;
         Ok(())
+    }
+
+    /// Sends the DATA we owe the local MTA, before any of the body. A refusal (or no reply)
+    /// becomes the message's verdict.
+    async fn start_data(&mut self) {
+        self.data_unsent = false;
+        let body = std::mem::take(&mut self.out);
+        let reply = self.command("DATA").await;
+        self.out = body;
+        match reply {
+            Ok(r) if r.code == 354 => {}
+            Ok(r) => {
+                // Still in the transaction locally: RSET it; no byte of the body was sent, so
+                // the connection stays usable for the next message.
+                self.out.clear();
+                let _ = self.command("RSET").await;
+                self.in_data = false;
+                self.in_tx = false;
+                self.failed = Some(r);
+            }
+            Err(e) => {
+                self.conn = None;
+                self.failed = Some(unavailable(e));
+            }
+        }
     }
 
     pub async fn body(&mut self, chunk: &[u8]) {
@@ -186,6 +277,12 @@ impl Relay {
         }
         self.stuffer.stuff(chunk, &mut self.out);
         if self.out.len() >= FLUSH_AT {
+            if self.data_unsent {
+                self.start_data().await;
+                if self.failed.is_some() {
+                    return;
+                }
+            }
             if let Err(e) = self.flush().await {
                 self.failed = Some(unavailable(e));
             }
@@ -193,10 +290,19 @@ impl Relay {
     }
 
     pub async fn end(&mut self) -> Reply {
+        if self.data_unsent && self.failed.is_none() {
+            self.start_data().await;
+        }
+        // False if the local MTA refused DATA (start_data reset the transaction).
+        let local_in_data = self.in_data;
         self.in_data = false;
         self.in_tx = false;
         if let Some(r) = self.failed.take() {
-            self.conn = None;
+            if local_in_data {
+                // Part of the body may have left: never let the local MTA complete it.
+                self.conn = None;
+            }
+            self.out.clear();
             return r;
         }
         self.stuffer.finish(&mut self.out);
@@ -215,6 +321,18 @@ impl Relay {
     }
 
     pub async fn reset(&mut self) {
+        if self.mail_unsent {
+            // Nothing of this transaction has left yet.
+            self.mail_unsent = false;
+            self.in_tx = false;
+        }
+        if self.in_data && self.data_unsent {
+            // DATA never left, so neither did the body: an RSET is enough.
+            self.in_data = false;
+            self.data_unsent = false;
+            self.out.clear();
+        }
+        self.mail_refused = None;
         if self.in_data {
             // Never finish a truncated message: drop the connection instead.
             self.conn = None;
@@ -227,6 +345,9 @@ impl Relay {
     }
 
     pub async fn close(mut self) {
+        if self.mail_unsent {
+            self.out.clear();
+        }
         if self.conn.is_some() && !self.in_data {
             let _ = self.command("QUIT").await;
         }

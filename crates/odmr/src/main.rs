@@ -72,14 +72,22 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("ODMR_LOG").unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let is_client = matches!(cli.command, Command::Client { .. });
+    // The client is a handful of connections, each a chain of round trips (provider, local MTA):
+    // on one thread a reply wakes its task without a hand-off between threads, which is most
+    // of what a round trip costs on loopback. The server serves many connections: all cores.
+    let built = if is_client {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("odmr: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    let is_client = matches!(cli.command, Command::Client { .. });
     match rt.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -8,7 +8,9 @@
 //! local part gets `550 5.1.1` at RCPT and a domain over its quota `452 4.2.2` at RCPT (messages
 //! or bytes already held) or after DATA (this message would pass the byte quota), so a full
 //! customer never causes a bounce to a possibly forged sender (backscatter). Quotas are soft
-//! under concurrency: sessions racing each other can each pass the check.
+//! under concurrency: sessions racing each other can each pass the check. The byte quota checked
+//! after DATA is the one read at RCPT in the same transaction (a quota changed meanwhile applies
+//! from the next transaction), so a domain without a byte quota costs no lookup after DATA.
 
 use super::{auth, session_id, Shared};
 use crate::net::conn::Conn;
@@ -64,6 +66,8 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
     let mut store_failed = false;
     let mut envelope_log = (String::new(), 0usize);
     let mut rcpt_domains: Vec<String> = Vec::new();
+    // The byte quota of each domain accepted at RCPT in this transaction.
+    let mut byte_quotas: Vec<(String, Option<u64>)> = Vec::new();
     tracing::debug!("connected");
     loop {
         match s.poll(&mut conn.buf) {
@@ -109,7 +113,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 }
             }
             // The MX takes any sender: relay control is per recipient.
-            ServerStep::Reset => {}
+            ServerStep::Reset => byte_quotas.clear(),
             ServerStep::StartTls => {
                 let Some(tls) = shared.tls.as_ref() else { break };
                 if let Err(e) = conn.starttls(s.output(), &tls.acceptor(), timeout).await {
@@ -136,7 +140,13 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
             ServerStep::CheckSender { .. } => s.sender_verdict(Ok(())),
             ServerStep::CheckRecipient { address, domain } => {
                 let verdict = match check_recipient(&shared, &address, &domain).await {
-                    Ok(v) => v,
+                    Ok((v, max_bytes)) => {
+                        if matches!(v, RcptVerdict::Accept) {
+                            byte_quotas.retain(|(d, _)| !d.eq_ignore_ascii_case(&domain));
+                            byte_quotas.push((domain, max_bytes));
+                        }
+                        v
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "store lookup failed");
                         RcptVerdict::Refuse(Reply::new(
@@ -198,7 +208,9 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 }
             }
             ServerStep::EndData { size, eight_bit } => {
-                if let Some(full) = over_byte_quota(&shared, &rcpt_domains, size).await {
+                let over = over_byte_quota(&shared, &rcpt_domains, &byte_quotas, size).await;
+                byte_quotas.clear();
+                if let Some(full) = over {
                     if let Some(w) = writer.take() {
                         let _ = w.abort().await;
                     }
@@ -233,6 +245,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 }
             }
             ServerStep::AbortData => {
+                byte_quotas.clear();
                 if let Some(w) = writer.take() {
                     let _ = w.abort().await;
                 }
@@ -251,24 +264,22 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
     conn.shutdown().await;
 }
 
-/// The RCPT verdict from the domain's owner, recipient list and quotas.
+/// The RCPT verdict from the domain's owner, recipient list and quotas, and the domain's byte
+/// quota.
 async fn check_recipient(
     shared: &Shared,
     address: &str,
     domain: &str,
-) -> Result<RcptVerdict, odmr_store::StoreError> {
+) -> Result<(RcptVerdict, Option<u64>), odmr_store::StoreError> {
     let local = address.rsplit_once('@').map_or(address, |(l, _)| l);
     let Some(check) = shared.store.domain_accepts(domain, local).await? else {
         tracing::info!(rcpt = %address, domain = %domain, "recipient refused: domain not hosted");
-        return Ok(RcptVerdict::NotHosted);
+        return Ok((RcptVerdict::NotHosted, None));
     };
     if !check.accepted {
         tracing::info!(rcpt = %address, domain = %domain, "recipient refused: unknown local part");
-        return Ok(RcptVerdict::Refuse(Reply::new(
-            550,
-            "5.1.1",
-            format!("<{address}>: no such recipient here"),
-        )));
+        let reply = Reply::new(550, "5.1.1", format!("<{address}>: no such recipient here"));
+        return Ok((RcptVerdict::Refuse(reply), None));
     }
     if check.max_messages.is_some() || check.max_bytes.is_some() {
         let usage = shared.store.domain_usage(domain).await?;
@@ -276,20 +287,31 @@ async fn check_recipient(
             || check.max_bytes.is_some_and(|b| usage.bytes >= b);
         if full {
             tracing::info!(rcpt = %address, domain = %domain, messages = usage.messages, bytes = usage.bytes, "recipient refused: domain over quota");
-            return Ok(RcptVerdict::Refuse(quota_reply(domain)));
+            return Ok((RcptVerdict::Refuse(quota_reply(domain)), None));
         }
     }
-    Ok(RcptVerdict::Accept)
+    Ok((RcptVerdict::Accept, check.max_bytes))
 }
 
-/// The first of `domains` this message of `size` octets would take over its byte quota.
-async fn over_byte_quota(shared: &Shared, domains: &[String], size: u64) -> Option<String> {
+/// The first of `domains` this message of `size` octets would take over its byte quota, by the
+/// quotas read at RCPT (`quotas`); a domain missing there is looked up again.
+async fn over_byte_quota(
+    shared: &Shared,
+    domains: &[String],
+    quotas: &[(String, Option<u64>)],
+    size: u64,
+) -> Option<String> {
     for d in domains {
-        // The quota only: the same single lookup as at RCPT, never the recipient list.
-        let Ok(Some(check)) = shared.store.domain_accepts(d, "").await else {
-            continue;
+        let known = quotas.iter().find(|(q, _)| q.eq_ignore_ascii_case(d));
+        let quota = match known {
+            Some((_, quota)) => *quota,
+            // The quota only: the same single lookup as at RCPT, never the recipient list.
+            None => match shared.store.domain_accepts(d, "").await {
+                Ok(Some(check)) => check.max_bytes,
+                _ => None,
+            },
         };
-        let Some(max) = check.max_bytes else {
+        let Some(max) = quota else {
             continue;
         };
         match shared.store.domain_usage(d).await {

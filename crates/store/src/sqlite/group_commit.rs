@@ -440,6 +440,23 @@ mod tests {
         store.close().await;
     }
 
+    /// A batch of many messages with many recipients each (a query of about 1 MB, 80 recipient
+    /// statements) is stored whole.
+    #[tokio::test]
+    async fn a_batch_of_many_recipients_is_stored_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let mut jobs: Vec<CommitJob> = (0..100).map(|_| job(400, b"x").0).collect();
+        let ids: Vec<MessageId> = commit_batch(&store.write, &mut jobs)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(ids.len(), 100);
+        assert_eq!(scalar(&store, "SELECT count(*) FROM recipient").await, 40_000);
+        store.close().await;
+    }
+
     /// The ids chosen for a batch continue AUTOINCREMENT's sequence: past a deleted newest
     /// message (never reused), and AUTOINCREMENT continues past the batch.
     #[tokio::test]

@@ -154,6 +154,9 @@ impl SqliteStore {
                 .acquire_timeout(WRITER_ACQUIRE_TIMEOUT)
                 .idle_timeout(None)
                 .max_lifetime(None)
+                // A ping before each use is a round trip to the connection's thread and tests
+                // nothing for a local file (a broken connection fails the statement anyway).
+                .test_before_acquire(false)
                 // Statements run outside a transaction of ours (autocommit) must be durable
                 // too, whatever the previous user of the connection set (see RELAXED_BEGIN).
                 .after_release(|conn, _| {
@@ -180,6 +183,7 @@ impl SqliteStore {
         let read = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(0)
+            .test_before_acquire(false)
             .idle_timeout(Some(Duration::from_secs(600)))
             .connect_lazy_with(base);
 

@@ -58,9 +58,8 @@ struct Cli {
     /// Turnaround: messages of other domains in the first store [full: 10000, tiny: 1000].
     #[arg(long)]
     store_small: Option<u64>,
-    /// Turnaround: messages of other domains in the second store [full: 100000, tiny: 2000].
-    /// Issue #6 asks for 1,000,000; loading that one durable commit at a time takes longer than
-    /// the whole run should, so the default stays lower until the store has a bulk commit.
+    /// Turnaround: messages of other domains in the second store [full: 1000000, tiny: 2000]
+    /// (issue #6's figure; the store's group commit loads them in well under a minute here).
     #[arg(long)]
     store_large: Option<u64>,
     /// Turnaround: how many other domains hold that mail [full: 10000, tiny: 100].
@@ -124,7 +123,7 @@ impl Params {
             sessions: cli.sessions.unwrap_or(20),
             size: cli.size.unwrap_or(1024),
             store_small: cli.store_small.unwrap_or(if t { 1_000 } else { 10_000 }),
-            store_large: cli.store_large.unwrap_or(if t { 2_000 } else { 100_000 }),
+            store_large: cli.store_large.unwrap_or(if t { 2_000 } else { 1_000_000 }),
             other_domains: cli.other_domains.unwrap_or(if t { 100 } else { 10_000 }),
             rounds: cli.rounds.unwrap_or(if t { 5 } else { 15 }),
             idle: cli.idle.unwrap_or(if t { 200 } else { 10_000 }),

@@ -127,7 +127,7 @@ fn scram_sha_256_over_starttls() {
     let (code, err) = client(&s, dir.path(), &format!("ca_file = \"{}\"", p.ca.display()));
     assert_eq!(code, 0, "{err}\n{}", s.log());
     assert_eq!(delivered(dir.path()), 1);
-    assert!(s.log().contains("mechanism=SCRAM-SHA-256"), "{}", s.log());
+    assert!(s.logged("mechanism=SCRAM-SHA-256"), "{}", s.log());
     // A wrong password is an authentication failure (exit 3), and nothing moves.
     assert!(send_mail(
         s.smtp,
@@ -204,7 +204,7 @@ fn external_with_a_client_certificate_mapped_to_the_account() {
     );
     assert_eq!(code, 0, "{err}\n{}", s.log());
     assert_eq!(delivered(dir.path()), 1);
-    assert!(s.log().contains("mechanism=EXTERNAL"), "{}", s.log());
+    assert!(s.logged("mechanism=EXTERNAL"), "{}", s.log());
 }
 
 /// On both listeners that offer AUTH: the ODMR port (then ATRN: 453, nothing queued) and the MX

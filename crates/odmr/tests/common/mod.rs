@@ -168,6 +168,21 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Whether the log shows `what` within a few seconds (the server writes its log from a
+    /// thread of its own, so a line may trail the event it reports by a moment).
+    pub fn logged(&self, what: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.log().contains(what) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Send SIGTERM and wait for a clean exit; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;

@@ -5,6 +5,7 @@ mod common;
 use base64::Engine;
 use common::{Line, Server};
 use odmr_proto::sasl::cram_md5;
+use odmr_proto::sasl::scram::ScramClient;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -20,6 +21,57 @@ fn cram(c: &mut Line, user: &str, pw: &str) -> String {
     }
     let challenge = B64.decode(&r[4..]).unwrap();
     c.ask(&B64.encode(cram_md5::client_response(user, pw.as_bytes(), &challenge)))
+}
+
+/// AUTH SCRAM-SHA-256 with `pw`: the final reply (235, 535, or a refusal of the command).
+fn scram(c: &mut Line, user: &str, pw: &str) -> String {
+    let mut client = ScramClient::new(user, pw, "abusetestnonce").unwrap();
+    let r = c.ask(&format!(
+        "AUTH SCRAM-SHA-256 {}",
+        B64.encode(client.client_first())
+    ));
+    let Some(server_first) = r.strip_prefix("334 ") else {
+        return r;
+    };
+    let client_final = client
+        .server_first(&B64.decode(server_first.trim()).unwrap())
+        .unwrap();
+    let r = c.ask(&B64.encode(client_final));
+    if r.starts_with("334 ") {
+        // server-final; the empty line completes the exchange.
+        return c.ask("");
+    }
+    r
+}
+
+/// SCRAM checks the password proof inside the exchange, after the verifier lookup: a wrong
+/// proof counts towards the lockout exactly like a wrong CRAM-MD5 response, so SCRAM is no way
+/// around it.
+#[test]
+fn failed_scram_proofs_count_towards_the_lockout() {
+    let s = start("auth_lockout_after = 4\nauth_lockout = \"1h\"");
+    s.account("acme", "right", &["example.org"]);
+    let mut c = Line::connect(s.odmr);
+    c.reply();
+    let ehlo = c.ask("EHLO c");
+    assert!(ehlo.contains("SCRAM-SHA-256"), "{ehlo}");
+    assert!(
+        scram(&mut c, "acme", "right").starts_with("235"),
+        "the helper works"
+    );
+    let mut c = Line::connect(s.odmr);
+    c.reply();
+    c.ask("EHLO c");
+    for _ in 0..4 {
+        let r = scram(&mut c, "acme", "wrong");
+        assert!(r.starts_with("535"), "{r}");
+    }
+    let mut d = Line::connect(s.odmr);
+    d.reply();
+    d.ask("EHLO c");
+    let r = cram(&mut d, "acme", "right");
+    assert!(r.starts_with("454 4.7.0"), "{r}");
+    assert!(s.logged("authentication failed (SCRAM proof)"), "{}", s.log());
 }
 
 #[test]

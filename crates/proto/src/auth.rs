@@ -169,6 +169,9 @@ pub struct AuthServer {
     state: State,
     mechanism: Option<String>,
     account: Option<String>,
+    /// A user whose SCRAM proof failed here, not yet taken by the driver (see
+    /// [`AuthServer::take_proof_failure`]).
+    proof_failure: Option<String>,
 }
 
 impl AuthServer {
@@ -194,7 +197,16 @@ impl AuthServer {
             state: State::Idle,
             mechanism: None,
             account: None,
+            proof_failure: None,
         }
+    }
+
+    /// The user whose password proof failed inside the exchange (SCRAM checks the client's
+    /// proof here, after the driver's verifier lookup, so no [`AuthStep`] reports it). The
+    /// driver counts it like any other failed login, or SCRAM would be a way to guess
+    /// passwords without ever being locked out.
+    pub fn take_proof_failure(&mut self) -> Option<String> {
+        self.proof_failure.take()
     }
 
     /// The authenticated account, once the 235 is written.
@@ -400,7 +412,10 @@ impl AuthServer {
                     self.state = State::Sasl(Exchange::ScramDone { user });
                     AuthEvent::Continue
                 }
-                _ => self.failed(out),
+                _ => {
+                    self.proof_failure = server.claimed_user().map(str::to_string);
+                    self.failed(out)
+                }
             },
             Exchange::ScramDone { user } => {
                 if decoded.is_empty() {
@@ -578,6 +593,49 @@ mod tests {
             a.command("CRAM-MD5", false, false, &mut out);
             assert!(out.starts_with(b"503"));
         }
+    }
+
+    /// A SCRAM exchange with `password` against a verifier made from "right"; returns the 235
+    /// or 535 line and what `take_proof_failure` says afterwards.
+    fn scram_login(password: &str) -> (String, Option<String>) {
+        let mut a = server(true);
+        let mut out = Vec::new();
+        let mut c = scram::ScramClient::new("acme", password, "clientnonce").unwrap();
+        a.command(
+            &format!("SCRAM-SHA-256 {}", B64.encode(c.client_first())),
+            false,
+            false,
+            &mut out,
+        );
+        assert_eq!(a.take_proof_failure(), None, "nothing failed yet");
+        let v = ScramVerifier::from_password("right", b"saltsaltsalt", 4096).unwrap();
+        assert_eq!(
+            a.answer(AuthAnswer::Scram(Some(v)), &mut out),
+            AuthResult::Pending
+        );
+        let text = String::from_utf8(std::mem::take(&mut out)).unwrap();
+        let server_first = B64.decode(text.trim_end().strip_prefix("334 ").unwrap()).unwrap();
+        let client_final = c.server_first(&server_first).unwrap();
+        a.line(B64.encode(client_final).as_bytes(), &mut out);
+        let text = String::from_utf8(std::mem::take(&mut out)).unwrap();
+        if text.starts_with("334 ") {
+            a.line(b"", &mut out);
+        }
+        let last = String::from_utf8(out).unwrap_or_default();
+        let line = if last.is_empty() { text } else { last };
+        (line, a.take_proof_failure())
+    }
+
+    /// SCRAM checks the proof inside the machine: a wrong one is reported to the driver once,
+    /// with the user, so it counts towards the lockout like a failed CRAM-MD5.
+    #[test]
+    fn a_failed_scram_proof_is_reported_for_the_lockout() {
+        let (line, failure) = scram_login("wrong");
+        assert!(line.starts_with("535 5.7.8"), "{line}");
+        assert_eq!(failure.as_deref(), Some("acme"));
+        let (line, failure) = scram_login("right");
+        assert!(line.starts_with("235 2.7.0"), "{line}");
+        assert_eq!(failure, None);
     }
 
     #[test]

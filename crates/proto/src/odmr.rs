@@ -170,6 +170,12 @@ impl OdmrSession {
         self.auth.mechanism()
     }
 
+    /// A user whose SCRAM proof just failed ([`AuthServer::take_proof_failure`]): the driver
+    /// counts it towards the AUTH lockout.
+    pub fn take_auth_failure(&mut self) -> Option<String> {
+        self.auth.take_proof_failure()
+    }
+
     /// The TLS handshake produced a verified client certificate: offer EXTERNAL.
     pub fn set_client_cert(&mut self) {
         self.client_cert = true;

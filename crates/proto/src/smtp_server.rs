@@ -266,6 +266,12 @@ impl SmtpServer {
         self.auth.as_ref().and_then(AuthServer::mechanism)
     }
 
+    /// A user whose SCRAM proof just failed ([`AuthServer::take_proof_failure`]): the driver
+    /// counts it towards the AUTH lockout.
+    pub fn take_auth_failure(&mut self) -> Option<String> {
+        self.auth.as_mut().and_then(AuthServer::take_proof_failure)
+    }
+
     /// The TLS handshake produced a verified client certificate: offer SASL EXTERNAL.
     pub fn set_client_cert(&mut self) {
         self.client_cert = true;

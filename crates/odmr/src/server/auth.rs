@@ -88,6 +88,13 @@ pub fn settle(shared: &Shared, ip: IpAddr, step: &AuthStep, result: Option<bool>
     }
 }
 
+/// A SCRAM proof failed inside the machine ([`odmr_proto::auth::AuthServer::take_proof_failure`]):
+/// counted like any other failed login. Drivers ask after every step.
+pub fn proof_failed(shared: &Shared, ip: IpAddr, user: &str) {
+    shared.guards.auth_failed(ip, user);
+    tracing::warn!(account = %user, "authentication failed (SCRAM proof)");
+}
+
 /// A stored credential of `user` for `scheme`; `None` when absent or unreadable.
 async fn credential(store: &Store, user: &str, scheme: &str) -> Option<Vec<u8>> {
     match store.account_credential(user, scheme).await {

@@ -70,7 +70,11 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
     let mut byte_quotas: Vec<(String, Option<u64>)> = Vec::new();
     tracing::debug!("connected");
     loop {
-        match s.poll(&mut conn.buf) {
+        let step = s.poll(&mut conn.buf);
+        if let Some(user) = s.take_auth_failure() {
+            super::auth::proof_failed(&shared, conn.peer.ip(), &user);
+        }
+        match step {
             ServerStep::NeedInput => {
                 if !announced {
                     if let Some(account) = s.account() {

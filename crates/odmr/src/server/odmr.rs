@@ -57,7 +57,11 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
     let mut granted: Option<(Lease, Vec<String>, String)> = None;
     let mut announced = false;
     loop {
-        match s.poll(&mut conn.buf) {
+        let step = s.poll(&mut conn.buf);
+        if let Some(user) = s.take_auth_failure() {
+            auth::proof_failed(&shared, conn.peer.ip(), &user);
+        }
+        match step {
             OdmrStep::NeedInput => {
                 if !announced {
                     if let Some(account) = s.account() {

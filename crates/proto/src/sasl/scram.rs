@@ -316,6 +316,8 @@ pub struct ScramServer {
     nonce: String,
     decoy_secret: Option<Vec<u8>>,
     state: ServerState,
+    /// The user client-first named, kept when the exchange fails (to count the failure).
+    claimed: Option<String>,
 }
 
 impl std::fmt::Debug for ScramServer {
@@ -341,6 +343,7 @@ impl ScramServer {
             nonce: nonce.chars().filter(|&c| is_nonce_char(c)).collect(),
             decoy_secret: None,
             state: ServerState::Start,
+            claimed: None,
         }
     }
 
@@ -364,6 +367,7 @@ impl ScramServer {
         match parse_client_first(msg) {
             Ok(cf) => {
                 let user = cf.user.clone();
+                self.claimed = Some(user.clone());
                 self.state = ServerState::Lookup {
                     gs2_header: cf.gs2_header,
                     client_first_bare: cf.bare,
@@ -446,6 +450,12 @@ impl ScramServer {
         let server_signature = hmac(&verifier.server_key, auth_message.as_bytes());
         self.state = ServerState::Done { user };
         ServerStep::Final(format!("v={}", B64.encode(server_signature)).into_bytes())
+    }
+
+    /// The user client-first named, whatever became of the exchange: a failed proof is a failed
+    /// login of this user.
+    pub fn claimed_user(&self) -> Option<&str> {
+        self.claimed.as_deref()
     }
 
     /// The authenticated user, once [`ServerStep::Final`] has been returned.

@@ -19,7 +19,7 @@
 //!   SMTPUTF8 parameters are passed only when offered.
 
 use crate::dot::DotStuffer;
-use crate::envelope::{param, RcptEntry};
+use crate::envelope::{orcpt_without_smtputf8, param, RcptEntry};
 use crate::reply::{parse_reply, Reply, ReplyError};
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -186,6 +186,8 @@ struct Tx {
     fin: Option<Reply>,
     /// Replies still owed to this transaction.
     owed: usize,
+    /// SMTPUTF8 is in effect for this transaction (declared on its MAIL).
+    utf8: bool,
 }
 
 /// Transactions in flight at once (at most one of them on the wire before its final dot; the
@@ -477,6 +479,7 @@ impl Deliverer {
             data: None,
             fin: None,
             owed: 0,
+            utf8: false,
         };
         if let Some(o) = refusal {
             tx.phase = Phase::Local(o);
@@ -501,6 +504,7 @@ impl Deliverer {
         }
         if self.caps.smtputf8 && param(&msg.mail_params, "SMTPUTF8").is_some() {
             mail.push_str(" SMTPUTF8");
+            tx.utf8 = true;
         }
         if self.caps.dsn {
             for k in ["RET", "ENVID"] {
@@ -521,13 +525,21 @@ impl Deliverer {
     }
 
     fn rcpt_cmd(&self, seq: u64, i: usize) -> String {
-        let r = &self.tx(seq).expect("transaction in flight").recipients[i];
+        let tx = self.tx(seq).expect("transaction in flight");
+        let r = &tx.recipients[i];
         let mut s = format!("RCPT TO:<{}>", r.address);
         if self.caps.dsn {
-            for k in ["NOTIFY", "ORCPT"] {
-                if let Some(v) = param(&r.params, k) {
-                    s.push_str(&format!(" {k}={v}"));
-                }
+            if let Some(v) = param(&r.params, "NOTIFY") {
+                s.push_str(&format!(" NOTIFY={v}"));
+            }
+            if let Some(v) = param(&r.params, "ORCPT") {
+                // Raw UTF-8 in ORCPT is allowed only under SMTPUTF8 (RFC 6533 §3).
+                let v = if tx.utf8 {
+                    v.into()
+                } else {
+                    orcpt_without_smtputf8(v)
+                };
+                s.push_str(&format!(" ORCPT={v}"));
             }
         }
         s
@@ -1032,6 +1044,26 @@ mod tests {
         assert_eq!(out, "");
         let DeliverStep::Finished(o) = step else { panic!() };
         assert!(matches!(&o[0], RcptOutcome::Deferred(r) if r.to_string().contains("8BITMIME")));
+    }
+
+    /// RFC 6533 §3: raw UTF-8 in ORCPT only under SMTPUTF8; otherwise the `\x{HEX}` form.
+    #[test]
+    fn a_utf8_orcpt_is_sent_raw_only_under_smtputf8() {
+        let mut m = msg(&["bob@example.org"]);
+        m.recipients[0].params = "NOTIFY=FAILURE ORCPT=utf-8;pelé@example.org".into();
+        let mut d = ready("250-c\r\n250-PIPELINING\r\n250 DSN\r\n");
+        d.send(m.clone());
+        let out = feed(&mut d, "").0;
+        assert!(
+            out.contains("RCPT TO:<bob@example.org> NOTIFY=FAILURE ORCPT=utf-8;pel\\x{E9}@example.org\r\n"),
+            "{out}"
+        );
+        m.mail_params = "SMTPUTF8".into();
+        let mut d = ready("250-c\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n250-8BITMIME\r\n250 DSN\r\n");
+        d.send(m);
+        let out = feed(&mut d, "").0;
+        assert!(out.contains(" SMTPUTF8\r\n"), "{out}");
+        assert!(out.contains("ORCPT=utf-8;pelé@example.org\r\n"), "{out}");
     }
 
     #[test]

@@ -400,9 +400,54 @@ fn decode_utf8_addr(s: &str) -> Option<String> {
     (!out.is_empty() && !out.chars().any(char::is_control)).then_some(out)
 }
 
+/// An ORCPT value fit for a transaction without SMTPUTF8: a `utf-8` address holding raw UTF-8
+/// (`utf-8-addr-unitext`, allowed only with SMTPUTF8) is re-encoded as `utf-8-addr-xtext`,
+/// every character outside QCHAR written `\x{HEX}` (RFC 6533 §3); anything else is returned
+/// as it is (RFC 3461 §5.2.1: relayed unchanged).
+pub fn orcpt_without_smtputf8(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.is_ascii() {
+        return v.into();
+    }
+    let Some((ty, x)) = v.split_once(';') else {
+        return v.into();
+    };
+    let Some(addr) = ty
+        .eq_ignore_ascii_case("utf-8")
+        .then(|| decode_utf8_addr(x))
+        .flatten()
+    else {
+        return v.into();
+    };
+    let mut out = format!("{ty};");
+    for c in addr.chars() {
+        if ('!'..='~').contains(&c) && !matches!(c, '\\' | '+' | '=') {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{{{:X}}}", u32::from(c)));
+        }
+    }
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orcpt_is_made_ascii_for_a_transaction_without_smtputf8() {
+        assert_eq!(
+            orcpt_without_smtputf8("utf-8;pelé@exämple.org"),
+            "utf-8;pel\\x{E9}@ex\\x{E4}mple.org"
+        );
+        // Already ASCII (xtext forms, rfc822): untouched.
+        for v in ["utf-8;pel\\x{E9}@example.org", "rfc822;a+2Bb@example.org"] {
+            assert_eq!(orcpt_without_smtputf8(v), v);
+        }
+        // The result decodes back to the same address.
+        let made = orcpt_without_smtputf8("utf-8;名前@例え.jp");
+        assert!(made.is_ascii(), "{made}");
+        assert_eq!(decode_orcpt(&made).as_deref(), Some("utf-8;名前@例え.jp"));
+    }
 
     #[test]
     fn domains() {

@@ -2,7 +2,7 @@
 //!
 //! Input: the common header, then what the client sends. Flags (octet 0): bit 0 offer STARTTLS,
 //! bit 1 `check_sender` (customer mode), bit 2 `eight_bit_mime`, bit 3 `smtputf8`, bits 4-5 the
-//! message size limit (64, 1000, 50 MiB, 0), bit 6 small recipient and `Received:` limits, bit 7
+//! message size limit (64, 1000, 50 MiB, 0 = none), bit 6 small recipient and `Received:` limits, bit 7
 //! one message per session. In MX mode (`check_sender` off) AUTH and ETRN are offered, as
 //! `odmr server` does by default. Every decision step is answered from the decision tape (accept
 //! or refuse a sender or recipient, `data_ready` or `data_refused`, `committed` Ok or Err, an
@@ -28,8 +28,8 @@ mod common;
 use bytes::BytesMut;
 use common::{check_output_bound, feed, Input, Progress};
 use libfuzzer_sys::fuzz_target;
-use odmr_proto::envelope::address_domain;
 use odmr_proto::auth::{AuthAnswer, AuthConfig, AuthStep, MAX_AUTH_LINE};
+use odmr_proto::envelope::address_domain;
 use odmr_proto::reply::Reply;
 use odmr_proto::sasl::cram_md5::CramSecret;
 use odmr_proto::smtp_server::{
@@ -59,7 +59,12 @@ fuzz_target!(|data: &[u8]| {
     if flags & 0x80 != 0 {
         cfg.max_messages = 1;
     }
-    let max_size = cfg.max_message_size;
+    // 0 is "no fixed maximum" (RFC 1870 §4: the customer's session in front of a local MTA that
+    // states none); the body still streams in bounded pieces.
+    let max_size = match cfg.max_message_size {
+        0 => u64::MAX,
+        m => m,
+    };
     let mx = !cfg.check_sender;
     cfg.etrn = mx;
     let mut s = SmtpServer::new(
@@ -164,7 +169,10 @@ fuzz_target!(|data: &[u8]| {
             }
             ServerStep::Reset => {}
             ServerStep::Auth(step) => {
-                assert!(mx && s.account().is_none(), "AUTH step while not offered or authenticated");
+                assert!(
+                    mx && s.account().is_none(),
+                    "AUTH step while not offered or authenticated"
+                );
                 if matches!(step, AuthStep::CheckPassword { .. } | AuthStep::External { .. }) {
                     assert!(s.is_tls(), "PLAIN/LOGIN/EXTERNAL without TLS");
                 }

@@ -8,12 +8,15 @@
 //! certificates (the Python peer with OpenSSL, fetchmail with `sslcertck`, `odmr client` with
 //! rustls), so a certificate the server presents wrongly fails the test.
 
+#[path = "peers/client_util.rs"]
+mod client_util;
 mod common;
 #[path = "peers/interop_util.rs"]
 mod interop_util;
 
+use client_util::{client_once, split_received, Dumped, Once, SmtpSink, CUSTOMER};
 use common::{send_mail, Server};
-use interop_util::{is_root, random_free_port, random_u64, run_timeout, swaks, Run};
+use interop_util::{random_u64, run_timeout, swaks, Run};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
     SerialNumber,
@@ -26,8 +29,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The customer's name in its EHLO and in the Received: field it adds.
-const CUSTOMER: &str = "customer.test";
 const USER: &str = "acme";
 const PASSWORD: &str = "acme-secret";
 const DOMAIN: &str = "a.example";
@@ -242,166 +243,7 @@ fn queued(server: &Server) -> Vec<(String, String)> {
         .collect()
 }
 
-// ----- the local MTA: smtp-sink -----
-
-/// A running `smtp-sink -d DIR/%M.` on a random port: the customer's own MTA.
-struct Sink {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-/// One transaction as smtp-sink dumped it.
-#[derive(Debug)]
-struct Dumped {
-    /// `X-Mail-Args`.
-    mail: String,
-    /// `X-Rcpt-Args`, in order.
-    rcpts: Vec<String>,
-    /// The message (smtp-sink's own `Received:` removed, dot-stuffing undone, LF line ends).
-    content: Vec<u8>,
-}
-
-impl Sink {
-    /// `None` (test skipped) when Postfix's smtp-sink is not installed.
-    fn start() -> Option<Sink> {
-        let program = common::peer("smtp-sink", "postfix")?;
-        for _ in 0..10 {
-            let port = random_free_port();
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::create_dir(dir.path().join("dump")).unwrap();
-            let name = format!("sink{}.test", random_u64() % 1_000_000);
-            let mut cmd = Command::new("timeout");
-            // A safety net only: Drop stops it long before.
-            cmd.arg("300").arg(&program).args(["-h", &name]);
-            if is_root() {
-                cmd.args(["-u", "root"]);
-            }
-            cmd.arg("-d")
-                .arg(format!("{}/dump/%M.", dir.path().display()))
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("16")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let child = cmd.spawn().expect("start smtp-sink");
-            let mut sink = Sink {
-                port,
-                dir,
-                child: Some(child),
-            };
-            if sink.wait_ready(&name) {
-                return Some(sink);
-            }
-            // Lost the race for the port: try another one.
-        }
-        panic!("smtp-sink could not be started on any of 10 random ports");
-    }
-
-    /// Wait until our sink (recognised by its host name) greets on the port.
-    fn wait_ready(&mut self, name: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
-                return false;
-            }
-            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut greeting = String::new();
-                let _ = BufReader::new(&s).read_line(&mut greeting);
-                let _ = (&s).write_all(b"QUIT\r\n");
-                return greeting.starts_with("220 ") && greeting.contains(name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// Every transaction dumped so far, sorted by content.
-    fn messages(&self) -> Vec<Dumped> {
-        let mut v: Vec<Dumped> = std::fs::read_dir(self.dir.path().join("dump"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .map(|f| parse_dump(&std::fs::read(&f).unwrap(), &f))
-            .collect();
-        v.sort_by(|a, b| a.content.cmp(&b.content));
-        v
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM to our timeout(1), which passes it on to smtp-sink.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// smtp-sink's dump: its X- records, its three-line `Received:`, the message, an empty line.
-fn parse_dump(bytes: &[u8], file: &Path) -> Dumped {
-    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    assert_eq!(
-        lines.pop(),
-        Some(&b""[..]),
-        "{}: not newline-terminated",
-        file.display()
-    );
-    assert_eq!(
-        lines.pop(),
-        Some(&b""[..]),
-        "{}: no trailing empty line",
-        file.display()
-    );
-    let (mut mail, mut rcpts) = (None, Vec::new());
-    let mut i = 0;
-    loop {
-        let l = String::from_utf8_lossy(lines[i]).into_owned();
-        i += 1;
-        if let Some(v) = l.strip_prefix("X-Mail-Args: ") {
-            mail = Some(v.to_string());
-        } else if let Some(v) = l.strip_prefix("X-Rcpt-Args: ") {
-            rcpts.push(v.to_string());
-        } else if l.starts_with("Received: ") {
-            assert!(lines[i].starts_with(b"\tby ") && lines[i + 1].starts_with(b"\t"));
-            i += 2;
-            break;
-        }
-    }
-    let mut content = lines[i..].join(&b'\n');
-    content.push(b'\n');
-    Dumped {
-        mail: mail.unwrap_or_else(|| panic!("{}: no X-Mail-Args", file.display())),
-        rcpts,
-        content,
-    }
-}
-
-/// Split `n` leading `Received:` fields (each with its folded lines) off `content`.
-fn split_received(content: &[u8], n: usize) -> (Vec<String>, Vec<u8>) {
-    let mut fields = Vec::new();
-    let mut at = 0;
-    for k in 0..n {
-        assert!(
-            content[at..].starts_with(b"Received: "),
-            "expected Received: field #{} at offset {at}; content:\n{}",
-            k + 1,
-            String::from_utf8_lossy(content)
-        );
-        let start = at;
-        loop {
-            at += content[at..].iter().position(|&b| b == b'\n').expect("line end") + 1;
-            if !matches!(content.get(at), Some(b'\t') | Some(b' ')) {
-                break;
-            }
-        }
-        fields.push(String::from_utf8_lossy(&content[start..at]).into_owned());
-    }
-    (fields, content[at..].to_vec())
-}
+// ----- what smtp-sink received -----
 
 /// The protocol a Received: field names after `with` (ESMTP, ESMTPS, …).
 fn with_protocol(field: &str) -> String {
@@ -443,36 +285,6 @@ fn client_config(
     )
     .unwrap();
     path
-}
-
-/// `odmr client --once` under `timeout 60` (a hang fails the test): (exit code, stderr).
-fn client_once(config: &Path) -> (Option<i32>, String) {
-    let out = Command::new("timeout")
-        .args([
-            "--kill-after=5",
-            "60",
-            common::BIN,
-            "client",
-            "--once",
-            "--config",
-        ])
-        .arg(config)
-        .env("ODMR_LOG", "info,odmr=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run odmr client");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !matches!(out.status.code(), Some(124) | Some(137) | None),
-        "odmr client --once hung and was killed after 60 s:\n{text}"
-    );
-    (out.status.code(), text)
 }
 
 // ----- the Python/OpenSSL peer -----
@@ -595,7 +407,7 @@ fn ehlo_lists(reply: &str, keyword: &str) -> bool {
 /// fetchmail `ssl sslcertck sslcertfile CA` polling `localhost` on `port` (implicit TLS),
 /// relaying into `sink`; under `timeout 60`, with its own FETCHMAILHOME and pidfile. Returns
 /// the run and how long it took.
-fn fetchmail_ssl(port: u16, ca: &Path, sink: &Sink) -> Option<(Run, Duration)> {
+fn fetchmail_ssl(port: u16, ca: &Path, sink: &SmtpSink) -> Option<(Run, Duration)> {
     let fetchmail = common::peer("fetchmail", "fetchmail")?;
     let home = tempfile::tempdir().unwrap();
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -670,7 +482,9 @@ fn assert_same(got: &[u8], want: &[u8], what: &str) {
 ///    then fetched with `tls = "none"`, so the only ESMTPS in the delivered message is the MX's.)
 #[test]
 fn swaks_starttls_on_the_mx_queues_with_esmtps() {
-    let Some(sink) = Sink::start() else { return };
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
     let pki = Pki::new();
     let ts = TlsServer::start(&pki.good, "");
     let server = &ts.server;
@@ -723,7 +537,9 @@ fn swaks_starttls_on_the_mx_queues_with_esmtps() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
+    let Once {
+        code, stderr: err, ..
+    } = client_once(&cfg);
     assert_eq!(code, Some(0), "odmr client:\n{err}");
     let got = sink.messages();
     assert_eq!(got.len(), 1, "{got:#?}");
@@ -757,7 +573,7 @@ fn swaks_starttls_on_the_mx_queues_with_esmtps() {
 ///    fetchmail until its own timeouts).
 #[test]
 fn fetchmail_ssl_on_the_implicit_listener_relays_byte_exact_without_stalling() {
-    let (Some(_), Some(sink)) = (common::peer("fetchmail", "fetchmail"), Sink::start()) else {
+    let (Some(_), Some(sink)) = (common::peer("fetchmail", "fetchmail"), SmtpSink::start(false)) else {
         return;
     };
     let pki = Pki::new();
@@ -814,7 +630,9 @@ fn fetchmail_ssl_on_the_implicit_listener_relays_byte_exact_without_stalling() {
 ///    SAN) delivers too, and a poll with nothing waiting exits 1.
 #[test]
 fn odmr_client_starttls_by_default_and_implicit_tls() {
-    let Some(sink) = Sink::start() else { return };
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
     let pki = Pki::new();
     let ts = TlsServer::start(&pki.good, "");
     let server = &ts.server;
@@ -831,7 +649,9 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
+    let Once {
+        code, stderr: err, ..
+    } = client_once(&cfg);
     assert_eq!(code, Some(0), "odmr client (starttls):\n{err}");
     let got = sink.messages();
     assert_eq!(got.len(), 1, "{got:#?}\n{err}");
@@ -865,7 +685,9 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
+    let Once {
+        code, stderr: err, ..
+    } = client_once(&cfg);
     assert_eq!(code, Some(0), "odmr client (implicit):\n{err}");
     let got = sink.messages();
     assert_eq!(got.len(), 2, "{got:#?}\n{err}");
@@ -879,14 +701,18 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
     assert_same(&rest, m2.as_bytes(), "message 2");
     assert!(queued(server).is_empty(), "{:?}", queued(server));
 
-    let (code, err) = client_once(&cfg);
+    let Once {
+        code, stderr: err, ..
+    } = client_once(&cfg);
     assert_eq!(code, Some(1), "nothing waiting, over implicit TLS:\n{err}");
 }
 
 /// Poll with `cfg`, expect exit 2 with `words` (lowercase) in the message, nothing delivered
 /// and the message still queued.
-fn assert_refused(server: &Server, sink: &Sink, cfg: &Path, words: &[&str], what: &str) {
-    let (code, err) = client_once(cfg);
+fn assert_refused(server: &Server, sink: &SmtpSink, cfg: &Path, words: &[&str], what: &str) {
+    let Once {
+        code, stderr: err, ..
+    } = client_once(cfg);
     assert_eq!(code, Some(2), "{what}: exit code\n{err}");
     let lower = err.to_lowercase();
     for w in words {
@@ -913,7 +739,9 @@ fn assert_refused(server: &Server, sink: &Sink, cfg: &Path, words: &[&str], what
 ///    accepts the untrusted one.
 #[test]
 fn odmr_client_refuses_bad_certificates() {
-    let Some(sink) = Sink::start() else { return };
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let m = message(1, 5);
@@ -974,12 +802,13 @@ fn odmr_client_refuses_bad_certificates() {
                 "tls_verify = false\n",
                 sink.port,
             );
-            let (code, err) = client_once(&cfg);
+            let Once {
+                code, stderr: err, ..
+            } = client_once(&cfg);
             assert_eq!(code, Some(0), "tls_verify = false:\n{err}");
             assert_eq!(sink.messages().len(), 1);
             assert!(queued(server).is_empty());
-            std::fs::remove_dir_all(sink.dir.path().join("dump")).unwrap();
-            std::fs::create_dir(sink.dir.path().join("dump")).unwrap();
+            sink.clear();
         }
     }
 }
@@ -988,7 +817,9 @@ fn odmr_client_refuses_bad_certificates() {
 ///     a message naming STARTTLS, nothing delivered; `tls = "none"` then fetches the mail.
 #[test]
 fn odmr_client_starttls_refuses_a_provider_without_starttls() {
-    let Some(sink) = Sink::start() else { return };
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
     let server = plain_server();
     let dir = tempfile::tempdir().unwrap();
     let m = message(1, 5);
@@ -1002,7 +833,9 @@ fn odmr_client_starttls_refuses_a_provider_without_starttls() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
+    let Once {
+        code, stderr: err, ..
+    } = client_once(&cfg);
     assert_eq!(code, Some(2), "starttls without STARTTLS:\n{err}");
     assert!(
         err.contains("STARTTLS"),
@@ -1020,7 +853,9 @@ fn odmr_client_starttls_refuses_a_provider_without_starttls() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
+    let Once {
+        code, stderr: err, ..
+    } = client_once(&cfg);
     assert_eq!(code, Some(2), "default tls mode without STARTTLS:\n{err}");
     assert!(sink.messages().is_empty());
 
@@ -1033,7 +868,9 @@ fn odmr_client_starttls_refuses_a_provider_without_starttls() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
+    let Once {
+        code, stderr: err, ..
+    } = client_once(&cfg);
     assert_eq!(code, Some(0), "tls = none:\n{err}");
     let got = sink.messages();
     assert_eq!(got.len(), 1);
@@ -1303,7 +1140,7 @@ fn python_smtplib_starttls_then_sendmail() {
 ///     asks for mail in plaintext, and in (b) starts no TLS handshake on the tainted connection.
 #[test]
 fn odmr_client_starttls_never_falls_back_and_refuses_injected_plaintext() {
-    let (Some(python), Some(sink)) = (common::peer("python3", "python3"), Sink::start()) else {
+    let (Some(python), Some(sink)) = (common::peer("python3", "python3"), SmtpSink::start(false)) else {
         return;
     };
     let pki = Pki::new();
@@ -1332,7 +1169,9 @@ fn odmr_client_starttls_never_falls_back_and_refuses_injected_plaintext() {
             "",
             sink.port,
         );
-        let (code, err) = client_once(&cfg);
+        let Once {
+            code, stderr: err, ..
+        } = client_once(&cfg);
         let mut report = String::new();
         out.read_line(&mut report).unwrap();
         let _ = fake.wait();

@@ -1,7 +1,8 @@
 //! Helpers shared by `client.rs` and `client_scripted.rs`, the tests of `odmr client`: the
 //! client's config file, running it (`--once` under `timeout`, or as a daemon), the local MTA
 //! (Postfix's `smtp-sink`, which dumps each transaction with its exact envelope), the Python
-//! peers (`client_*.py`), Maildir listings and byte comparisons.
+//! peers (`client_*.py`), Maildir listings and byte comparisons. The other tests that relay
+//! into smtp-sink (`etrn.rs`, `tls.rs`, `interop_fetchmail.rs`, …) use it for that too.
 //!
 //! Included with `#[path = "peers/client_util.rs"] mod client_util;` (the test file must also
 //! declare `mod common;` and `#[path = "peers/interop_util.rs"] mod interop_util;`).
@@ -414,6 +415,13 @@ impl SmtpSink {
             .collect();
         v.sort_by(|a, b| (&a.mail, &a.rcpts).cmp(&(&b.mail, &b.rcpts)));
         v
+    }
+
+    /// Forget every transaction dumped so far.
+    pub fn clear(&self) {
+        let dump = self.dir.path().join("dump");
+        std::fs::remove_dir_all(&dump).unwrap();
+        std::fs::create_dir(&dump).unwrap();
     }
 }
 

@@ -13,8 +13,7 @@ mod interop_util;
 
 use client_util::SmtpSink;
 use common::Server;
-use interop_util::{run_timeout, swaks, swaks_replies, Run};
-use std::os::unix::fs::PermissionsExt;
+use interop_util::{swaks, swaks_replies, Fetchmail, Run};
 
 // ----- what smtp-sink received -----
 
@@ -45,40 +44,16 @@ fn split_our_received(content: &[u8]) -> (String, Vec<u8>) {
 /// Run fetchmail once (`-v`, under `timeout 60`) as `user`, asking for `domains`, relaying
 /// into `sink`. Each run has its own 0700 FETCHMAILHOME with a 0600 rc file.
 fn fetchmail(server: &Server, user: &str, password: &str, domains: &[&str], sink: &SmtpSink) -> Option<Run> {
-    let fetchmail = common::peer("fetchmail", "fetchmail")?;
-    let home = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let rc = home.path().join("fetchmailrc");
-    std::fs::write(
-        &rc,
-        format!(
-            "set no syslog\n\
-             poll 127.0.0.1 service {odmr} proto odmr\n    \
-                 user \"{user}\" password \"{password}\"\n    \
-                 fetchdomains {domains}\n    \
-                 smtphost 127.0.0.1/{sink}\n",
-            odmr = server.odmr.port(),
-            domains = domains.join(","),
-            sink = sink.port,
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
-    // As root, fetchmail's lock is the global /var/run/fetchmail.pid, and a concurrent run
-    // (another test) would make it give up: each run gets its own.
-    let pidfile = home.path().join("fetchmail.pid");
-    let run = run_timeout(
-        60,
-        &fetchmail,
-        &[
-            "-f",
-            rc.to_str().unwrap(),
-            "--pidfile",
-            pidfile.to_str().unwrap(),
-            "-v",
-        ],
-        &[("FETCHMAILHOME", home.path()), ("HOME", home.path())],
-    );
+    let run = Fetchmail::find()?.run(&format!(
+        "set no syslog\n\
+         poll 127.0.0.1 service {odmr} proto odmr\n    \
+             user \"{user}\" password \"{password}\"\n    \
+             fetchdomains {domains}\n    \
+             smtphost 127.0.0.1/{sink}\n",
+        odmr = server.odmr.port(),
+        domains = domains.join(","),
+        sink = sink.port,
+    ));
     Some(run)
 }
 

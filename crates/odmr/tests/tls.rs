@@ -16,7 +16,7 @@ mod interop_util;
 
 use client_util::{client_once, split_received, Dumped, Once, SmtpSink, CUSTOMER};
 use common::{send_mail, Server};
-use interop_util::{random_u64, run_timeout, swaks, Run};
+use interop_util::{random_u64, run_timeout, swaks, Fetchmail, Run};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
     SerialNumber,
@@ -24,7 +24,6 @@ use rcgen::{
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -408,39 +407,19 @@ fn ehlo_lists(reply: &str, keyword: &str) -> bool {
 /// relaying into `sink`; under `timeout 60`, with its own FETCHMAILHOME and pidfile. Returns
 /// the run and how long it took.
 fn fetchmail_ssl(port: u16, ca: &Path, sink: &SmtpSink) -> Option<(Run, Duration)> {
-    let fetchmail = common::peer("fetchmail", "fetchmail")?;
-    let home = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let rc = home.path().join("fetchmailrc");
-    std::fs::write(
-        &rc,
-        format!(
-            "set no syslog\n\
-             poll localhost service {port} proto odmr\n    \
-                 user \"{USER}\" password \"{PASSWORD}\"\n    \
-                 fetchdomains {DOMAIN}\n    \
-                 smtphost 127.0.0.1/{sink}\n    \
-                 ssl sslcertck sslcertfile \"{ca}\"\n",
-            sink = sink.port,
-            ca = ca.display(),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let pidfile = home.path().join("fetchmail.pid");
-    let start = Instant::now();
-    let run = run_timeout(
-        60,
-        &fetchmail,
-        &[
-            "-f",
-            rc.to_str().unwrap(),
-            "--pidfile",
-            pidfile.to_str().unwrap(),
-            "-v",
-        ],
-        &[("FETCHMAILHOME", home.path()), ("HOME", home.path())],
+    let fetchmail = Fetchmail::find()?;
+    let rc = format!(
+        "set no syslog\n\
+         poll localhost service {port} proto odmr\n    \
+             user \"{USER}\" password \"{PASSWORD}\"\n    \
+             fetchdomains {DOMAIN}\n    \
+             smtphost 127.0.0.1/{sink}\n    \
+             ssl sslcertck sslcertfile \"{ca}\"\n",
+        sink = sink.port,
+        ca = ca.display(),
     );
+    let start = Instant::now();
+    let run = fetchmail.run(&rc);
     Some((run, start.elapsed()))
 }
 

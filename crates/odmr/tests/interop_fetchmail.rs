@@ -11,7 +11,7 @@ mod common;
 #[path = "peers/interop_util.rs"]
 mod interop_util;
 
-use client_util::SmtpSink;
+use client_util::{pair, states, SmtpSink};
 use common::Server;
 use interop_util::{swaks, swaks_replies, Fetchmail, Run};
 
@@ -116,18 +116,6 @@ fn have_peers() -> bool {
     common::peer("fetchmail", "fetchmail").is_some()
         && common::peer("swaks", "swaks").is_some()
         && common::peer("smtp-sink", "postfix").is_some()
-}
-
-fn states(server: &Server) -> Vec<(String, String)> {
-    server
-        .recipient_states()
-        .into_iter()
-        .map(|(a, s, _)| (a, s))
-        .collect()
-}
-
-fn pair(a: &str, s: &str) -> (String, String) {
-    (a.to_string(), s.to_string())
 }
 
 /// A message exercising transparency: lines starting with '.', a lone '.', 8-bit UTF-8,

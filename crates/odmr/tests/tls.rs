@@ -14,7 +14,7 @@ mod common;
 #[path = "peers/interop_util.rs"]
 mod interop_util;
 
-use client_util::{client_once, split_received, Dumped, Once, SmtpSink, CUSTOMER};
+use client_util::{client_once, split_received, states, Dumped, Once, SmtpSink, CUSTOMER};
 use common::{send_mail, Server};
 use interop_util::{random_u64, run_timeout, swaks, Fetchmail, Run};
 use rcgen::{
@@ -223,6 +223,15 @@ fn server_pid(server: &Server) -> u32 {
     panic!("no odmr server process for {config}");
 }
 
+/// SIGHUP to the server process `pid`: reload the certificate.
+fn sighup(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 fn wait_log(server: &Server, secs: u64, what: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
@@ -232,14 +241,6 @@ fn wait_log(server: &Server, secs: u64, what: &str) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
-}
-
-fn queued(server: &Server) -> Vec<(String, String)> {
-    server
-        .recipient_states()
-        .into_iter()
-        .map(|(a, s, _)| (a, s))
-        .collect()
 }
 
 // ----- what smtp-sink received -----
@@ -504,7 +505,7 @@ fn swaks_starttls_on_the_mx_queues_with_esmtps() {
         all.lines().any(|l| l == " ~> ."),
         "the message was not sent inside TLS:\n{all}"
     );
-    assert_eq!(queued(server), vec![(format!("u1@{DOMAIN}"), "queued".into())]);
+    assert_eq!(states(server), vec![(format!("u1@{DOMAIN}"), "queued".into())]);
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = client_config(
@@ -543,7 +544,7 @@ fn swaks_starttls_on_the_mx_queues_with_esmtps() {
         rest.contains("Subject: swaks over STARTTLS") && rest.contains("hello over TLS"),
         "{rest}"
     );
-    assert!(queued(server).is_empty(), "{:?}", queued(server));
+    assert!(states(server).is_empty(), "{:?}", states(server));
 }
 
 /// 2. fetchmail `ssl` (implicit TLS, certificate checked) against `listen_tls`, relaying into
@@ -568,7 +569,7 @@ fn fetchmail_ssl_on_the_implicit_listener_relays_byte_exact_without_stalling() {
         );
         assert!(r.starts_with("250"), "{r}");
     }
-    assert_eq!(queued(server).len(), 3);
+    assert_eq!(states(server).len(), 3);
 
     let Some((run, took)) = fetchmail_ssl(ts.odmr_tls.port(), &pki.ca, &sink) else {
         return;
@@ -651,7 +652,7 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
         "sent to the MX in plaintext: {fields:?}"
     );
     assert_same(&rest, m1.as_bytes(), "message 1");
-    assert!(queued(server).is_empty(), "{:?}", queued(server));
+    assert!(states(server).is_empty(), "{:?}", states(server));
 
     let m2 = message(2, 30);
     assert!(send_mail(server.smtp, "alice@sender.test", &[&format!("u2@{DOMAIN}")], &m2).starts_with("250"));
@@ -678,7 +679,7 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
     assert!(fields[0].contains(&format!("by {CUSTOMER} (odmr)")), "{fields:?}");
     assert_eq!(with_protocol(&fields[0]), "ESMTPS", "implicit TLS: {fields:?}");
     assert_same(&rest, m2.as_bytes(), "message 2");
-    assert!(queued(server).is_empty(), "{:?}", queued(server));
+    assert!(states(server).is_empty(), "{:?}", states(server));
 
     let Once {
         code, stderr: err, ..
@@ -706,7 +707,7 @@ fn assert_refused(server: &Server, sink: &SmtpSink, cfg: &Path, words: &[&str], 
         sink.messages()
     );
     assert_eq!(
-        queued(server),
+        states(server),
         vec![(format!("u1@{DOMAIN}"), "queued".into())],
         "{what}: the message must stay queued"
     );
@@ -786,7 +787,7 @@ fn odmr_client_refuses_bad_certificates() {
             } = client_once(&cfg);
             assert_eq!(code, Some(0), "tls_verify = false:\n{err}");
             assert_eq!(sink.messages().len(), 1);
-            assert!(queued(server).is_empty());
+            assert!(states(server).is_empty());
             sink.clear();
         }
     }
@@ -821,7 +822,7 @@ fn odmr_client_starttls_refuses_a_provider_without_starttls() {
         "the error does not mention STARTTLS:\n{err}"
     );
     assert!(sink.messages().is_empty());
-    assert_eq!(queued(&server), vec![(format!("u1@{DOMAIN}"), "queued".into())]);
+    assert_eq!(states(&server), vec![(format!("u1@{DOMAIN}"), "queued".into())]);
     // The default (no `tls` key) is starttls too.
     let cfg = client_config(
         dir.path(),
@@ -856,7 +857,7 @@ fn odmr_client_starttls_refuses_a_provider_without_starttls() {
     let (fields, rest) = split_received(&got[0].content, 2);
     assert_eq!(with_protocol(&fields[0]), "ESMTP", "{fields:?}");
     assert_same(&rest, m.as_bytes(), "message");
-    assert!(queued(&server).is_empty());
+    assert!(states(&server).is_empty());
 }
 
 /// 5. SIGHUP reloads the certificate: sessions opened under certificate A (STARTTLS on ODMR,
@@ -881,11 +882,7 @@ fn sighup_reloads_the_certificate_for_new_handshakes_only() {
 
     pki.second.write(ts.cert.parent().unwrap(), "server");
     let pid = server_pid(server);
-    let st = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    sighup(pid);
     assert!(
         wait_log(server, 10, "certificate reloaded"),
         "no reload logged:\n{}",
@@ -919,11 +916,7 @@ fn sighup_reloads_the_certificate_for_new_handshakes_only() {
 
     // A failed reload keeps the certificate that works.
     std::fs::write(&ts.key, "not a key\n").unwrap();
-    let st = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    sighup(pid);
     assert!(
         wait_log(server, 10, "certificate reload failed"),
         "no failed reload logged:\n{}",
@@ -1111,7 +1104,7 @@ fn python_smtplib_starttls_then_sendmail() {
     );
     assert_eq!(v["refused"], json!({}), "{v}");
     assert_eq!(v["noop"][0], 250, "{v}");
-    assert_eq!(queued(server), vec![(rcpt, "queued".into())]);
+    assert_eq!(states(server), vec![(rcpt, "queued".into())]);
 }
 
 /// 4c. Against a scripted provider that offers STARTTLS but then (a) answers 454, or (b) sends

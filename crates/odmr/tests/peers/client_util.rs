@@ -482,6 +482,22 @@ fn parse_dump(bytes: &[u8], file: &Path) -> Dumped {
     }
 }
 
+// ----- the provider's queue -----
+
+/// (address, state) of every recipient in the provider's queue.
+pub fn states(server: &common::Server) -> Vec<(String, String)> {
+    server
+        .recipient_states()
+        .into_iter()
+        .map(|(a, s, _)| (a, s))
+        .collect()
+}
+
+/// An expected (address, state) entry of [`states`].
+pub fn pair(a: &str, s: &str) -> (String, String) {
+    (a.to_string(), s.to_string())
+}
+
 // ----- message content -----
 
 /// Split `n` leading `Received:` fields (each with its folded continuation lines) off

@@ -517,10 +517,8 @@ fn swaks_starttls_on_the_mx_queues_with_esmtps() {
         "",
         sink.port,
     );
-    let Once {
-        code, stderr: err, ..
-    } = client_once(&cfg);
-    assert_eq!(code, Some(0), "odmr client:\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(0), "odmr client:\n{stderr}");
     let got = sink.messages();
     assert_eq!(got.len(), 1, "{got:#?}");
     let (fields, rest) = split_received(&got[0].content, 2);
@@ -629,12 +627,10 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
         "",
         sink.port,
     );
-    let Once {
-        code, stderr: err, ..
-    } = client_once(&cfg);
-    assert_eq!(code, Some(0), "odmr client (starttls):\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(0), "odmr client (starttls):\n{stderr}");
     let got = sink.messages();
-    assert_eq!(got.len(), 1, "{got:#?}\n{err}");
+    assert_eq!(got.len(), 1, "{got:#?}\n{stderr}");
     let (fields, rest) = split_received(&got[0].content, 2);
     assert!(
         fields[0].starts_with(&format!("Received: from {} ", common::HOSTNAME))
@@ -665,12 +661,10 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
         "",
         sink.port,
     );
-    let Once {
-        code, stderr: err, ..
-    } = client_once(&cfg);
-    assert_eq!(code, Some(0), "odmr client (implicit):\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(0), "odmr client (implicit):\n{stderr}");
     let got = sink.messages();
-    assert_eq!(got.len(), 2, "{got:#?}\n{err}");
+    assert_eq!(got.len(), 2, "{got:#?}\n{stderr}");
     let d = got
         .iter()
         .find(|d| d.rcpts == vec![format!("<u2@{DOMAIN}>")])
@@ -681,24 +675,20 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
     assert_same(&rest, m2.as_bytes(), "message 2");
     assert!(states(server).is_empty(), "{:?}", states(server));
 
-    let Once {
-        code, stderr: err, ..
-    } = client_once(&cfg);
-    assert_eq!(code, Some(1), "nothing waiting, over implicit TLS:\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(1), "nothing waiting, over implicit TLS:\n{stderr}");
 }
 
 /// Poll with `cfg`, expect exit 2 with `words` (lowercase) in the message, nothing delivered
 /// and the message still queued.
 fn assert_refused(server: &Server, sink: &SmtpSink, cfg: &Path, words: &[&str], what: &str) {
-    let Once {
-        code, stderr: err, ..
-    } = client_once(cfg);
-    assert_eq!(code, Some(2), "{what}: exit code\n{err}");
-    let lower = err.to_lowercase();
+    let Once { code, stderr, .. } = client_once(cfg);
+    assert_eq!(code, Some(2), "{what}: exit code\n{stderr}");
+    let lower = stderr.to_lowercase();
     for w in words {
         assert!(
             lower.contains(w),
-            "{what}: the error does not mention {w:?}:\n{err}"
+            "{what}: the error does not mention {w:?}:\n{stderr}"
         );
     }
     assert!(
@@ -782,10 +772,8 @@ fn odmr_client_refuses_bad_certificates() {
                 "tls_verify = false\n",
                 sink.port,
             );
-            let Once {
-                code, stderr: err, ..
-            } = client_once(&cfg);
-            assert_eq!(code, Some(0), "tls_verify = false:\n{err}");
+            let Once { code, stderr, .. } = client_once(&cfg);
+            assert_eq!(code, Some(0), "tls_verify = false:\n{stderr}");
             assert_eq!(sink.messages().len(), 1);
             assert!(states(server).is_empty());
             sink.clear();
@@ -813,13 +801,11 @@ fn odmr_client_starttls_refuses_a_provider_without_starttls() {
         "",
         sink.port,
     );
-    let Once {
-        code, stderr: err, ..
-    } = client_once(&cfg);
-    assert_eq!(code, Some(2), "starttls without STARTTLS:\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(2), "starttls without STARTTLS:\n{stderr}");
     assert!(
-        err.contains("STARTTLS"),
-        "the error does not mention STARTTLS:\n{err}"
+        stderr.contains("STARTTLS"),
+        "the error does not mention STARTTLS:\n{stderr}"
     );
     assert!(sink.messages().is_empty());
     assert_eq!(states(&server), vec![(format!("u1@{DOMAIN}"), "queued".into())]);
@@ -833,10 +819,8 @@ fn odmr_client_starttls_refuses_a_provider_without_starttls() {
         "",
         sink.port,
     );
-    let Once {
-        code, stderr: err, ..
-    } = client_once(&cfg);
-    assert_eq!(code, Some(2), "default tls mode without STARTTLS:\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(2), "default tls mode without STARTTLS:\n{stderr}");
     assert!(sink.messages().is_empty());
 
     let cfg = client_config(
@@ -848,10 +832,8 @@ fn odmr_client_starttls_refuses_a_provider_without_starttls() {
         "",
         sink.port,
     );
-    let Once {
-        code, stderr: err, ..
-    } = client_once(&cfg);
-    assert_eq!(code, Some(0), "tls = none:\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(0), "tls = none:\n{stderr}");
     let got = sink.messages();
     assert_eq!(got.len(), 1);
     let (fields, rest) = split_received(&got[0].content, 2);
@@ -1141,22 +1123,20 @@ fn odmr_client_starttls_never_falls_back_and_refuses_injected_plaintext() {
             "",
             sink.port,
         );
-        let Once {
-            code, stderr: err, ..
-        } = client_once(&cfg);
+        let Once { code, stderr, .. } = client_once(&cfg);
         let mut report = String::new();
         out.read_line(&mut report).unwrap();
         let _ = fake.wait();
         let v: Value = serde_json::from_str(&report)
-            .unwrap_or_else(|e| panic!("{mode}: fake provider report {report:?}: {e}\nclient:\n{err}"));
+            .unwrap_or_else(|e| panic!("{mode}: fake provider report {report:?}: {e}\nclient:\n{stderr}"));
         assert_eq!(
             code,
             Some(2),
-            "{mode}: exit code\nclient:\n{err}\nprovider got: {v}"
+            "{mode}: exit code\nclient:\n{stderr}\nprovider got: {v}"
         );
         assert!(
-            err.contains(words),
-            "{mode}: the error does not mention {words:?}:\n{err}"
+            stderr.contains(words),
+            "{mode}: the error does not mention {words:?}:\n{stderr}"
         );
         let lines: Vec<&str> = v["lines"]
             .as_array()

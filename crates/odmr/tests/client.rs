@@ -43,18 +43,6 @@ fn inject(server: &Server, from: &str, to: &[&str], body: &str) {
     );
 }
 
-fn states(server: &Server) -> Vec<(String, String)> {
-    server
-        .recipient_states()
-        .into_iter()
-        .map(|(a, s, _)| (a, s))
-        .collect()
-}
-
-fn pair(a: &str, s: &str) -> (String, String) {
-    (a.to_string(), s.to_string())
-}
-
 fn expect_code(run: &Once, code: i32, what: &str) {
     assert_eq!(
         run.code,

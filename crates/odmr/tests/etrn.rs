@@ -15,9 +15,8 @@ mod interop_util;
 
 use client_util::{client_once, split_received, wait_until, SmtpSink, CUSTOMER};
 use common::{send_mail, Line, Server};
-use interop_util::run_timeout;
+use interop_util::{run_timeout, Fetchmail};
 use serde_json::{json, Value};
-use std::os::unix::fs::PermissionsExt;
 
 const USER: &str = "acme";
 const PASS: &str = "acme-secret";
@@ -488,7 +487,7 @@ fn odmr_client_in_etrn_mode() {
 ///    reaches smtp-sink.
 #[test]
 fn fetchmail_etrn() {
-    let Some(fetchmail) = common::peer("fetchmail", "fetchmail") else {
+    let Some(fetchmail) = Fetchmail::find() else {
         return;
     };
     let Some(sink) = SmtpSink::start(false) else {
@@ -504,27 +503,11 @@ fn fetchmail_etrn() {
     inject(&server, &["bob@example.org"], "one");
     inject(&server, &["sue@sub.example.org"], "two");
 
-    let home = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let rc = home.path().join("fetchmailrc");
-    std::fs::write(
-        &rc,
-        format!(
-            "set no syslog\npoll 127.0.0.1 service {} proto etrn\n    fetchdomains example.org,sub.example.org\n",
-            server.smtp.port()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let run_fetchmail = || {
-        run_timeout(
-            60,
-            &fetchmail,
-            &["-f", rc.to_str().unwrap(), "-v"],
-            &[("FETCHMAILHOME", home.path())],
-        )
-    };
-    let run = run_fetchmail();
+    let rc = format!(
+        "set no syslog\npoll 127.0.0.1 service {} proto etrn\n    fetchdomains example.org,sub.example.org\n",
+        server.smtp.port()
+    );
+    let run = fetchmail.run(&rc);
     let all = run.all();
     assert!(
         all.contains("ETRN> ETRN example.org") && all.contains("ETRN> ETRN sub.example.org"),
@@ -534,7 +517,7 @@ fn fetchmail_etrn() {
     wait_delivered(&server, &sink, 2, &[]);
     wait_runs(&server, 2);
 
-    let run = run_fetchmail();
+    let run = fetchmail.run(&rc);
     let all = run.all();
     // fetchmail stops at the first 251 ("no mail"), so it asks for the first domain only.
     assert!(

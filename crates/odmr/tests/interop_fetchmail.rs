@@ -5,174 +5,17 @@
 //! fetchmail's exit code does not say whether mail moved (see the shared notes on peers, PEERS.md), so every
 //! test counts what reached the sink and what is left in our queue.
 
+#[path = "peers/client_util.rs"]
+mod client_util;
 mod common;
 #[path = "peers/interop_util.rs"]
 mod interop_util;
 
+use client_util::{pair, states, SmtpSink};
 use common::Server;
-use interop_util::{is_root, random_free_port, random_u64, run_timeout, swaks, swaks_replies, Run};
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use interop_util::{swaks, swaks_replies, Fetchmail, Run};
 
-// ----- the local MTA: smtp-sink -----
-
-/// A running `smtp-sink -d DIR/%M.` on a random port: the customer's own MTA.
-struct Sink {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-/// One transaction as smtp-sink dumped it.
-#[derive(Debug, Clone)]
-struct Dumped {
-    /// `X-Mail-Args`: the MAIL FROM argument and its parameters, e.g. `<a@b> BODY=8BITMIME`.
-    mail: String,
-    /// `X-Rcpt-Args`, in the order the client sent them.
-    rcpts: Vec<String>,
-    /// `X-Helo-Args`.
-    helo: String,
-    /// The message as received (smtp-sink's own `Received:` removed, dot-stuffing undone,
-    /// line ends as LF).
-    content: Vec<u8>,
-}
-
-impl Sink {
-    /// `None` (test skipped) when Postfix is not installed.
-    fn start() -> Option<Sink> {
-        Self::start_with(&[])
-    }
-
-    /// With extra smtp-sink options (e.g. `-8`: no 8BITMIME).
-    fn start_with(options: &[&str]) -> Option<Sink> {
-        let program = common::peer("smtp-sink", "postfix")?;
-        for _ in 0..10 {
-            let port = random_free_port();
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::create_dir(dir.path().join("dump")).unwrap();
-            let name = format!("sink{}.test", random_u64() % 1_000_000);
-            let mut cmd = Command::new("timeout");
-            // A safety net only: Drop stops it long before.
-            cmd.arg("300").arg(&program).args(["-h", &name]);
-            if is_root() {
-                cmd.args(["-u", "root"]);
-            }
-            cmd.args(options)
-                .arg("-d")
-                .arg(format!("{}/dump/%M.", dir.path().display()))
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("16")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let child = cmd.spawn().expect("start smtp-sink");
-            let mut sink = Sink {
-                port,
-                dir,
-                child: Some(child),
-            };
-            if sink.wait_ready(&name) {
-                return Some(sink);
-            }
-            // Lost the race for the port (or another listener answered): try another one.
-        }
-        panic!("smtp-sink could not be started on any of 10 random ports");
-    }
-
-    /// Wait until our sink (recognised by its host name) greets on the port.
-    fn wait_ready(&mut self, name: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
-                return false;
-            }
-            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut greeting = String::new();
-                let _ = BufReader::new(&s).read_line(&mut greeting);
-                let _ = std::io::Write::write_all(&mut &s, b"QUIT\r\n");
-                return greeting.starts_with("220 ") && greeting.contains(name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// Every transaction dumped so far (in no particular order).
-    fn messages(&self) -> Vec<Dumped> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("dump"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .map(|f| parse_dump(&std::fs::read(f).unwrap(), f))
-            .collect()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM to our timeout(1), which passes it on to smtp-sink.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Parse smtp-sink's dump format: its X- records, its three-line `Received:`, the message,
-/// and one empty line.
-fn parse_dump(bytes: &[u8], file: &Path) -> Dumped {
-    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    // The file ends with "\n" (so the split leaves an empty last piece) after the empty line
-    // smtp-sink appends.
-    assert_eq!(
-        lines.pop(),
-        Some(&b""[..]),
-        "{}: not newline-terminated",
-        file.display()
-    );
-    assert_eq!(
-        lines.pop(),
-        Some(&b""[..]),
-        "{}: no trailing empty line",
-        file.display()
-    );
-    let (mut mail, mut rcpts, mut helo) = (None, Vec::new(), String::new());
-    let mut i = 0;
-    loop {
-        let l = String::from_utf8_lossy(lines[i]).into_owned();
-        i += 1;
-        if let Some(v) = l.strip_prefix("X-Mail-Args: ") {
-            assert!(mail.is_none(), "{}: two X-Mail-Args", file.display());
-            mail = Some(v.to_string());
-        } else if let Some(v) = l.strip_prefix("X-Rcpt-Args: ") {
-            rcpts.push(v.to_string());
-        } else if let Some(v) = l.strip_prefix("X-Helo-Args: ") {
-            helo = v.to_string();
-        } else if l.starts_with("Received: ") {
-            // smtp-sink's own three-line Received: ends its records.
-            assert!(lines[i].starts_with(b"\tby ") && lines[i + 1].starts_with(b"\t"));
-            i += 2;
-            break;
-        }
-    }
-    let mut content = lines[i..].join(&b'\n');
-    content.push(b'\n');
-    Dumped {
-        mail: mail.unwrap_or_else(|| panic!("{}: no X-Mail-Args", file.display())),
-        rcpts,
-        helo,
-        content,
-    }
-}
+// ----- what smtp-sink received -----
 
 /// Split off the `Received:` field our provider prepended (first line and its folded
 /// continuation lines); returns (that field, the rest).
@@ -200,41 +43,17 @@ fn split_our_received(content: &[u8]) -> (String, Vec<u8>) {
 
 /// Run fetchmail once (`-v`, under `timeout 60`) as `user`, asking for `domains`, relaying
 /// into `sink`. Each run has its own 0700 FETCHMAILHOME with a 0600 rc file.
-fn fetchmail(server: &Server, user: &str, password: &str, domains: &[&str], sink: &Sink) -> Option<Run> {
-    let fetchmail = common::peer("fetchmail", "fetchmail")?;
-    let home = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let rc = home.path().join("fetchmailrc");
-    std::fs::write(
-        &rc,
-        format!(
-            "set no syslog\n\
-             poll 127.0.0.1 service {odmr} proto odmr\n    \
-                 user \"{user}\" password \"{password}\"\n    \
-                 fetchdomains {domains}\n    \
-                 smtphost 127.0.0.1/{sink}\n",
-            odmr = server.odmr.port(),
-            domains = domains.join(","),
-            sink = sink.port,
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
-    // As root, fetchmail's lock is the global /var/run/fetchmail.pid, and a concurrent run
-    // (another test) would make it give up: each run gets its own.
-    let pidfile = home.path().join("fetchmail.pid");
-    let run = run_timeout(
-        60,
-        &fetchmail,
-        &[
-            "-f",
-            rc.to_str().unwrap(),
-            "--pidfile",
-            pidfile.to_str().unwrap(),
-            "-v",
-        ],
-        &[("FETCHMAILHOME", home.path()), ("HOME", home.path())],
-    );
+fn fetchmail(server: &Server, user: &str, password: &str, domains: &[&str], sink: &SmtpSink) -> Option<Run> {
+    let run = Fetchmail::find()?.run(&format!(
+        "set no syslog\n\
+         poll 127.0.0.1 service {odmr} proto odmr\n    \
+             user \"{user}\" password \"{password}\"\n    \
+             fetchdomains {domains}\n    \
+             smtphost 127.0.0.1/{sink}\n",
+        odmr = server.odmr.port(),
+        domains = domains.join(","),
+        sink = sink.port,
+    ));
     Some(run)
 }
 
@@ -299,18 +118,6 @@ fn have_peers() -> bool {
         && common::peer("smtp-sink", "postfix").is_some()
 }
 
-fn states(server: &Server) -> Vec<(String, String)> {
-    server
-        .recipient_states()
-        .into_iter()
-        .map(|(a, s, _)| (a, s))
-        .collect()
-}
-
-fn pair(a: &str, s: &str) -> (String, String) {
-    (a.to_string(), s.to_string())
-}
-
 /// A message exercising transparency: lines starting with '.', a lone '.', 8-bit UTF-8,
 /// trailing white space and a line of exactly 998 octets (the RFC 5321 maximum).
 fn tricky_message() -> Vec<u8> {
@@ -355,7 +162,9 @@ fn fetchmail_relays_exact_envelopes_and_bodies_then_finds_nothing() {
     }
     let server = Server::start();
     server.account("alpha", "alpha-secret", &["a.example"]);
-    let Some(sink) = Sink::start() else { return };
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
 
     let tricky = tricky_message();
     let r = swaks_send(
@@ -459,7 +268,7 @@ fn mixed_domain_message_is_split_between_customers_in_either_order() {
         let server = Server::start();
         server.account("acct-a", "pass-a", &["a.example"]);
         server.account("acct-b", "pass-b", &["b.example"]);
-        let (Some(sink_a), Some(sink_b)) = (Sink::start(), Sink::start()) else {
+        let (Some(sink_a), Some(sink_b)) = (SmtpSink::start(false), SmtpSink::start(false)) else {
             return;
         };
 
@@ -550,7 +359,9 @@ fn fetchmail_with_bad_credentials_gets_nothing_and_the_server_keeps_serving() {
     }
     let server = Server::start();
     server.account("alpha", "right-password", &["a.example"]);
-    let Some(sink) = Sink::start() else { return };
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
     let msg = b"Subject: held\n\nheld until the right customer comes\n";
     let r = swaks_send(&server, "dave@sender.test", &["u@a.example"], msg);
     assert_eq!(r.code, Some(0), "swaks:\n{}", r.all());
@@ -598,7 +409,9 @@ fn fetchmail_asking_for_a_foreign_domain_gets_450_and_nothing() {
     let server = Server::start();
     server.account("acct-a", "pass-a", &["a.example"]);
     server.account("acct-b", "pass-b", &["b.example"]);
-    let Some(sink) = Sink::start() else { return };
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
     for (to, body) in [("ua@a.example", "for a\n"), ("ub@b.example", "for b\n")] {
         let data = format!("Subject: {to}\n\n{body}");
         let r = swaks_send(&server, "erin@sender.test", &[to], data.as_bytes());
@@ -651,7 +464,7 @@ fn eight_bit_mail_waits_for_a_customer_mta_without_8bitmime() {
     }
     let server = Server::start();
     server.account("alpha", "alpha-secret", &["a.example"]);
-    let Some(sink) = Sink::start_with(&["-8"]) else {
+    let Some(sink) = SmtpSink::start_with(false, &["-8"]) else {
         return;
     };
     let r = swaks_send(&server, "frank@sender.test", &["u8@a.example"], &tricky_message());

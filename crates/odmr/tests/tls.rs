@@ -8,12 +8,15 @@
 //! certificates (the Python peer with OpenSSL, fetchmail with `sslcertck`, `odmr client` with
 //! rustls), so a certificate the server presents wrongly fails the test.
 
+#[path = "peers/client_util.rs"]
+mod client_util;
 mod common;
 #[path = "peers/interop_util.rs"]
 mod interop_util;
 
+use client_util::{client_once, split_received, states, Dumped, Once, SmtpSink, CUSTOMER};
 use common::{send_mail, Server};
-use interop_util::{is_root, random_free_port, random_u64, run_timeout, swaks, Run};
+use interop_util::{random_u64, run_timeout, swaks, Fetchmail, Run};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
     SerialNumber,
@@ -21,13 +24,10 @@ use rcgen::{
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The customer's name in its EHLO and in the Received: field it adds.
-const CUSTOMER: &str = "customer.test";
 const USER: &str = "acme";
 const PASSWORD: &str = "acme-secret";
 const DOMAIN: &str = "a.example";
@@ -223,6 +223,15 @@ fn server_pid(server: &Server) -> u32 {
     panic!("no odmr server process for {config}");
 }
 
+/// SIGHUP to the server process `pid`: reload the certificate.
+fn sighup(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 fn wait_log(server: &Server, secs: u64, what: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
@@ -234,174 +243,7 @@ fn wait_log(server: &Server, secs: u64, what: &str) -> bool {
     false
 }
 
-fn queued(server: &Server) -> Vec<(String, String)> {
-    server
-        .recipient_states()
-        .into_iter()
-        .map(|(a, s, _)| (a, s))
-        .collect()
-}
-
-// ----- the local MTA: smtp-sink -----
-
-/// A running `smtp-sink -d DIR/%M.` on a random port: the customer's own MTA.
-struct Sink {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-/// One transaction as smtp-sink dumped it.
-#[derive(Debug)]
-struct Dumped {
-    /// `X-Mail-Args`.
-    mail: String,
-    /// `X-Rcpt-Args`, in order.
-    rcpts: Vec<String>,
-    /// The message (smtp-sink's own `Received:` removed, dot-stuffing undone, LF line ends).
-    content: Vec<u8>,
-}
-
-impl Sink {
-    /// `None` (test skipped) when Postfix's smtp-sink is not installed.
-    fn start() -> Option<Sink> {
-        let program = common::peer("smtp-sink", "postfix")?;
-        for _ in 0..10 {
-            let port = random_free_port();
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::create_dir(dir.path().join("dump")).unwrap();
-            let name = format!("sink{}.test", random_u64() % 1_000_000);
-            let mut cmd = Command::new("timeout");
-            // A safety net only: Drop stops it long before.
-            cmd.arg("300").arg(&program).args(["-h", &name]);
-            if is_root() {
-                cmd.args(["-u", "root"]);
-            }
-            cmd.arg("-d")
-                .arg(format!("{}/dump/%M.", dir.path().display()))
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("16")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let child = cmd.spawn().expect("start smtp-sink");
-            let mut sink = Sink {
-                port,
-                dir,
-                child: Some(child),
-            };
-            if sink.wait_ready(&name) {
-                return Some(sink);
-            }
-            // Lost the race for the port: try another one.
-        }
-        panic!("smtp-sink could not be started on any of 10 random ports");
-    }
-
-    /// Wait until our sink (recognised by its host name) greets on the port.
-    fn wait_ready(&mut self, name: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
-                return false;
-            }
-            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut greeting = String::new();
-                let _ = BufReader::new(&s).read_line(&mut greeting);
-                let _ = (&s).write_all(b"QUIT\r\n");
-                return greeting.starts_with("220 ") && greeting.contains(name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// Every transaction dumped so far, sorted by content.
-    fn messages(&self) -> Vec<Dumped> {
-        let mut v: Vec<Dumped> = std::fs::read_dir(self.dir.path().join("dump"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .map(|f| parse_dump(&std::fs::read(&f).unwrap(), &f))
-            .collect();
-        v.sort_by(|a, b| a.content.cmp(&b.content));
-        v
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM to our timeout(1), which passes it on to smtp-sink.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// smtp-sink's dump: its X- records, its three-line `Received:`, the message, an empty line.
-fn parse_dump(bytes: &[u8], file: &Path) -> Dumped {
-    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    assert_eq!(
-        lines.pop(),
-        Some(&b""[..]),
-        "{}: not newline-terminated",
-        file.display()
-    );
-    assert_eq!(
-        lines.pop(),
-        Some(&b""[..]),
-        "{}: no trailing empty line",
-        file.display()
-    );
-    let (mut mail, mut rcpts) = (None, Vec::new());
-    let mut i = 0;
-    loop {
-        let l = String::from_utf8_lossy(lines[i]).into_owned();
-        i += 1;
-        if let Some(v) = l.strip_prefix("X-Mail-Args: ") {
-            mail = Some(v.to_string());
-        } else if let Some(v) = l.strip_prefix("X-Rcpt-Args: ") {
-            rcpts.push(v.to_string());
-        } else if l.starts_with("Received: ") {
-            assert!(lines[i].starts_with(b"\tby ") && lines[i + 1].starts_with(b"\t"));
-            i += 2;
-            break;
-        }
-    }
-    let mut content = lines[i..].join(&b'\n');
-    content.push(b'\n');
-    Dumped {
-        mail: mail.unwrap_or_else(|| panic!("{}: no X-Mail-Args", file.display())),
-        rcpts,
-        content,
-    }
-}
-
-/// Split `n` leading `Received:` fields (each with its folded lines) off `content`.
-fn split_received(content: &[u8], n: usize) -> (Vec<String>, Vec<u8>) {
-    let mut fields = Vec::new();
-    let mut at = 0;
-    for k in 0..n {
-        assert!(
-            content[at..].starts_with(b"Received: "),
-            "expected Received: field #{} at offset {at}; content:\n{}",
-            k + 1,
-            String::from_utf8_lossy(content)
-        );
-        let start = at;
-        loop {
-            at += content[at..].iter().position(|&b| b == b'\n').expect("line end") + 1;
-            if !matches!(content.get(at), Some(b'\t') | Some(b' ')) {
-                break;
-            }
-        }
-        fields.push(String::from_utf8_lossy(&content[start..at]).into_owned());
-    }
-    (fields, content[at..].to_vec())
-}
+// ----- what smtp-sink received -----
 
 /// The protocol a Received: field names after `with` (ESMTP, ESMTPS, …).
 fn with_protocol(field: &str) -> String {
@@ -443,36 +285,6 @@ fn client_config(
     )
     .unwrap();
     path
-}
-
-/// `odmr client --once` under `timeout 60` (a hang fails the test): (exit code, stderr).
-fn client_once(config: &Path) -> (Option<i32>, String) {
-    let out = Command::new("timeout")
-        .args([
-            "--kill-after=5",
-            "60",
-            common::BIN,
-            "client",
-            "--once",
-            "--config",
-        ])
-        .arg(config)
-        .env("ODMR_LOG", "info,odmr=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run odmr client");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !matches!(out.status.code(), Some(124) | Some(137) | None),
-        "odmr client --once hung and was killed after 60 s:\n{text}"
-    );
-    (out.status.code(), text)
 }
 
 // ----- the Python/OpenSSL peer -----
@@ -595,40 +407,20 @@ fn ehlo_lists(reply: &str, keyword: &str) -> bool {
 /// fetchmail `ssl sslcertck sslcertfile CA` polling `localhost` on `port` (implicit TLS),
 /// relaying into `sink`; under `timeout 60`, with its own FETCHMAILHOME and pidfile. Returns
 /// the run and how long it took.
-fn fetchmail_ssl(port: u16, ca: &Path, sink: &Sink) -> Option<(Run, Duration)> {
-    let fetchmail = common::peer("fetchmail", "fetchmail")?;
-    let home = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let rc = home.path().join("fetchmailrc");
-    std::fs::write(
-        &rc,
-        format!(
-            "set no syslog\n\
-             poll localhost service {port} proto odmr\n    \
-                 user \"{USER}\" password \"{PASSWORD}\"\n    \
-                 fetchdomains {DOMAIN}\n    \
-                 smtphost 127.0.0.1/{sink}\n    \
-                 ssl sslcertck sslcertfile \"{ca}\"\n",
-            sink = sink.port,
-            ca = ca.display(),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let pidfile = home.path().join("fetchmail.pid");
-    let start = Instant::now();
-    let run = run_timeout(
-        60,
-        &fetchmail,
-        &[
-            "-f",
-            rc.to_str().unwrap(),
-            "--pidfile",
-            pidfile.to_str().unwrap(),
-            "-v",
-        ],
-        &[("FETCHMAILHOME", home.path()), ("HOME", home.path())],
+fn fetchmail_ssl(port: u16, ca: &Path, sink: &SmtpSink) -> Option<(Run, Duration)> {
+    let fetchmail = Fetchmail::find()?;
+    let rc = format!(
+        "set no syslog\n\
+         poll localhost service {port} proto odmr\n    \
+             user \"{USER}\" password \"{PASSWORD}\"\n    \
+             fetchdomains {DOMAIN}\n    \
+             smtphost 127.0.0.1/{sink}\n    \
+             ssl sslcertck sslcertfile \"{ca}\"\n",
+        sink = sink.port,
+        ca = ca.display(),
     );
+    let start = Instant::now();
+    let run = fetchmail.run(&rc);
     Some((run, start.elapsed()))
 }
 
@@ -670,7 +462,9 @@ fn assert_same(got: &[u8], want: &[u8], what: &str) {
 ///    then fetched with `tls = "none"`, so the only ESMTPS in the delivered message is the MX's.)
 #[test]
 fn swaks_starttls_on_the_mx_queues_with_esmtps() {
-    let Some(sink) = Sink::start() else { return };
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
     let pki = Pki::new();
     let ts = TlsServer::start(&pki.good, "");
     let server = &ts.server;
@@ -711,7 +505,7 @@ fn swaks_starttls_on_the_mx_queues_with_esmtps() {
         all.lines().any(|l| l == " ~> ."),
         "the message was not sent inside TLS:\n{all}"
     );
-    assert_eq!(queued(server), vec![(format!("u1@{DOMAIN}"), "queued".into())]);
+    assert_eq!(states(server), vec![(format!("u1@{DOMAIN}"), "queued".into())]);
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = client_config(
@@ -723,8 +517,8 @@ fn swaks_starttls_on_the_mx_queues_with_esmtps() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
-    assert_eq!(code, Some(0), "odmr client:\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(0), "odmr client:\n{stderr}");
     let got = sink.messages();
     assert_eq!(got.len(), 1, "{got:#?}");
     let (fields, rest) = split_received(&got[0].content, 2);
@@ -748,7 +542,7 @@ fn swaks_starttls_on_the_mx_queues_with_esmtps() {
         rest.contains("Subject: swaks over STARTTLS") && rest.contains("hello over TLS"),
         "{rest}"
     );
-    assert!(queued(server).is_empty(), "{:?}", queued(server));
+    assert!(states(server).is_empty(), "{:?}", states(server));
 }
 
 /// 2. fetchmail `ssl` (implicit TLS, certificate checked) against `listen_tls`, relaying into
@@ -757,7 +551,7 @@ fn swaks_starttls_on_the_mx_queues_with_esmtps() {
 ///    fetchmail until its own timeouts).
 #[test]
 fn fetchmail_ssl_on_the_implicit_listener_relays_byte_exact_without_stalling() {
-    let (Some(_), Some(sink)) = (common::peer("fetchmail", "fetchmail"), Sink::start()) else {
+    let (Some(_), Some(sink)) = (common::peer("fetchmail", "fetchmail"), SmtpSink::start(false)) else {
         return;
     };
     let pki = Pki::new();
@@ -773,7 +567,7 @@ fn fetchmail_ssl_on_the_implicit_listener_relays_byte_exact_without_stalling() {
         );
         assert!(r.starts_with("250"), "{r}");
     }
-    assert_eq!(queued(server).len(), 3);
+    assert_eq!(states(server).len(), 3);
 
     let Some((run, took)) = fetchmail_ssl(ts.odmr_tls.port(), &pki.ca, &sink) else {
         return;
@@ -814,7 +608,9 @@ fn fetchmail_ssl_on_the_implicit_listener_relays_byte_exact_without_stalling() {
 ///    SAN) delivers too, and a poll with nothing waiting exits 1.
 #[test]
 fn odmr_client_starttls_by_default_and_implicit_tls() {
-    let Some(sink) = Sink::start() else { return };
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
     let pki = Pki::new();
     let ts = TlsServer::start(&pki.good, "");
     let server = &ts.server;
@@ -831,10 +627,10 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
-    assert_eq!(code, Some(0), "odmr client (starttls):\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(0), "odmr client (starttls):\n{stderr}");
     let got = sink.messages();
-    assert_eq!(got.len(), 1, "{got:#?}\n{err}");
+    assert_eq!(got.len(), 1, "{got:#?}\n{stderr}");
     let (fields, rest) = split_received(&got[0].content, 2);
     assert!(
         fields[0].starts_with(&format!("Received: from {} ", common::HOSTNAME))
@@ -852,7 +648,7 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
         "sent to the MX in plaintext: {fields:?}"
     );
     assert_same(&rest, m1.as_bytes(), "message 1");
-    assert!(queued(server).is_empty(), "{:?}", queued(server));
+    assert!(states(server).is_empty(), "{:?}", states(server));
 
     let m2 = message(2, 30);
     assert!(send_mail(server.smtp, "alice@sender.test", &[&format!("u2@{DOMAIN}")], &m2).starts_with("250"));
@@ -865,10 +661,10 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
-    assert_eq!(code, Some(0), "odmr client (implicit):\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(0), "odmr client (implicit):\n{stderr}");
     let got = sink.messages();
-    assert_eq!(got.len(), 2, "{got:#?}\n{err}");
+    assert_eq!(got.len(), 2, "{got:#?}\n{stderr}");
     let d = got
         .iter()
         .find(|d| d.rcpts == vec![format!("<u2@{DOMAIN}>")])
@@ -877,22 +673,22 @@ fn odmr_client_starttls_by_default_and_implicit_tls() {
     assert!(fields[0].contains(&format!("by {CUSTOMER} (odmr)")), "{fields:?}");
     assert_eq!(with_protocol(&fields[0]), "ESMTPS", "implicit TLS: {fields:?}");
     assert_same(&rest, m2.as_bytes(), "message 2");
-    assert!(queued(server).is_empty(), "{:?}", queued(server));
+    assert!(states(server).is_empty(), "{:?}", states(server));
 
-    let (code, err) = client_once(&cfg);
-    assert_eq!(code, Some(1), "nothing waiting, over implicit TLS:\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(1), "nothing waiting, over implicit TLS:\n{stderr}");
 }
 
 /// Poll with `cfg`, expect exit 2 with `words` (lowercase) in the message, nothing delivered
 /// and the message still queued.
-fn assert_refused(server: &Server, sink: &Sink, cfg: &Path, words: &[&str], what: &str) {
-    let (code, err) = client_once(cfg);
-    assert_eq!(code, Some(2), "{what}: exit code\n{err}");
-    let lower = err.to_lowercase();
+fn assert_refused(server: &Server, sink: &SmtpSink, cfg: &Path, words: &[&str], what: &str) {
+    let Once { code, stderr, .. } = client_once(cfg);
+    assert_eq!(code, Some(2), "{what}: exit code\n{stderr}");
+    let lower = stderr.to_lowercase();
     for w in words {
         assert!(
             lower.contains(w),
-            "{what}: the error does not mention {w:?}:\n{err}"
+            "{what}: the error does not mention {w:?}:\n{stderr}"
         );
     }
     assert!(
@@ -901,7 +697,7 @@ fn assert_refused(server: &Server, sink: &Sink, cfg: &Path, words: &[&str], what
         sink.messages()
     );
     assert_eq!(
-        queued(server),
+        states(server),
         vec![(format!("u1@{DOMAIN}"), "queued".into())],
         "{what}: the message must stay queued"
     );
@@ -913,7 +709,9 @@ fn assert_refused(server: &Server, sink: &Sink, cfg: &Path, words: &[&str], what
 ///    accepts the untrusted one.
 #[test]
 fn odmr_client_refuses_bad_certificates() {
-    let Some(sink) = Sink::start() else { return };
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let m = message(1, 5);
@@ -974,12 +772,11 @@ fn odmr_client_refuses_bad_certificates() {
                 "tls_verify = false\n",
                 sink.port,
             );
-            let (code, err) = client_once(&cfg);
-            assert_eq!(code, Some(0), "tls_verify = false:\n{err}");
+            let Once { code, stderr, .. } = client_once(&cfg);
+            assert_eq!(code, Some(0), "tls_verify = false:\n{stderr}");
             assert_eq!(sink.messages().len(), 1);
-            assert!(queued(server).is_empty());
-            std::fs::remove_dir_all(sink.dir.path().join("dump")).unwrap();
-            std::fs::create_dir(sink.dir.path().join("dump")).unwrap();
+            assert!(states(server).is_empty());
+            sink.clear();
         }
     }
 }
@@ -988,7 +785,9 @@ fn odmr_client_refuses_bad_certificates() {
 ///     a message naming STARTTLS, nothing delivered; `tls = "none"` then fetches the mail.
 #[test]
 fn odmr_client_starttls_refuses_a_provider_without_starttls() {
-    let Some(sink) = Sink::start() else { return };
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
     let server = plain_server();
     let dir = tempfile::tempdir().unwrap();
     let m = message(1, 5);
@@ -1002,14 +801,14 @@ fn odmr_client_starttls_refuses_a_provider_without_starttls() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
-    assert_eq!(code, Some(2), "starttls without STARTTLS:\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(2), "starttls without STARTTLS:\n{stderr}");
     assert!(
-        err.contains("STARTTLS"),
-        "the error does not mention STARTTLS:\n{err}"
+        stderr.contains("STARTTLS"),
+        "the error does not mention STARTTLS:\n{stderr}"
     );
     assert!(sink.messages().is_empty());
-    assert_eq!(queued(&server), vec![(format!("u1@{DOMAIN}"), "queued".into())]);
+    assert_eq!(states(&server), vec![(format!("u1@{DOMAIN}"), "queued".into())]);
     // The default (no `tls` key) is starttls too.
     let cfg = client_config(
         dir.path(),
@@ -1020,8 +819,8 @@ fn odmr_client_starttls_refuses_a_provider_without_starttls() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
-    assert_eq!(code, Some(2), "default tls mode without STARTTLS:\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(2), "default tls mode without STARTTLS:\n{stderr}");
     assert!(sink.messages().is_empty());
 
     let cfg = client_config(
@@ -1033,14 +832,14 @@ fn odmr_client_starttls_refuses_a_provider_without_starttls() {
         "",
         sink.port,
     );
-    let (code, err) = client_once(&cfg);
-    assert_eq!(code, Some(0), "tls = none:\n{err}");
+    let Once { code, stderr, .. } = client_once(&cfg);
+    assert_eq!(code, Some(0), "tls = none:\n{stderr}");
     let got = sink.messages();
     assert_eq!(got.len(), 1);
     let (fields, rest) = split_received(&got[0].content, 2);
     assert_eq!(with_protocol(&fields[0]), "ESMTP", "{fields:?}");
     assert_same(&rest, m.as_bytes(), "message");
-    assert!(queued(&server).is_empty());
+    assert!(states(&server).is_empty());
 }
 
 /// 5. SIGHUP reloads the certificate: sessions opened under certificate A (STARTTLS on ODMR,
@@ -1065,11 +864,7 @@ fn sighup_reloads_the_certificate_for_new_handshakes_only() {
 
     pki.second.write(ts.cert.parent().unwrap(), "server");
     let pid = server_pid(server);
-    let st = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    sighup(pid);
     assert!(
         wait_log(server, 10, "certificate reloaded"),
         "no reload logged:\n{}",
@@ -1103,11 +898,7 @@ fn sighup_reloads_the_certificate_for_new_handshakes_only() {
 
     // A failed reload keeps the certificate that works.
     std::fs::write(&ts.key, "not a key\n").unwrap();
-    let st = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    sighup(pid);
     assert!(
         wait_log(server, 10, "certificate reload failed"),
         "no failed reload logged:\n{}",
@@ -1295,7 +1086,7 @@ fn python_smtplib_starttls_then_sendmail() {
     );
     assert_eq!(v["refused"], json!({}), "{v}");
     assert_eq!(v["noop"][0], 250, "{v}");
-    assert_eq!(queued(server), vec![(rcpt, "queued".into())]);
+    assert_eq!(states(server), vec![(rcpt, "queued".into())]);
 }
 
 /// 4c. Against a scripted provider that offers STARTTLS but then (a) answers 454, or (b) sends
@@ -1303,7 +1094,7 @@ fn python_smtplib_starttls_then_sendmail() {
 ///     asks for mail in plaintext, and in (b) starts no TLS handshake on the tainted connection.
 #[test]
 fn odmr_client_starttls_never_falls_back_and_refuses_injected_plaintext() {
-    let (Some(python), Some(sink)) = (common::peer("python3", "python3"), Sink::start()) else {
+    let (Some(python), Some(sink)) = (common::peer("python3", "python3"), SmtpSink::start(false)) else {
         return;
     };
     let pki = Pki::new();
@@ -1332,20 +1123,20 @@ fn odmr_client_starttls_never_falls_back_and_refuses_injected_plaintext() {
             "",
             sink.port,
         );
-        let (code, err) = client_once(&cfg);
+        let Once { code, stderr, .. } = client_once(&cfg);
         let mut report = String::new();
         out.read_line(&mut report).unwrap();
         let _ = fake.wait();
         let v: Value = serde_json::from_str(&report)
-            .unwrap_or_else(|e| panic!("{mode}: fake provider report {report:?}: {e}\nclient:\n{err}"));
+            .unwrap_or_else(|e| panic!("{mode}: fake provider report {report:?}: {e}\nclient:\n{stderr}"));
         assert_eq!(
             code,
             Some(2),
-            "{mode}: exit code\nclient:\n{err}\nprovider got: {v}"
+            "{mode}: exit code\nclient:\n{stderr}\nprovider got: {v}"
         );
         assert!(
-            err.contains(words),
-            "{mode}: the error does not mention {words:?}:\n{err}"
+            stderr.contains(words),
+            "{mode}: the error does not mention {words:?}:\n{stderr}"
         );
         let lines: Vec<&str> = v["lines"]
             .as_array()

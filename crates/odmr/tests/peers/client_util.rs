@@ -1,7 +1,8 @@
 //! Helpers shared by `client.rs` and `client_scripted.rs`, the tests of `odmr client`: the
 //! client's config file, running it (`--once` under `timeout`, or as a daemon), the local MTA
 //! (Postfix's `smtp-sink`, which dumps each transaction with its exact envelope), the Python
-//! peers (`client_*.py`), Maildir listings and byte comparisons.
+//! peers (`client_*.py`), Maildir listings and byte comparisons. The other tests that relay
+//! into smtp-sink (`etrn.rs`, `tls.rs`, `interop_fetchmail.rs`, …) use it for that too.
 //!
 //! Included with `#[path = "peers/client_util.rs"] mod client_util;` (the test file must also
 //! declare `mod common;` and `#[path = "peers/interop_util.rs"] mod interop_util;`).
@@ -415,6 +416,13 @@ impl SmtpSink {
         v.sort_by(|a, b| (&a.mail, &a.rcpts).cmp(&(&b.mail, &b.rcpts)));
         v
     }
+
+    /// Forget every transaction dumped so far.
+    pub fn clear(&self) {
+        let dump = self.dir.path().join("dump");
+        std::fs::remove_dir_all(&dump).unwrap();
+        std::fs::create_dir(&dump).unwrap();
+    }
 }
 
 impl Drop for SmtpSink {
@@ -472,6 +480,22 @@ fn parse_dump(bytes: &[u8], file: &Path) -> Dumped {
         proto,
         content,
     }
+}
+
+// ----- the provider's queue -----
+
+/// (address, state) of every recipient in the provider's queue.
+pub fn states(server: &common::Server) -> Vec<(String, String)> {
+    server
+        .recipient_states()
+        .into_iter()
+        .map(|(a, s, _)| (a, s))
+        .collect()
+}
+
+/// An expected (address, state) entry of [`states`].
+pub fn pair(a: &str, s: &str) -> (String, String) {
+    (a.to_string(), s.to_string())
 }
 
 // ----- message content -----

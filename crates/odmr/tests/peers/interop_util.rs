@@ -1,13 +1,14 @@
-//! Helpers shared by `interop_fetchmail.rs` and `interop_senders.rs`: running a real peer
-//! program under `timeout`, random ports, and swaks.
+//! Helpers shared by `interop_fetchmail.rs` and `interop_senders.rs` (and the other tests that
+//! drive real peers): running a real peer program under `timeout`, random ports, fetchmail and
+//! swaks.
 //!
 //! Included with `#[path = "peers/interop_util.rs"] mod interop_util;` (the test file must also
 //! declare `mod common;`).
 #![allow(dead_code)]
 
 use std::hash::{BuildHasher, Hasher};
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// What a finished peer program left behind.
@@ -83,6 +84,47 @@ pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
+}
+
+/// fetchmail with a home of its own: a 0700 directory that is its FETCHMAILHOME and HOME, and
+/// holds its rc file and pidfile.
+pub struct Fetchmail {
+    program: PathBuf,
+    home: tempfile::TempDir,
+}
+
+impl Fetchmail {
+    /// `None` (test skipped) when fetchmail is not installed.
+    pub fn find() -> Option<Fetchmail> {
+        let program = crate::common::peer("fetchmail", "fetchmail")?;
+        let home = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        Some(Fetchmail { program, home })
+    }
+
+    /// Write `rc` as the 0600 rc file (fetchmail refuses a more open one) and run fetchmail
+    /// once with it (`-v`, under `timeout 60`).
+    pub fn run(&self, rc: &str) -> Run {
+        let home = self.home.path();
+        let rc_file = home.join("fetchmailrc");
+        std::fs::write(&rc_file, rc).unwrap();
+        std::fs::set_permissions(&rc_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // As root, fetchmail's lock is the global /var/run/fetchmail.pid, and a concurrent run
+        // (another test) would make it give up: each run gets its own.
+        let pidfile = home.join("fetchmail.pid");
+        run_timeout(
+            60,
+            &self.program,
+            &[
+                "-f",
+                rc_file.to_str().unwrap(),
+                "--pidfile",
+                pidfile.to_str().unwrap(),
+                "-v",
+            ],
+            &[("FETCHMAILHOME", home), ("HOME", home)],
+        )
+    }
 }
 
 /// `swaks` under a 30 s timeout; `None` (test skipped) when swaks is not installed.

@@ -334,7 +334,8 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
     )
     .note(
         "issue #6 names the ceiling \"single session into smtp-sink, with pipelining\"; smtp-source \
-         cannot pipeline, so this ceiling is the harness's own client (MAIL, RCPT, DATA in one write)",
+         cannot pipeline, so this ceiling is the harness's own client (MAIL, RCPT, DATA in one write, \
+         and each final dot followed by the next message's envelope in the same write)",
     );
     c.notes.append(&mut notes);
     rows.push(c);

@@ -693,17 +693,13 @@ impl Deliverer {
 
     /// The body is complete: send the end marker.
     pub fn body_end(&mut self) {
-        let Some(seq) = self.txs.iter().find(|t| t.phase == Phase::Body).map(|t| t.seq) else {
+        let Some(tx) = self.txs.iter_mut().find(|t| t.phase == Phase::Body) else {
             return;
         };
+        tx.phase = Phase::AwaitFinal;
+        tx.owed += 1;
+        self.expect.push_back((tx.seq, Expect::Final));
         self.stuffer.finish(&mut self.out);
-        if let Some(tx) = self.tx_mut(seq) {
-            tx.phase = Phase::AwaitFinal;
-        }
-        self.expect.push_back((seq, Expect::Final));
-        if let Some(tx) = self.tx_mut(seq) {
-            tx.owed += 1;
-        }
     }
 
     /// Nothing to send now, but messages are in flight: read their replies first (one may yet

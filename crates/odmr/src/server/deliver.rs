@@ -208,6 +208,8 @@ async fn run(
     };
     // Messages handed to the machine and not yet finished, in the order it reports them.
     let mut in_flight: VecDeque<Pending> = VecDeque::new();
+    // The customer's name for notices, once its greeting is known (the same for every message).
+    let mut peer_name: Option<String> = None;
     let (mut delivered, mut deferred, mut failed) = (0u64, 0u64, 0u64);
     loop {
         match d.poll(&mut conn.buf) {
@@ -278,10 +280,12 @@ async fn run(
                 let mut rec = Vec::with_capacity(outcomes.len());
                 let mut again = Vec::new();
                 let mut relayed = Vec::new();
-                let peer = match d.peer_name() {
-                    Some(name) => name.to_string(),
-                    None => format!("[{}]", conn.peer.ip()),
-                };
+                let peer = peer_name
+                    .get_or_insert_with(|| match d.peer_name() {
+                        Some(name) => name.to_string(),
+                        None => format!("[{}]", conn.peer.ip()),
+                    })
+                    .clone();
                 let remote_mta = (!d.verdict_was_local()).then(|| peer.clone());
                 for (r, o) in p.recipients.iter().zip(outcomes.iter()) {
                     let state = match o {

@@ -171,16 +171,7 @@ impl Server {
     /// Whether the log shows `what` within a few seconds (the server writes its log from a
     /// thread of its own, so a line may trail the event it reports by a moment).
     pub fn logged(&self, what: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if self.log().contains(what) {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(5, || self.log().contains(what))
     }
 
     /// Send SIGTERM and wait for a clean exit; returns the exit status code.
@@ -356,6 +347,20 @@ impl Line {
     pub fn ask(&mut self, line: &str) -> String {
         self.cmd(line);
         self.reply()
+    }
+}
+
+/// Polls `f` until it holds (true) or `secs` seconds have passed (false).
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

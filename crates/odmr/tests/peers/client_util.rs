@@ -242,18 +242,7 @@ impl Drop for Daemon {
     }
 }
 
-pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use crate::common::wait_until;
 
 // ----- the local MTA: smtp-sink -----
 

@@ -215,6 +215,14 @@ write(
     + crlf(b"250 ok", b"250 ok", b"250 ok", b"354 go", b"250 ok")
     + crlf(b"250 ok", b"421 4.3.0 going away"),
 )
+write(
+    "deliverer",
+    "chunking",
+    header(0, decisions=(1, 2, 7))
+    + crlf(b"220 cust.example ESMTP", b"250-cust.example", b"250-PIPELINING", b"250-CHUNKING", b"250 8BITMIME")
+    + crlf(b"250 2.1.0 ok", b"250 2.1.5 ok", b"250 2.0.0 first", b"250 reset", b"250 ok", b"550 5.1.1 no", b"250 ok")
+    + crlf(b"554 5.5.1 failed", b"221 bye"),
+)
 write("deliverer", "refused", header(0) + crlf(b"554 go away", b"221 bye"))
 write(
     "deliverer",

@@ -6,7 +6,9 @@
 //! `SendBody` is answered with `body()` in two pieces and `body_end()`. Checks:
 //! - no panic; every poll ends in a step; at most `MAX_IDLE_POLLS` polls in a row consume
 //!   nothing, and the whole run takes a bounded number of polls;
-//! - the body goes out dot-stuffed, exactly as `DotStuffer` makes it;
+//! - the body goes out dot-stuffed, exactly as `DotStuffer` makes it, or, when the customer
+//!   offers CHUNKING and PIPELINING, as `BDAT n` chunks whose counts are exact, the last one
+//!   `LAST` and the content ending in CRLF;
 //! - RCPT names only recipients of the message being sent (the last one handed over);
 //! - `Finished` reports the messages in the order they were sent (with PIPELINING the next one
 //!   goes out while the previous awaits its final reply), with one outcome per recipient, and
@@ -61,6 +63,25 @@ fn stuffed(pieces: &[&[u8]]) -> Vec<u8> {
         s.stuff(p, &mut out);
     }
     s.finish(&mut out);
+    out
+}
+
+/// The pieces as BDAT chunks: the empty ones skipped, the last chunk `LAST` and the content
+/// completed with CRLF (as DATA's end marker would).
+fn chunked(pieces: &[&[u8]]) -> Vec<u8> {
+    let mut content: Vec<Vec<u8>> = pieces.iter().filter(|p| !p.is_empty()).map(|p| p.to_vec()).collect();
+    let all: Vec<u8> = content.concat();
+    let mut out = Vec::new();
+    if !all.is_empty() && !all.ends_with(b"\r\n") {
+        content.last_mut().expect("not empty").extend_from_slice(b"\r\n");
+    }
+    let last = content.pop().unwrap_or_default();
+    for c in content {
+        out.extend_from_slice(format!("BDAT {}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(&c);
+    }
+    out.extend_from_slice(format!("BDAT {} LAST\r\n", last.len()).as_bytes());
+    out.extend_from_slice(&last);
     out
 }
 
@@ -135,7 +156,12 @@ fuzz_target!(|data: &[u8]| {
                 d.body(a);
                 d.body(b);
                 d.body_end();
-                assert_eq!(*d.output(), stuffed(&[a, b]), "body not sent as stuffed");
+                let expected = if d.caps().chunking && d.caps().pipelining {
+                    chunked(&[a, b])
+                } else {
+                    stuffed(&[a, b])
+                };
+                assert_eq!(*d.output(), expected, "body not sent as it should be");
                 d.output().clear();
             }
             DeliverStep::Finished(outcomes) => {

@@ -12,6 +12,15 @@
 //!   same write, so a message costs one round trip instead of two (RFC 2920 §3.1: message
 //!   content may open a group). At most one transaction is on the wire before its final dot,
 //!   and `Finished` reports transactions strictly in the order they were started.
+//! - **With CHUNKING (and PIPELINING), no round trip per message at all** (RFC 3030): the body goes out as
+//!   `BDAT n LAST` right behind MAIL and RCPT, so nothing waits for a 354, and up to
+//!   [`MAX_IN_FLIGHT`] whole transactions are on the wire at once. Every transaction after the
+//!   first starts with RSET: RFC 3030 does not say in which state a failed `BDAT` leaves the
+//!   server, and a MAIL pipelined behind it must never land in a half-open transaction (its
+//!   recipients would join the failed message's envelope).
+//! - **BDAT byte counts are exact by construction**: a chunk's count is the length of the octets
+//!   that follow it, never the stored size; the last chunk is held back until the body ends, so
+//!   it can carry `LAST` (and the CRLF the content needs, as DATA's end marker adds it).
 //! - **Only the recipients handed to [`Deliverer::send`] are named**; the driver restricts them
 //!   to the granted domains.
 //! - **Nothing is sent that the peer did not offer.** Without 8BITMIME an 8-bit message is not
@@ -33,6 +42,8 @@ pub struct PeerCaps {
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
     pub dsn: bool,
+    /// RFC 3030 CHUNKING: the body goes out with BDAT instead of DATA.
+    pub chunking: bool,
 }
 
 impl PeerCaps {
@@ -49,6 +60,7 @@ impl PeerCaps {
                 "8BITMIME" => c.eight_bit_mime = true,
                 "SMTPUTF8" => c.smtputf8 = true,
                 "DSN" => c.dsn = true,
+                "CHUNKING" => c.chunking = true,
                 "SIZE" => c.size = Some(w.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 _ => {}
             }
@@ -117,7 +129,8 @@ pub enum DeliverStep {
     /// The session is ready for a message: call [`Deliverer::send`] or [`Deliverer::quit`]. With
     /// PIPELINING this comes while the previous message still awaits its final reply.
     Ready,
-    /// The peer said 354: stream the body with [`Deliverer::body`], then [`Deliverer::body_end`].
+    /// The peer said 354 (or, with CHUNKING, the envelope is sent): stream the body with
+    /// [`Deliverer::body`], then [`Deliverer::body_end`].
     SendBody,
     /// The oldest message handed to `send` and not yet reported is finished: one outcome per
     /// recipient, in order. Messages are reported in the order they were sent.
@@ -140,6 +153,9 @@ enum Expect {
     Mail,
     Rcpt(usize),
     Data,
+    /// The reply to a `BDAT n` that is not the last chunk.
+    Chunk,
+    /// The reply to the final dot, or to `BDAT n LAST`.
     Final,
     /// The reply to a "." sent after a 354 with no accepted recipient; ignored.
     EmptyFinal,
@@ -166,7 +182,8 @@ enum Phase {
     Local(RcptOutcome),
     /// Replies to MAIL, RCPT or DATA (or the RSET after a refusal) are outstanding.
     Commands,
-    /// The peer said 354: the driver streams the body.
+    /// The peer said 354 (or, with CHUNKING, the envelope is sent): the driver streams the
+    /// body.
     Body,
     /// The final dot is sent; its reply is the only one outstanding.
     AwaitFinal,
@@ -190,9 +207,10 @@ struct Tx {
     utf8: bool,
 }
 
-/// Transactions in flight at once (at most one of them on the wire before its final dot; the
-/// others are awaiting the final reply or decided locally).
-const MAX_IN_FLIGHT: usize = 8;
+/// Transactions in flight at once. With DATA at most one of them is on the wire before its final
+/// dot (the others await their final reply or were decided locally); with BDAT all of them may
+/// be awaiting replies. The driver's bound on delivered-but-unrecorded messages counts them.
+pub const MAX_IN_FLIGHT: usize = 8;
 
 pub struct Deliverer {
     hostname: String,
@@ -209,6 +227,15 @@ pub struct Deliverer {
     /// The driver had nothing to send (see [`Deliverer::hold`]).
     holding: bool,
     stuffer: DotStuffer,
+    /// With CHUNKING: the body's last piece so far, held back so that it can go out as
+    /// `BDAT n LAST` (see [`Deliverer::body`]).
+    chunk: Vec<u8>,
+    /// With CHUNKING: the last two octets of the body so far (zero-padded) and its length, to
+    /// tell whether it ends in CRLF.
+    tail: [u8; 2],
+    body_len: u64,
+    /// A MAIL was sent in this session (with CHUNKING, the next transaction starts with RSET).
+    mail_sent: bool,
     error: Option<String>,
     /// The name the peer gave in its 220 greeting, for the Remote-MTA of a notice.
     peer_name: Option<String>,
@@ -230,6 +257,10 @@ impl Deliverer {
             closing: None,
             holding: false,
             stuffer: DotStuffer::new(),
+            chunk: Vec::new(),
+            tail: [0; 2],
+            body_len: 0,
+            mail_sent: false,
             error: None,
             peer_name: None,
             local_verdict: false,
@@ -267,7 +298,7 @@ impl Deliverer {
     pub fn waiting_for(&self) -> Wait {
         match (&self.state, self.expect.front()) {
             (State::Greeting, _) => Wait::Greeting,
-            (_, Some((_, Expect::Data))) => Wait::DataStart,
+            (_, Some((_, Expect::Data | Expect::Chunk))) => Wait::DataStart,
             (_, Some((_, Expect::Final | Expect::EmptyFinal))) => Wait::DataFinal,
             _ => Wait::Command,
         }
@@ -281,6 +312,11 @@ impl Deliverer {
     /// Queue a command of transaction `seq` (or of none, for QUIT) whose reply we then owe.
     fn command(&mut self, seq: u64, s: &str, what: Expect) {
         self.cmd(s);
+        self.owe(seq, what);
+    }
+
+    /// A reply of transaction `seq` is now owed (its command is in the output).
+    fn owe(&mut self, seq: u64, what: Expect) {
         self.expect.push_back((seq, what));
         if let Some(tx) = self.txs.iter_mut().find(|t| t.seq == seq) {
             tx.owed += 1;
@@ -514,14 +550,51 @@ impl Deliverer {
             }
         }
         self.txs.push_back(tx);
+        if self.bdat() && self.mail_sent {
+            // See the module's invariants: a failed BDAT may leave the previous transaction
+            // open on the peer's side.
+            self.command(seq, "RSET", Expect::Rset);
+        }
+        self.mail_sent = true;
         self.command(seq, &mail, Expect::Mail);
         if self.caps.pipelining {
             for i in 0..n {
                 let r = self.rcpt_cmd(seq, i);
                 self.command(seq, &r, Expect::Rcpt(i));
             }
-            self.command(seq, "DATA", Expect::Data);
+            if self.bdat() {
+                // No 354 to wait for: the body follows at once (RFC 3030 §4.2).
+                self.begin_body(seq);
+            } else {
+                self.command(seq, "DATA", Expect::Data);
+            }
         }
+    }
+
+    /// Whether bodies go out as BDAT: the peer offers CHUNKING and PIPELINING (see the module's
+    /// invariants; in lockstep BDAT would save only the 354).
+    fn bdat(&self) -> bool {
+        self.caps.chunking && self.caps.pipelining
+    }
+
+    fn begin_body(&mut self, seq: u64) {
+        self.stuffer = DotStuffer::new();
+        self.chunk.clear();
+        self.tail = [0; 2];
+        self.body_len = 0;
+        if let Some(tx) = self.tx_mut(seq) {
+            tx.phase = Phase::Body;
+        }
+    }
+
+    /// `BDAT n [LAST]` and its `n` octets.
+    fn send_chunk(&mut self, seq: u64, octets: &[u8], last: bool) {
+        if last {
+            self.command(seq, &format!("BDAT {} LAST", octets.len()), Expect::Final);
+        } else {
+            self.command(seq, &format!("BDAT {}", octets.len()), Expect::Chunk);
+        }
+        self.out.extend_from_slice(octets);
     }
 
     fn rcpt_cmd(&self, seq: u64, i: usize) -> String {
@@ -584,6 +657,9 @@ impl Deliverer {
             Expect::Mail => tx.mail = Some(r),
             Expect::Rcpt(i) => tx.rcpts[i] = Some(r),
             Expect::Data => tx.data = Some(r),
+            // A refused chunk refuses the message, like a refused DATA (the first refusal
+            // counts; the peer discards the chunks that were already on their way).
+            Expect::Chunk if !ok && tx.data.is_none() => tx.data = Some(r),
             Expect::Final => tx.fin = Some(r),
             _ => {}
         }
@@ -612,10 +688,7 @@ impl Deliverer {
             }
             Expect::Data => {
                 if go && self.any_accepted(seq) {
-                    self.stuffer = DotStuffer::new();
-                    if let Some(tx) = self.tx_mut(seq) {
-                        tx.phase = Phase::Body;
-                    }
+                    self.begin_body(seq);
                 } else if go {
                     // RFC 2920 §3.1: a 354 with no valid recipient gets an empty message.
                     self.command(seq, ".", Expect::EmptyFinal);
@@ -624,7 +697,7 @@ impl Deliverer {
                 }
             }
             Expect::EmptyFinal => self.command(seq, "RSET", Expect::Rset),
-            Expect::Final | Expect::Rset | Expect::Quit => {}
+            Expect::Chunk | Expect::Final | Expect::Rset | Expect::Quit => {}
         }
         if self
             .tx(seq)
@@ -685,21 +758,57 @@ impl Deliverer {
     }
 
     /// Part of the body (unstuffed octets as stored); dot-stuffed into the output.
+    ///
+    /// With CHUNKING the piece is held back and the one before it goes out as `BDAT n`: only at
+    /// [`Deliverer::body_end`] is it known which piece is the last (`BDAT n LAST`).
     pub fn body(&mut self, chunk: &[u8]) {
-        if self.txs.iter().any(|t| t.phase == Phase::Body) {
-            self.stuffer.stuff(chunk, &mut self.out);
-        }
-    }
-
-    /// The body is complete: send the end marker.
-    pub fn body_end(&mut self) {
-        let Some(tx) = self.txs.iter_mut().find(|t| t.phase == Phase::Body) else {
+        let Some(seq) = self.txs.iter().find(|t| t.phase == Phase::Body).map(|t| t.seq) else {
             return;
         };
-        tx.phase = Phase::AwaitFinal;
-        tx.owed += 1;
-        self.expect.push_back((tx.seq, Expect::Final));
-        self.stuffer.finish(&mut self.out);
+        if !self.bdat() {
+            self.stuffer.stuff(chunk, &mut self.out);
+            return;
+        }
+        if chunk.is_empty() {
+            return;
+        }
+        if !self.chunk.is_empty() {
+            let held = std::mem::take(&mut self.chunk);
+            self.send_chunk(seq, &held, false);
+            self.chunk = held;
+            self.chunk.clear();
+        }
+        self.chunk.extend_from_slice(chunk);
+        self.tail = match chunk {
+            [.., a, b] => [*a, *b],
+            [b] => [self.tail[1], *b],
+            [] => self.tail,
+        };
+        self.body_len += chunk.len() as u64;
+    }
+
+    /// The body is complete: send the end marker (or, with CHUNKING, the last chunk). Content
+    /// that does not end in CRLF gets one, as RFC 5321 §4.1.1.4 has the sender add it before
+    /// the final dot; empty content stays empty.
+    pub fn body_end(&mut self) {
+        let Some(seq) = self.txs.iter().find(|t| t.phase == Phase::Body).map(|t| t.seq) else {
+            return;
+        };
+        if self.bdat() {
+            if self.body_len > 0 && self.tail != *b"\r\n" {
+                self.chunk.extend_from_slice(b"\r\n");
+            }
+            let last = std::mem::take(&mut self.chunk);
+            self.send_chunk(seq, &last, true);
+            self.chunk = last;
+            self.chunk.clear();
+        } else {
+            self.stuffer.finish(&mut self.out);
+            self.owe(seq, Expect::Final);
+        }
+        if let Some(tx) = self.tx_mut(seq) {
+            tx.phase = Phase::AwaitFinal;
+        }
     }
 
     /// Nothing to send now, but messages are in flight: read their replies first (one may yet
@@ -850,6 +959,111 @@ mod tests {
         };
         assert!(matches!(&o[..], [RcptOutcome::Delivered(_), RcptOutcome::Failed(r)] if r.code == 550));
         assert_eq!(d.poll(&mut input), DeliverStep::Done);
+    }
+
+    const EHLO_CHUNKING: &str = "250-customer\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n";
+
+    fn finished(d: &mut Deliverer, input: &mut BytesMut) -> Vec<RcptOutcome> {
+        match d.poll(input) {
+            DeliverStep::Finished(o) => o,
+            step => panic!("expected Finished, got {step:?}"),
+        }
+    }
+
+    /// RFC 3030: with CHUNKING and PIPELINING whole transactions go out without waiting for
+    /// any reply: no 354, the body raw (no dot-stuffing) in `BDAT n` chunks, the last one
+    /// marked LAST; every transaction after the first starts with RSET. The replies are then
+    /// paired by counting, each message decided by its own.
+    #[test]
+    fn chunking_sends_whole_transactions_without_waiting() {
+        let mut d = ready(EHLO_CHUNKING);
+        assert!(d.caps().chunking);
+        d.send(msg(&["x@example.org"]));
+        assert_eq!(
+            feed(&mut d, ""),
+            (
+                "MAIL FROM:<alice@sender.example>\r\nRCPT TO:<x@example.org>\r\n".into(),
+                DeliverStep::SendBody
+            )
+        );
+        d.body(b"Subject: x\r\n\r\n.dot\r\n");
+        d.body_end();
+        assert_eq!(
+            feed(&mut d, ""),
+            (
+                "BDAT 20 LAST\r\nSubject: x\r\n\r\n.dot\r\n".into(),
+                DeliverStep::Ready
+            )
+        );
+        d.send(msg(&["y@example.org", "z@example.org"]));
+        assert_eq!(
+            feed(&mut d, ""),
+            (
+                "RSET\r\nMAIL FROM:<alice@sender.example>\r\nRCPT TO:<y@example.org>\r\nRCPT TO:<z@example.org>\r\n".into(),
+                DeliverStep::SendBody
+            )
+        );
+        // In pieces, and without a final CRLF: the last chunk carries it.
+        d.body(b"Subject: y\r");
+        d.body(b"\n\r\nno end");
+        d.body_end();
+        let (out, step) = feed(&mut d, "");
+        assert_eq!(out, "BDAT 11\r\nSubject: y\rBDAT 11 LAST\r\n\n\r\nno end\r\n");
+        assert_eq!(step, DeliverStep::Ready);
+        assert_eq!(d.in_flight(), 2);
+        d.quit();
+        assert_eq!(feed(&mut d, "").0, "QUIT\r\n");
+        let mut input = BytesMut::from(
+            "250 ok\r\n250 ok\r\n250 2.0.0 first\r\n250 reset\r\n250 ok\r\n250 ok\r\n550 5.1.1 no z\r\n250 11 octets\r\n250 2.0.0 second\r\n221 bye\r\n",
+        );
+        assert!(
+            matches!(&finished(&mut d, &mut input)[..], [RcptOutcome::Delivered(r)] if r.lines[0] == "first")
+        );
+        assert!(matches!(
+            &finished(&mut d, &mut input)[..],
+            [RcptOutcome::Delivered(r), RcptOutcome::Failed(f)] if r.lines[0] == "second" && f.code == 550
+        ));
+        assert_eq!(d.poll(&mut input), DeliverStep::Done);
+    }
+
+    /// A refused chunk refuses the message (the first refusal counts, not the LAST's 503);
+    /// recipients refused at RCPT keep their own reply; empty content is `BDAT 0 LAST`.
+    #[test]
+    fn chunk_and_recipient_refusals_decide_under_chunking() {
+        let mut d = ready(EHLO_CHUNKING);
+        d.send(msg(&["x@example.org"]));
+        feed(&mut d, "");
+        d.body(b"a\r\n");
+        d.body(b"b\r\n");
+        d.body_end();
+        assert_eq!(feed(&mut d, "").0, "BDAT 3\r\na\r\nBDAT 3 LAST\r\nb\r\n");
+        d.send(msg(&["y@example.org"]));
+        assert!(feed(&mut d, "").0.ends_with("RCPT TO:<y@example.org>\r\n"));
+        d.body_end();
+        assert_eq!(feed(&mut d, "").0, "BDAT 0 LAST\r\n");
+        d.hold();
+        let mut input = BytesMut::from(
+            "250 ok\r\n250 ok\r\n552 5.3.4 too big\r\n503 5.5.1 failed earlier\r\n250 reset\r\n250 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n",
+        );
+        assert!(matches!(&finished(&mut d, &mut input)[..], [RcptOutcome::Failed(r)] if r.code == 552));
+        assert!(
+            matches!(&finished(&mut d, &mut input)[..], [RcptOutcome::Failed(r)] if r.status.as_deref() == Some("5.1.1"))
+        );
+    }
+
+    /// CHUNKING without PIPELINING: DATA, as before. BDAT's gain is whole transactions on the
+    /// wire at once; in lockstep it would save only the 354.
+    #[test]
+    fn chunking_without_pipelining_keeps_data() {
+        let mut d = ready("250-customer\r\n250 CHUNKING\r\n");
+        d.send(msg(&["x@example.org"]));
+        assert_eq!(feed(&mut d, "").0, "MAIL FROM:<alice@sender.example>\r\n");
+        assert_eq!(feed(&mut d, "250 ok\r\n").0, "RCPT TO:<x@example.org>\r\n");
+        assert_eq!(feed(&mut d, "250 ok\r\n").0, "DATA\r\n");
+        assert_eq!(feed(&mut d, "354 go\r\n").1, DeliverStep::SendBody);
+        d.body(b".hi\r\n");
+        d.body_end();
+        assert_eq!(feed(&mut d, "").0, "..hi\r\n.\r\n");
     }
 
     /// Nothing to send but a message awaits its final reply: `hold` reads it first, so a

@@ -19,7 +19,7 @@
 use super::Shared;
 use crate::net::conn::Conn;
 use bytes::Bytes;
-use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, Wait};
+use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, Wait, MAX_IN_FLIGHT};
 use odmr_proto::envelope::RcptEntry;
 use odmr_store::{Lease, MessageId, Outcome, Pending, PendingRecipient, RecipientState, CHUNK_SIZE};
 use std::collections::{HashMap, VecDeque};
@@ -45,12 +45,13 @@ const RECORD_QUEUE: usize = 64;
 /// transaction of its own, and the store's round trips cost more than the delivery itself.
 const RECORD_GATHER: Duration = Duration::from_millis(10);
 /// Messages delivered and not yet recorded, at most: those queued for the recorder, those it is
-/// writing, the one being handed to it, and the one whose final 250 is on its way (the
-/// customer holds it; we have not read the reply). tests/crash.rs kills the server
-/// mid-delivery and checks this bound (it has its own copy of the figure, as has queue_cli.rs).
-const UNRECORDED_MAX: usize = RECORD_QUEUE + RECORD_BATCH + 2;
+/// writing, the one being handed to it, and those whose final 250 is on its way (the customer
+/// holds them; we have not read the replies): one with DATA, up to [`MAX_IN_FLIGHT`] with BDAT.
+/// tests/crash.rs kills the server mid-delivery and checks this bound (it has its own copy of
+/// the figure, as has queue_cli.rs).
+const UNRECORDED_MAX: usize = RECORD_QUEUE + RECORD_BATCH + 1 + MAX_IN_FLIGHT;
 const _: () = assert!(
-    UNRECORDED_MAX == 130,
+    UNRECORDED_MAX == 137,
     "update the bound in tests/crash.rs and tests/queue_cli.rs"
 );
 
@@ -211,6 +212,7 @@ async fn run(
     // The customer's name for notices, once its greeting is known (the same for every message).
     let mut peer_name: Option<String> = None;
     let (mut delivered, mut deferred, mut failed) = (0u64, 0u64, 0u64);
+    let mut greeted = false;
     loop {
         match d.poll(&mut conn.buf) {
             DeliverStep::NeedInput => {
@@ -235,6 +237,18 @@ async fn run(
                 }
             }
             DeliverStep::Ready => {
+                if !greeted {
+                    greeted = true;
+                    let caps = d.caps();
+                    // How the mail will move; tells an operator why one customer drains faster.
+                    tracing::info!(
+                        customer = d.peer_name().unwrap_or("?"),
+                        pipelining = caps.pipelining,
+                        chunking = caps.chunking,
+                        size = caps.size.unwrap_or(0),
+                        "customer ready for delivery"
+                    );
+                }
                 let next = if lost.load(Ordering::SeqCst) {
                     None
                 } else {

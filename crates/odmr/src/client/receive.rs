@@ -78,6 +78,9 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
                 m.sender_verdict(v);
             }
             ServerStep::CheckRecipient { address, .. } => {
+                if data_is_next(&conn.buf) {
+                    sink.expect_data();
+                }
                 let v = match sink.rcpt(&address, "").await {
                     Ok(()) => RcptVerdict::Accept,
                     Err(r) => {
@@ -133,4 +136,11 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
         sink.reset().await;
     }
     got
+}
+
+/// Whether the provider's next command, already read, is DATA or BDAT: the recipient being
+/// checked is then the transaction's last, and the sink may start its DATA with it.
+fn data_is_next(input: &[u8]) -> bool {
+    let starts = |p: &[u8]| input.len() >= p.len() && input[..p.len()].eq_ignore_ascii_case(p);
+    starts(b"DATA\r\n") || starts(b"BDAT ")
 }

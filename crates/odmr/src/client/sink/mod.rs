@@ -62,6 +62,13 @@ impl Sink {
     pub async fn rcpt(&mut self, to: &str, params: &str) -> Result<(), Reply> {
         each!(self, s => s.rcpt(to, params).await)
     }
+    /// The provider's DATA (or BDAT) is already buffered behind the next RCPT: a sink that can
+    /// ask for both at once does (the relay, with the local MTA's PIPELINING).
+    pub fn expect_data(&mut self) {
+        if let Sink::Relay(r) = self {
+            r.expect_data();
+        }
+    }
     /// DATA is about to start (the provider gets 354 on `Ok`).
     pub async fn data(&mut self) -> Result<(), Reply> {
         each!(self, s => s.data().await)

@@ -409,7 +409,8 @@ fn server_killed_under_inbound_load_keeps_every_acknowledged_message_intact() {
 
 /// The most messages the server can have delivered and not yet recorded: `UNRECORDED_MAX` in
 /// `src/server/deliver.rs` (outcomes queued for its recorder, the batch being written, the
-/// message being handed over, and the one whose final 250 is on its way).
+/// message being handed over, and those whose final 250 is on its way: one with DATA, up to the
+/// transactions in flight with BDAT).
 const UNRECORDED_MAX: usize = 137;
 
 /// Messages delivered before the kill and those still queued after the restart: together they

@@ -1985,9 +1985,15 @@ mod tests {
     #[test]
     fn chunking_is_offered_only_when_configured() {
         let mut s = chunking(1000);
-        let seen = drive(&mut s, b"EHLO c\r\nHELP\r\n", 1 << 20, false);
+        // BINARYMIME is not offered (RFC 3030 §3), and DATA still works (§2).
+        let mut input = b"EHLO c\r\nHELP\r\nMAIL FROM:<a@b.example> BODY=BINARYMIME\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(b"DATA\r\n.x\r\n.\r\n");
+        let seen = drive(&mut s, &input, 1 << 20, false);
         assert!(seen.out.contains("\r\n250-CHUNKING\r\n"), "{}", seen.out);
-        assert!(seen.out.contains(" BDAT"), "{}", seen.out);
+        assert!(seen.out.contains("DATA BDAT RSET"), "{}", seen.out);
+        assert!(seen.out.contains("\r\n555 5.5.4 "), "{}", seen.out);
+        assert_eq!(seen.messages, [b"x\r\n".to_vec()]);
 
         // Without it: no keyword, and BDAT is a command we do not implement, as before.
         let mut s = session(1000);

@@ -40,13 +40,15 @@ MESSAGE = crlf(
     b"body \xc3\xa9",
 )
 
-# data_receiver: flags bits 0-1 max_size, bits 2-3 max_received.
+# data_receiver: flags bits 0-1 max_size, bits 2-3 max_received, bit 4 raw mode (BDAT chunks).
 write("data_receiver", "simple", header(0xF) + MESSAGE + b".\r\nQUIT\r\n")
 write("data_receiver", "chunked", header(0xF, (1, 2, 3, 5, 7, 11, 13)) + MESSAGE + b".\r\n")
 write("data_receiver", "empty", header(3) + b".\r\nMAIL FROM:<>\r\n")
 write("data_receiver", "smuggling", header(3, (4, 1)) + b"a\r\n\n.\n\r\n.\rMAIL FROM:<x@y.z>\r\n.\r\n")
 write("data_receiver", "too_big", header(1) + b"0123456789abcdefXYZ\r\n.\r\n")
 write("data_receiver", "loop", header(3 | 4) + crlf(b"Received: x", b"received: y", b"") + b".\r\n")
+write("data_receiver", "raw", header(0x1F, (1, 2, 3, 5, 7, 11, 13)) + MESSAGE + b".\r\n.\r\nno line end")
+write("data_receiver", "raw_bare", header(0x13, (4, 1)) + b"a\r\n\n.\n\r\n.\rMAIL FROM:<x@y.z>\r")
 
 # dot_roundtrip: flags bit 0 appends a trailer.
 write("dot_roundtrip", "message", header(1, (5, 9)) + MESSAGE)
@@ -64,7 +66,8 @@ SESSION = crlf(
 ) + MESSAGE + crlf(b".", b"QUIT")
 
 # smtp_server: flags bit 0 STARTTLS, 1 check_sender, 2 8BITMIME, 3 SMTPUTF8,
-# bits 4-5 size (64, 1000, 50 MiB, 0), 6 small limits, 7 one message.
+# bits 4-5 size (64, 1000, 50 MiB, 0), 6 small limits, 7 one message; CHUNKING offered unless
+# bits 6 and 7 are both set.
 write("smtp_server", "session", header(0x2C) + SESSION)
 write("smtp_server", "session_chunked", header(0x2C, (3, 17, 1, 64), (0, 2, 0, 0)) + SESSION)
 write(
@@ -79,6 +82,48 @@ write(
     header(0x0C)
     + crlf(b"EHLO c", b"MAIL FROM:<a@b.example> SMTPUTF8", b"RCPT TO:<\xc3\xa9@example.org>", b"DATA")
     + b"bare\nLF\r\n.\r\nMAIL FROM:<a@b.example>\r\n",
+)
+
+def bdat(content, size, last=True):
+    """BDAT commands carrying `content` in chunks of `size` octets."""
+    pieces = [content[i : i + size] for i in range(0, len(content), size)] or [b""]
+    out = b""
+    for i, p in enumerate(pieces):
+        end = b" LAST" if last and i == len(pieces) - 1 else b""
+        out += b"BDAT %d%s\r\n" % (len(p), end) + p
+    return out
+
+
+TX = crlf(MAIL, b"RCPT TO:<bob@example.org>")
+write(
+    "smtp_server",
+    "bdat",
+    header(0x2C, (5, 1, 64, 3))
+    + crlf(EHLO)
+    + TX
+    + bdat(MESSAGE + b".\r\nno line end", 17)
+    + crlf(b"RSET")
+    + TX
+    + bdat(b"", 1)
+    + TX
+    + bdat(b"x\r\n", 2, last=False)
+    + crlf(b"DATA", b"RSET", b"QUIT"),
+)
+write(
+    "smtp_server",
+    "bdat_refused",
+    header(0x1C, decisions=(0, 4, 0, 0, 4))
+    + crlf(EHLO)
+    + bdat(b"MAIL FROM:<e@x.example>\r\n", 100)
+    + crlf(MAIL, b"RCPT TO:<x@elsewhere.example>")
+    + bdat(b"a" * 40, 40, last=False)
+    + bdat(b"b" * 70, 70)
+    + crlf(b"RSET")
+    + TX
+    + bdat(b"bare\nLF\r\n", 4)
+    + TX
+    + bdat(b"a" * 900, 500)
+    + crlf(b"BDAT 12 LAST garbage", b"NOOP"),
 )
 write("smtp_server", "errors", header(0) + b"BOGUS\r\nNOOP\nMAIL FROM:<\r\n" + b"X" * 3000 + b"\r\nQUIT\r\n")
 # In MX mode (check_sender off) AUTH and ETRN are offered; decisions pick AUTH answers and

@@ -3,8 +3,10 @@
 //! Input: the common header, then what the client sends. Flags (octet 0): bit 0 offer STARTTLS,
 //! bit 1 `check_sender` (customer mode), bit 2 `eight_bit_mime`, bit 3 `smtputf8`, bits 4-5 the
 //! message size limit (64, 1000, 50 MiB, 0 = none), bit 6 small recipient and `Received:` limits, bit 7
-//! one message per session. In MX mode (`check_sender` off) AUTH and ETRN are offered, as
-//! `odmr server` does by default. Every decision step is answered from the decision tape (accept
+//! one message per session. CHUNKING (BDAT) is offered, as both drivers do, except when bits 6
+//! and 7 are both set (no octet is left for a flag of its own; those inputs keep BDAT's 502
+//! path, whose chunk octets then arrive as commands). In MX mode (`check_sender` off) AUTH and
+//! ETRN are offered, as `odmr server` does by default. Every decision step is answered from the decision tape (accept
 //! or refuse a sender or recipient, `data_ready` or `data_refused`, `committed` Ok or Err, an
 //! AUTH answer, an ETRN verdict).
 //! STARTTLS is handled as the driver does: handshake (`tls_started`) if no input is buffered,
@@ -19,6 +21,10 @@
 //! - output bounded by what was consumed; the body of one message (including our `Received:`
 //!   header) never exceeds the size limit by more than the header;
 //! - `CheckRecipient` names the domain of the address; `EndData`'s size is within the limit;
+//! - `in_data()` is true exactly while a message is open at the driver (from `data_ready` to
+//!   `EndData`, `AbortData` or `Reset`), whenever the machine asks for input: with BDAT that
+//!   includes the time between chunks, and a refused chunk being skipped opens nothing;
+//! - `Reset` or `AbortData` is how an open message ends without `EndData`; nothing else does;
 //! - `Close` and `StartTls` are final until answered: polling again consumes nothing.
 
 #![no_main]
@@ -59,6 +65,7 @@ fuzz_target!(|data: &[u8]| {
     if flags & 0x80 != 0 {
         cfg.max_messages = 1;
     }
+    cfg.chunking = flags & 0xC0 != 0xC0;
     // 0 is "no fixed maximum" (RFC 1870 §4: the customer's session in front of a local MTA that
     // states none); the body still streams in bounded pieces.
     let max_size = match cfg.max_message_size {
@@ -105,6 +112,11 @@ fuzz_target!(|data: &[u8]| {
                     input.len() < max_buffered,
                     "{} octets buffered after NeedInput",
                     input.len()
+                );
+                assert_eq!(
+                    s.in_data(),
+                    in_message,
+                    "in_data() disagrees with the open message"
                 );
                 if !feed(&mut chunks, &mut input, &mut progress) {
                     // End of stream: the driver asks whether a message was in flight.
@@ -167,7 +179,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(in_message);
                 in_message = false;
             }
-            ServerStep::Reset => {}
+            // RSET or EHLO, also between BDAT chunks with a message open; or a refused first
+            // chunk ended the transaction.
+            ServerStep::Reset => in_message = false,
             ServerStep::Auth(step) => {
                 assert!(
                     mx && s.account().is_none(),

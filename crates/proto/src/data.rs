@@ -31,6 +31,25 @@
 //!   [RFC 5321 §4.5.3.1.6] binds senders; rejecting would only lose mail).
 //! * **`Received:` fields are counted only in the header section** (up to the first empty line),
 //!   as a loop detector [RFC 5321 §6.3]; a `Received:` text in a body is not a trace field.
+//!
+//! **Raw mode** ([`DataReceiver::chunked`]) judges the content of `BDAT` chunks [RFC 3030 §2]:
+//! the octets arrive counted, so there is no dot-stuffing (a dot at a line start is content)
+//! and no end marker. The caller feeds exactly the chunk's octets (everything fed is consumed)
+//! and calls [`DataReceiver::finish`] after the `LAST` chunk. The same rules apply to the
+//! content as with `DATA` (bare CR/LF and NUL refused, size and loop limits), so a message is
+//! judged the same whichever way it came, and the chunking (into BDAT chunks or reads) still
+//! never changes the result.
+//!
+//! * **Content that does not end in CRLF gets one** at `finish` (counted in the size and
+//!   subject to the limit). Through `DATA` every stored message ends in CRLF (RFC 5321
+//!   §4.1.1.4: the sender must add it), and what reads the queue or the customer's sinks
+//!   expects lines: a relay re-sending with `DATA` would add it anyway ([`crate::dot`]), a
+//!   Maildir file without a final line end is not a well-formed message, and a `BDAT` to the
+//!   next hop should carry the same octets as a `DATA` would. Refusing such a message instead
+//!   would lose mail over a missing line end that any DATA sender would have added silently;
+//!   accepting it unchanged would make the stored message depend on how it was sent. Content
+//!   that ends in a CR is different: that CR is bare (no LF can follow any more) and the
+//!   message is refused like any other bare CR.
 
 use bytes::{Buf, BytesMut};
 
@@ -85,14 +104,17 @@ enum State {
     Mid,
     /// A CR inside a line was consumed (and counted as content); an LF now ends the line.
     Cr,
-    /// The end marker was consumed.
+    /// The end marker was consumed (raw mode: `finish` was called).
     Done,
 }
 
-/// Receives one message's `DATA` content; create a new one per message.
+/// Receives one message's `DATA` content (or, [`DataReceiver::chunked`], its `BDAT` chunks);
+/// create a new one per message.
 #[derive(Debug, Clone)]
 pub struct DataReceiver {
     limits: DataLimits,
+    /// Raw mode (BDAT): no dot-stuffing, no end marker; [`DataReceiver::finish`] ends it.
+    raw: bool,
     state: State,
     size: u64,
     eight_bit: bool,
@@ -109,6 +131,7 @@ impl DataReceiver {
     pub fn new(limits: DataLimits) -> Self {
         Self {
             limits,
+            raw: false,
             state: State::LineStart,
             size: 0,
             eight_bit: false,
@@ -120,6 +143,38 @@ impl DataReceiver {
         }
     }
 
+    /// A receiver for the chunks of one `BDAT` message (raw mode, see the module docs): feed it
+    /// exactly the octets of each chunk, then call [`DataReceiver::finish`] after `LAST`.
+    pub fn chunked(limits: DataLimits) -> Self {
+        Self {
+            raw: true,
+            ..Self::new(limits)
+        }
+    }
+
+    /// The end of a raw-mode message (after the `BDAT ... LAST` chunk): content not ending in
+    /// CRLF gets one appended to `out` (and counted), a trailing CR is recorded as bare. The
+    /// verdict is final afterwards and further feeding consumes nothing. In `DATA` mode only
+    /// the end marker ends the data (anything else would open the door to smuggling), so this
+    /// does nothing there.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.raw || self.state == State::Done {
+            return;
+        }
+        match self.state {
+            // Empty content, or it ends with CRLF: complete as it is.
+            State::LineStart => {}
+            // The last octet is a CR no LF can follow any more.
+            State::Cr => self.fail(DataError::BareLineEnd),
+            // An unfinished last line: ended with the CRLF a DATA sender would have added.
+            _ => {
+                self.emit(b"\r\n", out);
+                self.end_of_line();
+            }
+        }
+        self.state = State::Done;
+    }
+
     /// Consume as much of `input` as possible, appending the unstuffed content to `out`.
     ///
     /// Everything up to and including the end marker is consumed; bytes after it stay in `input`
@@ -127,6 +182,9 @@ impl DataReceiver {
     /// to `out`, but the scan for the end marker goes on; `out` then holds an unspecified prefix
     /// of the content (at most `max_size` octets) and is meant to be discarded. After `Done`,
     /// further calls consume nothing and return `Done`.
+    ///
+    /// In raw mode everything is consumed as content and `NeedMore` returned until
+    /// [`DataReceiver::finish`].
     pub fn feed(&mut self, input: &mut BytesMut, out: &mut Vec<u8>) -> DataStatus {
         if self.state == State::Done {
             return DataStatus::Done;
@@ -150,12 +208,13 @@ impl DataReceiver {
         self.eight_bit
     }
 
-    /// Whether the end marker has been consumed.
+    /// Whether the end marker has been consumed (raw mode: whether `finish` was called).
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
 
-    /// The first problem seen, if any. Final once [`DataStatus::Done`] was returned.
+    /// The first problem seen, if any. Final once [`DataStatus::Done`] was returned (raw mode:
+    /// once [`DataReceiver::finish`] was called).
     pub fn verdict(&self) -> Result<(), DataError> {
         match self.error {
             None => Ok(()),
@@ -175,7 +234,7 @@ impl DataReceiver {
             match self.state {
                 State::LineStart => {
                     let Some(&b) = buf.get(i) else { break };
-                    if b == b'.' {
+                    if b == b'.' && !self.raw {
                         self.emit(&buf[span..i], out);
                         i += 1;
                         span = i;
@@ -385,6 +444,62 @@ mod tests {
             assert_eq!(run_cuts(input, &[cut], limits), whole, "split at {cut}");
         }
         whole
+    }
+
+    /// Raw mode (BDAT): feeds `input` split at `cuts` (each piece as one chunk's octets), then
+    /// `finish`.
+    fn run_raw_cuts(input: &[u8], cuts: &[usize], limits: DataLimits) -> Outcome {
+        let mut rx = DataReceiver::chunked(limits);
+        let mut out = Vec::new();
+        let mut prev = 0;
+        let ends = cuts.iter().copied().chain(std::iter::once(input.len()));
+        for end in ends {
+            let end = end.clamp(prev, input.len());
+            let mut piece = BytesMut::from(&input[prev..end]);
+            prev = end;
+            assert_eq!(rx.feed(&mut piece, &mut out), DataStatus::NeedMore);
+            assert!(piece.is_empty(), "raw mode consumes every octet");
+            assert!(!rx.is_done());
+        }
+        rx.finish(&mut out);
+        assert!(rx.is_done());
+        // Finishing or feeding again changes nothing.
+        let (size, verdict, len) = (rx.size(), rx.verdict(), out.len());
+        rx.finish(&mut out);
+        let mut more = BytesMut::from(&b"x\r\n"[..]);
+        assert_eq!(rx.feed(&mut more, &mut out), DataStatus::Done);
+        assert_eq!(more.len(), 3);
+        assert_eq!((rx.size(), rx.verdict(), out.len()), (size, verdict, len));
+        assert!(out.len() as u64 <= limits.max_size);
+        if rx.verdict().is_err() {
+            out.clear();
+        }
+        Outcome {
+            done: true,
+            out,
+            rest: Vec::new(),
+            verdict: rx.verdict(),
+            size: rx.size(),
+            eight_bit: rx.eight_bit(),
+        }
+    }
+
+    /// Raw mode, whole, byte by byte and split at every single point; all must agree.
+    fn run_raw(input: &[u8], limits: DataLimits) -> Outcome {
+        let whole = run_raw_cuts(input, &[], limits);
+        let bytewise: Vec<usize> = (1..input.len()).collect();
+        assert_eq!(run_raw_cuts(input, &bytewise, limits), whole, "byte by byte");
+        for cut in 0..=input.len() {
+            assert_eq!(run_raw_cuts(input, &[cut], limits), whole, "split at {cut}");
+        }
+        whole
+    }
+
+    fn raw_ok(input: &[u8], content: &[u8]) {
+        let o = run_raw(input, BIG);
+        assert_eq!(o.verdict, Ok(()), "{input:?}");
+        assert_eq!(o.out, content, "{input:?}");
+        assert_eq!(o.size, content.len() as u64);
     }
 
     fn ok(input: &[u8], content: &[u8], rest: &[u8]) {
@@ -731,6 +846,98 @@ mod tests {
         assert_eq!(out, &input[..input.len() - 3]);
     }
 
+    #[test]
+    fn raw_dots_are_content_and_nothing_ends_the_data() {
+        raw_ok(b".\r\n", b".\r\n");
+        raw_ok(b"a\r\n.\r\nb\r\n", b"a\r\n.\r\nb\r\n");
+        raw_ok(b"..x\r\n.\r\n.\r\n", b"..x\r\n.\r\n.\r\n");
+        raw_ok(
+            b"Subject: a\r\n\r\n.\r\nMAIL FROM:<e@x.org>\r\n",
+            b"Subject: a\r\n\r\n.\r\nMAIL FROM:<e@x.org>\r\n",
+        );
+    }
+
+    #[test]
+    fn raw_empty_and_crlf_terminated_content_is_kept_as_is() {
+        raw_ok(b"", b"");
+        raw_ok(b"\r\n", b"\r\n");
+        raw_ok(b"Subject: x\r\n\r\nbody\r\n", b"Subject: x\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn raw_unterminated_last_line_gets_a_crlf() {
+        raw_ok(b"a", b"a\r\n");
+        raw_ok(
+            b"Subject: x\r\n\r\nno line end",
+            b"Subject: x\r\n\r\nno line end\r\n",
+        );
+        raw_ok(b".", b".\r\n");
+        // The added CRLF counts towards the limit.
+        let limits = DataLimits {
+            max_size: 3,
+            max_received: 100,
+        };
+        assert_eq!(run_raw(b"a\r\n", limits).verdict, Ok(()));
+        let o = run_raw(b"abc", limits);
+        assert_eq!(o.verdict, Err(DataError::TooBig));
+        assert_eq!(o.size, 5);
+    }
+
+    #[test]
+    fn raw_bare_line_ends_and_nul_are_refused() {
+        for (input, e) in [
+            (&b"a\nb\r\n"[..], DataError::BareLineEnd),
+            (b"a\rb\r\n", DataError::BareLineEnd),
+            (b"a\r", DataError::BareLineEnd),
+            (b"a\n", DataError::BareLineEnd),
+            (b"\r", DataError::BareLineEnd),
+            (b"a\r\n\n.\r\n", DataError::BareLineEnd),
+            (b"a\x00\r\n", DataError::Nul),
+            (b"\x00", DataError::Nul),
+        ] {
+            assert_eq!(run_raw(input, BIG).verdict, Err(e), "{input:?}");
+        }
+        // A trailing CR is counted as content, and no CRLF is added after it.
+        assert_eq!(run_raw(b"ab\r", BIG).size, 3);
+    }
+
+    #[test]
+    fn raw_received_limit_counts_what_is_there() {
+        let limits = DataLimits {
+            max_size: u64::MAX,
+            max_received: 3,
+        };
+        let input = received_msg(4, "Received:");
+        assert_eq!(
+            run_raw(&input, limits).verdict,
+            Err(DataError::TooManyReceived(4))
+        );
+        // No stuffing in raw mode: ".Received:" is not a Received: field.
+        let input = received_msg(4, ".Received:");
+        assert_eq!(run_raw(&input, limits).verdict, Ok(()));
+        // The last header line, without a line end, still counts.
+        let mut input = received_msg(3, "Received:");
+        input.truncate(input.len() - b"Subject: x\r\n\r\n".len());
+        input.extend_from_slice(b"Received: x");
+        assert_eq!(
+            run_raw(&input, limits).verdict,
+            Err(DataError::TooManyReceived(4))
+        );
+    }
+
+    #[test]
+    fn finish_does_nothing_in_data_mode() {
+        let mut rx = DataReceiver::new(BIG);
+        let mut out = Vec::new();
+        let mut buf = BytesMut::from(&b"abc"[..]);
+        rx.feed(&mut buf, &mut out);
+        rx.finish(&mut out);
+        assert!(!rx.is_done());
+        buf.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(rx.feed(&mut buf, &mut out), DataStatus::Done);
+        assert_eq!(out, b"abc\r\n");
+    }
+
     fn cuts_for(len: usize, raw: Vec<usize>) -> Vec<usize> {
         let mut cuts: Vec<usize> = raw.into_iter().map(|c| c % (len + 1)).collect();
         cuts.sort_unstable();
@@ -786,7 +993,75 @@ mod tests {
         Some((consumed, content, ok))
     }
 
+    /// The naive model of raw mode: the content is the input, plus CRLF if it is not empty and
+    /// ends neither in CRLF nor in CR (a trailing CR is bare); lines are what CRLF separates.
+    /// Returns (content, acceptable with these limits).
+    fn model_raw(input: &[u8], limits: DataLimits) -> (Vec<u8>, bool) {
+        let mut content = input.to_vec();
+        if !content.is_empty() && !content.ends_with(b"\r\n") && !content.ends_with(b"\r") {
+            content.extend_from_slice(b"\r\n");
+        }
+        let mut clean = !content.contains(&0);
+        for (p, &b) in content.iter().enumerate() {
+            match b {
+                b'\r' => clean &= content.get(p + 1) == Some(&b'\n'),
+                b'\n' => clean &= p > 0 && content[p - 1] == b'\r',
+                _ => {}
+            }
+        }
+        let mut received = 0;
+        let mut rest = &content[..];
+        while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
+            let line = &rest[..p];
+            if line.is_empty() {
+                break;
+            }
+            received += usize::from(line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"));
+            rest = &rest[p + 2..];
+        }
+        let ok = clean && content.len() as u64 <= limits.max_size && received <= limits.max_received;
+        (content, ok)
+    }
+
     proptest! {
+        /// Raw mode agrees with its naive model on the content, the size and the verdict.
+        #[test]
+        fn raw_agrees_with_the_model(
+            input in smtp_bytes(),
+            raw_cuts in proptest::collection::vec(any::<usize>(), 0..12),
+            max_size in 0u64..300,
+            max_received in 0usize..3,
+        ) {
+            let limits = DataLimits { max_size, max_received };
+            let got = run_raw_cuts(&input, &cuts_for(input.len(), raw_cuts), limits);
+            let (content, ok) = model_raw(&input, limits);
+            prop_assert_eq!(got.size, content.len() as u64);
+            prop_assert_eq!(got.eight_bit, input.iter().any(|&b| b > 0x7f));
+            prop_assert_eq!(got.verdict.is_ok(), ok, "{:?}", got.verdict);
+            if ok {
+                prop_assert_eq!(got.out, content);
+            }
+        }
+
+        /// In raw mode too, however the octets are split (into BDAT chunks, or reads), the
+        /// result is the same.
+        #[test]
+        fn raw_chunking_never_changes_the_result(
+            input in smtp_bytes(),
+            raw_cuts in proptest::collection::vec(any::<usize>(), 0..12),
+            max_size in 0u64..300,
+            max_received in 0usize..3,
+        ) {
+            let limits = DataLimits { max_size, max_received };
+            let whole = run_raw_cuts(&input, &[], limits);
+            let cuts = cuts_for(input.len(), raw_cuts);
+            prop_assert_eq!(run_raw_cuts(&input, &cuts, limits), whole.clone());
+            prop_assert!(whole.out.len() as u64 <= max_size);
+            if whole.verdict.is_ok() {
+                prop_assert_eq!(whole.size, whole.out.len() as u64);
+            }
+        }
+
         /// The state machine agrees with the naive model on where the data ends, on the
         /// content and size, and on whether the message is acceptable.
         #[test]

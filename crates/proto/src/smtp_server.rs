@@ -27,6 +27,32 @@
 //! - **ETRN is decided by the driver and never inside a transaction** (RFC 1985 §5): with
 //!   `etrn` set, a well-formed `ETRN [@]node` becomes [`ServerStep::Etrn`]; the reply is one
 //!   line, from [`SmtpServer::etrn_verdict`], and the queue run starts only after it.
+//!
+//! CHUNKING (RFC 3030), with [`ServerConfig::chunking`]:
+//! - **`BDAT n [LAST]` is followed by exactly `n` octets, and they are always read before the
+//!   reply**, whether the chunk is taken or refused (RFC 3030 §2: a refused chunk is read and
+//!   discarded). Chunk octets are never parsed as commands: that keeps the session in sync with
+//!   a pipelining client, and is what stops smuggling through BDAT. A BDAT whose size cannot be
+//!   parsed therefore closes the session (501, then [`ServerStep::Close`]): where its chunk
+//!   ends is unknown, so nothing after it can be trusted to be a command.
+//! - **A BDAT message is the same message as by DATA for the driver**: the first chunk brings
+//!   [`ServerStep::StartData`] (no 354 is written), the octets leave as [`ServerStep::Body`]
+//!   pieces of at most [`BODY_CHUNK`] after our `Received:` header, and `BDAT ... LAST` ends it
+//!   with [`ServerStep::EndData`] — so the 250 for it, too, waits for
+//!   [`SmtpServer::committed`]. The content is judged as DATA content (raw mode of
+//!   [`crate::data`]: dots are content; bare CR/LF, NUL, loops and size get the same replies
+//!   at LAST); a last line without CRLF gets one (see [`crate::data`] for why).
+//! - **A chunk is answered on its own** (`250 2.0.0 <n> octets received`, after its octets
+//!   were read); only the LAST chunk's reply means the message was accepted.
+//! - **A refused chunk ends the transaction** (RFC 3030 §2: the client must consider it failed
+//!   and send no more chunks): the driver is told ([`ServerStep::AbortData`] if a message was
+//!   open, else [`ServerStep::Reset`]), and BDATs still in flight are read, discarded and
+//!   answered `503` until RSET, EHLO/HELO or MAIL. A chunk that would take the message over
+//!   the size limit is refused with `552` at that chunk, before a byte of it is stored: the
+//!   client learns it early, and memory stays bounded.
+//! - **DATA after BDAT in a transaction gets `503`** (RFC 3030 §2); RSET, EHLO/HELO or QUIT
+//!   between chunks abandon the message ([`ServerStep::Reset`], or the driver finds
+//!   [`SmtpServer::in_data`] true at the end of the session).
 
 use crate::atrn::{parse_domain, quote};
 use crate::auth::{AuthAnswer, AuthConfig, AuthEvent, AuthResult, AuthServer, AuthStep, MAX_AUTH_LINE};
@@ -37,7 +63,7 @@ use crate::envelope::{
 };
 use crate::line::{split_verb, Line, LineReader};
 use crate::reply::Reply;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use std::borrow::Cow;
 
 /// Command lines up to this length are accepted: 512 (RFC 5321) plus the extensions we offer and
@@ -74,6 +100,9 @@ pub struct ServerConfig {
     pub dsn: bool,
     /// Offer ETRN (RFC 1985) and pass each request to the driver ([`ServerStep::Etrn`]).
     pub etrn: bool,
+    /// Offer CHUNKING (RFC 3030) and take messages by `BDAT`. Without it BDAT gets 502 like
+    /// any command we do not implement.
+    pub chunking: bool,
 }
 
 impl ServerConfig {
@@ -91,6 +120,7 @@ impl ServerConfig {
             max_messages: 10_000,
             dsn: true,
             etrn: false,
+            chunking: false,
         }
     }
 }
@@ -112,17 +142,19 @@ pub enum ServerStep {
     CheckSender { from: String, params: String },
     /// Decide whether `address` is hosted here; answer with [`SmtpServer::recipient_verdict`].
     CheckRecipient { address: String, domain: String },
-    /// The client sent DATA for this envelope: open a store writer, then call
-    /// [`SmtpServer::data_ready`] (or [`SmtpServer::data_refused`]).
+    /// The client sent DATA (or its first BDAT) for this envelope: open a store writer, then
+    /// call [`SmtpServer::data_ready`] (or [`SmtpServer::data_refused`]).
     StartData(MailEnvelope),
     /// Append these octets to the open message.
     Body(Vec<u8>),
     /// The body is complete and valid: commit it durably, then call [`SmtpServer::committed`].
     EndData { size: u64, eight_bit: bool },
-    /// The body was refused (the reply is already queued): discard the open message.
+    /// The body was refused, or a BDAT chunk of it (the reply is queued, or follows once the
+    /// chunk was read): discard the open message.
     AbortData,
-    /// The client abandoned an open transaction (RSET, or EHLO/HELO again): reset whatever the
-    /// driver opened for it. No answer is needed.
+    /// The client abandoned an open transaction (RSET, or EHLO/HELO again), or a refused BDAT
+    /// chunk ended it before a message was opened: reset whatever the driver opened for it
+    /// (with BDAT that can be a message: a store writer to abort). No answer is needed.
     Reset,
     /// The 220 to STARTTLS is in the output: flush it, check that no input is buffered (else
     /// close), run the TLS handshake, then call [`SmtpServer::tls_started`].
@@ -178,8 +210,19 @@ enum State {
         address: String,
         params: String,
     },
-    AwaitDataStart,
+    /// Waiting for `data_ready`/`data_refused`; `chunk` is the first BDAT's chunk when the
+    /// message comes by BDAT (then there is no 354, and the chunk is read next).
+    AwaitDataStart {
+        chunk: Option<Chunk>,
+    },
     Data,
+    /// Reading the octets of a BDAT chunk into the open message.
+    Chunk(Chunk),
+    /// Reading and dropping the octets of a refused BDAT chunk; `reply` is given after them.
+    Discard {
+        remaining: u64,
+        reply: Reply,
+    },
     AwaitCommit,
     /// Waiting for the driver's answer to an AUTH lookup.
     AwaitAuth,
@@ -190,6 +233,61 @@ enum State {
     /// Waiting for the driver's TLS handshake.
     Tls,
     Closed,
+}
+
+/// A BDAT chunk being read: its declared size, the octets still to come, and whether it ends
+/// the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chunk {
+    size: u64,
+    remaining: u64,
+    last: bool,
+}
+
+/// Where the current transaction stands with BDAT (RFC 3030).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunking {
+    /// No BDAT in this transaction: DATA is still possible.
+    Idle,
+    /// A message is open and takes chunks (`data` holds its raw-mode receiver).
+    Open,
+    /// A chunk was refused, which ended the transaction: BDATs already in flight are read,
+    /// discarded and answered 503 until RSET, EHLO/HELO or MAIL start afresh.
+    Failed,
+}
+
+/// Why the arguments of a BDAT command cannot be used (`chunk-size [SP "LAST"]`, RFC 3030 §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BdatSyntaxError {
+    #[error("chunk size missing")]
+    MissingSize,
+    #[error("chunk size is not a decimal number of octets that fits 64 bits")]
+    BadSize,
+    #[error("only LAST may follow the chunk size")]
+    BadEndMarker,
+}
+
+/// Parses the arguments of BDAT: the chunk size, and whether `LAST` (any case) follows.
+pub fn parse_bdat(args: &[u8]) -> Result<(u64, bool), BdatSyntaxError> {
+    let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let size = words.next().ok_or(BdatSyntaxError::MissingSize)?;
+    // `1*DIGIT`: no sign, no spaces, which `u64::from_str` alone would not all refuse.
+    if !size.iter().all(u8::is_ascii_digit) {
+        return Err(BdatSyntaxError::BadSize);
+    }
+    let size = std::str::from_utf8(size)
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+        .ok_or(BdatSyntaxError::BadSize)?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case(b"LAST") => true,
+        Some(_) => return Err(BdatSyntaxError::BadEndMarker),
+    };
+    if words.next().is_some() {
+        return Err(BdatSyntaxError::BadEndMarker);
+    }
+    Ok((size, last))
 }
 
 pub struct SmtpServer {
@@ -203,6 +301,7 @@ pub struct SmtpServer {
     mail: Option<(String, String)>,
     rcpts: Vec<RcptEntry>,
     data: Option<DataReceiver>,
+    chunking: Chunking,
     body: Vec<u8>,
     errors: usize,
     messages: u64,
@@ -223,6 +322,7 @@ impl SmtpServer {
             mail: None,
             rcpts: Vec::new(),
             data: None,
+            chunking: Chunking::Idle,
             body: Vec::new(),
             errors: 0,
             messages: 0,
@@ -305,12 +405,13 @@ impl SmtpServer {
     }
 
     /// The peer closed the connection or it timed out: `true` if a message was in flight
-    /// (the driver must then discard it).
+    /// (the driver must then discard it). With BDAT that includes the time between chunks,
+    /// when the machine reads commands but the message is open.
     pub fn in_data(&self) -> bool {
         matches!(
             self.state,
-            State::Data | State::AwaitCommit | State::AwaitDataStart
-        )
+            State::Data | State::AwaitCommit | State::AwaitDataStart { .. } | State::Chunk(_)
+        ) || self.chunking == Chunking::Open
     }
 
     fn reply(&mut self, r: Reply) {
@@ -326,6 +427,7 @@ impl SmtpServer {
         self.mail = None;
         self.rcpts.clear();
         self.data = None;
+        self.chunking = Chunking::Idle;
         self.body.clear();
     }
 
@@ -340,7 +442,7 @@ impl SmtpServer {
                 State::Tls => return ServerStep::StartTls,
                 State::AwaitSender { .. }
                 | State::AwaitRcpt { .. }
-                | State::AwaitDataStart
+                | State::AwaitDataStart { .. }
                 | State::AwaitCommit
                 | State::AwaitAuth
                 | State::AwaitEtrn { .. } => {
@@ -349,6 +451,16 @@ impl SmtpServer {
                     return ServerStep::NeedInput;
                 }
                 State::Data => return self.poll_data(input),
+                State::Chunk(c) => match self.poll_chunk(c, input) {
+                    Some(step) => return step,
+                    None => continue,
+                },
+                State::Discard { .. } => {
+                    if !self.discard_chunk(input) {
+                        return ServerStep::NeedInput;
+                    }
+                    continue;
+                }
                 State::Command => {}
             }
             let auth_errors = self.auth.as_ref().map_or(0, AuthServer::errors);
@@ -394,7 +506,8 @@ impl SmtpServer {
                 match step {
                     ServerStep::Close => self.state = State::Closed,
                     ServerStep::StartTls => self.state = State::Tls,
-                    ServerStep::Reset => {}
+                    // Notices: the machine goes on by itself (a refused chunk is read next).
+                    ServerStep::Reset | ServerStep::AbortData => {}
                     _ => self.pending = Some(step.clone()),
                 }
                 return step;
@@ -437,6 +550,9 @@ impl SmtpServer {
                     if self.cfg.smtputf8 {
                         lines.push("SMTPUTF8".into());
                     }
+                    if self.cfg.chunking {
+                        lines.push("CHUNKING".into());
+                    }
                     if self.cfg.starttls && !self.tls && self.account().is_none() {
                         lines.push("STARTTLS".into());
                     }
@@ -458,16 +574,24 @@ impl SmtpServer {
             }
             "MAIL" => return self.mail(line),
             "RCPT" => return self.rcpt(line),
+            "BDAT" if self.cfg.chunking => return self.bdat(args),
             "DATA" => {
                 if has_args {
                     self.reply(Reply::new(501, "5.5.4", "DATA takes no arguments"));
+                } else if self.chunking != Chunking::Idle {
+                    // RFC 3030 §2. An open BDAT message stays open: the client must RSET.
+                    self.reply(Reply::new(
+                        503,
+                        "5.5.1",
+                        "DATA is not allowed after BDAT in the same transaction",
+                    ));
                 } else if self.mail.is_none() {
                     self.reply(Reply::new(503, "5.5.1", "Need MAIL command first"));
                 } else if self.rcpts.is_empty() {
                     self.reply(Reply::new(554, "5.5.1", "No valid recipients"));
                 } else {
                     let (from, params) = self.mail.clone().unwrap_or_default();
-                    self.state = State::AwaitDataStart;
+                    self.state = State::AwaitDataStart { chunk: None };
                     return Some(ServerStep::StartData(MailEnvelope {
                         mail_from: from,
                         mail_params: params,
@@ -493,7 +617,8 @@ impl SmtpServer {
                 return Some(ServerStep::Close);
             }
             "HELP" => {
-                let mut text = String::from("Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY");
+                let bdat = if self.cfg.chunking { " BDAT" } else { "" };
+                let mut text = format!("Commands: EHLO HELO MAIL RCPT DATA{bdat} RSET NOOP QUIT HELP VRFY");
                 if self.auth.is_some() {
                     text.push_str(" AUTH");
                 }
@@ -548,6 +673,10 @@ impl SmtpServer {
                 }
             }
             "ETRN" if self.cfg.etrn => return self.etrn(args),
+            // BDAT without CHUNKING offered: a client that sends it anyway also sends its chunk,
+            // whose octets then come as commands. They are refused one by one like any bad
+            // command (and count towards `max_errors`); a size we never offered to honour is not
+            // a reason to start reading data.
             "EXPN" | "TURN" | "ATRN" | "ETRN" | "AUTH" | "STARTTLS" | "BDAT" => self.reply(Reply::new(
                 502,
                 "5.5.1",
@@ -687,6 +816,8 @@ impl SmtpServer {
             self.reply(Reply::new(503, "5.5.1", "Nested MAIL command"));
             return None;
         }
+        // A new transaction: BDATs of a failed one are no longer expected.
+        self.chunking = Chunking::Idle;
         if self.messages >= self.cfg.max_messages {
             let host = self.cfg.hostname.clone();
             self.reply(Reply::new(
@@ -856,32 +987,206 @@ impl SmtpServer {
     /// The driver opened the store writer. `date` is the RFC 5322 date for the `Received:`
     /// header (time is passed in; the machine has no clock).
     pub fn data_ready(&mut self, date: &str) {
-        if self.state != State::AwaitDataStart {
+        let State::AwaitDataStart { chunk } = self.state else {
             return;
-        }
+        };
         self.pending = None;
-        self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
-        self.data = Some(DataReceiver::new(DataLimits {
+        let limits = DataLimits {
             max_size: match self.cfg.max_message_size {
                 0 => u64::MAX,
                 max => max,
             },
             max_received: self.cfg.max_received,
-        }));
+        };
         self.body.clear();
         self.body.extend_from_slice(self.received_header(date).as_bytes());
-        self.state = State::Data;
+        match chunk {
+            None => {
+                self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+                self.data = Some(DataReceiver::new(limits));
+                self.state = State::Data;
+            }
+            // BDAT has no 354: its chunk is on its way already.
+            Some(c) => {
+                self.data = Some(DataReceiver::chunked(limits));
+                self.chunking = Chunking::Open;
+                self.state = State::Chunk(c);
+            }
+        }
     }
 
-    /// The driver could not open a message (e.g. the store is unavailable).
+    /// The driver could not open a message (e.g. the store is unavailable). For a BDAT the
+    /// reply follows once the chunk has been read (and dropped).
     pub fn data_refused(&mut self, reply: Reply) {
-        if self.state != State::AwaitDataStart {
+        let State::AwaitDataStart { chunk } = self.state else {
             return;
-        }
+        };
         self.pending = None;
-        self.reply(reply);
         self.reset_tx();
-        self.state = State::Command;
+        match chunk {
+            None => {
+                self.reply(reply);
+                self.state = State::Command;
+            }
+            Some(c) => {
+                self.chunking = Chunking::Failed;
+                self.state = State::Discard {
+                    remaining: c.remaining,
+                    reply,
+                };
+            }
+        }
+    }
+
+    /// `BDAT size [LAST]` (RFC 3030 §2), with CHUNKING offered.
+    fn bdat(&mut self, args: &[u8]) -> Option<ServerStep> {
+        let (size, last) = match parse_bdat(args) {
+            Ok(v) => v,
+            Err(e) => {
+                // Not knowing the size, we cannot skip the chunk; reading on would take its
+                // octets for commands, and a message's content must never become commands (SMTP
+                // smuggling). So the session ends here.
+                self.reply(Reply::new(
+                    501,
+                    "5.5.4",
+                    format!("Syntax: BDAT chunk-size [LAST]: {e}; closing the session"),
+                ));
+                return Some(ServerStep::Close);
+            }
+        };
+        // Every refusal below is given only after the chunk was read and dropped (RFC 3030 §2).
+        if self.chunking == Chunking::Failed {
+            let reply = Reply::new(503, "5.5.1", "A chunk of this transaction was refused; send RSET");
+            self.state = State::Discard {
+                remaining: size,
+                reply,
+            };
+            return None;
+        }
+        if self.mail.is_none() {
+            let reply = Reply::new(503, "5.5.1", "Need MAIL command first");
+            self.state = State::Discard {
+                remaining: size,
+                reply,
+            };
+            return None;
+        }
+        let open = self.chunking == Chunking::Open;
+        if !open && self.rcpts.is_empty() {
+            return Some(self.refuse_chunk(size, Reply::new(554, "5.5.1", "No valid recipients")));
+        }
+        // In raw mode the receiver's size is exactly the chunk octets taken so far.
+        let so_far = self.data.as_ref().map_or(0, DataReceiver::size);
+        let max = self.cfg.max_message_size;
+        if max > 0 && so_far.saturating_add(size) > max {
+            return Some(self.refuse_chunk(size, self.too_big()));
+        }
+        let chunk = Chunk {
+            size,
+            remaining: size,
+            last,
+        };
+        if open {
+            self.state = State::Chunk(chunk);
+            return None;
+        }
+        let (from, params) = self.mail.clone().unwrap_or_default();
+        self.state = State::AwaitDataStart { chunk: Some(chunk) };
+        Some(ServerStep::StartData(MailEnvelope {
+            mail_from: from,
+            mail_params: params,
+            recipients: self.rcpts.clone(),
+        }))
+    }
+
+    /// Refuses the BDAT chunk of `size` octets that comes next, which ends the transaction:
+    /// the chunk is read and dropped, then `reply` is given. Returns the step that tells the
+    /// driver.
+    fn refuse_chunk(&mut self, size: u64, reply: Reply) -> ServerStep {
+        let step = if self.chunking == Chunking::Open {
+            ServerStep::AbortData
+        } else {
+            ServerStep::Reset
+        };
+        self.reset_tx();
+        self.chunking = Chunking::Failed;
+        self.state = State::Discard {
+            remaining: size,
+            reply,
+        };
+        step
+    }
+
+    /// Reads and drops the octets of a refused chunk, then queues its reply. `false` while
+    /// octets of it are still to come.
+    fn discard_chunk(&mut self, input: &mut BytesMut) -> bool {
+        let State::Discard { remaining, .. } = &mut self.state else {
+            return true;
+        };
+        let n = (*remaining).min(input.len() as u64);
+        input.advance(n as usize); // n <= input.len()
+        *remaining -= n;
+        if *remaining > 0 {
+            return false;
+        }
+        if let State::Discard { reply, .. } = std::mem::replace(&mut self.state, State::Command) {
+            self.reply(reply);
+        }
+        true
+    }
+
+    /// Reads the octets of chunk `c` into the open message. `None` once a non-last chunk is in
+    /// and answered (commands follow); otherwise the step for the driver.
+    fn poll_chunk(&mut self, mut c: Chunk, input: &mut BytesMut) -> Option<ServerStep> {
+        loop {
+            if self.body.len() >= BODY_CHUNK {
+                return Some(ServerStep::Body(std::mem::take(&mut self.body)));
+            }
+            let Some(rx) = self.data.as_mut() else {
+                // Unreachable: a chunk is read only into an open message.
+                self.state = State::Command;
+                return None;
+            };
+            if c.remaining > 0 {
+                if input.is_empty() {
+                    return Some(if self.body.is_empty() {
+                        ServerStep::NeedInput
+                    } else {
+                        ServerStep::Body(std::mem::take(&mut self.body))
+                    });
+                }
+                // Never past the chunk (what follows is the next command), and never more than
+                // fills the current Body piece.
+                let room = BODY_CHUNK - self.body.len();
+                let n = usize::try_from(c.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len())
+                    .min(room);
+                let mut octets = input.split_to(n);
+                rx.feed(&mut octets, &mut self.body);
+                c.remaining -= n as u64;
+                self.state = State::Chunk(c);
+                continue;
+            }
+            if !c.last {
+                self.state = State::Command;
+                self.reply(Reply::new(250, "2.0.0", format!("{} octets received", c.size)));
+                return None;
+            }
+            if !rx.is_done() {
+                // Hand over what is buffered first, so the CRLF `finish` may add never takes a
+                // Body piece over BODY_CHUNK.
+                if !self.body.is_empty() {
+                    return Some(ServerStep::Body(std::mem::take(&mut self.body)));
+                }
+                rx.finish(&mut self.body);
+                continue;
+            }
+            if !self.body.is_empty() {
+                return Some(ServerStep::Body(std::mem::take(&mut self.body)));
+            }
+            return Some(self.end_message());
+        }
     }
 
     fn received_header(&self, date: &str) -> String {
@@ -930,47 +1235,61 @@ impl SmtpServer {
                     // with nothing more to add.
                     return ServerStep::Body(std::mem::take(&mut self.body));
                 }
-                let (size, eight_bit, verdict) = (rx.size(), rx.eight_bit(), rx.verdict());
-                self.data = None;
-                match verdict {
-                    Ok(()) => {
-                        self.state = State::AwaitCommit;
-                        let step = ServerStep::EndData { size, eight_bit };
-                        self.pending = Some(step.clone());
-                        step
-                    }
-                    Err(e) => {
-                        let r = match e {
-                            DataError::TooBig => Reply::new(
-                                552,
-                                "5.3.4",
-                                format!(
-                                    "Message size exceeds the limit of {} octets",
-                                    self.cfg.max_message_size
-                                ),
-                            ),
-                            DataError::BareLineEnd => Reply::new(
-                                554,
-                                "5.6.0",
-                                "Message refused: bare CR or LF; lines must end with CRLF",
-                            ),
-                            DataError::Nul => {
-                                Reply::new(554, "5.6.0", "Message refused: NUL octets are not allowed")
-                            }
-                            DataError::TooManyReceived(n) => Reply::new(
-                                554,
-                                "5.4.6",
-                                format!("Mail loop: too many Received headers ({n})"),
-                            ),
-                        };
-                        self.reply(r);
-                        self.reset_tx();
-                        self.state = State::Command;
-                        ServerStep::AbortData
-                    }
-                }
+                self.end_message()
             }
         }
+    }
+
+    /// The whole message is in (final dot, or the LAST chunk) and handed over: ask for the
+    /// commit, or refuse it by its content.
+    fn end_message(&mut self) -> ServerStep {
+        let Some(rx) = self.data.take() else {
+            // Unreachable: only an open message ends.
+            self.state = State::Command;
+            return ServerStep::NeedInput;
+        };
+        match rx.verdict() {
+            Ok(()) => {
+                self.state = State::AwaitCommit;
+                let step = ServerStep::EndData {
+                    size: rx.size(),
+                    eight_bit: rx.eight_bit(),
+                };
+                self.pending = Some(step.clone());
+                step
+            }
+            Err(e) => {
+                let r = match e {
+                    DataError::TooBig => self.too_big(),
+                    DataError::BareLineEnd => Reply::new(
+                        554,
+                        "5.6.0",
+                        "Message refused: bare CR or LF; lines must end with CRLF",
+                    ),
+                    DataError::Nul => Reply::new(554, "5.6.0", "Message refused: NUL octets are not allowed"),
+                    DataError::TooManyReceived(n) => Reply::new(
+                        554,
+                        "5.4.6",
+                        format!("Mail loop: too many Received headers ({n})"),
+                    ),
+                };
+                self.reply(r);
+                self.reset_tx();
+                self.state = State::Command;
+                ServerStep::AbortData
+            }
+        }
+    }
+
+    fn too_big(&self) -> Reply {
+        Reply::new(
+            552,
+            "5.3.4",
+            format!(
+                "Message size exceeds the limit of {} octets",
+                self.cfg.max_message_size
+            ),
+        )
     }
 
     /// The driver's answer to [`ServerStep::EndData`]: `Ok(text)` for the 250 once the message
@@ -1529,5 +1848,582 @@ mod tests {
             out.ends_with("503 5.5.1 STARTTLS is not allowed after AUTH\r\n"),
             "{out}"
         );
+    }
+
+    // --- CHUNKING / BDAT (RFC 3030) ---
+
+    /// A session offering CHUNKING, size limit `max` (0: none), greeting already taken.
+    fn chunking(max: u64) -> SmtpServer {
+        let mut cfg = ServerConfig::new("mx.example.net");
+        cfg.max_message_size = max;
+        cfg.chunking = true;
+        let mut s = SmtpServer::new(
+            cfg,
+            PeerInfo {
+                ip: "192.0.2.1".into(),
+                session: "b".into(),
+            },
+        );
+        s.output().clear();
+        s
+    }
+
+    /// What a driver saw: the output, the steps other than `Body`, the messages committed, the
+    /// body octets streamed (committed or not) and the largest `Body` piece.
+    #[derive(Debug, Default, Clone, PartialEq, Eq)]
+    struct Seen {
+        out: String,
+        steps: Vec<&'static str>,
+        messages: Vec<Vec<u8>>,
+        streamed: Vec<u8>,
+        biggest: usize,
+    }
+
+    /// A driver as the MX's: recipients at `refused.example` are not hosted, everything else is
+    /// accepted; messages are opened (unless `refuse_open`) and committed. Feeds `input` in
+    /// reads of `read` octets, polling until the machine wants more; stops at `Close`.
+    fn drive(s: &mut SmtpServer, input: &[u8], read: usize, refuse_open: bool) -> Seen {
+        let mut seen = Seen::default();
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut open = false;
+        let mut reads = input.chunks(read.max(1));
+        loop {
+            let step = s.poll(&mut buf);
+            seen.out
+                .push_str(&String::from_utf8_lossy(&std::mem::take(s.output())));
+            match step {
+                ServerStep::NeedInput => match reads.next() {
+                    Some(r) => buf.extend_from_slice(r),
+                    None => break,
+                },
+                ServerStep::CheckRecipient { domain, .. } => {
+                    s.recipient_verdict(if domain == "refused.example" {
+                        RcptVerdict::NotHosted
+                    } else {
+                        RcptVerdict::Accept
+                    })
+                }
+                ServerStep::StartData(_) => {
+                    seen.steps.push("StartData");
+                    assert!(!open);
+                    if refuse_open {
+                        s.data_refused(Reply::new(451, "4.3.0", "store unavailable"));
+                    } else {
+                        open = true;
+                        s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000");
+                    }
+                }
+                ServerStep::Body(b) => {
+                    assert!(open, "Body outside a message");
+                    assert!(!b.is_empty());
+                    seen.biggest = seen.biggest.max(b.len());
+                    seen.streamed.extend_from_slice(&b);
+                    body.extend_from_slice(&b);
+                }
+                ServerStep::EndData { size, .. } => {
+                    seen.steps.push("EndData");
+                    assert!(open);
+                    open = false;
+                    let header_end = body.windows(2).position(|w| w == b";\r").unwrap();
+                    // Our Received: header: two more lines after its "for" clause.
+                    let content_start =
+                        header_end + body[header_end..].windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+                    let content_start = content_start
+                        + body[content_start..]
+                            .windows(2)
+                            .position(|w| w == b"\r\n")
+                            .unwrap()
+                        + 2;
+                    assert!(body.starts_with(b"Received: from c ([192.0.2.1])"));
+                    assert_eq!(
+                        size,
+                        (body.len() - content_start) as u64,
+                        "EndData size is the content's"
+                    );
+                    seen.messages.push(body.split_off(content_start));
+                    body.clear();
+                    s.committed(Ok(format!("OK queued as {}", seen.messages.len())));
+                }
+                ServerStep::AbortData => {
+                    seen.steps.push("AbortData");
+                    assert!(open);
+                    open = false;
+                    body.clear();
+                }
+                ServerStep::Reset => {
+                    seen.steps.push("Reset");
+                    open = false;
+                    body.clear();
+                }
+                ServerStep::Close => {
+                    seen.steps.push("Close");
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        seen.out
+            .push_str(&String::from_utf8_lossy(&std::mem::take(s.output())));
+        seen
+    }
+
+    /// The replies of `seen`, one per line.
+    fn replies(seen: &Seen) -> Vec<&str> {
+        seen.out.lines().collect()
+    }
+
+    /// `BDAT n LAST` with `content`, n its length.
+    fn bdat_last(content: &[u8]) -> Vec<u8> {
+        let mut v = format!("BDAT {} LAST\r\n", content.len()).into_bytes();
+        v.extend_from_slice(content);
+        v
+    }
+
+    const TX: &[u8] = b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@example.org>\r\n";
+
+    #[test]
+    fn chunking_is_offered_only_when_configured() {
+        let mut s = chunking(1000);
+        // BINARYMIME is not offered (RFC 3030 §3), and DATA still works (§2).
+        let mut input = b"EHLO c\r\nHELP\r\nMAIL FROM:<a@b.example> BODY=BINARYMIME\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(b"DATA\r\n.x\r\n.\r\n");
+        let seen = drive(&mut s, &input, 1 << 20, false);
+        assert!(seen.out.contains("\r\n250-CHUNKING\r\n"), "{}", seen.out);
+        assert!(seen.out.contains("DATA BDAT RSET"), "{}", seen.out);
+        assert!(seen.out.contains("\r\n555 5.5.4 "), "{}", seen.out);
+        assert_eq!(seen.messages, [b"x\r\n".to_vec()]);
+
+        // Without it: no keyword, and BDAT is a command we do not implement, as before.
+        let mut s = session(1000);
+        s.output().clear();
+        let mut input = b"EHLO c\r\nHELP\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(b"BDAT 3 LAST\r\n");
+        let seen = drive(&mut s, &input, 1 << 20, false);
+        assert!(!seen.out.contains("CHUNKING"), "{}", seen.out);
+        let help = seen.out.lines().find(|l| l.starts_with("214 ")).unwrap();
+        assert!(!help.contains("BDAT"), "{help}");
+        assert!(
+            seen.out
+                .ends_with("502 5.5.1 BDAT not implemented on this listener\r\n"),
+            "{}",
+            seen.out
+        );
+    }
+
+    #[test]
+    fn two_pipelined_bdat_messages_in_one_write() {
+        let one = b"Subject: one\r\n\r\n.\r\nMAIL FROM:<evil@x.example>\r\n.\r\n".to_vec();
+        let two = b"Subject: two\r\n\r\n..two dots stay two\r\n".to_vec();
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(&bdat_last(&one));
+        input.extend_from_slice(b"RSET\r\n");
+        input.extend_from_slice(TX);
+        input.extend_from_slice(&bdat_last(&two));
+        input.extend_from_slice(b"QUIT\r\n");
+        let whole = drive(&mut chunking(1000), &input, input.len(), false);
+        assert_eq!(whole.messages, [one, two]);
+        assert_eq!(
+            whole.steps,
+            ["StartData", "EndData", "StartData", "EndData", "Close"]
+        );
+        let r = replies(&whole);
+        assert!(r[0].starts_with("250-mx.example.net greets c"), "{r:?}");
+        let after_ehlo: Vec<&str> = r
+            .iter()
+            .copied()
+            .skip_while(|l| l.starts_with("250-"))
+            .skip(1)
+            .collect();
+        assert_eq!(
+            after_ehlo,
+            [
+                "250 2.1.0 Sender OK",
+                "250 2.1.5 Recipient OK",
+                "250 2.0.0 OK queued as 1",
+                "250 2.0.0 OK",
+                "250 2.1.0 Sender OK",
+                "250 2.1.5 Recipient OK",
+                "250 2.0.0 OK queued as 2",
+                "221 2.0.0 mx.example.net closing connection",
+            ]
+        );
+        // However the client's octets arrive, the outcome is the same.
+        for read in [1, 2, 3, 7, 64] {
+            let seen = drive(&mut chunking(1000), &input, read, false);
+            assert_eq!(
+                Seen { biggest: 0, ..seen },
+                Seen {
+                    biggest: 0,
+                    ..whole.clone()
+                },
+                "reads of {read}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_message_in_several_chunks_is_kept_verbatim() {
+        // Chunks cut inside a CRLF and right before a line-start dot.
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(b"BDAT 13\r\nSubject: x\r\n\r");
+        input.extend_from_slice(b"BDAT 0\r\n");
+        input.extend_from_slice(b"bdat 3\r\n\n.\r");
+        input.extend_from_slice(b"BDAT 10 last\r\n\n.a\r\nend\r\n");
+        input.extend_from_slice(b"NOOP\r\n");
+        let whole = drive(&mut chunking(1000), &input, input.len(), false);
+        assert_eq!(whole.messages, [b"Subject: x\r\n\r\n.\r\n.a\r\nend\r\n".to_vec()]);
+        assert_eq!(whole.steps, ["StartData", "EndData"]);
+        assert!(
+            whole.out.ends_with(
+                "250 2.1.5 Recipient OK\r\n250 2.0.0 13 octets received\r\n250 2.0.0 0 octets received\r\n\
+                 250 2.0.0 3 octets received\r\n250 2.0.0 OK queued as 1\r\n250 2.0.0 OK\r\n"
+            ),
+            "{}",
+            whole.out
+        );
+        for read in [1, 5, 13] {
+            let seen = drive(&mut chunking(1000), &input, read, false);
+            assert_eq!(
+                Seen { biggest: 0, ..seen },
+                Seen {
+                    biggest: 0,
+                    ..whole.clone()
+                },
+                "reads of {read}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_last_chunk_and_an_unterminated_line() {
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(b"BDAT 0 LAST\r\n");
+        input.extend_from_slice(TX);
+        input.extend_from_slice(b"BDAT 9\r\nSubject: ");
+        input.extend_from_slice(b"BDAT 1 LAST\r\nx");
+        let seen = drive(&mut chunking(1000), &input, 4, false);
+        // An empty message, as `DATA` then `.` gives; the line without CRLF gets one.
+        assert_eq!(seen.messages, [b"".to_vec(), b"Subject: x\r\n".to_vec()]);
+    }
+
+    #[test]
+    fn large_chunks_leave_in_bounded_body_pieces() {
+        let mut content = Vec::new();
+        while content.len() < 5 * BODY_CHUNK {
+            content.extend_from_slice(&[b'a'; 78]);
+            content.extend_from_slice(b"\r\n");
+        }
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        let half = content.len() / 2;
+        input.extend_from_slice(format!("BDAT {half}\r\n").as_bytes());
+        input.extend_from_slice(&content[..half]);
+        input.extend_from_slice(&bdat_last(&content[half..]));
+        let seen = drive(&mut chunking(0), &input, 100_000, false);
+        assert_eq!(seen.messages, [content]);
+        assert!(seen.biggest <= BODY_CHUNK, "a Body piece of {}", seen.biggest);
+    }
+
+    #[test]
+    fn content_is_judged_as_with_data_at_the_last_chunk() {
+        for (content, want) in [
+            (
+                &b"a\nb\r\n"[..],
+                "554 5.6.0 Message refused: bare CR or LF; lines must end with CRLF",
+            ),
+            (
+                b"a\r",
+                "554 5.6.0 Message refused: bare CR or LF; lines must end with CRLF",
+            ),
+            (
+                b"a\x00\r\n",
+                "554 5.6.0 Message refused: NUL octets are not allowed",
+            ),
+            (
+                b"Received: a\r\nReceived: b\r\nReceived: c\r\n\r\n",
+                "554 5.4.6 Mail loop: too many Received headers (3)",
+            ),
+            // 10 octets plus the CRLF that ends the last line: over a limit of 11.
+            (
+                b"0123456789x",
+                "552 5.3.4 Message size exceeds the limit of 11 octets",
+            ),
+        ] {
+            // The size case at its limit, the others far from it.
+            let mut s = chunking(if want.starts_with("552") { 11 } else { 1000 });
+            s.cfg.max_received = 2;
+            let mut input = b"EHLO c\r\n".to_vec();
+            input.extend_from_slice(TX);
+            input.extend_from_slice(format!("BDAT {}\r\n", content.len() - 1).as_bytes());
+            input.extend_from_slice(&content[..content.len() - 1]);
+            input.extend_from_slice(&bdat_last(&content[content.len() - 1..]));
+            input.extend_from_slice(b"NOOP\r\n");
+            let seen = drive(&mut s, &input, 3, false);
+            assert!(seen.messages.is_empty(), "{content:?}");
+            assert_eq!(seen.steps, ["StartData", "AbortData"], "{content:?}");
+            let r = replies(&seen);
+            assert_eq!(r[r.len() - 2..], [want, "250 2.0.0 OK"], "{content:?}");
+        }
+    }
+
+    #[test]
+    fn refused_bdats_are_read_and_discarded_before_the_reply() {
+        // Each chunk carries what would be commands if it were not skipped.
+        let smuggled = b"RSET\r\nMAIL FROM:<e@x.example>\r\n";
+        let chunk = |last: &str| {
+            let mut v = format!("BDAT {}{last}\r\n", smuggled.len()).into_bytes();
+            v.extend_from_slice(smuggled);
+            v
+        };
+        let mut input = b"EHLO c\r\n".to_vec();
+        // No MAIL yet.
+        input.extend_from_slice(&chunk(""));
+        // No accepted recipient: the chunk ends the transaction, and what is in flight gets 503.
+        input.extend_from_slice(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@refused.example>\r\n");
+        input.extend_from_slice(&chunk(""));
+        input.extend_from_slice(&chunk(" LAST"));
+        input.extend_from_slice(b"DATA\r\nRSET\r\n");
+        // After LAST the transaction is over.
+        input.extend_from_slice(TX);
+        input.extend_from_slice(&bdat_last(b"ok\r\n"));
+        input.extend_from_slice(&chunk(" LAST"));
+        input.extend_from_slice(b"NOOP\r\n");
+        for read in [1, 4, input.len()] {
+            let seen = drive(&mut chunking(1000), &input, read, false);
+            let r: Vec<&str> = replies(&seen)
+                .into_iter()
+                .skip_while(|l| l.starts_with("250-"))
+                .skip(1)
+                .collect();
+            assert_eq!(
+                r,
+                [
+                    "503 5.5.1 Need MAIL command first",
+                    "250 2.1.0 Sender OK",
+                    "550 5.7.1 <x@refused.example>: relay access denied, domain not hosted here",
+                    "554 5.5.1 No valid recipients",
+                    "503 5.5.1 A chunk of this transaction was refused; send RSET",
+                    "503 5.5.1 DATA is not allowed after BDAT in the same transaction",
+                    "250 2.0.0 OK",
+                    "250 2.1.0 Sender OK",
+                    "250 2.1.5 Recipient OK",
+                    "250 2.0.0 OK queued as 1",
+                    "503 5.5.1 Need MAIL command first",
+                    "250 2.0.0 OK",
+                ],
+                "reads of {read}"
+            );
+            assert_eq!(seen.steps, ["Reset", "StartData", "EndData"]);
+            assert_eq!(seen.messages, [b"ok\r\n".to_vec()]);
+        }
+    }
+
+    #[test]
+    fn data_after_bdat_is_refused_and_the_message_stays_open_until_rset() {
+        let mut s = chunking(1000);
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(b"BDAT 3\r\nab\n");
+        input.extend_from_slice(b"DATA\r\n");
+        let seen = drive(&mut s, &input, 1 << 20, false);
+        assert!(
+            seen.out.ends_with("250 2.0.0 3 octets received\r\n503 5.5.1 DATA is not allowed after BDAT in the same transaction\r\n"),
+            "{}",
+            seen.out
+        );
+        assert!(s.in_data(), "the BDAT message is open between chunks");
+        let seen = drive(&mut s, b"RSET\r\n", 1 << 20, false);
+        assert_eq!(seen.steps, ["Reset"]);
+        assert_eq!(seen.out, "250 2.0.0 OK\r\n");
+        assert!(!s.in_data());
+    }
+
+    #[test]
+    fn rset_ehlo_or_quit_between_chunks_abandon_the_message() {
+        for (cmd, step, last) in [
+            ("RSET", "Reset", "250 2.0.0 OK"),
+            ("EHLO c", "Reset", "250 HELP"),
+            ("QUIT", "Close", "221 2.0.0 mx.example.net closing connection"),
+        ] {
+            let mut s = chunking(1000);
+            let mut input = b"EHLO c\r\n".to_vec();
+            input.extend_from_slice(TX);
+            input.extend_from_slice(b"BDAT 4\r\nab\r\n");
+            let seen = drive(&mut s, &input, 1 << 20, false);
+            assert_eq!(seen.steps, ["StartData"]);
+            assert!(s.in_data());
+            let seen = drive(&mut s, format!("{cmd}\r\n").as_bytes(), 1 << 20, false);
+            assert_eq!(seen.steps, [step], "{cmd}");
+            assert_eq!(replies(&seen).last(), Some(&last), "{cmd}");
+            // After QUIT the driver finds in_data() true and discards the message itself.
+            assert_eq!(s.in_data(), cmd == "QUIT", "{cmd}");
+        }
+        // The abandoned message is not delivered; a new transaction works as usual.
+        let mut s = chunking(1000);
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(b"BDAT 4\r\nab\r\nRSET\r\n");
+        input.extend_from_slice(TX);
+        input.extend_from_slice(&bdat_last(b"cd\r\n"));
+        let seen = drive(&mut s, &input, 2, false);
+        assert_eq!(seen.steps, ["StartData", "Reset", "StartData", "EndData"]);
+        assert_eq!(seen.messages, [b"cd\r\n".to_vec()]);
+    }
+
+    #[test]
+    fn a_chunk_over_the_size_limit_is_refused_at_once_and_not_stored() {
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(b"BDAT 60\r\n");
+        input.extend_from_slice(&[b'x'; 60]);
+        input.extend_from_slice(b"BDAT 60\r\n");
+        input.extend_from_slice(&[b'y'; 60]);
+        // Already in flight: read, dropped, 503.
+        input.extend_from_slice(&bdat_last(b"z\r\n"));
+        input.extend_from_slice(b"RSET\r\n");
+        // The first chunk alone too big: nothing is opened.
+        input.extend_from_slice(TX);
+        input.extend_from_slice(&bdat_last(&[b'w'; 101]));
+        input.extend_from_slice(b"NOOP\r\n");
+        let mut s = chunking(100);
+        let seen = drive(&mut s, &input, 16, false);
+        assert!(seen.messages.is_empty());
+        assert_eq!(seen.steps, ["StartData", "AbortData", "Reset"]);
+        let r: Vec<&str> = replies(&seen)
+            .into_iter()
+            .skip_while(|l| l.starts_with("250-"))
+            .skip(1)
+            .collect();
+        assert_eq!(
+            r,
+            [
+                "250 2.1.0 Sender OK",
+                "250 2.1.5 Recipient OK",
+                "250 2.0.0 60 octets received",
+                "552 5.3.4 Message size exceeds the limit of 100 octets",
+                "503 5.5.1 A chunk of this transaction was refused; send RSET",
+                "250 2.0.0 OK",
+                "250 2.1.0 Sender OK",
+                "250 2.1.5 Recipient OK",
+                "552 5.3.4 Message size exceeds the limit of 100 octets",
+                "250 2.0.0 OK",
+            ]
+        );
+        // Nothing of the refused chunks reached the driver (which may not even have been
+        // handed all of the first: the message was aborted).
+        let text = String::from_utf8_lossy(&seen.streamed);
+        let (header, content) = text.split_once("+0000\r\n").unwrap();
+        assert!(header.starts_with("Received: "), "{text}");
+        assert!(
+            content.len() <= 60 && content.bytes().all(|b| b == b'x'),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_refused_open_sends_its_reply_after_the_chunk() {
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(&bdat_last(b"NOOP\r\n"));
+        input.extend_from_slice(b"RCPT TO:<x@example.org>\r\n");
+        let seen = drive(&mut chunking(1000), &input, 3, true);
+        assert_eq!(seen.steps, ["StartData"]);
+        assert!(
+            seen.out.ends_with("250 2.1.5 Recipient OK\r\n451 4.3.0 store unavailable\r\n503 5.5.1 Need MAIL command first\r\n"),
+            "{}",
+            seen.out
+        );
+    }
+
+    #[test]
+    fn a_commit_failure_after_last_is_the_chunk_reply() {
+        let mut s = chunking(1000);
+        let mut input = BytesMut::from("EHLO c\r\n");
+        input.extend_from_slice(TX);
+        input.extend_from_slice(&bdat_last(b"hi\r\n"));
+        assert!(matches!(s.poll(&mut input), ServerStep::CheckRecipient { .. }));
+        s.recipient_verdict(RcptVerdict::Accept);
+        assert!(matches!(s.poll(&mut input), ServerStep::StartData(_)));
+        assert!(s.in_data());
+        s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000");
+        assert!(matches!(s.poll(&mut input), ServerStep::Body(_)));
+        assert_eq!(
+            s.poll(&mut input),
+            ServerStep::EndData {
+                size: 4,
+                eight_bit: false
+            }
+        );
+        // No 250 is written before the commit.
+        assert!(s.output().ends_with(b"250 2.1.5 Recipient OK\r\n"));
+        assert_eq!(
+            s.poll(&mut input),
+            ServerStep::EndData {
+                size: 4,
+                eight_bit: false
+            }
+        );
+        s.output().clear();
+        s.committed(Err(Reply::new(451, "4.3.0", "try later")));
+        assert_eq!(s.output().as_slice(), b"451 4.3.0 try later\r\n");
+        assert!(!s.in_data());
+    }
+
+    #[test]
+    fn an_unparsable_bdat_closes_the_session() {
+        for args in [
+            "",
+            " ",
+            "x",
+            "-1",
+            "+1",
+            "1.5",
+            "18446744073709551616",
+            "1 LASTX",
+            "1 LAST X",
+            "1 FIRST",
+            "1\tLAST",
+        ] {
+            let mut s = chunking(1000);
+            let mut input = b"EHLO c\r\n".to_vec();
+            input.extend_from_slice(TX);
+            input.extend_from_slice(format!("BDAT {args}\r\nNOOP\r\n").as_bytes());
+            let seen = drive(&mut s, &input, 1 << 20, false);
+            assert_eq!(seen.steps, ["Close"], "{args:?}");
+            let last = replies(&seen).last().copied().unwrap_or_default();
+            assert!(
+                last.starts_with("501 5.5.4 Syntax: BDAT chunk-size [LAST]: ")
+                    && last.ends_with("closing the session"),
+                "{args:?}: {last}"
+            );
+            // The NOOP that follows is never executed.
+            assert!(!seen.out.contains("250 2.0.0 OK"), "{args:?}");
+            let mut rest = BytesMut::from("NOOP\r\n");
+            assert_eq!(s.poll(&mut rest), ServerStep::Close);
+        }
+        assert_eq!(parse_bdat(b"0"), Ok((0, false)));
+        assert_eq!(parse_bdat(b"007 last"), Ok((7, true)));
+        assert_eq!(parse_bdat(b"18446744073709551615 LaSt "), Ok((u64::MAX, true)));
+    }
+
+    #[test]
+    fn a_huge_declared_chunk_is_refused_without_waiting_for_it() {
+        // With a limit, a chunk over it is refused at once; the session then reads (and drops)
+        // what the client sends of it, and memory never grows with the declared size.
+        let mut s = chunking(1000);
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(b"BDAT 18446744073709551615 LAST\r\n");
+        input.extend_from_slice(&[b'x'; 10_000]);
+        let seen = drive(&mut s, &input, 1000, false);
+        assert_eq!(seen.steps, ["Reset"]);
+        assert!(!s.in_data());
+        assert!(seen.out.ends_with("250 2.1.5 Recipient OK\r\n"), "{}", seen.out);
     }
 }

@@ -218,9 +218,10 @@ fn mx_transcripts() {
             ip: "192.0.2.1".into(),
             session: "test".into(),
         };
-        // As `odmr server` runs the MX by default: AUTH and ETRN offered.
+        // As `odmr server` runs the MX by default: AUTH, ETRN and CHUNKING offered.
         let mut cfg = ServerConfig::new("mx.example.net");
         cfg.etrn = true;
+        cfg.chunking = true;
         let mut s = SmtpServer::new(cfg, peer);
         s.enable_auth(AuthConfig::default(), 42, 1_800_000_000);
         let mut m = Mx {
@@ -239,6 +240,14 @@ fn mx_transcripts() {
                 msg.ends_with("Subject: hello\r\n\r\n.a line that starts with a dot\r\n"),
                 "{msg}"
             );
+        }
+        if name == "bdat.txt" {
+            let content: Vec<&[u8]> = m
+                .messages
+                .iter()
+                .map(|msg| &msg[msg.windows(4).position(|w| w == b"0000").unwrap() + 6..])
+                .collect();
+            assert_eq!(content, [&b"Subject: one\r\n\r\n.\r\n.\r\nend\r\n"[..], b""]);
         }
         if name == "smuggling.txt" || name == "loop.txt" {
             assert!(m.messages.is_empty(), "{name}: a refused message was accepted");

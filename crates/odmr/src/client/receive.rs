@@ -43,6 +43,10 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
     // (the MX's defence against abusive senders) would leave mail behind, as Exim's 500 does.
     cfg.max_messages = u64::MAX;
     cfg.check_sender = true;
+    // BDAT lets the provider stream whole transactions without waiting for a 354 each. The
+    // sinks see the same StartData/Body/EndData steps as with DATA; a transaction abandoned
+    // between chunks comes as Reset, which abandons it in the sink like any other.
+    cfg.chunking = true;
     let peer = PeerInfo {
         ip: conn.peer.ip().to_string(),
         session: crate::server::session_id(),

@@ -11,6 +11,13 @@
 //! under concurrency: sessions racing each other can each pass the check. The byte quota checked
 //! after DATA is the one read at RCPT in the same transaction (a quota changed meanwhile applies
 //! from the next transaction), so a domain without a byte quota costs no lookup after DATA.
+//!
+//! CHUNKING (RFC 3030) is offered, as mature MTAs do (Postfix by default; Exim sends BDAT when
+//! it is). A BDAT message is the same sequence of steps as a DATA one, with two differences the
+//! driver must handle: a transaction can be abandoned (RSET, EHLO) between chunks with the
+//! message open in the store, so [`ServerStep::Reset`] aborts an open writer; and a message is
+//! in flight between chunks too, which [`SmtpServer::in_data`] reports, so a shutdown waits for
+//! it as for DATA content and an idle client then meets the same read timeout.
 
 use super::{auth, session_id, Shared};
 use crate::net::conn::Conn;
@@ -41,6 +48,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
     // STARTTLS is offered, never required: RFC 3207 §4 forbids requiring it on a public MX.
     mcfg.starttls = shared.tls.is_some();
     mcfg.etrn = c.smtp.etrn;
+    mcfg.chunking = true;
     let mut s = SmtpServer::new(
         mcfg,
         PeerInfo {
@@ -116,8 +124,15 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                     }
                 }
             }
-            // The MX takes any sender: relay control is per recipient.
-            ServerStep::Reset => byte_quotas.clear(),
+            ServerStep::Reset => {
+                byte_quotas.clear();
+                // With DATA nothing is open here at a reset; with BDAT a message can be, when
+                // the client gives up between chunks. It was never acknowledged: drop it.
+                if let Some(w) = writer.take() {
+                    let _ = w.abort().await;
+                    tracing::info!(from = %envelope_log.0, "message abandoned by the client between chunks");
+                }
+            }
             ServerStep::StartTls => {
                 let Some(tls) = shared.tls.as_ref() else { break };
                 if let Err(e) = conn.starttls(s.output(), &tls.acceptor(), timeout).await {
@@ -141,6 +156,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                     super::etrn::request(&shared, conn.peer.ip(), s.account(), &node, subdomains, &id).await;
                 s.etrn_verdict(verdict);
             }
+            // The MX takes any sender: relay control is per recipient.
             ServerStep::CheckSender { .. } => s.sender_verdict(Ok(())),
             ServerStep::CheckRecipient { address, domain } => {
                 let verdict = match check_recipient(&shared, &address, &domain).await {

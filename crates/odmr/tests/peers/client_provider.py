@@ -21,6 +21,11 @@ it does then is the scenario (--after):
   silent    read the client's 220 and then send nothing; record when (whether) the client closes.
 --coalesce sends the 250 to ATRN and our EHLO in one write (one TCP segment on loopback), before
 the client's 220: the client has to keep the EHLO it read together with the 250.
+--bdat N (with deliver) sends the messages by BDAT (RFC 3030), which the client must offer
+(CHUNKING): every transaction in one write, all of them pipelined without waiting (RSET ahead of
+each after the first), each body in chunks of N octets (the last with LAST; BDAT 0 LAST for an
+empty one), sent exactly as given with LF made CRLF: no dot-stuffing, no line end added. The
+replies are paired with the commands by counting; the LAST chunk's is recorded as "DATA-END".
 
 Output: after the port line, one JSON object per line on stdout, flushed at once:
   {"event": "cmd", "line": ...}          every line the client sent before the turnaround
@@ -214,6 +219,13 @@ def turned_around(c, a, messages):
     if not ehlo[0].startswith("250"):
         emit(event="error", message="EHLO refused: %r" % ehlo)
         return
+    if a.bdat:
+        if not any(l[4:].upper() == "CHUNKING" for l in ehlo[1:]):
+            emit(event="error", message="--bdat, but the client does not offer CHUNKING: %r" % ehlo)
+            return
+        deliver_bdat(c, a, messages)
+        ask(c, "QUIT")
+        return
     for i, m in enumerate(messages):
         last = i == len(messages) - 1
         cut = a.after in ("drop", "stall") and last
@@ -247,6 +259,29 @@ def turned_around(c, a, messages):
     ask(c, "QUIT")
 
 
+def deliver_bdat(c, a, messages):
+    """Every message by BDAT, all transactions in one write; replies paired by counting."""
+    wire = bytearray()
+    asked = []  # what each expected reply answers, in order
+    for i, m in enumerate(messages):
+        if i:
+            wire += b"RSET\r\n"
+            asked.append("RSET")
+        for line in ["MAIL FROM:<%s>" % m["from"]] + ["RCPT TO:<%s>" % t for t in m["to"]]:
+            wire += (line + "\r\n").encode("latin-1")
+            asked.append(line)
+        body = m["data"].encode("utf-8").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        pieces = [body[k : k + a.bdat] for k in range(0, len(body), a.bdat)] or [b""]
+        for k, piece in enumerate(pieces):
+            last = k == len(pieces) - 1
+            cmd = "BDAT %d%s" % (len(piece), " LAST" if last else "")
+            wire += cmd.encode() + b"\r\n" + piece
+            asked.append("DATA-END" if last else cmd)
+    c.send(bytes(wire))
+    for name in asked:
+        emit(event="reply", to=name, reply="\n".join(c.reply()))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--user", required=True)
@@ -256,6 +291,7 @@ def main():
     p.add_argument("--messages", help="JSON file: a list of {from, to, data}")
     p.add_argument("--drop-after", type=int, default=1000, help="body bytes sent before the cut")
     p.add_argument("--coalesce", action="store_true", help="send 250 and EHLO in one write")
+    p.add_argument("--bdat", type=int, default=0, help="deliver by BDAT in chunks of N octets")
     p.add_argument("--read-timeout", type=float, default=30.0)
     a = p.parse_args()
     messages = []

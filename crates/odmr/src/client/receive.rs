@@ -124,6 +124,13 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
                     m.committed(Err(reply));
                 }
                 (s.progress)(&got);
+                // The verdict leaves at once, not with the replies to the commands pipelined
+                // behind this message: a crash of ours then makes the provider send again only
+                // the message in hand, not every one stored since the last flush.
+                if let Err(e) = conn.send(m.output(), s.timeout).await {
+                    got.error = Some(format!("provider connection failed: {e}"));
+                    break;
+                }
             }
             ServerStep::AbortData | ServerStep::Reset => sink.reset().await,
             // Not offered in the reversed session (TLS, if any, carries over from before ATRN;

@@ -28,6 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// After a failed write, how long to wait for replies the customer may still have sent.
+const WRITE_FAILED_READ: Duration = Duration::from_secs(2);
 /// Messages fetched from the store per query.
 const BATCH: usize = 200;
 /// Flush the body to the socket once this much is buffered.
@@ -213,14 +215,21 @@ async fn run(
     let mut peer_name: Option<String> = None;
     let (mut delivered, mut deferred, mut failed) = (0u64, 0u64, 0u64);
     let mut greeted = false;
+    let mut write_failed = false;
     loop {
         match d.poll(&mut conn.buf) {
             DeliverStep::NeedInput => {
-                if let Err(e) = conn.send(d.output(), c.reply_timeout).await {
-                    tracing::warn!(error = %e, "customer connection failed");
-                    break;
+                if write_failed {
+                    d.output().clear();
+                } else if let Err(e) = conn.send(d.output(), c.reply_timeout).await {
+                    // The customer may have delivered messages whose replies are already here
+                    // (with BDAT up to a window of them): read those before giving up, or
+                    // they would be delivered again.
+                    tracing::warn!(error = %e, "customer connection failed; reading the replies already sent");
+                    write_failed = true;
                 }
                 let timeout = match d.waiting_for() {
+                    _ if write_failed => WRITE_FAILED_READ,
                     Wait::DataFinal => c.data_timeout,
                     _ => c.reply_timeout,
                 };
@@ -236,6 +245,15 @@ async fn run(
                     }
                 }
             }
+            DeliverStep::Ready if write_failed => {
+                if d.in_flight() == 0 {
+                    break;
+                }
+                d.hold();
+            }
+            // Nothing more reaches the customer: end the body unsent, so the replies to the
+            // transactions before it can still be read.
+            DeliverStep::SendBody if write_failed => d.body_end(),
             DeliverStep::Ready => {
                 if !greeted {
                     greeted = true;

@@ -253,6 +253,13 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                     Ok(msg) => {
                         tracing::info!(msg, from = %envelope_log.0, rcpts = envelope_log.1, size, "message queued");
                         s.committed(Ok(format!("OK queued as {msg}")));
+                        // The 250 leaves at once, not with the replies to what the client
+                        // pipelined behind the message: if we crash, it sends again only the
+                        // message in hand.
+                        if let Err(e) = conn.send(s.output(), timeout).await {
+                            tracing::info!(error = %e, "client connection failed after a commit");
+                            break;
+                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "commit failed; message refused with 451");

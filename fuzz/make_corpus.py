@@ -375,3 +375,14 @@ write(
     "regress-data-250",
     header(0, decisions=(1, 7)) + crlf(b"220 c", b"250 c", b"250 ok", b"250 ok", b"250 ok", b"221 bye"),
 )
+write(
+    "splice_observer",
+    "bdat",
+    splice(
+        ("L", b"220 l\r\n"),
+        ("P", b"EHLO p\r\n"),
+        ("L", b"250-l\r\n250-PIPELINING\r\n250 CHUNKING\r\n"),
+        ("P", b"MAIL FROM:<a@b>\r\nRCPT TO:<x@c>\r\nBDAT 9\r\nDATA\r\n.\r\nBDAT 3 LAST\r\nab\n"),
+        ("L", b"250 ok\r\n250 ok\r\n250 9 octets\r\n250 queued\r\n"),
+    ),
+)

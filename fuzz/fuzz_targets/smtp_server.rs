@@ -25,7 +25,9 @@
 //!   `EndData`, `AbortData` or `Reset`), whenever the machine asks for input: with BDAT that
 //!   includes the time between chunks, and a refused chunk being skipped opens nothing;
 //! - `Reset` or `AbortData` is how an open message ends without `EndData`; nothing else does;
-//! - `Close` and `StartTls` are final until answered: polling again consumes nothing.
+//! - `Close` and `StartTls` are final until answered: polling again consumes nothing;
+//! - in customer mode the driver sometimes defers a verdict (`defer_commit`): at most one is
+//!   ever outstanding, `Settle` comes only then, and never `NeedInput` or `Close` before it.
 
 #![no_main]
 
@@ -94,6 +96,8 @@ fuzz_target!(|data: &[u8]| {
     let mut body_len: u64 = 0;
     let mut in_message = false;
     let mut queued = 0u64;
+    // A verdict deferred by the customer's driver (`defer_commit`): whether it will be a 250.
+    let mut deferred: Option<bool> = None;
 
     loop {
         let before = input.len();
@@ -108,6 +112,7 @@ fuzz_target!(|data: &[u8]| {
 
         match step {
             ServerStep::NeedInput => {
+                assert!(deferred.is_none(), "waiting for input with a verdict deferred");
                 assert!(
                     input.len() < max_buffered,
                     "{} octets buffered after NeedInput",
@@ -166,13 +171,31 @@ fuzz_target!(|data: &[u8]| {
             ServerStep::EndData { size, .. } => {
                 assert!(in_message);
                 assert!(size <= max_size, "EndData of {size} octets, limit {max_size}");
+                assert!(deferred.is_none(), "a second verdict deferred");
                 in_message = false;
-                if decisions.next() % 4 == 3 {
+                let d = decisions.next();
+                if !mx && d % 8 >= 5 {
+                    // The customer's relay: the verdict comes with a later reply.
+                    s.defer_commit();
+                    deferred = Some(d % 8 != 7);
+                } else if d % 4 == 3 {
                     s.committed(Err(Reply::new(451, "4.3.0", "commit failed")));
                 } else {
                     queued += 1;
                     s.committed(Ok(format!("OK queued as {queued}")));
                     assert_eq!(s.messages(), queued);
+                }
+            }
+            ServerStep::Settle => {
+                let Some(ok) = deferred.take() else {
+                    panic!("Settle without a deferred verdict")
+                };
+                if ok {
+                    queued += 1;
+                    s.committed(Ok(format!("OK queued as {queued}")));
+                    assert_eq!(s.messages(), queued);
+                } else {
+                    s.committed(Err(Reply::new(451, "4.3.0", "commit failed")));
                 }
             }
             ServerStep::AbortData => {
@@ -253,6 +276,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(s.helo(), None);
             }
             ServerStep::Close => {
+                assert!(deferred.is_none(), "closing with a verdict deferred");
                 assert_eq!(s.poll(&mut input), ServerStep::Close);
                 assert_eq!(input.len(), after, "input consumed after Close");
                 break;

@@ -6,7 +6,8 @@
 //! that side sent, in order. Checks:
 //! - no panic (the local side goes through `parse_reply`);
 //! - the counts never decrease, and `delivered + refused` never exceeds the number of lines the
-//!   provider started with a dot (a verdict needs a final dot);
+//!   provider started with a dot plus the number of `BDAT`s anywhere in its bytes (a verdict
+//!   needs a final dot or a `BDAT ... LAST`);
 //! - how each segment is cut into reads does not matter: feeding every segment whole and octet
 //!   by octet gives the same counts.
 
@@ -19,6 +20,8 @@ fn run(segments: &[(bool, &[u8])], bytewise: bool) -> (u64, u64) {
     let mut o = SpliceObserver::new();
     let mut dots = 0u64;
     let mut at_line_start = true;
+    // The provider's last four octets, lower-cased, to count "bdat" wherever it appears.
+    let mut window = [0u8; 4];
     let (mut delivered, mut refused) = (0, 0);
     for &(provider, bytes) in segments {
         let pieces: Vec<&[u8]> = if bytewise {
@@ -30,6 +33,10 @@ fn run(segments: &[(bool, &[u8])], bytewise: bool) -> (u64, u64) {
             if provider {
                 // Counted generously: every line that starts with a dot.
                 for &b in p {
+                    window = [window[1], window[2], window[3], b.to_ascii_lowercase()];
+                    if &window == b"bdat" {
+                        dots += 1;
+                    }
                     if b == b'\n' {
                         at_line_start = true;
                         continue;
@@ -51,7 +58,7 @@ fn run(segments: &[(bool, &[u8])], bytewise: bool) -> (u64, u64) {
             refused = o.refused;
             assert!(
                 delivered + refused <= dots,
-                "{delivered} delivered + {refused} refused, but only {dots} final dots"
+                "{delivered} delivered + {refused} refused, but only {dots} final dots and BDATs"
             );
         }
     }

@@ -169,6 +169,10 @@ pub enum ServerStep {
     Etrn { node: String, subdomains: bool },
     /// Flush the output and close the connection.
     Close,
+    /// Only after [`SmtpServer::defer_commit`]: the machine cannot go on before the deferred
+    /// verdict (it would need more input, or the next step is not one that may pass it): call
+    /// [`SmtpServer::committed`] now.
+    Settle,
 }
 
 /// The driver's answer to [`ServerStep::Etrn`] (RFC 1985 §5.1).
@@ -297,6 +301,9 @@ pub struct SmtpServer {
     lines: LineReader,
     state: State,
     pending: Option<ServerStep>,
+    /// A verdict is deferred ([`SmtpServer::defer_commit`]); replies since wait in `held`.
+    deferred: bool,
+    held: Vec<u8>,
     helo: Option<(String, bool)>,
     mail: Option<(String, String)>,
     rcpts: Vec<RcptEntry>,
@@ -318,6 +325,8 @@ impl SmtpServer {
             out: Vec::with_capacity(1024),
             state: State::Command,
             pending: None,
+            deferred: false,
+            held: Vec::new(),
             helo: None,
             mail: None,
             rcpts: Vec::new(),
@@ -420,7 +429,49 @@ impl SmtpServer {
         }
         // ENHANCEDSTATUSCODES is offered, so every 2xx/4xx/5xx carries one (RFC 2034 §4) —
         // except the greeting and HELO/EHLO replies, which are built without a status.
-        r.write(&mut self.out, true);
+        // Behind a deferred verdict, replies wait: they must follow it (RFC 2920 §3.2).
+        let out = if self.deferred {
+            &mut self.held
+        } else {
+            &mut self.out
+        };
+        r.write(out, true);
+    }
+
+    /// The driver's answer to [`ServerStep::EndData`] when the verdict comes later: the machine
+    /// goes on with the commands already buffered behind the message (RSET, MAIL, RCPT, DATA,
+    /// BDAT, NOOP, and the next message's content), keeping their replies behind the verdict's, and
+    /// returns [`ServerStep::Settle`] before anything else, before waiting for input and before
+    /// the next message ends. So at most one verdict is ever outstanding, and a peer that waits
+    /// for it before sending more is never kept waiting. [`SmtpServer::committed`] gives it.
+    ///
+    /// This lets the customer's relay send a message's final dot to its local MTA together with
+    /// the next transaction's commands, one local round trip per message.
+    pub fn defer_commit(&mut self) {
+        if self.state != State::AwaitCommit {
+            return;
+        }
+        self.pending = None;
+        self.deferred = true;
+        self.reset_tx();
+        self.state = State::Command;
+    }
+
+    /// Whether the machine may go on past a deferred verdict: the next command line is complete
+    /// and belongs to a transaction (its replies can wait behind the verdict; anything else,
+    /// such as QUIT or EHLO, must not overtake it). RSET passes: a delivering client may open
+    /// each transaction with one (ours does, with BDAT).
+    fn may_pass_verdict(&self, input: &[u8]) -> bool {
+        if self.auth.as_ref().is_some_and(AuthServer::in_exchange) {
+            return false;
+        }
+        let Some(nl) = input.iter().position(|&b| b == b'\n') else {
+            return false;
+        };
+        let line = &input[..nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (verb, _) = split_verb(line);
+        matches!(verb.as_str(), "RSET" | "MAIL" | "RCPT" | "DATA" | "BDAT" | "NOOP")
     }
 
     fn reset_tx(&mut self) {
@@ -437,6 +488,9 @@ impl SmtpServer {
             return p.clone();
         }
         loop {
+            if self.deferred && self.state == State::Command && !self.may_pass_verdict(input) {
+                return ServerStep::Settle;
+            }
             match self.state {
                 State::Closed => return ServerStep::Close,
                 State::Tls => return ServerStep::StartTls,
@@ -1209,7 +1263,8 @@ impl SmtpServer {
             ip = self.peer.ip,
             host = self.cfg.hostname,
             id = self.peer.session,
-            n = self.messages + 1,
+            // A deferred verdict is not counted yet, but its message had this number.
+            n = self.messages + 1 + u64::from(self.deferred),
         )
     }
 
@@ -1243,6 +1298,10 @@ impl SmtpServer {
     /// The whole message is in (final dot, or the LAST chunk) and handed over: ask for the
     /// commit, or refuse it by its content.
     fn end_message(&mut self) -> ServerStep {
+        if self.deferred {
+            // One verdict outstanding at most; the next poll comes back here.
+            return ServerStep::Settle;
+        }
         let Some(rx) = self.data.take() else {
             // Unreachable: only an open message ends.
             self.state = State::Command;
@@ -1295,11 +1354,29 @@ impl SmtpServer {
     /// The driver's answer to [`ServerStep::EndData`]: `Ok(text)` for the 250 once the message
     /// is durable (e.g. "OK queued as 12"), or the reply to give (typically 451) when the commit
     /// failed.
+    ///
+    /// After [`SmtpServer::defer_commit`] it gives the deferred verdict, whatever the state, and
+    /// the replies held behind it follow.
     pub fn committed(&mut self, result: Result<String, Reply>) {
+        if self.deferred {
+            self.deferred = false;
+            self.give_verdict(result);
+            let held = std::mem::take(&mut self.held);
+            self.out.extend_from_slice(&held);
+            self.held = held;
+            self.held.clear();
+            return;
+        }
         if self.state != State::AwaitCommit {
             return;
         }
         self.pending = None;
+        self.give_verdict(result);
+        self.reset_tx();
+        self.state = State::Command;
+    }
+
+    fn give_verdict(&mut self, result: Result<String, Reply>) {
         match result {
             Ok(text) => {
                 self.messages += 1;
@@ -1307,8 +1384,6 @@ impl SmtpServer {
             }
             Err(r) => self.reply(r),
         }
-        self.reset_tx();
-        self.state = State::Command;
     }
 }
 
@@ -2063,6 +2138,101 @@ mod tests {
                 "reads of {read}"
             );
         }
+    }
+
+    /// The customer's relay defers each verdict (it reads the local MTA's final reply with the
+    /// next transaction's): the machine goes on with the MAIL, RCPT and BDAT already read, holds
+    /// their replies behind the verdict, and asks for the verdict (`Settle`) before the next
+    /// message ends and before QUIT; the replies come out in the order of the commands.
+    #[test]
+    fn a_deferred_verdict_lets_the_next_transaction_through_in_reply_order() {
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(&bdat_last(b"one\r\n"));
+        // As our provider opens every transaction after the first, with BDAT.
+        input.extend_from_slice(b"RSET\r\n");
+        input.extend_from_slice(TX);
+        input.extend_from_slice(&bdat_last(b"two\r\n"));
+        input.extend_from_slice(b"QUIT\r\n");
+        let mut s = chunking(1000);
+        let mut buf = BytesMut::from(&input[..]);
+        let mut out = String::new();
+        let mut steps = Vec::new();
+        let mut outstanding = 0;
+        loop {
+            let step = s.poll(&mut buf);
+            out.push_str(&String::from_utf8_lossy(&std::mem::take(s.output())));
+            match step {
+                ServerStep::CheckRecipient { .. } => s.recipient_verdict(RcptVerdict::Accept),
+                ServerStep::StartData(_) => {
+                    steps.push("StartData");
+                    s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000");
+                }
+                ServerStep::Body(_) => {}
+                ServerStep::EndData { .. } => {
+                    steps.push("EndData");
+                    assert_eq!(outstanding, 0, "a second verdict deferred");
+                    outstanding += 1;
+                    s.defer_commit();
+                }
+                ServerStep::Settle => {
+                    steps.push("Settle");
+                    assert_eq!(outstanding, 1, "Settle without a deferred verdict");
+                    // Nothing behind the verdict has left yet.
+                    assert_eq!(
+                        out.matches("Sender OK").count(),
+                        steps.iter().filter(|s| **s == "Settle").count()
+                    );
+                    outstanding = 0;
+                    let n = out.matches("queued as").count() + 1;
+                    s.committed(Ok(format!("OK queued as {n}")));
+                }
+                ServerStep::Close => break,
+                step => panic!("unexpected {step:?}"),
+            }
+        }
+        assert_eq!(
+            steps,
+            ["StartData", "EndData", "StartData", "Settle", "EndData", "Settle"]
+        );
+        let after_ehlo: Vec<&str> = out
+            .lines()
+            .skip_while(|l| l.starts_with("250-"))
+            .skip(1)
+            .collect();
+        assert_eq!(
+            after_ehlo,
+            [
+                "250 2.1.0 Sender OK",
+                "250 2.1.5 Recipient OK",
+                "250 2.0.0 OK queued as 1",
+                "250 2.0.0 OK",
+                "250 2.1.0 Sender OK",
+                "250 2.1.5 Recipient OK",
+                "250 2.0.0 OK queued as 2",
+                "221 2.0.0 mx.example.net closing connection",
+            ]
+        );
+
+        // Nothing more buffered: the verdict is asked for before the machine waits for input.
+        let mut s = chunking(1000);
+        let mut buf = BytesMut::from(&b"EHLO c\r\n"[..]);
+        buf.extend_from_slice(TX);
+        buf.extend_from_slice(&bdat_last(b"one\r\n"));
+        loop {
+            match s.poll(&mut buf) {
+                ServerStep::CheckRecipient { .. } => s.recipient_verdict(RcptVerdict::Accept),
+                ServerStep::StartData(_) => s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000"),
+                ServerStep::Body(_) => {}
+                ServerStep::EndData { .. } => break,
+                step => panic!("unexpected {step:?}"),
+            }
+        }
+        s.defer_commit();
+        assert_eq!(s.poll(&mut buf), ServerStep::Settle);
+        s.committed(Err(Reply::new(451, "4.4.0", "local mail system unavailable")));
+        assert!(String::from_utf8_lossy(s.output()).ends_with("451 4.4.0 local mail system unavailable\r\n"));
+        assert_eq!(s.poll(&mut buf), ServerStep::NeedInput);
     }
 
     #[test]

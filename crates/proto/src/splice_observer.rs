@@ -5,7 +5,9 @@
 //! The observer sees both directions in arrival order and follows the SMTP conversation just
 //! enough: each command expects one reply (pairing by counting, RFC 2920 §3.1), a `354` to DATA
 //! switches the provider's side into message data, and the reply to the final dot is the local
-//! verdict on that message. It never changes a byte and keeps memory bounded.
+//! verdict on that message. `BDAT n [LAST]` (RFC 3030, when the local server offers CHUNKING)
+//! is followed by exactly `n` octets, skipped unread whatever the reply, and the reply to
+//! `BDAT n LAST` is the verdict. It never changes a byte and keeps memory bounded.
 
 use crate::reply::parse_reply;
 use bytes::BytesMut;
@@ -18,6 +20,7 @@ const MAX_LINE: usize = 4096;
 enum Expect {
     Command,
     Data,
+    /// The final dot, or `BDAT n LAST`: the verdict on a message.
     Dot,
 }
 
@@ -29,6 +32,8 @@ pub struct SpliceObserver {
     line: Vec<u8>,
     /// In data: the current line is already longer than ".\r\n".
     long_line: bool,
+    /// Octets of a BDAT chunk still to pass.
+    chunk_left: u64,
     replies: BytesMut,
     broken: bool,
     pub delivered: u64,
@@ -41,8 +46,18 @@ impl SpliceObserver {
     }
 
     /// Bytes the provider sent (towards the local server).
-    pub fn provider(&mut self, bytes: &[u8]) {
-        for &b in bytes {
+    pub fn provider(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.chunk_left > 0 {
+                let n = bytes
+                    .len()
+                    .min(usize::try_from(self.chunk_left).unwrap_or(usize::MAX));
+                self.chunk_left -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let b = bytes[0];
+            bytes = &bytes[1..];
             if self.in_data {
                 if !self.long_line {
                     self.line.push(b);
@@ -72,6 +87,22 @@ impl SpliceObserver {
                     .unwrap_or(&[]);
                 let kind = if verb.eq_ignore_ascii_case(b"DATA") {
                     Expect::Data
+                } else if verb.eq_ignore_ascii_case(b"BDAT") {
+                    match parse_bdat(&self.line) {
+                        Some((size, last)) => {
+                            self.chunk_left = size;
+                            if last {
+                                Expect::Dot
+                            } else {
+                                Expect::Command
+                            }
+                        }
+                        None => {
+                            // Where the chunk ends is unknown, so is everything after it.
+                            self.broken = true;
+                            Expect::Command
+                        }
+                    }
                 } else {
                     Expect::Command
                 };
@@ -114,6 +145,22 @@ impl SpliceObserver {
     }
 }
 
+/// `BDAT size [LAST]` (the whole line, CRLF included): the size and whether it is the last.
+fn parse_bdat(line: &[u8]) -> Option<(u64, bool)> {
+    let text = std::str::from_utf8(line).ok()?.trim_end_matches(['\r', '\n']);
+    let mut words = text.split(' ').skip(1);
+    let size = words.next()?;
+    if size.is_empty() || !size.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let size = size.parse().ok()?;
+    match (words.next(), words.next()) {
+        (None, _) => Some((size, false)),
+        (Some(w), None) if w.eq_ignore_ascii_case("LAST") => Some((size, true)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +186,26 @@ mod tests {
         o.local(b"250 ok\r\n550 no\r\n554 no valid recipients\r\n");
         o.provider(b"RSET\r\nQUIT\r\n");
         o.local(b"250 ok\r\n221 bye\r\n");
+        assert_eq!((o.delivered, o.refused), (1, 1));
+    }
+
+    /// Chunk octets are passed unread, however they look ("DATA", a lone dot, split
+    /// anywhere), and the reply to `BDAT n LAST` is the verdict.
+    #[test]
+    fn bdat_chunks_are_skipped_and_last_is_the_verdict() {
+        let mut o = SpliceObserver::new();
+        o.local(b"220 local ESMTP\r\n");
+        o.provider(b"EHLO provider\r\n");
+        o.local(b"250-local\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+        o.provider(b"MAIL FROM:<a@b>\r\nRCPT TO:<x@c>\r\nBDAT 12\r\nDATA\r\n.\r\nQUIB");
+        o.provider(b"DAT 3 last\r\n.\r\n");
+        o.provider(b"RSET\r\nMAIL FROM:<a@b>\r\nRCPT TO:<y@c>\r\nBDAT 0 LAST\r\n");
+        o.local(b"250 ok\r\n250 ok\r\n250 12 octets\r\n250 queued\r\n");
+        o.local(b"250 reset\r\n250 ok\r\n250 ok\r\n554 5.6.0 empty\r\n");
+        assert_eq!((o.delivered, o.refused), (1, 1));
+        // A BDAT whose size cannot be read: nothing after it can be trusted.
+        o.provider(b"MAIL FROM:<a@b>\r\nRCPT TO:<y@c>\r\nBDAT x LAST\r\n");
+        o.local(b"250 ok\r\n250 ok\r\n250 queued\r\n");
         assert_eq!((o.delivered, o.refused), (1, 1));
     }
 

@@ -95,6 +95,8 @@ impl Machine for Mx {
                         .committed(Ok(format!("OK queued as {}", self.messages.len())))
                 }
                 ServerStep::AbortData => self.body.clear(),
+                // Verdicts are given at once (as the MX does): nothing is ever deferred.
+                ServerStep::Settle => return false,
                 ServerStep::Auth(step) => {
                     self.s.auth_answer(auth_answer(t, step));
                 }

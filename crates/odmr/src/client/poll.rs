@@ -69,16 +69,16 @@ async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Local, String> {
         return Err("no [provider.deliver] target".into());
     };
     let sink = match deliver {
-        Deliver::Smtp(e) => Sink::Relay(
+        Deliver::Smtp(e) => Sink::Relay(Box::new(
             relay::Relay::connect(e, false, &cfg.hostname, p.timeout)
                 .await
                 .map_err(|e| e.to_string())?,
-        ),
-        Deliver::Lmtp(e) => Sink::Relay(
+        )),
+        Deliver::Lmtp(e) => Sink::Relay(Box::new(
             relay::Relay::connect(e, true, &cfg.hostname, p.timeout)
                 .await
                 .map_err(|e| e.to_string())?,
-        ),
+        )),
         Deliver::Maildir(t) => {
             Sink::Maildir(maildir::Maildir::new(t, p.max_message_size).map_err(|e| e.to_string())?)
         }

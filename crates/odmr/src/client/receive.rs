@@ -9,6 +9,7 @@
 
 use super::sink::Sink;
 use crate::net::conn::Conn;
+use odmr_proto::reply::Reply;
 use odmr_proto::smtp_server::{PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer};
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ pub struct Session<'a> {
     pub progress: &'a mut (dyn FnMut(&Received) + Send),
 }
 
-pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Received {
+pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Received {
     let caps = sink.caps();
     let mut cfg = ServerConfig::new(s.hostname.to_string());
     cfg.max_message_size = caps.max_size;
@@ -58,7 +59,20 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
     }
     let mut got = Received::default();
     let mut current: Option<(String, Vec<String>)> = None;
+    // The message whose verdict the sink gives later (the relay reads it with the next
+    // transaction's replies; see `SmtpServer::defer_commit`).
+    let mut awaiting: Option<Ended> = None;
     loop {
+        if awaiting.is_some() {
+            if let Some(reply) = sink.take_final() {
+                let ended = awaiting.take().unwrap_or_default();
+                verdict(&mut m, &mut got, &mut s, ended, reply);
+                if let Err(e) = conn.send(m.output(), s.timeout).await {
+                    got.error = Some(format!("provider connection failed: {e}"));
+                    break;
+                }
+            }
+        }
         match m.poll(&mut conn.buf) {
             ServerStep::NeedInput => {
                 if let Err(e) = conn.send(m.output(), s.timeout).await {
@@ -110,23 +124,31 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
             },
             ServerStep::Body(chunk) => sink.body(&chunk).await,
             ServerStep::EndData { size, .. } => {
-                let reply = sink.end().await;
                 let (from, rcpts) = current.take().unwrap_or_default();
-                let from = if from.is_empty() { "<>".to_string() } else { from };
-                if reply.is_positive() {
-                    got.messages += 1;
-                    got.bytes += size;
-                    tracing::info!(provider = s.provider, from = %from, rcpts = %rcpts.join(","), size, result = %reply, "message delivered");
-                    m.committed(Ok(format!("OK delivered locally: {reply}")));
-                } else {
-                    got.refused += 1;
-                    tracing::warn!(provider = s.provider, from = %from, rcpts = %rcpts.join(","), size, result = %reply, "message refused by the local mail system; the provider keeps it");
-                    m.committed(Err(reply));
+                let ended = Ended { from, rcpts, size };
+                match sink.end().await {
+                    Some(reply) => verdict(&mut m, &mut got, &mut s, ended, reply),
+                    None => {
+                        m.defer_commit();
+                        awaiting = Some(ended);
+                        continue;
+                    }
                 }
-                (s.progress)(&got);
                 // The verdict leaves at once, not with the replies to the commands pipelined
                 // behind this message: a crash of ours then makes the provider send again only
                 // the message in hand, not every one stored since the last flush.
+                if let Err(e) = conn.send(m.output(), s.timeout).await {
+                    got.error = Some(format!("provider connection failed: {e}"));
+                    break;
+                }
+            }
+            ServerStep::Settle => {
+                let reply = sink
+                    .settle()
+                    .await
+                    .unwrap_or_else(|| Reply::new(451, "4.4.0", "no verdict from the local mail system"));
+                let ended = awaiting.take().unwrap_or_default();
+                verdict(&mut m, &mut got, &mut s, ended, reply);
                 if let Err(e) = conn.send(m.output(), s.timeout).await {
                     got.error = Some(format!("provider connection failed: {e}"));
                     break;
@@ -142,11 +164,41 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, s: Session<'_>) -> Receiv
             }
         }
     }
+    if let Some(ended) = awaiting.take() {
+        // The provider is gone before it could be told; it will send the message again.
+        let reply = sink.settle().await;
+        tracing::warn!(provider = s.provider, from = %ended.from, size = ended.size, local = ?reply.map(|r| r.one_line()), "the provider connection ended before this message's verdict reached it; it stays with the provider");
+    }
     if m.in_data() || got.error.is_some() {
         // Whatever was in flight was never acknowledged: the provider still has it.
         sink.reset().await;
     }
     got
+}
+
+/// A message handed to the sink whole, waiting for its verdict.
+#[derive(Debug, Default)]
+struct Ended {
+    from: String,
+    rcpts: Vec<String>,
+    size: u64,
+}
+
+/// The sink's verdict on a message, given to the provider (and logged, and counted).
+fn verdict(m: &mut SmtpServer, got: &mut Received, s: &mut Session<'_>, ended: Ended, reply: Reply) {
+    let Ended { from, rcpts, size } = ended;
+    let from = if from.is_empty() { "<>".to_string() } else { from };
+    if reply.is_positive() {
+        got.messages += 1;
+        got.bytes += size;
+        tracing::info!(provider = s.provider, from = %from, rcpts = %rcpts.join(","), size, result = %reply, "message delivered");
+        m.committed(Ok(format!("OK delivered locally: {reply}")));
+    } else {
+        got.refused += 1;
+        tracing::warn!(provider = s.provider, from = %from, rcpts = %rcpts.join(","), size, result = %reply, "message refused by the local mail system; the provider keeps it");
+        m.committed(Err(reply));
+    }
+    (s.progress)(got);
 }
 
 /// Whether the provider's next command, already read, is DATA or BDAT: the recipient being

@@ -282,6 +282,12 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 let _ = conn.send(s.output(), timeout).await;
                 break;
             }
+            // Every commit above is answered at once; nothing is ever deferred here.
+            ServerStep::Settle => s.committed(Err(Reply::new(
+                451,
+                "4.3.0",
+                "Temporary failure, try again later",
+            ))),
         }
     }
     if let Some(w) = writer.take() {

@@ -35,7 +35,7 @@ pub enum SinkError {
 }
 
 pub enum Sink {
-    Relay(relay::Relay),
+    Relay(Box<relay::Relay>),
     Maildir(maildir::Maildir),
     Command(command::Command),
 }
@@ -79,8 +79,29 @@ impl Sink {
         each!(self, s => s.body(chunk).await)
     }
     /// The message is complete: the final reply, `250` only once the sink holds it durably.
-    pub async fn end(&mut self) -> Reply {
-        each!(self, s => s.end().await)
+    /// `None` when the verdict comes later (the relay sends the final dot with the next
+    /// transaction's commands): from [`Sink::take_final`] after a later call, or
+    /// [`Sink::settle`].
+    pub async fn end(&mut self) -> Option<Reply> {
+        match self {
+            Sink::Relay(s) => s.end().await,
+            Sink::Maildir(s) => Some(s.end().await),
+            Sink::Command(s) => Some(s.end().await),
+        }
+    }
+    /// The verdict on the previous message, if a later call brought it in.
+    pub fn take_final(&mut self) -> Option<Reply> {
+        match self {
+            Sink::Relay(s) => s.take_final(),
+            Sink::Maildir(_) | Sink::Command(_) => None,
+        }
+    }
+    /// The verdict still owed on the previous message, waited for now.
+    pub async fn settle(&mut self) -> Option<Reply> {
+        match self {
+            Sink::Relay(s) => s.settle().await,
+            Sink::Maildir(_) | Sink::Command(_) => None,
+        }
     }
     /// Abandon the current transaction (RSET, a dropped connection, a refused message).
     pub async fn reset(&mut self) {

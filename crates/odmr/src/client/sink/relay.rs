@@ -54,6 +54,14 @@ pub struct Relay {
     data_next: bool,
     /// The reply to a DATA sent early with the last RCPT, for [`Relay::data`] to pass on.
     early_data: Option<Reply>,
+    /// A message's final dot is sent (or waits in `out`) and its reply is the next the local
+    /// MTA owes us (see [`Relay::end`]).
+    owed_final: bool,
+    /// That reply, once read ahead of a later command's, for [`Relay::take_final`].
+    final_reply: Option<Reply>,
+    /// How many octets at the start of `out` end that message (its last body octets and the
+    /// dot) while they wait to leave with the next transaction's commands.
+    final_unsent: usize,
 }
 
 fn unavailable(why: impl std::fmt::Display) -> Reply {
@@ -97,6 +105,9 @@ impl Relay {
             data_unsent: false,
             data_next: false,
             early_data: None,
+            owed_final: false,
+            final_reply: None,
+            final_unsent: 0,
         };
         let greeting = r.read_reply().await.map_err(|e| err(e.to_string()))?;
         if greeting.code != 220 {
@@ -140,7 +151,14 @@ impl Relay {
         self.caps.clone()
     }
 
+    /// The next reply to a command of ours. A final reply still owed comes first: it is kept
+    /// for [`Relay::take_final`] (or, if it cannot be read, a 451 in its place).
     async fn read_reply(&mut self) -> Result<Reply, String> {
+        self.read_reply_owed().await?;
+        self.read_raw().await
+    }
+
+    async fn read_raw(&mut self) -> Result<Reply, String> {
         let conn = self.conn.as_mut().ok_or("connection closed")?;
         loop {
             match parse_reply(&mut conn.buf) {
@@ -164,6 +182,7 @@ impl Relay {
     }
 
     async fn flush(&mut self) -> Result<(), String> {
+        self.final_unsent = 0;
         let conn = self.conn.as_mut().ok_or("connection closed")?;
         conn.send(&mut self.out, self.timeout)
             .await
@@ -327,7 +346,12 @@ impl Relay {
         }
     }
 
-    pub async fn end(&mut self) -> Reply {
+    /// The body is complete. With the local MTA's PIPELINING the final dot is not waited for:
+    /// it leaves with the next transaction's commands (RFC 2920 §3.1: message content may open
+    /// a group), so a message costs one local round trip; its reply is read ahead of theirs and
+    /// handed over by [`Relay::take_final`], or by [`Relay::settle`] when nothing follows.
+    /// `None` then; otherwise the verdict.
+    pub async fn end(&mut self) -> Option<Reply> {
         if self.data_unsent && self.failed.is_none() {
             self.start_data().await;
         }
@@ -341,24 +365,68 @@ impl Relay {
                 self.conn = None;
             }
             self.out.clear();
-            return r;
+            return Some(r);
         }
         self.stuffer.finish(&mut self.out);
-        if let Err(e) = self.flush().await {
-            self.conn = None;
-            return unavailable(e);
-        }
         // SMTP: one reply. LMTP: one per accepted recipient, and we accept one per transaction.
-        match self.read_reply().await {
-            Ok(r) => r,
-            Err(e) => {
-                self.conn = None;
-                unavailable(e)
-            }
+        self.owed_final = true;
+        self.final_unsent = self.out.len();
+        if self.pipelining {
+            return None;
+        }
+        self.settle().await
+    }
+
+    /// The final reply read ahead of a later command's, if there is one.
+    pub fn take_final(&mut self) -> Option<Reply> {
+        self.final_reply.take()
+    }
+
+    /// The final reply still owed, read now (the dot leaves if it still waits in the buffer).
+    pub async fn settle(&mut self) -> Option<Reply> {
+        self.read_final().await;
+        self.final_reply.take()
+    }
+
+    /// Reads the final reply still owed into `final_reply`, sending first what ends that
+    /// message if it still waits in `out` (and only that: a MAIL buffered behind it stays).
+    async fn read_final(&mut self) {
+        if !self.owed_final {
+            return;
+        }
+        let rest = self.out.split_off(self.final_unsent.min(self.out.len()));
+        let sent = self.flush().await;
+        self.out = rest;
+        if let Err(e) = sent {
+            self.owed_final = false;
+            self.conn = None;
+            self.final_reply = Some(unavailable(e));
+            return;
+        }
+        if let Err(e) = self.read_reply_owed().await {
+            self.conn = None;
+            tracing::debug!(error = %e, "no final reply from the local mail system");
         }
     }
 
+    /// Reads just the owed final reply (into `final_reply`).
+    async fn read_reply_owed(&mut self) -> Result<(), String> {
+        if std::mem::take(&mut self.owed_final) {
+            match self.read_raw().await {
+                Ok(r) => self.final_reply = Some(r),
+                Err(e) => {
+                    self.final_reply = Some(unavailable(&e));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub async fn reset(&mut self) {
+        // The previous message's verdict first: what follows may drop the connection or the
+        // buffer its dot waits in.
+        self.read_final().await;
         self.early_data = None;
         self.data_next = false;
         if self.mail_unsent {
@@ -385,6 +453,7 @@ impl Relay {
     }
 
     pub async fn close(mut self) {
+        self.read_final().await;
         if self.mail_unsent {
             self.out.clear();
         }

@@ -200,6 +200,8 @@ struct Tx {
     mail: Option<Reply>,
     rcpts: Vec<Option<Reply>>,
     data: Option<Reply>,
+    /// The first reply to a `BDAT n` (not LAST) that was not a 2xx.
+    chunk: Option<Reply>,
     fin: Option<Reply>,
     /// Replies still owed to this transaction.
     owed: usize,
@@ -513,6 +515,7 @@ impl Deliverer {
             mail: None,
             rcpts: vec![None; n],
             data: None,
+            chunk: None,
             fin: None,
             owed: 0,
             utf8: false,
@@ -659,7 +662,7 @@ impl Deliverer {
             Expect::Data => tx.data = Some(r),
             // A refused chunk refuses the message, like a refused DATA (the first refusal
             // counts; the peer discards the chunks that were already on their way).
-            Expect::Chunk if !ok && tx.data.is_none() => tx.data = Some(r),
+            Expect::Chunk if !ok && tx.chunk.is_none() => tx.chunk = Some(r),
             Expect::Final => tx.fin = Some(r),
             _ => {}
         }
@@ -744,6 +747,7 @@ impl Deliverer {
                     (_, Some(r), _, _) if too_many(r) => Some(RcptOutcome::Deferred(r.clone())),
                     (_, Some(r), _, _) if !r.is_positive() => Some(RcptOutcome::from_refusal(r)),
                     (_, _, Some(d), _) if d.code != 354 => Some(RcptOutcome::from_refusal(d)),
+                    _ if tx.chunk.is_some() => tx.chunk.as_ref().map(RcptOutcome::from_refusal),
                     (_, _, _, Some(f)) => Some(RcptOutcome::from_final(f)),
                     _ => None,
                 };
@@ -1049,6 +1053,22 @@ mod tests {
         assert!(
             matches!(&finished(&mut d, &mut input)[..], [RcptOutcome::Failed(r)] if r.status.as_deref() == Some("5.1.1"))
         );
+    }
+
+    /// A nonsense 354 to a chunk is not a success: the message stays queued even if LAST
+    /// then gets a 250.
+    #[test]
+    fn a_354_to_a_chunk_never_counts_as_delivered() {
+        let mut d = ready(EHLO_CHUNKING);
+        d.send(msg(&["x@example.org"]));
+        feed(&mut d, "");
+        d.body(b"a\r\n");
+        d.body(b"b\r\n");
+        d.body_end();
+        feed(&mut d, "");
+        d.hold();
+        let mut input = BytesMut::from("250 ok\r\n250 ok\r\n354 what\r\n250 2.0.0 queued\r\n");
+        assert!(matches!(&finished(&mut d, &mut input)[..], [RcptOutcome::Deferred(r)] if r.code == 354));
     }
 
     /// CHUNKING without PIPELINING: DATA, as before. BDAT's gain is whole transactions on the

@@ -304,6 +304,8 @@ pub struct SmtpServer {
     /// A verdict is deferred ([`SmtpServer::defer_commit`]); replies since wait in `held`.
     deferred: bool,
     held: Vec<u8>,
+    /// Messages opened in this session (the number in each `Received:` id).
+    opened: u64,
     helo: Option<(String, bool)>,
     mail: Option<(String, String)>,
     rcpts: Vec<RcptEntry>,
@@ -327,6 +329,7 @@ impl SmtpServer {
             pending: None,
             deferred: false,
             held: Vec::new(),
+            opened: 0,
             helo: None,
             mail: None,
             rcpts: Vec::new(),
@@ -484,6 +487,16 @@ impl SmtpServer {
 
     /// Advance the dialogue with the bytes in `input` (consumed as they are used).
     pub fn poll(&mut self, input: &mut BytesMut) -> ServerStep {
+        let step = self.step(input);
+        if self.deferred && matches!(step, ServerStep::NeedInput | ServerStep::Close) {
+            // The peer may be waiting for the deferred verdict (or a 354 held behind it), and
+            // closing would lose it: the verdict first. Both steps come back on the next poll.
+            return ServerStep::Settle;
+        }
+        step
+    }
+
+    fn step(&mut self, input: &mut BytesMut) -> ServerStep {
         if let Some(p) = &self.pending {
             return p.clone();
         }
@@ -972,6 +985,12 @@ impl SmtpServer {
             self.reply(Reply::new(503, "5.5.1", "Need MAIL command first"));
             return None;
         }
+        if self.chunking == Chunking::Open {
+            // The envelope went to the driver with the first chunk: a recipient added now would
+            // be told 250 and never get the message.
+            self.reply(Reply::new(503, "5.5.1", "RCPT is not allowed after BDAT"));
+            return None;
+        }
         // `None`: refused, the reply is written; there is no step for the driver.
         let (mut l, dsn) = self.dsn_params(line, DsnVerb::Rcpt)?;
         l.extend_from_slice(b"\r\n");
@@ -1053,6 +1072,7 @@ impl SmtpServer {
             max_received: self.cfg.max_received,
         };
         self.body.clear();
+        self.opened += 1;
         self.body.extend_from_slice(self.received_header(date).as_bytes());
         match chunk {
             None => {
@@ -1184,7 +1204,11 @@ impl SmtpServer {
             return false;
         }
         if let State::Discard { reply, .. } = std::mem::replace(&mut self.state, State::Command) {
+            // Not counted as an error: a pipelining client has every chunk of a refused message
+            // on its way before it can know (a large message would otherwise end the session).
+            let counted = self.errors;
             self.reply(reply);
+            self.errors = counted;
         }
         true
     }
@@ -1263,8 +1287,7 @@ impl SmtpServer {
             ip = self.peer.ip,
             host = self.cfg.hostname,
             id = self.peer.session,
-            // A deferred verdict is not counted yet, but its message had this number.
-            n = self.messages + 1 + u64::from(self.deferred),
+            n = self.opened,
         )
     }
 
@@ -2339,6 +2362,70 @@ mod tests {
             assert_eq!(seen.steps, ["StartData", "AbortData"], "{content:?}");
             let r = replies(&seen);
             assert_eq!(r[r.len() - 2..], [want, "250 2.0.0 OK"], "{content:?}");
+        }
+    }
+
+    /// Review findings: a RCPT after the first chunk would be told 250 and never get the
+    /// message; the chunks of a refused message, all on their way before the client can know,
+    /// must not count as errors (25 of them would otherwise end the session with 421).
+    #[test]
+    fn no_recipient_after_bdat_and_refused_chunks_are_not_errors() {
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(b"BDAT 4\r\nab\r\nRCPT TO:<y@example.org>\r\n");
+        input.extend_from_slice(&bdat_last(b"cd\r\n"));
+        input.extend_from_slice(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@refused.example>\r\n");
+        for _ in 0..25 {
+            input.extend_from_slice(b"BDAT 3\r\nab\n");
+        }
+        input.extend_from_slice(b"RSET\r\nNOOP\r\n");
+        let seen = drive(&mut chunking(1000), &input, input.len(), false);
+        let r = replies(&seen);
+        assert!(r.contains(&"503 5.5.1 RCPT is not allowed after BDAT"), "{r:?}");
+        assert_eq!(seen.messages, [b"ab\r\ncd\r\n".to_vec()]);
+        assert_eq!(
+            r.iter().filter(|l| l.starts_with("503 5.5.1 A chunk")).count(),
+            24
+        );
+        assert_eq!(&r[r.len() - 2..], ["250 2.0.0 OK", "250 2.0.0 OK"], "{r:?}");
+    }
+
+    /// A verdict is deferred and the client then sends what ends the session (a BDAT whose
+    /// size cannot be read: 501 and close) or waits for a 354: the verdict is asked for first,
+    /// and goes out before the replies behind it.
+    #[test]
+    fn a_deferred_verdict_is_settled_before_closing_or_waiting() {
+        for (next, last) in [
+            (&b"BDAT x LAST\r\n"[..], "501 5.5.4"),
+            (
+                &b"MAIL FROM:<a@b.example>\r\nRCPT TO:<y@example.org>\r\nDATA\r\n"[..],
+                "354 ",
+            ),
+        ] {
+            let mut s = chunking(1000);
+            let mut buf = BytesMut::from(&b"EHLO c\r\n"[..]);
+            buf.extend_from_slice(TX);
+            buf.extend_from_slice(&bdat_last(b"one\r\n"));
+            buf.extend_from_slice(next);
+            let mut out = String::new();
+            loop {
+                let step = s.poll(&mut buf);
+                out.push_str(&String::from_utf8_lossy(&std::mem::take(s.output())));
+                match step {
+                    ServerStep::CheckRecipient { .. } => s.recipient_verdict(RcptVerdict::Accept),
+                    ServerStep::StartData(_) => s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000"),
+                    ServerStep::Body(_) => {}
+                    ServerStep::EndData { .. } => s.defer_commit(),
+                    ServerStep::Settle => {
+                        assert!(!out.contains(last), "{last} left before the verdict: {out}");
+                        s.committed(Ok("OK delivered".into()));
+                    }
+                    ServerStep::Close | ServerStep::NeedInput => break,
+                    step => panic!("unexpected {step:?}"),
+                }
+            }
+            let verdict = out.find("250 2.0.0 OK delivered").expect("verdict sent");
+            assert!(out[verdict..].contains(last), "{out}");
         }
     }
 

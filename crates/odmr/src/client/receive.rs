@@ -43,6 +43,9 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
     // The provider authenticated by us delivers all it holds in one session: a per-session cap
     // (the MX's defence against abusive senders) would leave mail behind, as Exim's 500 does.
     cfg.max_messages = u64::MAX;
+    // Likewise refusals: each one is the local MTA's verdict passed on (a mailbox full, a user
+    // unknown), not an abusive client, and a drain with many must not be cut off with 421.
+    cfg.max_errors = usize::MAX;
     cfg.check_sender = true;
     // BDAT lets the provider stream whole transactions without waiting for a 354 each. The
     // sinks see the same StartData/Body/EndData steps as with DATA; a transaction abandoned

@@ -28,8 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// After a failed write, how long to wait for replies the customer may still have sent.
-const WRITE_FAILED_READ: Duration = Duration::from_secs(2);
+/// After a failed write (or a body the store could not give), how long to wait for replies the
+/// customer may still send for the transactions before: long enough for a local MTA's content
+/// checks, short enough not to hold the lease for a stalled customer.
+const WRITE_FAILED_READ: Duration = Duration::from_secs(30);
 /// Messages fetched from the store per query.
 const BATCH: usize = 200;
 /// Flush the body to the socket once this much is buffered.
@@ -304,7 +306,10 @@ async fn run(
                 let prefetched = source.bodies.remove(&id);
                 if let Err(e) = send_body(shared, conn, &mut d, id, size, prefetched).await {
                     tracing::warn!(msg = id, error = %e, "body transfer failed; message stays queued");
-                    break;
+                    // Nothing more goes out; the replies to the transactions before this one
+                    // may already be here (see `write_failed`).
+                    write_failed = true;
+                    d.body_end();
                 }
             }
             DeliverStep::Finished(outcomes) => {
@@ -376,7 +381,9 @@ async fn run(
                 }
             }
             DeliverStep::Done => {
-                let _ = conn.send(d.output(), c.reply_timeout).await;
+                if !write_failed {
+                    let _ = conn.send(d.output(), c.reply_timeout).await;
+                }
                 if let Some(e) = d.error() {
                     tracing::warn!(error = %e, "reversed session ended early; undelivered mail stays queued");
                 }

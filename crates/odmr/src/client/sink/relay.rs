@@ -11,15 +11,18 @@
 //!   dot is exactly the one SMTP reply the provider needs (PROTOCOL.md §9.3), with nothing lost
 //!   or duplicated.
 //! - Only parameters the local MTA offered are passed on.
-//! - **With the local MTA's PIPELINING, fewer round trips** (RFC 2920): MAIL waits in the buffer
-//!   and goes out with the first RCPT, and DATA goes out when the body does (after our 354 to
-//!   the provider). A local refusal of MAIL becomes the refusal of each RCPT, and one of DATA
-//!   the reply to the final dot: the provider's per-recipient outcomes are the same, one local
-//!   round trip in four is saved per message.
-//! - **DATA rides with the last RCPT when the provider's DATA (or BDAT) is already here**
-//!   ([`Relay::expect_data`]): one local round trip for MAIL, RCPT and DATA, one for the body.
-//!   A 354 then leaves the local MTA inside DATA before the provider's body is read, so a
-//!   transaction abandoned from there on is dropped with the connection, as mid-body.
+//! - **With the local MTA's PIPELINING, one local round trip per message** (RFC 2920): MAIL
+//!   waits in the buffer and goes out with the first RCPT; DATA rides with the last RCPT when
+//!   the provider's DATA (or BDAT) is already read ([`Relay::expect_data`]); and the final dot
+//!   waits for the next transaction's commands, its reply read ahead of theirs
+//!   ([`Relay::end`], [`Relay::take_final`]; the reversed session defers that verdict with
+//!   `SmtpServer::defer_commit`, so the provider's replies keep their order). A local refusal
+//!   of MAIL becomes the refusal of each RCPT, and one of DATA the reply to the final dot: the
+//!   provider's per-recipient outcomes are what they would be in lockstep.
+//! - **A verdict owed is read before anything that could lose it** (an RSET, a dropped
+//!   connection, QUIT): [`Relay::reset`] and [`Relay::close`] read it first.
+//! - A 354 sent early leaves the local MTA inside DATA before the provider's body is read, so
+//!   a transaction abandoned from there on is dropped with the connection, as mid-body.
 
 use super::{SinkCaps, SinkError};
 use crate::client::config::Endpoint;
@@ -212,6 +215,7 @@ impl Relay {
             cmd.push_str(" SMTPUTF8");
         }
         self.mail_refused = None;
+        self.early_data = None;
         if self.pipelining {
             if self.conn.is_none() {
                 return Err(unavailable("connection closed"));

@@ -2163,27 +2163,17 @@ mod tests {
         }
     }
 
-    /// The customer's relay defers each verdict (it reads the local MTA's final reply with the
-    /// next transaction's): the machine goes on with the MAIL, RCPT and BDAT already read, holds
-    /// their replies behind the verdict, and asks for the verdict (`Settle`) before the next
-    /// message ends and before QUIT; the replies come out in the order of the commands.
-    #[test]
-    fn a_deferred_verdict_lets_the_next_transaction_through_in_reply_order() {
-        let mut input = b"EHLO c\r\n".to_vec();
-        input.extend_from_slice(TX);
-        input.extend_from_slice(&bdat_last(b"one\r\n"));
-        // As our provider opens every transaction after the first, with BDAT.
-        input.extend_from_slice(b"RSET\r\n");
-        input.extend_from_slice(TX);
-        input.extend_from_slice(&bdat_last(b"two\r\n"));
-        input.extend_from_slice(b"QUIT\r\n");
-        let mut s = chunking(1000);
-        let mut buf = BytesMut::from(&input[..]);
-        let mut out = String::new();
-        let mut steps = Vec::new();
-        let mut outstanding = 0;
+    /// A driver as the customer's relay: every recipient accepted, every message opened, every
+    /// verdict deferred. At each `Settle`, `verdict` sees the output so far and gives the
+    /// verdict. Returns the output and the steps, up to `Close` or `NeedInput`.
+    fn drive_deferring(
+        s: &mut SmtpServer,
+        buf: &mut BytesMut,
+        mut verdict: impl FnMut(&str) -> Result<String, Reply>,
+    ) -> (String, Vec<&'static str>) {
+        let (mut out, mut steps, mut outstanding) = (String::new(), Vec::new(), false);
         loop {
-            let step = s.poll(&mut buf);
+            let step = s.poll(buf);
             out.push_str(&String::from_utf8_lossy(&std::mem::take(s.output())));
             match step {
                 ServerStep::CheckRecipient { .. } => s.recipient_verdict(RcptVerdict::Accept),
@@ -2194,29 +2184,60 @@ mod tests {
                 ServerStep::Body(_) => {}
                 ServerStep::EndData { .. } => {
                     steps.push("EndData");
-                    assert_eq!(outstanding, 0, "a second verdict deferred");
-                    outstanding += 1;
+                    assert!(!outstanding, "a second verdict deferred");
+                    outstanding = true;
                     s.defer_commit();
                 }
                 ServerStep::Settle => {
                     steps.push("Settle");
-                    assert_eq!(outstanding, 1, "Settle without a deferred verdict");
-                    // Nothing behind the verdict has left yet.
-                    assert_eq!(
-                        out.matches("Sender OK").count(),
-                        steps.iter().filter(|s| **s == "Settle").count()
-                    );
-                    outstanding = 0;
-                    let n = out.matches("queued as").count() + 1;
-                    s.committed(Ok(format!("OK queued as {n}")));
+                    assert!(outstanding, "Settle without a deferred verdict");
+                    outstanding = false;
+                    s.committed(verdict(&out));
                 }
-                ServerStep::Close => break,
+                ServerStep::Close => {
+                    steps.push("Close");
+                    return (out, steps);
+                }
+                ServerStep::NeedInput => {
+                    steps.push("NeedInput");
+                    return (out, steps);
+                }
                 step => panic!("unexpected {step:?}"),
             }
         }
+    }
+
+    /// The customer's relay defers each verdict (it reads the local MTA's final reply with the
+    /// next transaction's): the machine goes on with the RSET, MAIL, RCPT and BDAT already
+    /// read, holds their replies behind the verdict, and asks for the verdict (`Settle`)
+    /// before the next message ends and before QUIT; the replies come out in command order.
+    #[test]
+    fn a_deferred_verdict_lets_the_next_transaction_through_in_reply_order() {
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(TX);
+        input.extend_from_slice(&bdat_last(b"one\r\n"));
+        // As our provider opens every transaction after the first, with BDAT.
+        input.extend_from_slice(b"RSET\r\n");
+        input.extend_from_slice(TX);
+        input.extend_from_slice(&bdat_last(b"two\r\n"));
+        input.extend_from_slice(b"QUIT\r\n");
+        let (out, steps) = drive_deferring(&mut chunking(1000), &mut BytesMut::from(&input[..]), |out| {
+            let given = out.matches("queued as").count();
+            // Nothing behind the verdict has left yet.
+            assert_eq!(out.matches("Sender OK").count(), given + 1, "{out}");
+            Ok(format!("OK queued as {}", given + 1))
+        });
         assert_eq!(
             steps,
-            ["StartData", "EndData", "StartData", "Settle", "EndData", "Settle"]
+            [
+                "StartData",
+                "EndData",
+                "StartData",
+                "Settle",
+                "EndData",
+                "Settle",
+                "Close"
+            ]
         );
         let after_ehlo: Vec<&str> = out
             .lines()
@@ -2238,24 +2259,42 @@ mod tests {
         );
 
         // Nothing more buffered: the verdict is asked for before the machine waits for input.
-        let mut s = chunking(1000);
         let mut buf = BytesMut::from(&b"EHLO c\r\n"[..]);
         buf.extend_from_slice(TX);
         buf.extend_from_slice(&bdat_last(b"one\r\n"));
-        loop {
-            match s.poll(&mut buf) {
-                ServerStep::CheckRecipient { .. } => s.recipient_verdict(RcptVerdict::Accept),
-                ServerStep::StartData(_) => s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000"),
-                ServerStep::Body(_) => {}
-                ServerStep::EndData { .. } => break,
-                step => panic!("unexpected {step:?}"),
-            }
+        let (out, steps) = drive_deferring(&mut chunking(1000), &mut buf, |_| {
+            Err(Reply::new(451, "4.4.0", "local mail system unavailable"))
+        });
+        assert_eq!(steps, ["StartData", "EndData", "Settle", "NeedInput"]);
+        assert!(
+            out.ends_with("451 4.4.0 local mail system unavailable\r\n"),
+            "{out}"
+        );
+    }
+
+    /// A verdict is deferred and the client then sends what ends the session (a BDAT whose
+    /// size cannot be read: 501 and close) or waits for a 354: the verdict is asked for first,
+    /// and goes out before the replies behind it.
+    #[test]
+    fn a_deferred_verdict_is_settled_before_closing_or_waiting() {
+        for (next, last) in [
+            (&b"BDAT x LAST\r\n"[..], "501 5.5.4"),
+            (
+                &b"MAIL FROM:<a@b.example>\r\nRCPT TO:<y@example.org>\r\nDATA\r\n"[..],
+                "354 ",
+            ),
+        ] {
+            let mut buf = BytesMut::from(&b"EHLO c\r\n"[..]);
+            buf.extend_from_slice(TX);
+            buf.extend_from_slice(&bdat_last(b"one\r\n"));
+            buf.extend_from_slice(next);
+            let (out, _) = drive_deferring(&mut chunking(1000), &mut buf, |out| {
+                assert!(!out.contains(last), "{last} left before the verdict: {out}");
+                Ok("OK delivered".into())
+            });
+            let verdict = out.find("250 2.0.0 OK delivered").expect("verdict sent");
+            assert!(out[verdict..].contains(last), "{out}");
         }
-        s.defer_commit();
-        assert_eq!(s.poll(&mut buf), ServerStep::Settle);
-        s.committed(Err(Reply::new(451, "4.4.0", "local mail system unavailable")));
-        assert!(String::from_utf8_lossy(s.output()).ends_with("451 4.4.0 local mail system unavailable\r\n"));
-        assert_eq!(s.poll(&mut buf), ServerStep::NeedInput);
     }
 
     #[test]
@@ -2388,45 +2427,6 @@ mod tests {
             24
         );
         assert_eq!(&r[r.len() - 2..], ["250 2.0.0 OK", "250 2.0.0 OK"], "{r:?}");
-    }
-
-    /// A verdict is deferred and the client then sends what ends the session (a BDAT whose
-    /// size cannot be read: 501 and close) or waits for a 354: the verdict is asked for first,
-    /// and goes out before the replies behind it.
-    #[test]
-    fn a_deferred_verdict_is_settled_before_closing_or_waiting() {
-        for (next, last) in [
-            (&b"BDAT x LAST\r\n"[..], "501 5.5.4"),
-            (
-                &b"MAIL FROM:<a@b.example>\r\nRCPT TO:<y@example.org>\r\nDATA\r\n"[..],
-                "354 ",
-            ),
-        ] {
-            let mut s = chunking(1000);
-            let mut buf = BytesMut::from(&b"EHLO c\r\n"[..]);
-            buf.extend_from_slice(TX);
-            buf.extend_from_slice(&bdat_last(b"one\r\n"));
-            buf.extend_from_slice(next);
-            let mut out = String::new();
-            loop {
-                let step = s.poll(&mut buf);
-                out.push_str(&String::from_utf8_lossy(&std::mem::take(s.output())));
-                match step {
-                    ServerStep::CheckRecipient { .. } => s.recipient_verdict(RcptVerdict::Accept),
-                    ServerStep::StartData(_) => s.data_ready("Sun, 22 Nov 2026 12:00:00 +0000"),
-                    ServerStep::Body(_) => {}
-                    ServerStep::EndData { .. } => s.defer_commit(),
-                    ServerStep::Settle => {
-                        assert!(!out.contains(last), "{last} left before the verdict: {out}");
-                        s.committed(Ok("OK delivered".into()));
-                    }
-                    ServerStep::Close | ServerStep::NeedInput => break,
-                    step => panic!("unexpected {step:?}"),
-                }
-            }
-            let verdict = out.find("250 2.0.0 OK delivered").expect("verdict sent");
-            assert!(out[verdict..].contains(last), "{out}");
-        }
     }
 
     #[test]

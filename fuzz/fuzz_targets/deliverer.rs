@@ -7,8 +7,8 @@
 //! - no panic; every poll ends in a step; at most `MAX_IDLE_POLLS` polls in a row consume
 //!   nothing, and the whole run takes a bounded number of polls;
 //! - the body goes out dot-stuffed, exactly as `DotStuffer` makes it, or, when the customer
-//!   offers CHUNKING and PIPELINING, as `BDAT n` chunks whose counts are exact, the last one
-//!   `LAST` and the content ending in CRLF;
+//!   offers CHUNKING and PIPELINING (and the message is within `BDAT_MAX`), as one
+//!   `BDAT n LAST` whose count is exact and whose content ends in CRLF;
 //! - RCPT names only recipients of the message being sent (the last one handed over);
 //! - `Finished` reports the messages in the order they were sent (with PIPELINING the next one
 //!   goes out while the previous awaits its final reply), with one outcome per recipient, and
@@ -22,7 +22,7 @@ mod common;
 use bytes::BytesMut;
 use common::{feed, Input, Progress};
 use libfuzzer_sys::fuzz_target;
-use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome};
+use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, BDAT_MAX};
 use odmr_proto::dot::DotStuffer;
 use odmr_proto::envelope::RcptEntry;
 use std::collections::VecDeque;
@@ -50,7 +50,7 @@ fn message(d: u8, n: usize) -> OutMessage {
         mail_params: ["", "BODY=8BITMIME", "SMTPUTF8", "BODY=7BIT RET=HDRS ENVID=x"]
             [usize::from((d >> 3) & 3)]
         .into(),
-        size: [45, 1000, 100_000, 0][usize::from((d >> 5) & 3)],
+        size: [45, 1000, 2_000_000, 0][usize::from((d >> 5) & 3)],
         eight_bit: d & 4 != 0,
         recipients,
     }
@@ -66,22 +66,15 @@ fn stuffed(pieces: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// The pieces as BDAT chunks: the empty ones skipped, the last chunk `LAST` and the content
-/// completed with CRLF (as DATA's end marker would).
+/// The pieces as one `BDAT n LAST` chunk, the content completed with CRLF (as DATA's end
+/// marker would).
 fn chunked(pieces: &[&[u8]]) -> Vec<u8> {
-    let mut content: Vec<Vec<u8>> = pieces.iter().filter(|p| !p.is_empty()).map(|p| p.to_vec()).collect();
-    let all: Vec<u8> = content.concat();
-    let mut out = Vec::new();
-    if !all.is_empty() && !all.ends_with(b"\r\n") {
-        content.last_mut().expect("not empty").extend_from_slice(b"\r\n");
+    let mut content = pieces.concat();
+    if !content.is_empty() && !content.ends_with(b"\r\n") {
+        content.extend_from_slice(b"\r\n");
     }
-    let last = content.pop().unwrap_or_default();
-    for c in content {
-        out.extend_from_slice(format!("BDAT {}\r\n", c.len()).as_bytes());
-        out.extend_from_slice(&c);
-    }
-    out.extend_from_slice(format!("BDAT {} LAST\r\n", last.len()).as_bytes());
-    out.extend_from_slice(&last);
+    let mut out = format!("BDAT {} LAST\r\n", content.len()).into_bytes();
+    out.extend_from_slice(&content);
     out
 }
 
@@ -149,14 +142,15 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             DeliverStep::SendBody => {
-                let (_, dot) = in_flight.back_mut().expect("SendBody without a message");
+                let (m, dot) = in_flight.back_mut().expect("SendBody without a message");
                 assert!(!*dot, "SendBody twice for one message");
                 *dot = true;
+                let bdat = d.caps().chunking && d.caps().pipelining && m.size <= BDAT_MAX;
                 let (a, b) = BODY.split_at(split);
                 d.body(a);
                 d.body(b);
                 d.body_end();
-                let expected = if d.caps().chunking && d.caps().pipelining {
+                let expected = if bdat {
                     chunked(&[a, b])
                 } else {
                     stuffed(&[a, b])

@@ -18,9 +18,13 @@
 //!   first starts with RSET: RFC 3030 does not say in which state a failed `BDAT` leaves the
 //!   server, and a MAIL pipelined behind it must never land in a half-open transaction (its
 //!   recipients would join the failed message's envelope).
-//! - **BDAT byte counts are exact by construction**: a chunk's count is the length of the octets
-//!   that follow it, never the stored size; the last chunk is held back until the body ends, so
-//!   it can carry `LAST` (and the CRLF the content needs, as DATA's end marker adds it).
+//! - **One chunk per message, and only for messages up to [`BDAT_MAX`]**: the body is gathered
+//!   and goes out as one `BDAT n LAST` whose count is the length of the octets that follow it
+//!   (never the stored size), with the CRLF the content needs, as DATA's end marker adds it.
+//!   Larger messages go with DATA: for them a 354 costs nothing that matters, and a peer that
+//!   refused their recipients would otherwise have to refuse many chunks in a row, which a
+//!   server counting errors (Postfix closes after 20) would take for abuse and end the session
+//!   with every message behind it.
 //! - **Only the recipients handed to [`Deliverer::send`] are named**; the driver restricts them
 //!   to the granted domains.
 //! - **Nothing is sent that the peer did not offer.** Without 8BITMIME an 8-bit message is not
@@ -207,12 +211,18 @@ struct Tx {
     owed: usize,
     /// SMTPUTF8 is in effect for this transaction (declared on its MAIL).
     utf8: bool,
+    /// The body goes out as one `BDAT n LAST`, not with DATA.
+    bdat: bool,
 }
 
 /// Transactions in flight at once. With DATA at most one of them is on the wire before its final
 /// dot (the others await their final reply or were decided locally); with BDAT all of them may
 /// be awaiting replies. The driver's bound on delivered-but-unrecorded messages counts them.
 pub const MAX_IN_FLIGHT: usize = 8;
+
+/// Messages up to this size go with BDAT when the peer offers it (see the module's invariants);
+/// it also bounds what one session holds of a body at once.
+pub const BDAT_MAX: u64 = 1024 * 1024;
 
 pub struct Deliverer {
     hostname: String,
@@ -519,6 +529,7 @@ impl Deliverer {
             fin: None,
             owed: 0,
             utf8: false,
+            bdat: self.bdat() && msg.size <= BDAT_MAX,
         };
         if let Some(o) = refusal {
             tx.phase = Phase::Local(o);
@@ -565,7 +576,7 @@ impl Deliverer {
                 let r = self.rcpt_cmd(seq, i);
                 self.command(seq, &r, Expect::Rcpt(i));
             }
-            if self.bdat() {
+            if self.tx(seq).is_some_and(|t| t.bdat) {
                 // No 354 to wait for: the body follows at once (RFC 3030 §4.2).
                 self.begin_body(seq);
             } else {
@@ -763,20 +774,26 @@ impl Deliverer {
 
     /// Part of the body (unstuffed octets as stored); dot-stuffed into the output.
     ///
-    /// With CHUNKING the piece is held back and the one before it goes out as `BDAT n`: only at
-    /// [`Deliverer::body_end`] is it known which piece is the last (`BDAT n LAST`).
+    /// With BDAT the body is gathered, to go out as one chunk at [`Deliverer::body_end`]. A body
+    /// longer than its stated size (it was under [`BDAT_MAX`]) never makes that buffer grow
+    /// past twice the limit: the part gathered goes out as a chunk of its own first.
     pub fn body(&mut self, chunk: &[u8]) {
-        let Some(seq) = self.txs.iter().find(|t| t.phase == Phase::Body).map(|t| t.seq) else {
+        let Some((seq, bdat)) = self
+            .txs
+            .iter()
+            .find(|t| t.phase == Phase::Body)
+            .map(|t| (t.seq, t.bdat))
+        else {
             return;
         };
-        if !self.bdat() {
+        if !bdat {
             self.stuffer.stuff(chunk, &mut self.out);
             return;
         }
         if chunk.is_empty() {
             return;
         }
-        if !self.chunk.is_empty() {
+        if (self.chunk.len() + chunk.len()) as u64 > 2 * BDAT_MAX {
             let held = std::mem::take(&mut self.chunk);
             self.send_chunk(seq, &held, false);
             self.chunk = held;
@@ -795,10 +812,15 @@ impl Deliverer {
     /// that does not end in CRLF gets one, as RFC 5321 §4.1.1.4 has the sender add it before
     /// the final dot; empty content stays empty.
     pub fn body_end(&mut self) {
-        let Some(seq) = self.txs.iter().find(|t| t.phase == Phase::Body).map(|t| t.seq) else {
+        let Some((seq, bdat)) = self
+            .txs
+            .iter()
+            .find(|t| t.phase == Phase::Body)
+            .map(|t| (t.seq, t.bdat))
+        else {
             return;
         };
-        if self.bdat() {
+        if bdat {
             if self.body_len > 0 && self.tail != *b"\r\n" {
                 self.chunk.extend_from_slice(b"\r\n");
             }
@@ -1012,13 +1034,13 @@ mod tests {
         d.body(b"\n\r\nno end");
         d.body_end();
         let (out, step) = feed(&mut d, "");
-        assert_eq!(out, "BDAT 11\r\nSubject: y\rBDAT 11 LAST\r\n\n\r\nno end\r\n");
+        assert_eq!(out, "BDAT 22 LAST\r\nSubject: y\r\n\r\nno end\r\n");
         assert_eq!(step, DeliverStep::Ready);
         assert_eq!(d.in_flight(), 2);
         d.quit();
         assert_eq!(feed(&mut d, "").0, "QUIT\r\n");
         let mut input = BytesMut::from(
-            "250 ok\r\n250 ok\r\n250 2.0.0 first\r\n250 reset\r\n250 ok\r\n250 ok\r\n550 5.1.1 no z\r\n250 11 octets\r\n250 2.0.0 second\r\n221 bye\r\n",
+            "250 ok\r\n250 ok\r\n250 2.0.0 first\r\n250 reset\r\n250 ok\r\n250 ok\r\n550 5.1.1 no z\r\n250 2.0.0 second\r\n221 bye\r\n",
         );
         assert!(
             matches!(&finished(&mut d, &mut input)[..], [RcptOutcome::Delivered(r)] if r.lines[0] == "first")
@@ -1031,16 +1053,24 @@ mod tests {
     }
 
     /// A refused chunk refuses the message (the first refusal counts, not the LAST's 503);
-    /// recipients refused at RCPT keep their own reply; empty content is `BDAT 0 LAST`.
+    /// recipients refused at RCPT keep their own reply; empty content is `BDAT 0 LAST`. A body
+    /// longer than it said (over twice `BDAT_MAX`) goes out in more than one chunk, each count
+    /// exact.
     #[test]
     fn chunk_and_recipient_refusals_decide_under_chunking() {
         let mut d = ready(EHLO_CHUNKING);
         d.send(msg(&["x@example.org"]));
         feed(&mut d, "");
-        d.body(b"a\r\n");
-        d.body(b"b\r\n");
+        let big = vec![b'a'; BDAT_MAX as usize + 10];
+        d.body(&big);
+        d.body(&big);
         d.body_end();
-        assert_eq!(feed(&mut d, "").0, "BDAT 3\r\na\r\nBDAT 3 LAST\r\nb\r\n");
+        let out = feed(&mut d, "").0;
+        let first = format!("BDAT {}\r\n", big.len());
+        assert!(out.starts_with(&first), "{}", &out[..40]);
+        let last = format!("BDAT {} LAST\r\n", big.len() + 2);
+        assert_eq!(&out[first.len() + big.len()..][..last.len()], last);
+        assert_eq!(out.len(), first.len() + last.len() + 2 * big.len() + 2);
         d.send(msg(&["y@example.org"]));
         assert!(feed(&mut d, "").0.ends_with("RCPT TO:<y@example.org>\r\n"));
         d.body_end();
@@ -1055,6 +1085,29 @@ mod tests {
         );
     }
 
+    /// A message over `BDAT_MAX` goes with DATA even when the peer offers CHUNKING (one refusal
+    /// for its whole body, not one per chunk); the session still opens it with RSET.
+    #[test]
+    fn a_large_message_goes_with_data_under_chunking() {
+        let mut d = ready(EHLO_CHUNKING);
+        let mut big = msg(&["x@example.org"]);
+        big.size = BDAT_MAX + 1;
+        d.send(big);
+        assert_eq!(
+            feed(&mut d, "").0,
+            "MAIL FROM:<alice@sender.example>\r\nRCPT TO:<x@example.org>\r\nDATA\r\n"
+        );
+        assert_eq!(
+            feed(&mut d, "250 ok\r\n250 ok\r\n354 go\r\n").1,
+            DeliverStep::SendBody
+        );
+        d.body(b".x\r\n");
+        d.body_end();
+        assert_eq!(feed(&mut d, ""), ("..x\r\n.\r\n".into(), DeliverStep::Ready));
+        d.send(msg(&["y@example.org"]));
+        assert!(feed(&mut d, "").0.starts_with("RSET\r\nMAIL FROM:"));
+    }
+
     /// A nonsense 354 to a chunk is not a success: the message stays queued even if LAST
     /// then gets a 250.
     #[test]
@@ -1062,8 +1115,9 @@ mod tests {
         let mut d = ready(EHLO_CHUNKING);
         d.send(msg(&["x@example.org"]));
         feed(&mut d, "");
-        d.body(b"a\r\n");
-        d.body(b"b\r\n");
+        let big = vec![b'a'; BDAT_MAX as usize + 10];
+        d.body(&big);
+        d.body(&big);
         d.body_end();
         feed(&mut d, "");
         d.hold();

@@ -69,9 +69,7 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
         if awaiting.is_some() {
             if let Some(reply) = sink.take_final() {
                 let ended = awaiting.take().unwrap_or_default();
-                verdict(&mut m, &mut got, &mut s, ended, reply);
-                if let Err(e) = conn.send(m.output(), s.timeout).await {
-                    got.error = Some(format!("provider connection failed: {e}"));
+                if !give_verdict(conn, &mut m, &mut got, &mut s, ended, reply).await {
                     break;
                 }
             }
@@ -130,19 +128,15 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
                 let (from, rcpts) = current.take().unwrap_or_default();
                 let ended = Ended { from, rcpts, size };
                 match sink.end().await {
-                    Some(reply) => verdict(&mut m, &mut got, &mut s, ended, reply),
+                    Some(reply) => {
+                        if !give_verdict(conn, &mut m, &mut got, &mut s, ended, reply).await {
+                            break;
+                        }
+                    }
                     None => {
                         m.defer_commit();
                         awaiting = Some(ended);
-                        continue;
                     }
-                }
-                // The verdict leaves at once, not with the replies to the commands pipelined
-                // behind this message: a crash of ours then makes the provider send again only
-                // the message in hand, not every one stored since the last flush.
-                if let Err(e) = conn.send(m.output(), s.timeout).await {
-                    got.error = Some(format!("provider connection failed: {e}"));
-                    break;
                 }
             }
             ServerStep::Settle => {
@@ -151,9 +145,7 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
                     .await
                     .unwrap_or_else(|| Reply::new(451, "4.4.0", "no verdict from the local mail system"));
                 let ended = awaiting.take().unwrap_or_default();
-                verdict(&mut m, &mut got, &mut s, ended, reply);
-                if let Err(e) = conn.send(m.output(), s.timeout).await {
-                    got.error = Some(format!("provider connection failed: {e}"));
+                if !give_verdict(conn, &mut m, &mut got, &mut s, ended, reply).await {
                     break;
                 }
             }
@@ -187,8 +179,18 @@ struct Ended {
     size: u64,
 }
 
-/// The sink's verdict on a message, given to the provider (and logged, and counted).
-fn verdict(m: &mut SmtpServer, got: &mut Received, s: &mut Session<'_>, ended: Ended, reply: Reply) {
+/// The sink's verdict on a message, given to the provider (and logged, and counted). It leaves
+/// at once, not with the replies to the commands pipelined behind the message: a crash of ours
+/// then makes the provider send again only the message in hand, not every one stored since the
+/// last flush. `false` if the provider connection failed (`got.error` says how).
+async fn give_verdict(
+    conn: &mut Conn,
+    m: &mut SmtpServer,
+    got: &mut Received,
+    s: &mut Session<'_>,
+    ended: Ended,
+    reply: Reply,
+) -> bool {
     let Ended { from, rcpts, size } = ended;
     let from = if from.is_empty() { "<>".to_string() } else { from };
     if reply.is_positive() {
@@ -202,6 +204,11 @@ fn verdict(m: &mut SmtpServer, got: &mut Received, s: &mut Session<'_>, ended: E
         m.committed(Err(reply));
     }
     (s.progress)(got);
+    if let Err(e) = conn.send(m.output(), s.timeout).await {
+        got.error = Some(format!("provider connection failed: {e}"));
+        return false;
+    }
+    true
 }
 
 /// Whether the provider's next command, already read, is DATA or BDAT: the recipient being

@@ -13,7 +13,7 @@ mod interop_util;
 
 use client_util::{pair, states, SmtpSink};
 use common::Server;
-use interop_util::{swaks, swaks_replies, Fetchmail, Run};
+use interop_util::{odmr_rc, swaks_replies, Fetchmail, Run};
 
 // ----- what smtp-sink received -----
 
@@ -44,16 +44,8 @@ fn split_our_received(content: &[u8]) -> (String, Vec<u8>) {
 /// Run fetchmail once (`-v`, under `timeout 60`) as `user`, asking for `domains`, relaying
 /// into `sink`. Each run has its own 0700 FETCHMAILHOME with a 0600 rc file.
 fn fetchmail(server: &Server, user: &str, password: &str, domains: &[&str], sink: &SmtpSink) -> Option<Run> {
-    let run = Fetchmail::find()?.run(&format!(
-        "set no syslog\n\
-         poll 127.0.0.1 service {odmr} proto odmr\n    \
-             user \"{user}\" password \"{password}\"\n    \
-             fetchdomains {domains}\n    \
-             smtphost 127.0.0.1/{sink}\n",
-        odmr = server.odmr.port(),
-        domains = domains.join(","),
-        sink = sink.port,
-    ));
+    let rc = odmr_rc(server.odmr.port(), user, password, domains, sink.port);
+    let run = Fetchmail::find()?.run(&rc);
     Some(run)
 }
 
@@ -96,20 +88,9 @@ fn turned_around(run: &Run) -> bool {
 
 // ----- senders -----
 
-/// Send one message with swaks into the MX. swaks turns LF into CRLF, dot-stuffs, and always
-/// ends the data with one CRLF of its own, so the file holds `message` without its final LF:
-/// then exactly `message` goes over the wire.
+/// Send one message with swaks into the MX (exactly `message` goes over the wire).
 fn swaks_send(server: &Server, from: &str, to: &[&str], message: &[u8]) -> Run {
-    let data = message
-        .strip_suffix(b"\n")
-        .expect("a message ends with a line end");
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), data).unwrap();
-    let at_file = format!("@{}", file.path().display());
-    let smtp = server.smtp.to_string();
-    let to = to.join(",");
-    swaks(&["--server", &smtp, "--from", from, "--to", &to, "--data", &at_file])
-        .expect("swaks is checked by the caller")
+    interop_util::swaks_send(server.smtp, from, to, message)
 }
 
 fn have_peers() -> bool {

@@ -30,7 +30,7 @@ use client_util::{
     ProviderCfg, CUSTOMER,
 };
 use common::{Server, HOSTNAME};
-use interop_util::{swaks, Fetchmail, Run};
+use interop_util::{odmr_rc, Fetchmail, Run};
 use postfix_util::{Held, Postfix};
 
 const USER: &str = "acme";
@@ -47,37 +47,18 @@ fn provider(domains: &[&str]) -> Server {
     s
 }
 
-/// Send one message with swaks into the provider's MX; panics unless it was accepted for at
-/// least one recipient. swaks turns LF into CRLF, dot-stuffs, and ends the data with a CRLF
-/// of its own, so the file holds `message` without its final LF: exactly `message` goes over
-/// the wire.
+/// Send one message with swaks into the provider's MX (exactly `message` goes over the wire);
+/// panics unless it was accepted for at least one recipient.
 fn swaks_send(server: &Server, from: &str, to: &[&str], message: &[u8]) -> Run {
-    let data = message
-        .strip_suffix(b"\n")
-        .expect("a message ends with a line end");
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), data).unwrap();
-    let at_file = format!("@{}", file.path().display());
-    let smtp = server.smtp.to_string();
-    let to = to.join(",");
-    let run = swaks(&["--server", &smtp, "--from", from, "--to", &to, "--data", &at_file])
-        .expect("swaks is checked by the caller");
+    let run = interop_util::swaks_send(server.smtp, from, to, message);
     assert_eq!(run.code, Some(0), "swaks:\n{}", run.all());
     run
 }
 
 /// fetchmail, once, as `acme` asking for `domains`, relaying into the Postfix.
 fn fetchmail(server: &Server, domains: &[&str], postfix: &Postfix) -> Run {
-    Fetchmail::find().expect("checked by have_peers").run(&format!(
-        "set no syslog\n\
-         poll 127.0.0.1 service {odmr} proto odmr\n    \
-             user \"{USER}\" password \"{PASS}\"\n    \
-             fetchdomains {domains}\n    \
-             smtphost 127.0.0.1/{port}\n",
-        odmr = server.odmr.port(),
-        domains = domains.join(","),
-        port = postfix.port,
-    ))
+    let rc = odmr_rc(server.odmr.port(), USER, PASS, domains, postfix.port);
+    Fetchmail::find().expect("checked by have_peers").run(&rc)
 }
 
 /// The provider's reply to fetchmail's ATRN, if any.

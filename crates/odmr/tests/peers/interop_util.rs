@@ -154,3 +154,32 @@ pub fn swaks_reply_to(run: &Run, cmd: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix("<-  ").or_else(|| l.strip_prefix("<** ")))
         .map(str::to_string)
 }
+
+/// The rc file of one plain ODMR poll: `user` asks the provider's ODMR listener (127.0.0.1,
+/// `odmr_port`) for `domains` and fetchmail relays into the local MTA at 127.0.0.1:`smtp_port`.
+pub fn odmr_rc(odmr_port: u16, user: &str, password: &str, domains: &[&str], smtp_port: u16) -> String {
+    format!(
+        "set no syslog\n\
+         poll 127.0.0.1 service {odmr_port} proto odmr\n    \
+             user \"{user}\" password \"{password}\"\n    \
+             fetchdomains {domains}\n    \
+             smtphost 127.0.0.1/{smtp_port}\n",
+        domains = domains.join(","),
+    )
+}
+
+/// Send one message with swaks into the MX at `smtp`. swaks turns LF into CRLF, dot-stuffs,
+/// and always ends the data with one CRLF of its own, so the file holds `message` without its
+/// final LF: then exactly `message` goes over the wire.
+pub fn swaks_send(smtp: std::net::SocketAddr, from: &str, to: &[&str], message: &[u8]) -> Run {
+    let data = message
+        .strip_suffix(b"\n")
+        .expect("a message ends with a line end");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), data).unwrap();
+    let at_file = format!("@{}", file.path().display());
+    let smtp = smtp.to_string();
+    let to = to.join(",");
+    swaks(&["--server", &smtp, "--from", from, "--to", &to, "--data", &at_file])
+        .expect("swaks is checked by the caller")
+}

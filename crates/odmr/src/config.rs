@@ -118,6 +118,8 @@ struct RawSmtp {
     etrn: bool,
     #[serde(default)]
     etrn_connect_timeout: Option<String>,
+    #[serde(default)]
+    lookup_cache: Option<String>,
 }
 
 impl Default for RawSmtp {
@@ -132,6 +134,7 @@ impl Default for RawSmtp {
             auth: true,
             etrn: true,
             etrn_connect_timeout: None,
+            lookup_cache: None,
         }
     }
 }
@@ -252,6 +255,8 @@ pub struct SmtpConfig {
     pub etrn: bool,
     /// How long an ETRN queue run may take to connect to the account's destination.
     pub etrn_connect_timeout: Duration,
+    /// How long the MX reuses a recipient lookup (zero: never).
+    pub lookup_cache: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +288,8 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 /// lock a customer's mail out for longer than customers poll.
 pub const LEASE_TTL_MIN: Duration = Duration::from_secs(5);
 pub const LEASE_TTL_MAX: Duration = Duration::from_secs(60 * 60);
+/// The longest the MX may reuse a recipient lookup: the longest a removed domain stays accepted.
+pub const LOOKUP_CACHE_MAX: Duration = Duration::from_secs(5 * 60);
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -382,6 +389,15 @@ impl Config {
             ));
         }
         let sec = Duration::from_secs;
+        let lookup_cache = dur("smtp.lookup_cache", &raw.smtp.lookup_cache, sec(1), sec(0))?;
+        if lookup_cache > LOOKUP_CACHE_MAX {
+            return Err(invalid(
+                "smtp.lookup_cache",
+                raw.smtp.lookup_cache.as_deref().unwrap_or_default(),
+                "too long: a removed domain would still be accepted for that long",
+                &format!("use at most {}", humantime::format_duration(LOOKUP_CACHE_MAX)),
+            ));
+        }
         if raw.tls.is_none() && (!raw.odmr.listen_tls.is_empty() || raw.odmr.require_tls) {
             let key = if raw.odmr.require_tls {
                 "odmr.require_tls"
@@ -512,6 +528,7 @@ impl Config {
                     sec(30),
                     sec(1),
                 )?,
+                lookup_cache,
             },
             odmr: OdmrConfig {
                 listen: addrs("odmr.listen", &raw.odmr.listen, "0.0.0.0:366")?,
@@ -609,6 +626,22 @@ listen = ["0.0.0.0:366"]
         assert!(c.smtp.auth && c.smtp.etrn);
         assert_eq!(c.smtp.etrn_connect_timeout, Duration::from_secs(30));
         assert_eq!(c.odmr.lease_ttl, DEFAULT_LEASE_TTL);
+    }
+
+    #[test]
+    fn lookup_cache_defaults_to_a_second_and_is_bounded() {
+        let base = "hostname = \"h.example\"\n[smtp]\n";
+        assert_eq!(parse(base).unwrap().smtp.lookup_cache, Duration::from_secs(1));
+        for (v, want) in [("0s", 0), ("5m", 300)] {
+            let c = parse(&format!("{base}lookup_cache = \"{v}\"\n")).unwrap();
+            assert_eq!(c.smtp.lookup_cache, Duration::from_secs(want), "{v}");
+        }
+        for (v, why) in [("6m", "at most 5m"), ("often", "duration")] {
+            let e = parse(&format!("{base}lookup_cache = \"{v}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("smtp.lookup_cache") && e.contains(why), "{v}: {e}");
+        }
     }
 
     #[test]

@@ -10,8 +10,10 @@ mod interop_util;
 
 use common::{send_mail, Line, Server};
 
+/// These tests change a domain's policy and expect the next RCPT to follow it, so the MX asks
+/// the store at every RCPT (`lookup_cache = "0s"`; the cache has tests of its own).
 fn provider() -> Server {
-    let s = Server::start();
+    let s = Server::start_with("lookup_cache = \"0s\"", "");
     s.account("acme", "secret-pw", &["example.org", "other.example"]);
     s
 }

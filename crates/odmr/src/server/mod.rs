@@ -12,6 +12,7 @@ mod deliver;
 mod etrn;
 mod lease;
 pub mod limits;
+mod lookup_cache;
 mod mx;
 mod odmr;
 
@@ -45,6 +46,8 @@ pub struct Shared {
     pub decoy_secret: Vec<u8>,
     /// Connection counts and AUTH failure throttling.
     pub guards: limits::Guards,
+    /// The MX's recipient lookups, reused for a moment (see [`lookup_cache`]).
+    pub lookups: lookup_cache::LookupCache,
     /// How this process signs the delivery leases it takes.
     pub identity: lease::Identity,
     /// Becomes `true` when the server is shutting down.
@@ -93,6 +96,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         store: store.clone(),
         tls: tls.clone(),
         guards: limits::Guards::new(cfg.limits.clone()),
+        lookups: lookup_cache::LookupCache::new(cfg.smtp.lookup_cache),
         decoy_secret: rand::random::<[u8; 32]>().to_vec(),
         identity,
         shutdown: stop_rx,

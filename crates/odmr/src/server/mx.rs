@@ -11,6 +11,8 @@
 //! under concurrency: sessions racing each other can each pass the check. The byte quota checked
 //! after DATA is the one read at RCPT in the same transaction (a quota changed meanwhile applies
 //! from the next transaction), so a domain without a byte quota costs no lookup after DATA.
+//! Recipient lookups come through [`super::lookup_cache`]: a change by the CLI reaches the MX
+//! within a second.
 //!
 //! CHUNKING (RFC 3030) is offered, as mature MTAs do (Postfix by default; Exim sends BDAT when
 //! it is). A BDAT message is the same sequence of steps as a DATA one, with two differences the
@@ -305,7 +307,11 @@ async fn check_recipient(
     domain: &str,
 ) -> Result<(RcptVerdict, Option<u64>), odmr_store::StoreError> {
     let local = address.rsplit_once('@').map_or(address, |(l, _)| l);
-    let Some(check) = shared.store.domain_accepts(domain, local).await? else {
+    let Some(check) = shared
+        .lookups
+        .domain_accepts(&shared.store, domain, local)
+        .await?
+    else {
         tracing::info!(rcpt = %address, domain = %domain, "recipient refused: domain not hosted");
         return Ok((RcptVerdict::NotHosted, None));
     };

@@ -13,7 +13,10 @@
 //! - `Finished` reports the messages in the order they were sent (with PIPELINING the next one
 //!   goes out while the previous awaits its final reply), with one outcome per recipient, and
 //!   `Delivered` only after the final dot was sent (outcomes come only from the peer's replies);
-//! - `Done` is final: polling again consumes nothing.
+//! - `Done` is final: polling again consumes nothing;
+//! - STARTTLS (the policy comes from the flags' top bits): `StartTls` is answered like the
+//!   driver does, closing if the peer sent anything after its 220, else `tls_started()`; with
+//!   `Required`, no MAIL goes out before TLS is active, and with `Never` no STARTTLS at all.
 
 #![no_main]
 
@@ -22,7 +25,7 @@ mod common;
 use bytes::BytesMut;
 use common::{feed, Input, Progress};
 use libfuzzer_sys::fuzz_target;
-use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, BDAT_MAX};
+use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, StartTls, BDAT_MAX};
 use odmr_proto::dot::DotStuffer;
 use odmr_proto::envelope::RcptEntry;
 use std::collections::VecDeque;
@@ -86,6 +89,9 @@ fuzz_target!(|data: &[u8]| {
     } = Input::parse(data);
     let split = usize::from(flags) % (BODY.len() + 1);
     let mut d = Deliverer::new("odmr.example.net");
+    let policy = [StartTls::Never, StartTls::IfOffered, StartTls::Required, StartTls::IfOffered]
+        [usize::from(flags >> 6)];
+    d.set_starttls(policy);
     let mut input = BytesMut::new();
     let mut progress = Progress::default();
     let total_input = chunks.total_len();
@@ -109,6 +115,13 @@ fuzz_target!(|data: &[u8]| {
         let out = std::mem::take(d.output());
         common::trace(&step, &out);
         for line in out.split(|&b| b == b'\n') {
+            if line.starts_with(b"MAIL FROM:") && policy == StartTls::Required {
+                assert!(d.tls_active(), "MAIL in plaintext although TLS is required");
+            }
+            if line.starts_with(b"STARTTLS") {
+                assert_ne!(policy, StartTls::Never, "STARTTLS though never asked for");
+                assert!(!d.tls_active(), "STARTTLS inside TLS");
+            }
             if let Some(rest) = line.strip_prefix(b"RCPT TO:<") {
                 let addr = &rest[..rest.iter().position(|&b| b == b'>').expect("RCPT without '>'")];
                 let named = in_flight
@@ -165,6 +178,14 @@ fuzz_target!(|data: &[u8]| {
                 if outcomes.iter().any(|o| matches!(o, RcptOutcome::Delivered(_))) {
                     assert!(dot, "Delivered without the final dot: {outcomes:?}");
                 }
+            }
+            DeliverStep::StartTls => {
+                // The driver refuses a handshake behind plaintext octets (command injection)
+                // and closes; the machine is not polled again.
+                if !input.is_empty() {
+                    break;
+                }
+                d.tls_started();
             }
             DeliverStep::Done => {
                 assert_eq!(d.poll(&mut input), DeliverStep::Done);

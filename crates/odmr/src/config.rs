@@ -120,6 +120,10 @@ struct RawSmtp {
     etrn_connect_timeout: Option<String>,
     #[serde(default)]
     lookup_cache: Option<String>,
+    #[serde(default)]
+    etrn_tls: Option<String>,
+    #[serde(default)]
+    etrn_tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RawSmtp {
@@ -135,6 +139,8 @@ impl Default for RawSmtp {
             etrn: true,
             etrn_connect_timeout: None,
             lookup_cache: None,
+            etrn_tls: None,
+            etrn_tls_ca_file: None,
         }
     }
 }
@@ -257,6 +263,24 @@ pub struct SmtpConfig {
     pub etrn_connect_timeout: Duration,
     /// How long the MX reuses a recipient lookup (zero: never).
     pub lookup_cache: Duration,
+    /// TLS on ETRN's outbound connections.
+    pub etrn_tls: EtrnTls,
+    /// The CA certificates (PEM) that `etrn_tls = "verify"` trusts instead of the system's.
+    pub etrn_tls_ca_file: Option<PathBuf>,
+}
+
+/// `smtp.etrn_tls`: STARTTLS (RFC 3207) when an ETRN queue run connects to the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtrnTls {
+    /// Plaintext always.
+    None,
+    /// When the destination offers it, without checking its certificate (opportunistic,
+    /// RFC 7435; Postfix's `may`); plaintext if it does not, or if TLS fails.
+    May,
+    /// Always, without checking the certificate: a destination without TLS gets no mail.
+    Encrypt,
+    /// Always, and the certificate must be valid for the destination's host name.
+    Verify,
 }
 
 #[derive(Debug, Clone)]
@@ -359,6 +383,30 @@ impl Config {
             }
             Ok(d)
         };
+        let etrn_tls = match raw.smtp.etrn_tls.as_deref().unwrap_or("may") {
+            "none" => EtrnTls::None,
+            "may" => EtrnTls::May,
+            "encrypt" => EtrnTls::Encrypt,
+            "verify" => EtrnTls::Verify,
+            t => {
+                return Err(invalid(
+                    "smtp.etrn_tls",
+                    t,
+                    "unknown TLS level",
+                    "use \"may\" (the default), \"encrypt\", \"verify\" or \"none\"",
+                ))
+            }
+        };
+        if let Some(ca) = &raw.smtp.etrn_tls_ca_file {
+            if etrn_tls != EtrnTls::Verify {
+                return Err(invalid(
+                    "smtp.etrn_tls_ca_file",
+                    &ca.display().to_string(),
+                    "only used with etrn_tls = \"verify\"",
+                    "set etrn_tls = \"verify\", or remove etrn_tls_ca_file",
+                ));
+            }
+        }
         let max_message_size = match &raw.smtp.max_message_size {
             None => 50 * 1024 * 1024,
             Some(Size::Octets(n)) => *n,
@@ -529,6 +577,8 @@ impl Config {
                     sec(1),
                 )?,
                 lookup_cache,
+                etrn_tls,
+                etrn_tls_ca_file: raw.smtp.etrn_tls_ca_file.clone(),
             },
             odmr: OdmrConfig {
                 listen: addrs("odmr.listen", &raw.odmr.listen, "0.0.0.0:366")?,
@@ -642,6 +692,34 @@ listen = ["0.0.0.0:366"]
                 .to_string();
             assert!(e.contains("smtp.lookup_cache") && e.contains(why), "{v}: {e}");
         }
+    }
+
+    #[test]
+    fn etrn_tls_levels() {
+        let base = "hostname = \"h.example\"\n[smtp]\n";
+        assert_eq!(parse(base).unwrap().smtp.etrn_tls, EtrnTls::May);
+        for (v, want) in [
+            ("none", EtrnTls::None),
+            ("may", EtrnTls::May),
+            ("encrypt", EtrnTls::Encrypt),
+            ("verify", EtrnTls::Verify),
+        ] {
+            let c = parse(&format!("{base}etrn_tls = \"{v}\"\n")).unwrap();
+            assert_eq!(c.smtp.etrn_tls, want, "{v}");
+        }
+        let e = parse(&format!("{base}etrn_tls = \"yes\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("smtp.etrn_tls") && e.contains("\"may\""), "{e}");
+        let c = parse(&format!(
+            "{base}etrn_tls = \"verify\"\netrn_tls_ca_file = \"ca.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.smtp.etrn_tls_ca_file.as_deref(), Some(Path::new("ca.pem")));
+        let e = parse(&format!("{base}etrn_tls_ca_file = \"ca.pem\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("smtp.etrn_tls_ca_file") && e.contains("verify"), "{e}");
     }
 
     #[test]

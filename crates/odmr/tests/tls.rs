@@ -1,7 +1,8 @@
 //! TLS end to end, over real sockets on 127.0.0.1, against real peers: STARTTLS on the MX (swaks,
 //! Python's smtplib), implicit TLS on the ODMR port (fetchmail `ssl`), `odmr client` in its three
 //! TLS modes with good and bad certificates, certificate reload on SIGHUP, the STARTTLS
-//! command-injection defence, and `require_tls`.
+//! command-injection defence, `require_tls`, and STARTTLS on ETRN's outbound connections
+//! (`smtp.etrn_tls`) to an aiosmtpd destination (`peers/etrn_tls_destination.py`) and smtp-sink.
 //!
 //! The certificates are made here with rcgen: a test CA, leaves it signed for "localhost" and
 //! 127.0.0.1, an expired leaf, a leaf for another name, and an unrelated CA. Every peer verifies
@@ -14,8 +15,8 @@ mod common;
 #[path = "peers/interop_util.rs"]
 mod interop_util;
 
-use client_util::{client_once, split_received, states, Dumped, Once, SmtpSink, CUSTOMER};
-use common::{send_mail, Server};
+use client_util::{client_once, split_received, states, Dumped, Once, PyPeer, SmtpSink, CUSTOMER};
+use common::{send_mail, wait_until, Line, Server};
 use interop_util::{random_u64, run_timeout, swaks, Fetchmail, Run};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
@@ -1162,4 +1163,156 @@ fn odmr_client_starttls_never_falls_back_and_refuses_injected_plaintext() {
         );
         assert!(sink.messages().is_empty());
     }
+}
+
+// ----- ETRN's outbound connections (smtp.etrn_tls) -----
+//
+// `may` into a destination without STARTTLS (plaintext) is what every test in etrn.rs does
+// (smtp-sink offers no STARTTLS).
+
+/// A provider (`smtp_extra` in its `[smtp]`) whose account delivers ETRN to `destination`,
+/// allowed from loopback, holding one message for bob@a.example.
+fn etrn_provider(smtp_extra: &str, destination: &str) -> Server {
+    let s = Server::start_with(smtp_extra, "");
+    s.account(USER, PASSWORD, &[DOMAIN]);
+    let args = [
+        "account",
+        "set",
+        USER,
+        "--etrn-destination",
+        destination,
+        "--etrn-from",
+        "127.0.0.0/8",
+    ];
+    let (st, out, err) = s.cli(&args, None);
+    assert_eq!(st, 0, "{out}{err}");
+    let r = send_mail(
+        s.smtp,
+        "alice@sender.test",
+        &[&format!("bob@{DOMAIN}")],
+        "Subject: etrn tls\n\nheld for ETRN\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    s
+}
+
+/// `ETRN a.example` on the MX, then waits for the queue run to end; returns the ETRN reply.
+fn etrn_and_wait(s: &Server) -> String {
+    let mut c = Line::connect(s.smtp);
+    c.reply();
+    c.ask("EHLO customer.test");
+    let r = c.ask(&format!("ETRN {DOMAIN}"));
+    c.ask("QUIT");
+    assert!(
+        wait_until(30, || s.log().contains("ETRN queue run finished")),
+        "the queue run did not end:\n{}",
+        s.log()
+    );
+    r
+}
+
+/// The aiosmtpd destination with `leaf`'s certificate; `None` (skipped) without aiosmtpd.
+fn tls_destination(leaf: &Leaf, extra: &[&str]) -> Option<(PyPeer, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf.write(dir.path(), "destination");
+    let mut args = vec![cert.to_str().unwrap(), key.to_str().unwrap()];
+    args.extend(extra);
+    let peer = PyPeer::start("etrn_tls_destination.py", &args, true)?;
+    Some((peer, dir))
+}
+
+fn destination_events(peer: &PyPeer, event: &str) -> Vec<Value> {
+    peer.events()
+        .into_iter()
+        .filter(|e| e["event"] == event)
+        .collect()
+}
+
+#[test]
+fn etrn_delivers_over_starttls_when_the_destination_offers_it() {
+    let pki = Pki::new();
+    let Some((dest, _dir)) = tls_destination(&pki.good, &[]) else {
+        return;
+    };
+    // The default level, "may": TLS when offered, the certificate not checked.
+    let s = etrn_provider("", &format!("127.0.0.1:{}", dest.port));
+    assert!(etrn_and_wait(&s).starts_with("253"));
+    let data = destination_events(&dest, "data");
+    assert_eq!(data.len(), 1, "{data:?}\n{}", s.log());
+    assert_eq!(
+        data[0]["tls"],
+        json!(true),
+        "delivered in plaintext:\n{}",
+        s.log()
+    );
+    assert_eq!(data[0]["rcpts"], json!([format!("bob@{DOMAIN}")]));
+    assert!(states(&s).is_empty(), "{:?}", states(&s));
+    assert!(s.logged("TLS established"));
+}
+
+#[test]
+fn etrn_tls_verify_checks_the_destination_certificate() {
+    let pki = Pki::new();
+    let ca = pki.ca.to_str().unwrap().to_string();
+    let verify = format!("etrn_tls = \"verify\"\netrn_tls_ca_file = \"{ca}\"");
+    // Signed by the CA given, for the name dialled: delivered over TLS.
+    let Some((good, _d1)) = tls_destination(&pki.good, &[]) else {
+        return;
+    };
+    let s = etrn_provider(&verify, &format!("127.0.0.1:{}", good.port));
+    assert!(etrn_and_wait(&s).starts_with("253"));
+    let data = destination_events(&good, "data");
+    assert_eq!(data.len(), 1, "{data:?}\n{}", s.log());
+    assert_eq!(data[0]["tls"], json!(true));
+    assert!(states(&s).is_empty());
+
+    // Signed by the same CA for another name: nothing is delivered, the mail stays queued,
+    // and there is no plaintext retry.
+    let Some((wrong, _d2)) = tls_destination(&pki.wrong_name, &[]) else {
+        return;
+    };
+    let s = etrn_provider(&verify, &format!("127.0.0.1:{}", wrong.port));
+    assert!(etrn_and_wait(&s).starts_with("253"));
+    assert!(destination_events(&wrong, "data").is_empty());
+    assert_eq!(
+        destination_events(&wrong, "connect").len(),
+        1,
+        "retried in plaintext"
+    );
+    assert_eq!(states(&s), vec![(format!("bob@{DOMAIN}"), "queued".to_string())]);
+    assert!(s.logged("TLS handshake failed"), "{}", s.log());
+    assert!(s.logged("the mail stays queued"), "{}", s.log());
+}
+
+#[test]
+fn etrn_tls_encrypt_never_delivers_in_plaintext() {
+    let Some(sink) = SmtpSink::start(false) else {
+        return;
+    };
+    let s = etrn_provider("etrn_tls = \"encrypt\"", &format!("127.0.0.1:{}", sink.port));
+    assert!(etrn_and_wait(&s).starts_with("253"));
+    assert!(
+        sink.messages().is_empty(),
+        "smtp-sink offers no STARTTLS, yet got mail"
+    );
+    assert_eq!(states(&s), vec![(format!("bob@{DOMAIN}"), "queued".to_string())]);
+    assert!(s.logged("does not offer STARTTLS"), "{}", s.log());
+}
+
+#[test]
+fn etrn_tls_may_refuses_an_injected_reply_and_delivers_in_plaintext() {
+    let pki = Pki::new();
+    // The first STARTTLS is answered "220" with a plaintext "250" behind it in the same write.
+    let Some((dest, _dir)) = tls_destination(&pki.good, &["--inject-once"]) else {
+        return;
+    };
+    let s = etrn_provider("", &format!("127.0.0.1:{}", dest.port));
+    assert!(etrn_and_wait(&s).starts_with("253"));
+    assert!(s.logged("TLS handshake failed"), "{}", s.log());
+    // "may": a second connection, in plaintext, delivers.
+    assert_eq!(destination_events(&dest, "connect").len(), 2);
+    let data = destination_events(&dest, "data");
+    assert_eq!(data.len(), 1, "{data:?}\n{}", s.log());
+    assert_eq!(data[0]["tls"], json!(false));
+    assert!(states(&s).is_empty());
 }

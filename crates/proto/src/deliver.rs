@@ -27,6 +27,11 @@
 //!   with every message behind it.
 //! - **Only the recipients handed to [`Deliverer::send`] are named**; the driver restricts them
 //!   to the granted domains.
+//! - **STARTTLS (RFC 3207), for ETRN's outbound connections** ([`StartTls`]): asked for right
+//!   after the first EHLO when the peer offers it, and then everything the peer said before TLS
+//!   is forgotten: its capabilities come from a new EHLO (§4.2), and any octet it sent after its
+//!   220 is never read as a reply (the driver refuses the handshake then: command injection).
+//!   With [`StartTls::Required`] no transaction starts in plaintext.
 //! - **Nothing is sent that the peer did not offer.** Without 8BITMIME an 8-bit message is not
 //!   sent (it stays queued with a recorded reason, see [`Deliverer::send`]); SIZE, DSN and
 //!   SMTPUTF8 parameters are passed only when offered.
@@ -48,6 +53,8 @@ pub struct PeerCaps {
     pub dsn: bool,
     /// RFC 3030 CHUNKING: the body goes out with BDAT instead of DATA.
     pub chunking: bool,
+    /// RFC 3207 STARTTLS.
+    pub starttls: bool,
 }
 
 impl PeerCaps {
@@ -65,6 +72,7 @@ impl PeerCaps {
                 "SMTPUTF8" => c.smtputf8 = true,
                 "DSN" => c.dsn = true,
                 "CHUNKING" => c.chunking = true,
+                "STARTTLS" => c.starttls = true,
                 "SIZE" => c.size = Some(w.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 _ => {}
             }
@@ -141,6 +149,22 @@ pub enum DeliverStep {
     Finished(Vec<RcptOutcome>),
     /// The session is over; close the connection. [`Deliverer::error`] says why, if it failed.
     Done,
+    /// The peer said 220 to STARTTLS: do the TLS handshake (refusing it if the peer sent anything
+    /// after that 220), then call [`Deliverer::tls_started`]. If the handshake fails, the
+    /// connection is unusable: close it.
+    StartTls,
+}
+
+/// Whether the delivering client asks for TLS (RFC 3207) after EHLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTls {
+    /// Never (the ATRN turnaround: TLS, if any, was negotiated before ATRN).
+    Never,
+    /// When the peer offers it; otherwise, or if the peer refuses it, in plaintext
+    /// (opportunistic, RFC 7435).
+    IfOffered,
+    /// Always: a peer that does not offer STARTTLS or refuses it gets no mail (QUIT).
+    Required,
 }
 
 /// What the machine waits for, so the driver can pick the RFC 5321 §4.5.3.2 timeout.
@@ -172,6 +196,10 @@ enum State {
     Greeting,
     Ehlo,
     Helo,
+    /// STARTTLS is sent; its reply is awaited.
+    StartTls,
+    /// The peer said 220 to STARTTLS: the driver does the handshake.
+    Handshake,
     /// Transactions: see [`Deliverer::ready`] for when another may start.
     Open,
     /// QUIT is sent; replies still owed to earlier transactions come first.
@@ -253,6 +281,9 @@ pub struct Deliverer {
     peer_name: Option<String>,
     /// The transaction last reported `Finished` was decided here (see [`Deliverer::send`]).
     local_verdict: bool,
+    starttls: StartTls,
+    /// TLS is active (the driver called [`Deliverer::tls_started`]).
+    tls: bool,
 }
 
 impl Deliverer {
@@ -276,7 +307,33 @@ impl Deliverer {
             error: None,
             peer_name: None,
             local_verdict: false,
+            starttls: StartTls::Never,
+            tls: false,
         }
+    }
+
+    /// Whether to ask for TLS after EHLO (before the session starts; [`StartTls::Never`] unless
+    /// set).
+    pub fn set_starttls(&mut self, policy: StartTls) {
+        self.starttls = policy;
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: forget what the peer said before it and
+    /// greet it again (RFC 3207 §4.2).
+    pub fn tls_started(&mut self) {
+        if self.state != State::Handshake {
+            return;
+        }
+        self.tls = true;
+        self.caps = PeerCaps::default();
+        let h = format!("EHLO {}", self.hostname);
+        self.cmd(&h);
+        self.state = State::Ehlo;
+    }
+
+    /// Whether TLS is active on this session.
+    pub fn tls_active(&self) -> bool {
+        self.tls
     }
 
     /// Whether the outcomes last reported by [`DeliverStep::Finished`] were decided here (over
@@ -364,6 +421,9 @@ impl Deliverer {
             if self.state == State::Done {
                 return DeliverStep::Done;
             }
+            if self.state == State::Handshake {
+                return DeliverStep::StartTls;
+            }
             if self.txs.iter().any(|t| t.phase == Phase::Body) {
                 return DeliverStep::SendBody;
             }
@@ -445,6 +505,7 @@ impl Deliverer {
                 if r.is_positive() {
                     self.caps = PeerCaps::from_ehlo(&r);
                     self.state = State::Open;
+                    self.after_greeting();
                 } else if r.is_permanent() {
                     let h = format!("HELO {}", self.hostname);
                     self.cmd(&h);
@@ -458,13 +519,40 @@ impl Deliverer {
                 if r.is_positive() {
                     self.caps = PeerCaps::default();
                     self.state = State::Open;
+                    self.after_greeting();
                 } else {
                     self.error = Some(format!("customer refused HELO: {r}"));
                     self.quit_now();
                 }
             }
+            State::StartTls => {
+                if r.code == 220 {
+                    self.state = State::Handshake;
+                } else if self.starttls == StartTls::Required {
+                    self.error = Some(format!("customer refused STARTTLS, which is required: {r}"));
+                    self.quit_now();
+                } else {
+                    // RFC 3207 §4: the client decides whether to go on; opportunistic TLS does,
+                    // with what the first EHLO said.
+                    self.state = State::Open;
+                }
+            }
             State::Open | State::Quit => self.tx_reply(r),
-            State::Done => {}
+            State::Handshake | State::Done => {}
+        }
+    }
+
+    /// EHLO (or HELO) is answered: ask for TLS if the policy says so, else start.
+    fn after_greeting(&mut self) {
+        if self.tls || self.starttls == StartTls::Never {
+            return;
+        }
+        if self.caps.starttls {
+            self.cmd("STARTTLS");
+            self.state = State::StartTls;
+        } else if self.starttls == StartTls::Required {
+            self.error = Some("customer does not offer STARTTLS, which is required".into());
+            self.quit_now();
         }
     }
 
@@ -894,6 +982,90 @@ mod tests {
         );
         assert_eq!(feed(&mut d, ehlo_reply).1, DeliverStep::Ready);
         d
+    }
+
+    /// Greeted with `policy`, the first EHLO answered with `ehlo_reply`.
+    fn greeted(policy: StartTls, ehlo_reply: &str) -> (Deliverer, String, DeliverStep) {
+        let mut d = Deliverer::new("odmr.example.net");
+        d.set_starttls(policy);
+        feed(&mut d, "220 customer ready\r\n");
+        let (out, step) = feed(&mut d, ehlo_reply);
+        (d, out, step)
+    }
+
+    const EHLO_TLS: &str = "250-customer\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 STARTTLS\r\n";
+
+    #[test]
+    fn starttls_when_offered_then_everything_from_a_new_ehlo() {
+        let (mut d, out, step) = greeted(StartTls::IfOffered, EHLO_TLS);
+        assert_eq!((out.as_str(), &step), ("STARTTLS\r\n", &DeliverStep::NeedInput));
+        // Anything the peer sends after its 220 stays unread, for the driver to refuse.
+        let mut input = BytesMut::from("220 go ahead\r\n250 injected\r\n");
+        assert_eq!(d.poll(&mut input), DeliverStep::StartTls);
+        assert_eq!(&input[..], b"250 injected\r\n");
+        assert_eq!(
+            d.poll(&mut BytesMut::new()),
+            DeliverStep::StartTls,
+            "until tls_started"
+        );
+        d.tls_started();
+        assert!(d.tls_active());
+        assert_eq!(feed(&mut d, "").0, "EHLO odmr.example.net\r\n");
+        // The capabilities are the second EHLO's alone: CHUNKING said in plaintext is forgotten.
+        assert_eq!(
+            feed(&mut d, "250-customer\r\n250 STARTTLS\r\n").1,
+            DeliverStep::Ready
+        );
+        assert!(!d.caps().chunking && !d.caps().pipelining);
+        d.send(msg(&["x@example.org"]));
+        assert!(feed(&mut d, "").0.starts_with("MAIL FROM:"), "no second STARTTLS");
+    }
+
+    #[test]
+    fn opportunistic_tls_goes_on_in_plaintext_when_not_offered_or_refused() {
+        let (d, out, step) = greeted(StartTls::IfOffered, EHLO_FULL);
+        assert_eq!((out.as_str(), step), ("", DeliverStep::Ready));
+        assert!(!d.tls_active() && d.caps().pipelining);
+
+        let (mut d, _, _) = greeted(StartTls::IfOffered, EHLO_TLS);
+        assert_eq!(
+            feed(&mut d, "454 4.7.0 TLS not available\r\n").1,
+            DeliverStep::Ready
+        );
+        assert!(
+            !d.tls_active() && d.caps().chunking,
+            "the first EHLO's capabilities"
+        );
+        assert_eq!(d.error(), None);
+    }
+
+    #[test]
+    fn required_tls_quits_when_not_offered_or_refused() {
+        for (ehlo, then) in [(EHLO_FULL, None), (EHLO_TLS, Some("454 4.7.0 not now\r\n"))] {
+            let (mut d, mut out, mut step) = greeted(StartTls::Required, ehlo);
+            if let Some(refusal) = then {
+                assert_eq!(out, "STARTTLS\r\n");
+                (out, step) = feed(&mut d, refusal);
+            }
+            assert_eq!(
+                (out.as_str(), &step),
+                ("QUIT\r\n", &DeliverStep::NeedInput),
+                "{ehlo}"
+            );
+            assert!(d.error().unwrap().contains("STARTTLS"), "{:?}", d.error());
+            assert_eq!(feed(&mut d, "221 bye\r\n").1, DeliverStep::Done);
+        }
+        // A HELO-only peer cannot offer it either.
+        let (mut d, out, _) = greeted(StartTls::Required, "502 5.5.1 EHLO unknown\r\n");
+        assert_eq!(out, "HELO odmr.example.net\r\n");
+        assert_eq!(feed(&mut d, "250 hi\r\n").0, "QUIT\r\n");
+    }
+
+    #[test]
+    fn never_asks_for_tls_even_when_offered() {
+        let (d, out, step) = greeted(StartTls::Never, EHLO_TLS);
+        assert_eq!((out.as_str(), step), ("", DeliverStep::Ready));
+        assert!(d.caps().starttls && !d.tls_active());
     }
 
     #[test]

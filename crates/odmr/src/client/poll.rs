@@ -99,8 +99,8 @@ async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Local, String> {
 /// simply what TLS is for).
 async fn start_tls(p: &Provider, conn: &mut Conn) -> Result<(), String> {
     let identity = p.tls_identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-    let connector =
-        client_connector(p.ca_file.as_deref(), p.tls_verify, identity).map_err(|e| e.to_string())?;
+    let connector = client_connector("ca_file", p.ca_file.as_deref(), p.tls_verify, identity)
+        .map_err(|e| e.to_string())?;
     let name = ServerName::try_from(p.host.clone()).map_err(|e| format!("{}: {e}", p.host))?;
     conn.connect_tls(&connector, name, p.timeout)
         .await

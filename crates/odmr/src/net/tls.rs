@@ -129,7 +129,9 @@ impl TlsServer {
 /// The client side: verify against the system roots, or `ca_file`, or (only when chosen
 /// explicitly) not at all.
 /// `identity`: our client certificate chain and key (PEM), offered for SASL EXTERNAL.
+/// `ca_key` names `ca_file`'s setting in errors.
 pub fn client_connector(
+    ca_key: &'static str,
     ca_file: Option<&Path>,
     verify: bool,
     identity: Option<(&Path, &Path)>,
@@ -163,12 +165,12 @@ pub fn client_connector(
         let mut roots = rustls::RootCertStore::empty();
         match ca_file {
             Some(path) => {
-                for c in read_certs("ca_file", path)? {
+                for c in read_certs(ca_key, path)? {
                     roots.add(c).map_err(|e| TlsError::File {
-                        key: "ca_file",
+                        key: ca_key,
                         path: path.to_path_buf(),
                         problem: e.to_string(),
-                        fix: "give a PEM file with the CA certificate(s) that signed the provider's certificate",
+                        fix: "give a PEM file with the CA certificate(s) that signed the peer's certificate",
                     })?;
                 }
             }
@@ -179,10 +181,10 @@ pub fn client_connector(
                 }
                 if roots.is_empty() {
                     return Err(TlsError::File {
-                        key: "ca_file",
+                        key: ca_key,
                         path: PathBuf::from("(system roots)"),
                         problem: "no trusted CA certificates found on this system".into(),
-                        fix: "install ca-certificates or set ca_file",
+                        fix: "install ca-certificates or set the CA file",
                     });
                 }
             }

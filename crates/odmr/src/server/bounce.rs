@@ -368,7 +368,7 @@ async fn send_notices(shared: &Shared, state: &mut State) -> anyhow::Result<()> 
     let attempt = async {
         match Conn::connect(relay, CONNECT_TIMEOUT).await {
             Ok(mut conn) => {
-                deliver(shared, &mut conn, &lease, &queue).await;
+                deliver(shared, &mut conn, &lease, &queue, None).await;
                 conn.shutdown().await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot reach the bounce relay; notices stay queued"),

@@ -12,6 +12,10 @@
 //!   [`UNRECORDED_MAX`] messages can have been delivered and not yet recorded, so a crash of
 //!   this node re-delivers at most that many (never loses one). A session ends only after the
 //!   recorder has written everything.
+//! - STARTTLS, when asked for ([`OutboundTls`], ETRN's connections): the handshake is refused
+//!   if the customer sent anything after its 220 (those octets would otherwise be read as
+//!   replies inside TLS: RFC 3207 §6, command injection), and a failed handshake ends the
+//!   session with nothing sent, so the caller may try again in plaintext.
 //! - A heartbeat renews the lease while the session runs; if the lease is lost (this node
 //!   stalled past its expiry and another took over) or an outcome cannot be recorded, delivery
 //!   stops at once.
@@ -19,7 +23,7 @@
 use super::Shared;
 use crate::net::conn::Conn;
 use bytes::Bytes;
-use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, Wait, MAX_IN_FLIGHT};
+use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, StartTls, Wait, MAX_IN_FLIGHT};
 use odmr_proto::envelope::RcptEntry;
 use odmr_store::{Lease, MessageId, Outcome, Pending, PendingRecipient, RecipientState, CHUNK_SIZE};
 use std::collections::{HashMap, VecDeque};
@@ -59,7 +63,28 @@ const _: () = assert!(
     "update the bound in tests/crash.rs and tests/queue_cli.rs"
 );
 
-pub async fn deliver(shared: &Shared, conn: &mut Conn, lease: &Lease, domains: &[String]) {
+/// TLS for a delivery on a connection we opened (ETRN): when to ask for it and how.
+pub struct OutboundTls {
+    pub policy: StartTls,
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name the certificate must carry (checked only by a verifying connector).
+    pub name: rustls_pki_types::ServerName<'static>,
+}
+
+/// How a delivery session ended, for a caller that may try again.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The TLS handshake after STARTTLS failed; nothing was delivered on this connection.
+    pub tls_failed: bool,
+}
+
+pub async fn deliver(
+    shared: &Shared,
+    conn: &mut Conn,
+    lease: &Lease,
+    domains: &[String],
+    tls: Option<&OutboundTls>,
+) -> Ended {
     let lost = Arc::new(AtomicBool::new(false));
     let ttl = shared.cfg.odmr.lease_ttl;
     let heartbeat = {
@@ -78,12 +103,13 @@ pub async fn deliver(shared: &Shared, conn: &mut Conn, lease: &Lease, domains: &
         })
     };
     let (jobs, queue) = mpsc::channel(RECORD_QUEUE);
-    let ((delivered, deferred, failed), ()) = tokio::join!(
-        run(shared, conn, domains, &lost, jobs),
+    let (((delivered, deferred, failed), ended), ()) = tokio::join!(
+        run(shared, conn, domains, tls, &lost, jobs),
         recorder(shared, lease, queue, &lost)
     );
     heartbeat.abort();
     tracing::info!(delivered, deferred, failed, "delivery session finished");
+    ended
 }
 
 /// What the recorder writes for one message.
@@ -198,11 +224,14 @@ async fn run(
     shared: &Shared,
     conn: &mut Conn,
     domains: &[String],
+    tls: Option<&OutboundTls>,
     lost: &AtomicBool,
     record: mpsc::Sender<RecordJob>,
-) -> (u64, u64, u64) {
+) -> ((u64, u64, u64), Ended) {
     let c = &shared.cfg.odmr;
     let mut d = Deliverer::new(shared.cfg.hostname.clone());
+    d.set_starttls(tls.map_or(StartTls::Never, |t| t.policy));
+    let mut ended = Ended::default();
     let mut source = Source {
         shared,
         domains,
@@ -380,6 +409,23 @@ async fn run(
                     lost.store(true, Ordering::SeqCst);
                 }
             }
+            DeliverStep::StartTls => {
+                let Some(t) = tls else { break };
+                match conn
+                    .connect_tls(&t.connector, t.name.clone(), c.reply_timeout)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(customer = d.peer_name().unwrap_or("?"), "TLS established");
+                        d.tls_started();
+                    }
+                    Err(e) => {
+                        tracing::warn!(customer = d.peer_name().unwrap_or("?"), error = %e, "TLS handshake failed");
+                        ended.tls_failed = true;
+                        break;
+                    }
+                }
+            }
             DeliverStep::Done => {
                 if !write_failed {
                     let _ = conn.send(d.output(), c.reply_timeout).await;
@@ -391,7 +437,7 @@ async fn run(
             }
         }
     }
-    (delivered, deferred, failed)
+    ((delivered, deferred, failed), ended)
 }
 
 /// The body of message `id` (`size` octets), from the prefetched first chunk or chunk by chunk.

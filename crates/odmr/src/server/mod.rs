@@ -46,6 +46,8 @@ pub struct Shared {
     pub decoy_secret: Vec<u8>,
     /// Connection counts and AUTH failure throttling.
     pub guards: limits::Guards,
+    /// TLS for ETRN's outbound connections (`smtp.etrn_tls`); `None` with `"none"`.
+    pub etrn_tls: Option<tokio_rustls::TlsConnector>,
     /// The MX's recipient lookups, reused for a moment (see [`lookup_cache`]).
     pub lookups: lookup_cache::LookupCache,
     /// How this process signs the delivery leases it takes.
@@ -79,6 +81,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let etrn_tls = etrn::connector(&cfg)
+        .with_context(|| format!("config file {}, smtp.etrn_tls", cfg.path.display()))?;
     let store = Store::open_sqlite(&cfg.store_path)
         .await
         .map_err(|e| cfg.store_error(e))?;
@@ -97,6 +101,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tls: tls.clone(),
         guards: limits::Guards::new(cfg.limits.clone()),
         lookups: lookup_cache::LookupCache::new(cfg.smtp.lookup_cache),
+        etrn_tls,
         decoy_secret: rand::random::<[u8; 32]>().to_vec(),
         identity,
         shutdown: stop_rx,

@@ -136,7 +136,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                 // record holds more than one line; STARTTLS clients are not slowed down.
                 conn.one_line_per_record(implicit);
                 let span = tracing::info_span!("deliver", account = %account);
-                deliver::deliver(&shared, &mut conn, &lease, &domains)
+                deliver::deliver(&shared, &mut conn, &lease, &domains, None)
                     .instrument(span)
                     .await;
                 if let Err(e) = shared.store.lease_release(&lease).await {

@@ -275,6 +275,21 @@ write(
     header(0, decisions=(1, 7)) + CUSTOMER + crlf(b"250 ok", b"550 no", b"354 go", b"250 ok", b"250 ok", b"221 bye"),
 )
 
+# deliverer with STARTTLS: flags >> 6 picks the policy (1 if offered, 2 required).
+write(
+    "deliverer",
+    "starttls",
+    header(0x40, decisions=(1, 7))
+    + crlf(b"220 cust.example ESMTP", b"250-cust.example", b"250-PIPELINING", b"250 STARTTLS", b"220 go ahead")
+    + crlf(b"250-cust.example", b"250 PIPELINING")
+    + crlf(b"250 ok", b"250 ok", b"354 go", b"250 ok", b"221 bye"),
+)
+write(
+    "deliverer",
+    "starttls_required_refused",
+    header(0x80) + crlf(b"220 c", b"250-c", b"250 STARTTLS", b"454 4.7.0 no TLS", b"221 bye"),
+)
+
 # parsers: octet 0 picks the parser (0 reply, 1 ATRN, 2 CRAM-MD5, 3 LineReader, 4 split_verb,
 # 5 PLAIN/LOGIN, 6 SCRAM server).
 write("parsers", "reply", b"\x00" + crlf(b"250-mx greets", b"250-PIPELINING", b"250 2.0.0 SIZE 1000", b"451 4.3.0 later", b"354"))

@@ -59,6 +59,8 @@ struct RawBounce {
     relay: Option<String>,
     retry: Option<String>,
     max_return: Option<Size>,
+    relay_tls: Option<String>,
+    relay_tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -236,6 +238,10 @@ pub struct BounceConfig {
     pub retry: Duration,
     /// A failed message larger than this is returned as its header section only.
     pub max_return: u64,
+    /// TLS on the connection to the relay.
+    pub relay_tls: TlsLevel,
+    /// The CA certificates (PEM) that `relay_tls = "verify"` trusts instead of the system's.
+    pub relay_tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -264,14 +270,15 @@ pub struct SmtpConfig {
     /// How long the MX reuses a recipient lookup (zero: never).
     pub lookup_cache: Duration,
     /// TLS on ETRN's outbound connections.
-    pub etrn_tls: EtrnTls,
+    pub etrn_tls: TlsLevel,
     /// The CA certificates (PEM) that `etrn_tls = "verify"` trusts instead of the system's.
     pub etrn_tls_ca_file: Option<PathBuf>,
 }
 
-/// `smtp.etrn_tls`: STARTTLS (RFC 3207) when an ETRN queue run connects to the destination.
+/// STARTTLS (RFC 3207) on a connection the provider opens to deliver: an ETRN queue run's
+/// (`smtp.etrn_tls`) and the notices' relay (`bounce.relay_tls`). Postfix's levels, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EtrnTls {
+pub enum TlsLevel {
     /// Plaintext always.
     None,
     /// When the destination offers it, without checking its certificate (opportunistic,
@@ -383,30 +390,50 @@ impl Config {
             }
             Ok(d)
         };
-        let etrn_tls = match raw.smtp.etrn_tls.as_deref().unwrap_or("may") {
-            "none" => EtrnTls::None,
-            "may" => EtrnTls::May,
-            "encrypt" => EtrnTls::Encrypt,
-            "verify" => EtrnTls::Verify,
-            t => {
-                return Err(invalid(
-                    "smtp.etrn_tls",
-                    t,
-                    "unknown TLS level",
-                    "use \"may\" (the default), \"encrypt\", \"verify\" or \"none\"",
-                ))
+        // A TLS level and its CA file (only with "verify").
+        let tls_level = |key: &str,
+                         v: &Option<String>,
+                         ca_key: &str,
+                         ca: &Option<PathBuf>|
+         -> Result<TlsLevel, ConfigError> {
+            let level = match v.as_deref().unwrap_or("may") {
+                "none" => TlsLevel::None,
+                "may" => TlsLevel::May,
+                "encrypt" => TlsLevel::Encrypt,
+                "verify" => TlsLevel::Verify,
+                t => {
+                    return Err(invalid(
+                        key,
+                        t,
+                        "unknown TLS level",
+                        "use \"may\" (the default), \"encrypt\", \"verify\" or \"none\"",
+                    ))
+                }
+            };
+            if let Some(ca) = ca {
+                if level != TlsLevel::Verify {
+                    return Err(invalid(
+                        ca_key,
+                        &ca.display().to_string(),
+                        &format!("only used with {key} = \"verify\""),
+                        &format!("set {key} = \"verify\", or remove {ca_key}"),
+                    ));
+                }
             }
+            Ok(level)
         };
-        if let Some(ca) = &raw.smtp.etrn_tls_ca_file {
-            if etrn_tls != EtrnTls::Verify {
-                return Err(invalid(
-                    "smtp.etrn_tls_ca_file",
-                    &ca.display().to_string(),
-                    "only used with etrn_tls = \"verify\"",
-                    "set etrn_tls = \"verify\", or remove etrn_tls_ca_file",
-                ));
-            }
-        }
+        let etrn_tls = tls_level(
+            "smtp.etrn_tls",
+            &raw.smtp.etrn_tls,
+            "smtp.etrn_tls_ca_file",
+            &raw.smtp.etrn_tls_ca_file,
+        )?;
+        let relay_tls = tls_level(
+            "bounce.relay_tls",
+            &raw.bounce.relay_tls,
+            "bounce.relay_tls_ca_file",
+            &raw.bounce.relay_tls_ca_file,
+        )?;
         let max_message_size = match &raw.smtp.max_message_size {
             None => 50 * 1024 * 1024,
             Some(Size::Octets(n)) => *n,
@@ -528,6 +555,8 @@ impl Config {
                 Duration::from_millis(200),
             )?,
             max_return: size("bounce.max_return", &raw.bounce.max_return, 10 << 20)?,
+            relay_tls,
+            relay_tls_ca_file: raw.bounce.relay_tls_ca_file.clone(),
         };
         let d = crate::server::limits::Limits::default();
         let limits = crate::server::limits::Limits {
@@ -695,14 +724,14 @@ listen = ["0.0.0.0:366"]
     }
 
     #[test]
-    fn etrn_tls_levels() {
+    fn outbound_tls_levels() {
         let base = "hostname = \"h.example\"\n[smtp]\n";
-        assert_eq!(parse(base).unwrap().smtp.etrn_tls, EtrnTls::May);
+        assert_eq!(parse(base).unwrap().smtp.etrn_tls, TlsLevel::May);
         for (v, want) in [
-            ("none", EtrnTls::None),
-            ("may", EtrnTls::May),
-            ("encrypt", EtrnTls::Encrypt),
-            ("verify", EtrnTls::Verify),
+            ("none", TlsLevel::None),
+            ("may", TlsLevel::May),
+            ("encrypt", TlsLevel::Encrypt),
+            ("verify", TlsLevel::Verify),
         ] {
             let c = parse(&format!("{base}etrn_tls = \"{v}\"\n")).unwrap();
             assert_eq!(c.smtp.etrn_tls, want, "{v}");
@@ -720,6 +749,22 @@ listen = ["0.0.0.0:366"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("smtp.etrn_tls_ca_file") && e.contains("verify"), "{e}");
+        // The relay's level: the same words, its own keys.
+        let bounce = "hostname = \"h.example\"\n[bounce]\n";
+        assert_eq!(parse(bounce).unwrap().bounce.relay_tls, TlsLevel::May);
+        let c = parse(&format!("{bounce}relay_tls = \"none\"\n")).unwrap();
+        assert_eq!(c.bounce.relay_tls, TlsLevel::None);
+        let e = parse(&format!("{bounce}relay_tls = \"always\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bounce.relay_tls") && e.contains("unknown TLS level"),
+            "{e}"
+        );
+        let e = parse(&format!("{bounce}relay_tls_ca_file = \"ca.pem\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bounce.relay_tls_ca_file"), "{e}");
     }
 
     #[test]

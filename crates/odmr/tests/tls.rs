@@ -1,8 +1,9 @@
 //! TLS end to end, over real sockets on 127.0.0.1, against real peers: STARTTLS on the MX (swaks,
 //! Python's smtplib), implicit TLS on the ODMR port (fetchmail `ssl`), `odmr client` in its three
 //! TLS modes with good and bad certificates, certificate reload on SIGHUP, the STARTTLS
-//! command-injection defence, `require_tls`, and STARTTLS on ETRN's outbound connections
-//! (`smtp.etrn_tls`) to an aiosmtpd destination (`peers/etrn_tls_destination.py`) and smtp-sink.
+//! command-injection defence, `require_tls`, and STARTTLS on the connections the provider opens
+//! (`smtp.etrn_tls`, `bounce.relay_tls`) to an aiosmtpd destination
+//! (`peers/tls_destination.py`) and smtp-sink.
 //!
 //! The certificates are made here with rcgen: a test CA, leaves it signed for "localhost" and
 //! 127.0.0.1, an expired leaf, a leaf for another name, and an unrelated CA. Every peer verifies
@@ -1217,7 +1218,7 @@ fn tls_destination(leaf: &Leaf, extra: &[&str]) -> Option<(PyPeer, tempfile::Tem
     let (cert, key) = leaf.write(dir.path(), "destination");
     let mut args = vec![cert.to_str().unwrap(), key.to_str().unwrap()];
     args.extend(extra);
-    let peer = PyPeer::start("etrn_tls_destination.py", &args, true)?;
+    let peer = PyPeer::start("tls_destination.py", &args, true)?;
     Some((peer, dir))
 }
 
@@ -1315,4 +1316,44 @@ fn etrn_tls_may_refuses_an_injected_reply_and_delivers_in_plaintext() {
     assert_eq!(data.len(), 1, "{data:?}\n{}", s.log());
     assert_eq!(data[0]["tls"], json!(false));
     assert!(states(&s).is_empty());
+}
+
+#[test]
+fn notices_go_to_the_relay_over_starttls() {
+    let pki = Pki::new();
+    let Some((relay, _dir)) = tls_destination(&pki.good, &[]) else {
+        return;
+    };
+    // `bounce.relay_tls` left at its default, "may".
+    let s = Server::start_with(
+        "",
+        &format!(
+            "[queue]\nscan_interval = \"300ms\"\n[bounce]\nrelay = \"127.0.0.1:{}\"\nretry = \"500ms\"\n",
+            relay.port
+        ),
+    );
+    s.account(USER, PASSWORD, &[DOMAIN]);
+    let (st, out, err) = s.cli(&["domain", "set", DOMAIN, "--max-age", "1s"], None);
+    assert_eq!(st, 0, "{out}{err}");
+    let r = send_mail(
+        s.smtp,
+        "alice@sender.test",
+        &[&format!("bob@{DOMAIN}")],
+        "Subject: x\n\nexpires\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    // Held past its max age: failed, and its notice goes to the relay.
+    assert!(
+        relay.wait_line(30, |l| l.contains("\"event\": \"data\"")),
+        "no notice reached the relay:\n{}",
+        s.log()
+    );
+    let data = destination_events(&relay, "data");
+    assert_eq!(data[0]["rcpts"], json!(["alice@sender.test"]));
+    assert_eq!(
+        data[0]["tls"],
+        json!(true),
+        "notice sent in plaintext:\n{}",
+        s.log()
+    );
 }

@@ -22,9 +22,7 @@ use odmr_store::{
     Notice, OutboundMessage, Pending, PendingRecipient, RecipientStatus, Store, StoreError, OUTBOUND_QUEUE,
 };
 
-use super::deliver::deliver;
 use super::Shared;
-use crate::net::conn::Conn;
 use tracing::Instrument;
 
 /// Notices composed per store query.
@@ -365,16 +363,10 @@ async fn send_notices(shared: &Shared, state: &mut State) -> anyhow::Result<()> 
     else {
         return Ok(()); // another node is sending them
     };
-    let attempt = async {
-        match Conn::connect(relay, CONNECT_TIMEOUT).await {
-            Ok(mut conn) => {
-                deliver(shared, &mut conn, &lease, &queue, None).await;
-                conn.shutdown().await;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot reach the bounce relay; notices stay queued"),
-        }
-    };
-    attempt
+    // TLS as `bounce.relay_tls` says ([`super::outbound`]); unreachable: the notices stay.
+    shared
+        .relay_tls
+        .deliver(shared, relay, CONNECT_TIMEOUT, &lease, &queue)
         .instrument(tracing::info_span!("relay", relay = %relay))
         .await;
     shared.store.lease_release(&lease).await?;

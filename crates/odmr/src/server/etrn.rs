@@ -20,23 +20,12 @@
 //! with its heartbeat, the same per-recipient outcomes recorded under it. An unreachable
 //! destination leaves everything queued; the lease is released either way.
 //!
-//! TLS on that connection follows `smtp.etrn_tls` (STARTTLS, RFC 3207): `may` (the default)
-//! asks for it when the destination offers it and does not check the certificate, as MTAs do
-//! between each other (RFC 7435, Postfix's `may`); a destination that refuses STARTTLS gets its
-//! mail in plaintext, and one whose handshake fails gets it over a second, plaintext connection
-//! (the failed one is unusable), as Postfix does. `encrypt` and `verify` never deliver in
-//! plaintext (the mail stays queued and the log says why); `verify` also checks the certificate
-//! against the destination's host name and the system's CAs (or `smtp.etrn_tls_ca_file`).
+//! TLS on that connection follows `smtp.etrn_tls` ([`super::outbound`]: `may` by default).
 
-use super::{deliver, Shared};
-use crate::config::{Config, EtrnTls};
-use crate::net::conn::Conn;
-use crate::net::tls::{client_connector, TlsError};
+use super::Shared;
 use ipnet::IpNet;
-use odmr_proto::deliver::StartTls;
 use odmr_proto::smtp_server::EtrnVerdict;
 use odmr_store::{Account, Lease};
-use rustls_pki_types::{DnsName, ServerName};
 use std::net::IpAddr;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -174,86 +163,15 @@ pub async fn request(
     EtrnVerdict::PendingCount(total)
 }
 
-/// The TLS client for ETRN's connections, from `smtp.etrn_tls`: certificates unchecked for
-/// `may` and `encrypt`, checked for `verify`; `None` for `none`.
-pub fn connector(cfg: &Config) -> Result<Option<tokio_rustls::TlsConnector>, TlsError> {
-    let s = &cfg.smtp;
-    let verify = match s.etrn_tls {
-        EtrnTls::None => return Ok(None),
-        EtrnTls::May | EtrnTls::Encrypt => false,
-        EtrnTls::Verify => true,
-    };
-    client_connector(
-        "smtp.etrn_tls_ca_file",
-        s.etrn_tls_ca_file.as_deref(),
-        verify,
-        None,
-    )
-    .map(Some)
-}
-
-/// The name a certificate must carry for `destination` (`host:port`): its host, a DNS name
-/// or an IP address; `None` if it is neither.
-fn server_name(destination: &str) -> Option<ServerName<'static>> {
-    let host = destination.rsplit_once(':').map_or(destination, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(ServerName::IpAddress(ip.into()));
-    }
-    DnsName::try_from(host.to_string()).ok().map(ServerName::DnsName)
-}
-
 /// Connect to the destination and deliver under the lease; release it whatever happens.
 async fn queue_run(shared: Arc<Shared>, r: Run) {
-    let level = shared.cfg.smtp.etrn_tls;
-    let policy = match level {
-        EtrnTls::None => StartTls::Never,
-        EtrnTls::May => StartTls::IfOffered,
-        EtrnTls::Encrypt | EtrnTls::Verify => StartTls::Required,
-    };
-    let tls = match (&shared.etrn_tls, server_name(&r.destination)) {
-        (Some(connector), Some(name)) => Some(deliver::OutboundTls {
-            policy,
-            connector: connector.clone(),
-            name,
-        }),
-        // Without a checkable name only an unchecked handshake could be done.
-        (Some(connector), None) if level != EtrnTls::Verify => Some(deliver::OutboundTls {
-            policy,
-            connector: connector.clone(),
-            name: ServerName::DnsName(DnsName::try_from("invalid").expect("a valid DNS name")),
-        }),
-        (Some(_), None) => {
-            tracing::warn!(destination = %r.destination, "ETRN destination has no host name a certificate could be checked against (smtp.etrn_tls = \"verify\"); the mail stays queued");
-            release(&shared, &r.lease).await;
-            return;
-        }
-        (None, _) => None,
-    };
-    let ended = connect_and_deliver(&shared, &r, tls.as_ref()).await;
-    if ended.tls_failed && level == EtrnTls::May {
-        tracing::info!(destination = %r.destination, "delivering in plaintext after the failed TLS handshake (smtp.etrn_tls = \"may\")");
-        connect_and_deliver(&shared, &r, None).await;
-    } else if ended.tls_failed {
-        tracing::warn!(destination = %r.destination, "no TLS with the ETRN destination; the mail stays queued (smtp.etrn_tls requires it)");
-    }
+    let timeout = shared.cfg.smtp.etrn_connect_timeout;
+    shared
+        .etrn_tls
+        .deliver(&shared, &r.destination, timeout, &r.lease, &r.domains)
+        .await;
     release(&shared, &r.lease).await;
     tracing::info!("ETRN queue run finished");
-}
-
-async fn connect_and_deliver(shared: &Shared, r: &Run, tls: Option<&deliver::OutboundTls>) -> deliver::Ended {
-    let timeout = shared.cfg.smtp.etrn_connect_timeout;
-    match Conn::connect(&r.destination, timeout).await {
-        Ok(mut conn) => {
-            let ended = deliver::deliver(shared, &mut conn, &r.lease, &r.domains, tls).await;
-            conn.shutdown().await;
-            ended
-        }
-        Err(e) => {
-            tracing::warn!(account = %r.account, domain = %r.domains.join(","), destination = %r.destination, error = %e, "ETRN destination unreachable; the mail stays queued");
-            deliver::Ended::default()
-        }
-    }
 }
 
 async fn release(shared: &Shared, lease: &Lease) {
@@ -265,15 +183,6 @@ async fn release(shared: &Shared, lease: &Lease) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn certificate_names_come_from_the_destination_host() {
-        let name = |d: &str| server_name(d).map(|n| n.to_str().into_owned());
-        assert_eq!(name("mail.example.org:25").as_deref(), Some("mail.example.org"));
-        assert_eq!(name("192.0.2.1:2525").as_deref(), Some("192.0.2.1"));
-        assert_eq!(name("[2001:db8::1]:25").as_deref(), Some("2001:db8::1"));
-        assert_eq!(name("bad_host!:25"), None);
-    }
 
     #[test]
     fn networks_match_v4_v6_and_mapped_addresses() {

@@ -15,6 +15,7 @@ pub mod limits;
 mod lookup_cache;
 mod mx;
 mod odmr;
+mod outbound;
 
 pub use auth::CERT_SCHEME;
 
@@ -46,8 +47,10 @@ pub struct Shared {
     pub decoy_secret: Vec<u8>,
     /// Connection counts and AUTH failure throttling.
     pub guards: limits::Guards,
-    /// TLS for ETRN's outbound connections (`smtp.etrn_tls`); `None` with `"none"`.
-    pub etrn_tls: Option<tokio_rustls::TlsConnector>,
+    /// TLS for ETRN's outbound connections (`smtp.etrn_tls`) and for the notices' relay
+    /// (`bounce.relay_tls`).
+    pub etrn_tls: outbound::Outbound,
+    pub relay_tls: outbound::Outbound,
     /// The MX's recipient lookups, reused for a moment (see [`lookup_cache`]).
     pub lookups: lookup_cache::LookupCache,
     /// How this process signs the delivery leases it takes.
@@ -81,8 +84,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let etrn_tls = etrn::connector(&cfg)
-        .with_context(|| format!("config file {}, smtp.etrn_tls", cfg.path.display()))?;
+    let in_config = || format!("config file {}", cfg.path.display());
+    let etrn_tls = outbound::Outbound::new(
+        "smtp.etrn_tls",
+        cfg.smtp.etrn_tls,
+        "smtp.etrn_tls_ca_file",
+        cfg.smtp.etrn_tls_ca_file.as_deref(),
+    )
+    .with_context(in_config)?;
+    let relay_tls = outbound::Outbound::new(
+        "bounce.relay_tls",
+        cfg.bounce.relay_tls,
+        "bounce.relay_tls_ca_file",
+        cfg.bounce.relay_tls_ca_file.as_deref(),
+    )
+    .with_context(in_config)?;
     let store = Store::open_sqlite(&cfg.store_path)
         .await
         .map_err(|e| cfg.store_error(e))?;
@@ -102,6 +118,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         guards: limits::Guards::new(cfg.limits.clone()),
         lookups: lookup_cache::LookupCache::new(cfg.smtp.lookup_cache),
         etrn_tls,
+        relay_tls,
         decoy_secret: rand::random::<[u8; 32]>().to_vec(),
         identity,
         shutdown: stop_rx,

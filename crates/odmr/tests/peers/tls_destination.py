@@ -1,8 +1,9 @@
 #!/usr/bin/python3
-"""An ETRN destination offering STARTTLS, for the ETRN TLS tests in tls.rs: an aiosmtpd SMTP
-server on 127.0.0.1, port 0, with the given certificate.
+"""A destination offering STARTTLS, for the tests in tls.rs of the connections the provider
+opens (an ETRN queue run's, the notices' relay): an aiosmtpd SMTP server on 127.0.0.1, port 0,
+with the given certificate.
 
-Usage: etrn_tls_destination.py CERT KEY [--inject-once]
+Usage: tls_destination.py CERT KEY [--inject-once]
 The port is the first line of stdout. With --inject-once the first STARTTLS is answered with
 "220" followed at once by a plaintext "250" in the same write: the STARTTLS command injection
 a client must refuse (RFC 3207 section 6); later connections do TLS normally.

@@ -1,6 +1,7 @@
 //! A real Postfix (smtpd, cleanup and queue manager, not `smtp-sink`) as the customer's local
 //! MTA, behind each of the two ODMR clients: fetchmail (`proto odmr`, which relays the
-//! reversed session to it) and `odmr client` (which delivers to it over SMTP). Unlike
+//! reversed session to it) and `odmr client` (which delivers to it over SMTP); and as the
+//! fixed destination of an ETRN queue run, over STARTTLS. Unlike
 //! smtp-sink, Postfix offers PIPELINING and CHUNKING, and refuses recipients as a real MTA
 //! does; the provider talks to it as it would to any customer's server.
 //!
@@ -116,8 +117,15 @@ fn queue_three(server: &Server) -> Vec<(&'static str, Vec<&'static str>, Vec<u8>
 }
 
 /// Postfix holds exactly `want`, each with its envelope and its content octet for octet
-/// behind `received` Received: fields, the first Postfix's own (from `helo`), the last ours.
-fn expect_held(postfix: &Postfix, want: &[(&str, Vec<&str>, Vec<u8>)], received: usize, helo: &str) {
+/// behind `received` Received: fields, the first Postfix's own (from `helo`, "with `with`":
+/// ESMTP, or ESMTPS over TLS), the last ours.
+fn expect_held(
+    postfix: &Postfix,
+    want: &[(&str, Vec<&str>, Vec<u8>)],
+    received: usize,
+    helo: &str,
+    with: &str,
+) {
     let held = postfix.held();
     let envelopes = |h: &[Held]| -> Vec<(String, Vec<String>)> {
         h.iter()
@@ -141,7 +149,7 @@ fn expect_held(postfix: &Postfix, want: &[(&str, Vec<&str>, Vec<u8>)], received:
             fields[0].starts_with(&format!("Received: from {helo} ("))
                 && fields[0].contains(" [127.0.0.1])\n")
                 && fields[0].contains(&format!(
-                    "\tby {} (Postfix) with ESMTP id {}",
+                    "\tby {} (Postfix) with {with} id {}",
                     postfix.name, m.queue_id
                 )),
             "<{from}>: the first Received: is not Postfix's: {:?}",
@@ -209,7 +217,7 @@ fn fetchmail_relays_the_reversed_delivery_into_a_real_postfix() {
         "fetchmail did not relay Postfix's CHUNKING:\n{relayed}"
     );
 
-    expect_held(&postfix, &messages, 2, HOSTNAME);
+    expect_held(&postfix, &messages, 2, HOSTNAME, "ESMTP");
     // Postfix offers CHUNKING and PIPELINING, so the provider sent every body with BDAT (RSET
     // before each transaction but the first), through fetchmail's line-by-line copying.
     let sessions = expect_clean_sessions(&postfix);
@@ -258,7 +266,7 @@ fn odmr_client_relays_into_a_real_postfix() {
 
     let run = client_once(&config);
     assert_eq!(run.code, Some(0), "odmr client --once:\n{}", run.stderr);
-    expect_held(&postfix, &messages, 3, CUSTOMER);
+    expect_held(&postfix, &messages, 3, CUSTOMER, "ESMTP");
     for m in postfix.held() {
         let (fields, _) = split_received(&m.content, 3);
         assert!(
@@ -352,5 +360,68 @@ fn postfix_refusals_reach_our_queue_with_postfix_replies() {
         let received = if via == "fetchmail" { 2 } else { 3 };
         assert_same_bytes(&split_received(&held[0].content, received).1, message, via);
     }
+    postfix.stop();
+}
+
+/// ETRN (RFC 1985) with a real Postfix as the fixed destination, offering STARTTLS with a
+/// self-signed certificate: the provider's queue run asks for TLS (`smtp.etrn_tls`, default
+/// "may", certificate unchecked), and Postfix logs the TLS session and holds the three messages
+/// exactly, its own Received: field on top of ours.
+#[test]
+fn etrn_delivers_into_a_real_postfix_over_starttls() {
+    if common::peer("swaks", "swaks").is_none() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let tls = format!(
+        "smtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_security_level = may\nsmtpd_tls_loglevel = 1\n",
+        cert_file.display(),
+        key_file.display()
+    );
+    let Some(postfix) = Postfix::start(&["example.org"], &tls) else {
+        return;
+    };
+    let server = provider(&["example.org"]);
+    let destination = format!("127.0.0.1:{}", postfix.port);
+    let set = [
+        "account",
+        "set",
+        USER,
+        "--etrn-destination",
+        &destination,
+        "--etrn-from",
+        "127.0.0.0/8",
+    ];
+    let (st, out, err) = server.cli(&set, None);
+    assert_eq!(st, 0, "{out}{err}");
+    let messages = queue_three(&server);
+
+    let mut c = common::Line::connect(server.smtp);
+    c.reply();
+    c.ask("EHLO customer.test");
+    let r = c.ask("ETRN example.org");
+    assert!(r.starts_with("253"), "{r}");
+    c.ask("QUIT");
+    assert!(
+        common::wait_until(60, || server.log().contains("ETRN queue run finished")),
+        "the queue run did not end:\n{}",
+        server.log()
+    );
+    expect_held(&postfix, &messages, 2, HOSTNAME, "ESMTPS");
+    let sessions = expect_clean_sessions(&postfix);
+    assert!(
+        sessions.iter().any(|s| s.contains("starttls=1")),
+        "no STARTTLS in Postfix's sessions: {sessions:?}"
+    );
+    assert!(
+        postfix.log().contains("TLS connection established from"),
+        "{}",
+        postfix.log_tail(30)
+    );
+    assert_eq!(server.queue(), serde_json::json!([]), "our queue is not empty");
     postfix.stop();
 }

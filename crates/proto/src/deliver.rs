@@ -27,7 +27,8 @@
 //!   with every message behind it.
 //! - **Only the recipients handed to [`Deliverer::send`] are named**; the driver restricts them
 //!   to the granted domains.
-//! - **STARTTLS (RFC 3207), for ETRN's outbound connections** ([`StartTls`]): asked for right
+//! - **STARTTLS (RFC 3207), on connections the provider opens** (an ETRN queue run's, the
+//!   notices' relay's; [`StartTls`]): asked for right
 //!   after the first EHLO when the peer offers it, and then everything the peer said before TLS
 //!   is forgotten: its capabilities come from a new EHLO (§4.2), and any octet it sent after its
 //!   220 is never read as a reply (the driver refuses the handshake then: command injection).

@@ -12,10 +12,11 @@
 //!   [`UNRECORDED_MAX`] messages can have been delivered and not yet recorded, so a crash of
 //!   this node re-delivers at most that many (never loses one). A session ends only after the
 //!   recorder has written everything.
-//! - STARTTLS, when asked for ([`OutboundTls`], ETRN's connections): the handshake is refused
-//!   if the customer sent anything after its 220 (those octets would otherwise be read as
-//!   replies inside TLS: RFC 3207 §6, command injection), and a failed handshake ends the
-//!   session with nothing sent, so the caller may try again in plaintext.
+//! - STARTTLS, when asked for ([`OutboundTls`], on the connections we open: ETRN's, the
+//!   notices' relay's): the handshake is refused if the peer sent anything after its 220 (those
+//!   octets would otherwise be read as replies inside TLS: command injection, PROTOCOL.md §5),
+//!   and a failed handshake ends the session with nothing sent, so the caller may try again in
+//!   plaintext.
 //! - A heartbeat renews the lease while the session runs; if the lease is lost (this node
 //!   stalled past its expiry and another took over) or an outcome cannot be recorded, delivery
 //!   stops at once.
@@ -63,7 +64,8 @@ const _: () = assert!(
     "update the bound in tests/crash.rs and tests/queue_cli.rs"
 );
 
-/// TLS for a delivery on a connection we opened (ETRN): when to ask for it and how.
+/// TLS for a delivery on a connection we opened (see [`super::outbound`]): when to ask for it
+/// and how.
 pub struct OutboundTls {
     pub policy: StartTls,
     pub connector: tokio_rustls::TlsConnector,

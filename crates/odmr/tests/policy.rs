@@ -55,6 +55,8 @@ fn unknown_local_parts_are_refused_at_rcpt() {
     );
     let r = rcpt_reply(&server, "mallory@example.org");
     assert!(r.starts_with("550 5.1.1"), "{r}");
+    // RFC 5321 §4.5.1: postmaster is accepted whether listed or not.
+    assert!(rcpt_reply(&server, "PostMaster@example.org").starts_with("250"));
     // Other domains stay catch-all.
     assert!(rcpt_reply(&server, "anyone@other.example").starts_with("250"));
 
@@ -116,4 +118,50 @@ fn byte_quota_answers_452_after_data_then_at_rcpt() {
     domain_set(&server, &["example.org", "--max-bytes", "4500"]);
     let r = rcpt_reply(&server, "bob@example.org");
     assert!(r.starts_with("452 4.2.2"), "{r}");
+}
+
+/// RFC 5321 §4.5.1: `<Postmaster>` without a domain is the server's own postmaster,
+/// postmaster@<hostname>: refused while nobody holds that name, and accepted and queued for the
+/// account that does (how an operator receives it: host the server's name like a customer's
+/// domain and fetch it with ATRN).
+#[test]
+fn bare_postmaster_is_the_server_names_postmaster() {
+    let server = provider();
+    let r = rcpt_reply(&server, "Postmaster");
+    assert!(r.starts_with("550 5.7.1 <postmaster@odmr.test>"), "{r}");
+    server.account("ops", "ops-pw", &["odmr.test"]);
+    let mut c = Line::connect(server.smtp);
+    c.reply();
+    c.ask("EHLO sender.test");
+    assert!(c.ask("MAIL FROM:<a@sender.test>").starts_with("250"));
+    let r = c.ask("RCPT TO:<postmaster>");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.ask("DATA").starts_with("354"));
+    let r = c.ask("Subject: abuse report\r\n\r\nsee attached\r\n.");
+    assert!(r.starts_with("250"), "{r}");
+    c.ask("QUIT");
+    let q = server.queue();
+    assert_eq!(q[0]["recipients"][0]["address"], "postmaster@odmr.test", "{q}");
+}
+
+/// RFC 6531: a non-ASCII address needs SMTPUTF8 on MAIL (else a customer MTA without SMTPUTF8
+/// would get it later and bounce it).
+#[test]
+fn non_ascii_addresses_need_smtputf8() {
+    let server = provider();
+    let mut c = Line::connect(server.smtp);
+    c.reply();
+    c.ask("EHLO sender.test");
+    let r = c.ask("MAIL FROM:<j\u{f6}rg@sender.test>");
+    assert!(r.starts_with("553 5.6.7"), "{r}");
+    assert!(c.ask("MAIL FROM:<a@sender.test>").starts_with("250"));
+    let r = c.ask("RCPT TO:<j\u{f6}rg@example.org>");
+    assert!(r.starts_with("553 5.6.7"), "{r}");
+    c.ask("RSET");
+    assert!(c
+        .ask("MAIL FROM:<j\u{f6}rg@sender.test> SMTPUTF8")
+        .starts_with("250"));
+    let r = c.ask("RCPT TO:<j\u{f6}rg@example.org>");
+    assert!(r.starts_with("250"), "{r}");
+    c.ask("QUIT");
 }

@@ -926,8 +926,8 @@ impl SmtpServer {
                 return None;
             }
         };
-        let not_offered = |k: &str| crate::envelope::param(&params, k).is_some();
-        if (!self.cfg.smtputf8 && not_offered("SMTPUTF8"))
+        let has = |k: &str| crate::envelope::param(&params, k).is_some();
+        if (!self.cfg.smtputf8 && has("SMTPUTF8"))
             || (!(self.cfg.eight_bit_mime || self.cfg.smtputf8)
                 && crate::envelope::param(&params, "BODY") == Some("8BITMIME"))
         {
@@ -935,6 +935,12 @@ impl SmtpServer {
             return None;
         }
         let from = from.address.to_string();
+        // RFC 6531 §3.4: a non-ASCII address only in a transaction that declared SMTPUTF8, or a
+        // customer's MTA without SMTPUTF8 would get it later (and bounce it).
+        if !from.is_ascii() && !has("SMTPUTF8") {
+            self.reply(non_ascii_address(&from));
+            return None;
+        }
         if self.cfg.check_sender {
             self.state = State::AwaitSender {
                 from: from.clone(),
@@ -1012,10 +1018,24 @@ impl SmtpServer {
                 return None;
             }
         };
-        let address: String = match to.address {
+        let mut address: String = match to.address {
             Cow::Borrowed(a) => a.to_string(),
             Cow::Owned(a) => a,
         };
+        let utf8 = self
+            .mail
+            .as_ref()
+            .is_some_and(|(_, p)| crate::envelope::param(p, "SMTPUTF8").is_some());
+        if !address.is_ascii() && !utf8 {
+            self.reply(non_ascii_address(&address));
+            return None;
+        }
+        // RFC 5321 §4.5.1: `<Postmaster>` without a domain MUST be accepted; it means this
+        // host's postmaster, so the driver decides on it as on postmaster@<our host name>.
+        // (smtp-proto gives it as an empty address, like `<>`: the line tells them apart.)
+        if address.is_empty() && names_bare_postmaster(line) {
+            address = format!("postmaster@{}", self.cfg.hostname);
+        }
         if self.rcpts.len() >= self.cfg.max_recipients {
             self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
             return None;
@@ -1421,6 +1441,29 @@ fn param_error(e: smtp_proto::Error, syntax: &str) -> Reply {
         E::InvalidParameter { param } => Reply::new(501, "5.5.4", format!("Invalid value for {param}")),
         _ => Reply::new(501, "5.5.4", format!("Syntax: {syntax}")),
     }
+}
+
+/// Whether a RCPT line's path is `<Postmaster>` (any case), with no domain.
+fn names_bare_postmaster(line: &[u8]) -> bool {
+    let Some(open) = line.iter().position(|&b| b == b'<') else {
+        return false;
+    };
+    let rest = &line[open + 1..];
+    rest.iter()
+        .position(|&b| b == b'>')
+        .is_some_and(|close| rest[..close].eq_ignore_ascii_case(b"postmaster"))
+}
+
+/// RFC 6531 §3.7.4 (X.6.7): a non-ASCII address in a transaction without SMTPUTF8.
+fn non_ascii_address(address: &str) -> Reply {
+    Reply::new(
+        553,
+        "5.6.7",
+        format!(
+            "<{}>: a non-ASCII address needs MAIL FROM with SMTPUTF8",
+            address.escape_default()
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub enum DomainCmd {
 #[command(after_help = "Only the settings named by flags change. Examples:\n  \
     odmr domain set example.org --max-messages 10000 --max-bytes 1G\n  \
     odmr domain set example.org --max-age 14d\n  \
-    odmr domain set example.org --recipients alice,bob,postmaster\n  \
+    odmr domain set example.org --recipients alice,bob   (postmaster is always accepted)\n  \
     odmr domain set example.org --add-recipient carol --remove-recipient bob\n  \
     odmr domain set example.org --catch-all --max-bytes none")]
 pub struct SetArgs {

@@ -5,7 +5,7 @@
 //! with or without it, so it never opens relaying.
 //!
 //! Per-domain policy is applied while the sender is still connected, never later: an unknown
-//! local part gets `550 5.1.1` at RCPT and a domain over its quota `452 4.2.2` at RCPT (messages
+//! local part (postmaster is always known, RFC 5321 §4.5.1) gets `550 5.1.1` at RCPT and a domain over its quota `452 4.2.2` at RCPT (messages
 //! or bytes already held) or after DATA (this message would pass the byte quota), so a full
 //! customer never causes a bounce to a possibly forged sender (backscatter). Quotas are soft
 //! under concurrency: sessions racing each other can each pass the check. The byte quota checked
@@ -315,7 +315,8 @@ async fn check_recipient(
         tracing::info!(rcpt = %address, domain = %domain, "recipient refused: domain not hosted");
         return Ok((RcptVerdict::NotHosted, None));
     };
-    if !check.accepted {
+    // RFC 5321 §4.5.1: postmaster MUST be accepted, listed or not.
+    if !check.accepted && !local.eq_ignore_ascii_case("postmaster") {
         tracing::info!(rcpt = %address, domain = %domain, "recipient refused: unknown local part");
         let reply = Reply::new(550, "5.1.1", format!("<{address}>: no such recipient here"));
         return Ok((RcptVerdict::Refuse(reply), None));

@@ -39,6 +39,9 @@ pub struct CustomerConfig {
     pub starttls: bool,
     /// The connection is already TLS (implicit TLS).
     pub tls_active: bool,
+    /// The provider's certificate is checked (name and chain) when TLS starts. PLAIN sends the
+    /// password itself, so it is used only then (RFC 4954 §14).
+    pub tls_verified: bool,
     /// We present a client certificate: use SASL EXTERNAL when the provider offers it.
     pub external: bool,
     /// Our SCRAM nonce (random, from the driver).
@@ -295,7 +298,7 @@ impl Customer {
                 } else if has("CRAM-MD5") {
                     self.cmd("AUTH CRAM-MD5");
                     self.state = State::AuthStart;
-                } else if has("PLAIN") && self.tls {
+                } else if has("PLAIN") && self.tls && self.cfg.tls_verified {
                     let resp = B64.encode(plain::plain_response(
                         &self.cfg.user,
                         &String::from_utf8_lossy(&self.cfg.password),
@@ -306,7 +309,7 @@ impl Customer {
                     self.end(FrontEnd::Failed("provider does not offer AUTH".into()))
                 } else {
                     self.end(FrontEnd::Failed(format!(
-                        "provider offers AUTH {} but none this client can use here (SCRAM-SHA-256, CRAM-MD5, or PLAIN under TLS)",
+                        "provider offers AUTH {} but none this client can use here (SCRAM-SHA-256, CRAM-MD5, or PLAIN under TLS with the certificate verified)",
                         offered.join(" ")
                     )))
                 }
@@ -454,6 +457,7 @@ mod tests {
             domains: domains.iter().map(|d| d.to_string()).collect(),
             starttls: false,
             tls_active: false,
+            tls_verified: true,
             external: false,
             nonce: "testnonce".into(),
             request: Request::Atrn,
@@ -535,6 +539,27 @@ mod tests {
         step(&mut c, "250-p\r\n250-AUTH PLAIN\r\n250 ATRN\r\n");
         let (_, s) = step(&mut c, "221 bye\r\n");
         assert!(matches!(s, CustomerStep::Ended(FrontEnd::Failed(m)) if m.contains("CRAM-MD5")));
+    }
+
+    #[test]
+    fn plain_only_under_tls_with_a_verified_certificate() {
+        let plain_only = "250-p\r\n250-AUTH PLAIN\r\n250 ATRN\r\n";
+        let mut c = customer(&[]);
+        c.cfg.tls_active = true;
+        c.tls = true;
+        step(&mut c, "220 p\r\n");
+        let (out, _) = step(&mut c, plain_only);
+        assert!(out.starts_with("AUTH PLAIN "), "{out}");
+
+        // `tls_verify = false`: whoever is on the other end would read the password.
+        let mut c = customer(&[]);
+        c.cfg.tls_active = true;
+        c.cfg.tls_verified = false;
+        c.tls = true;
+        step(&mut c, "220 p\r\n");
+        assert_eq!(step(&mut c, plain_only).0, "QUIT\r\n");
+        let (_, s) = step(&mut c, "221 bye\r\n");
+        assert!(matches!(s, CustomerStep::Ended(FrontEnd::Failed(m)) if m.contains("certificate verified")));
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn customer(cfg: &ClientConfig, p: &Provider, conn: &Conn) -> Customer {
         domains: p.domains.clone(),
         starttls: p.tls == TlsMode::StartTls,
         tls_active: conn.is_tls(),
+        tls_verified: p.tls_verify,
         external: p.tls_identity.is_some(),
         nonce: odmr_proto::sasl::scram::make_nonce(&rand::random::<[u8; 18]>()),
         request: match p.mode {

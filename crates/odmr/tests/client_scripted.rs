@@ -425,6 +425,54 @@ fn atrn_reply_and_ehlo_in_one_segment_through_the_splice() {
     assert_same_bytes(&got[0].content, body.as_bytes(), "the spliced message");
 }
 
+/// A local MTA that offers STARTTLS (aiosmtpd with a certificate, `peers/tls_destination.py`)
+/// behind the splice: the provider sees its EHLO reply without STARTTLS (the reversed session
+/// never offers TLS, RFC 3207 §4.2) and everything else as the local MTA sent it; the message
+/// arrives, in plaintext.
+#[test]
+fn the_splice_hides_the_local_mtas_starttls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let local = PyPeer::start(
+        "tls_destination.py",
+        &[cert_file.to_str().unwrap(), key_file.to_str().unwrap()],
+        true,
+    );
+    let Some(local) = local else { return };
+    let body = "Subject: spliced\n\nno TLS in the reversed session\n";
+    let file = messages_file(
+        dir.path(),
+        json!([{"from": "alice@sender.test", "to": ["bob@example.org"], "data": body}]),
+    );
+    let Some(p) = provider(&["--messages", &file]) else {
+        return;
+    };
+    let config =
+        ProviderCfg::new(p.port, USER, PASS, &["example.org"], splice_to(local.port)).write(dir.path());
+    let run = client_once(&config);
+    let ev = finished(&p, &run);
+    expect_code(&run, 0, "spliced to a local MTA offering STARTTLS");
+    let keywords = ehlo_keywords(&ev);
+    assert!(
+        !keywords.iter().any(|k| k.eq_ignore_ascii_case("STARTTLS")),
+        "STARTTLS reached the provider: {keywords:?}"
+    );
+    assert!(
+        keywords.iter().any(|k| k == "8BITMIME") && keywords.last().is_some_and(|k| k == "HELP"),
+        "the other keywords should pass as they were: {keywords:?}"
+    );
+    let data: Vec<Value> = local
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "data")
+        .collect();
+    assert_eq!(data.len(), 1, "{data:?}\nclient:\n{}", run.stderr);
+    assert_eq!(data[0]["tls"], json!(false));
+}
+
 // ----- the daemon stopped mid-message -----
 
 /// The daemon is receiving a message (the provider has sent part of its body and stalls):

@@ -20,4 +20,5 @@ pub mod reply;
 pub mod sasl;
 pub mod smtp_server;
 pub mod splice_observer;
+pub mod starttls_filter;
 pub mod transcript;

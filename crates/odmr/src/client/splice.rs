@@ -8,9 +8,13 @@
 //! - When one side closes, the other side's write half is shut down and we keep copying the
 //!   other direction until it closes too, so replies in flight (the 221 to QUIT) are not lost.
 //! - Silence in both directions for longer than the idle timeout ends the session.
+//! - The local MTA's replies pass unchanged but for STARTTLS, which leaves its EHLO replies
+//!   ([`StartTlsFilter`]): the reversed session never offers TLS (RFC 3207 §4.2 once TLS is on;
+//!   and the splice would lose sight of the session inside TLS).
 
 use crate::net::conn::Conn;
 use odmr_proto::splice_observer::SpliceObserver;
+use odmr_proto::starttls_filter::StartTlsFilter;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -45,6 +49,9 @@ pub async fn splice(provider: Conn, local: Conn, idle: Duration) -> Spliced {
     }
     let mut pbuf = vec![0u8; 64 * 1024];
     let mut lbuf = vec![0u8; 64 * 1024];
+    let mut filter = StartTlsFilter::new();
+    // The local MTA's bytes as they go to the provider (filtered).
+    let mut to_provider = Vec::with_capacity(64 * 1024);
     let (mut p_open, mut l_open) = (true, true);
     while p_open || l_open {
         let step = tokio::time::timeout(idle, async {
@@ -58,38 +65,38 @@ pub async fn splice(provider: Conn, local: Conn, idle: Duration) -> Spliced {
             out.error = Some(format!("no traffic for {idle:?}; closing both sides"));
             break;
         };
-        let (buf, w, open) = if from_provider {
-            (
-                &pbuf,
-                &mut lw as &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
-                &mut p_open,
-            )
+        // What this read passes on: the provider's bytes as they are, the local MTA's filtered
+        // (at its end, whatever the filter still held).
+        to_provider.clear();
+        let n = *read.as_ref().unwrap_or(&0);
+        let (bytes, w, open): (&[u8], &mut (dyn tokio::io::AsyncWrite + Unpin + Send), _) = if from_provider {
+            (&pbuf[..n], &mut lw, &mut p_open)
         } else {
-            (
-                &lbuf,
-                &mut pw as &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
-                &mut l_open,
-            )
+            if n > 0 {
+                filter.feed(&lbuf[..n], &mut to_provider);
+            } else {
+                filter.finish(&mut to_provider);
+            }
+            (&to_provider[..], &mut pw, &mut l_open)
         };
-        match read {
-            Ok(0) | Err(_) => {
-                *open = false;
-                let _ = w.shutdown().await;
+        if !bytes.is_empty() {
+            let wrote = tokio::time::timeout(idle, w.write_all(bytes)).await;
+            if !matches!(wrote, Ok(Ok(()))) {
+                out.error = Some("write failed while splicing".into());
+                break;
             }
-            Ok(n) => {
-                let wrote = tokio::time::timeout(idle, w.write_all(&buf[..n])).await;
-                if !matches!(wrote, Ok(Ok(()))) {
-                    out.error = Some("write failed while splicing".into());
-                    break;
-                }
-                if from_provider {
-                    out.to_local += n as u64;
-                    watch.provider(&buf[..n]);
-                } else {
-                    out.to_provider += n as u64;
-                    watch.local(&buf[..n]);
-                }
+            if from_provider {
+                out.to_local += bytes.len() as u64;
+                watch.provider(bytes);
+            } else {
+                out.to_provider += bytes.len() as u64;
+                watch.local(bytes);
             }
+        }
+        if n == 0 {
+            // Closed (or failed): shut the other side's write half, keep copying the other way.
+            *open = false;
+            let _ = w.shutdown().await;
         }
     }
     let _ = lw.shutdown().await;

@@ -171,7 +171,7 @@ fn refused_chunks_are_read_and_dropped_and_a_bad_bdat_closes() {
     // A size we cannot read: what follows cannot be told from commands, so the session ends.
     c.send(b"BDAT many LAST\r\nNOOP\r\n");
     let r = c.reply();
-    assert!(r.starts_with("501 5.5.4 Syntax: BDAT chunk-size [LAST]: "), "{r}");
+    assert!(r.starts_with("421 4.5.4 Syntax: BDAT chunk-size [LAST]: "), "{r}");
     assert_eq!(c.line(), None, "the session goes on after an unparsable BDAT");
     assert!(
         server.queue().as_array().unwrap().is_empty(),

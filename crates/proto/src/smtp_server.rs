@@ -1139,10 +1139,11 @@ impl SmtpServer {
             Err(e) => {
                 // Not knowing the size, we cannot skip the chunk; reading on would take its
                 // octets for commands, and a message's content must never become commands (SMTP
-                // smuggling). So the session ends here.
+                // smuggling). So the session ends here, with the one reply that may close it
+                // (RFC 5321 §3.8: 421; "4.5.4", invalid command arguments).
                 self.reply(Reply::new(
-                    501,
-                    "5.5.4",
+                    421,
+                    "4.5.4",
                     format!("Syntax: BDAT chunk-size [LAST]: {e}; closing the session"),
                 ));
                 return Some(ServerStep::Close);
@@ -2302,12 +2303,12 @@ mod tests {
     }
 
     /// A verdict is deferred and the client then sends what ends the session (a BDAT whose
-    /// size cannot be read: 501 and close) or waits for a 354: the verdict is asked for first,
+    /// size cannot be read: 421 and close) or waits for a 354: the verdict is asked for first,
     /// and goes out before the replies behind it.
     #[test]
     fn a_deferred_verdict_is_settled_before_closing_or_waiting() {
         for (next, last) in [
-            (&b"BDAT x LAST\r\n"[..], "501 5.5.4"),
+            (&b"BDAT x LAST\r\n"[..], "421 4.5.4"),
             (
                 &b"MAIL FROM:<a@b.example>\r\nRCPT TO:<y@example.org>\r\nDATA\r\n"[..],
                 "354 ",
@@ -2684,7 +2685,7 @@ mod tests {
             assert_eq!(seen.steps, ["Close"], "{args:?}");
             let last = replies(&seen).last().copied().unwrap_or_default();
             assert!(
-                last.starts_with("501 5.5.4 Syntax: BDAT chunk-size [LAST]: ")
+                last.starts_with("421 4.5.4 Syntax: BDAT chunk-size [LAST]: ")
                     && last.ends_with("closing the session"),
                 "{args:?}: {last}"
             );

@@ -723,7 +723,9 @@ fn local_mta_451_for_one_recipient_defers_only_that_one() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&server, smtp_to(mta.peer.port), dir.path());
 
-    mta.rules(json!({"rcpt": {"carol@example.org": "451 4.2.0 <carol@example.org>: mailbox busy"}}));
+    // Without an enhanced status code, as an MTA that does not offer ENHANCEDSTATUSCODES
+    // answers: the client gives it one of its class (it offers the extension to the provider).
+    mta.rules(json!({"rcpt": {"carol@example.org": "451 <carol@example.org>: mailbox busy"}}));
     let run = client_once(&config);
     expect_code(&run, 2, "poll with a deferred recipient");
     let st = server.recipient_states();
@@ -737,7 +739,10 @@ fn local_mta_451_for_one_recipient_defers_only_that_one() {
         ("carol@example.org", "queued"),
         "{st:?}"
     );
-    assert!(st[1].2.starts_with("451 4.2.0"), "{st:?}");
+    assert!(
+        st[1].2.starts_with("451 4.0.0 <carol@example.org>: mailbox busy"),
+        "{st:?}"
+    );
 
     mta.rules(json!({}));
     let run = client_once(&config);

@@ -82,6 +82,21 @@ impl Reply {
         }
     }
 
+    /// The reply with an enhanced status code of its own class, as RFC 2034 §4 requires of
+    /// every 2xx/4xx/5xx once ENHANCEDSTATUSCODES is offered: a peer's reply passed on may lack
+    /// one (an MTA that does not offer the extension) or carry one of another class; it then gets
+    /// the class's "other or undefined" code, X.0.0 (RFC 3463 §3).
+    pub fn with_class_status(mut self) -> Reply {
+        let class = self.code / 100;
+        if matches!(class, 2 | 4 | 5) {
+            let first = self.status.as_deref().and_then(|s| s.chars().next());
+            if first.and_then(|c| c.to_digit(10)) != Some(u32::from(class)) {
+                self.status = Some(format!("{class}.0.0"));
+            }
+        }
+        self
+    }
+
     /// The reply on one line, for logs and the queue's `last_reply`.
     pub fn one_line(&self) -> String {
         let mut s = self.code.to_string();
@@ -202,6 +217,18 @@ fn leading_status(text: &str, code: u16) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passed_on_replies_get_a_status_of_their_class() {
+        let bare = Reply::multi(550, vec!["Unrouteable address".into()]);
+        assert_eq!(bare.with_class_status().status.as_deref(), Some("5.0.0"));
+        let wrong = Reply::new(450, "5.1.1", "mailbox busy");
+        assert_eq!(wrong.with_class_status().status.as_deref(), Some("4.0.0"));
+        let right = Reply::new(550, "5.1.1", "no such user");
+        assert_eq!(right.with_class_status().status.as_deref(), Some("5.1.1"));
+        let intermediate = Reply::multi(354, vec!["go".into()]);
+        assert_eq!(intermediate.with_class_status().status, None);
+    }
 
     fn parse_all(s: &str) -> (Result<Option<Reply>, ReplyError>, usize) {
         let mut b = BytesMut::from(s);

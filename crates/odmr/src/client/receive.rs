@@ -93,8 +93,10 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
                 }
             }
             ServerStep::CheckSender { from, params } => {
+                // The local MTA's refusals are passed on with a status of their class: the
+                // provider was offered ENHANCEDSTATUSCODES (RFC 2034 §4).
                 let v = sink.mail(&from, &params).await;
-                m.sender_verdict(v);
+                m.sender_verdict(v.map_err(Reply::with_class_status));
             }
             ServerStep::CheckRecipient { address, .. } => {
                 if data_is_next(&conn.buf) {
@@ -105,7 +107,7 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
                     Err(r) => {
                         tracing::info!(provider = s.provider, rcpt = %address, reply = %r, "recipient refused by the local mail system");
                         got.refused += 1;
-                        RcptVerdict::Refuse(r)
+                        RcptVerdict::Refuse(r.with_class_status())
                     }
                 };
                 m.recipient_verdict(v);
@@ -120,7 +122,7 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
                 }
                 Err(r) => {
                     sink.reset().await;
-                    m.data_refused(r);
+                    m.data_refused(r.with_class_status());
                 }
             },
             ServerStep::Body(chunk) => sink.body(&chunk).await,
@@ -201,7 +203,7 @@ async fn give_verdict(
     } else {
         got.refused += 1;
         tracing::warn!(provider = s.provider, from = %from, rcpts = %rcpts.join(","), size, result = %reply, "message refused by the local mail system; the provider keeps it");
-        m.committed(Err(reply));
+        m.committed(Err(reply.with_class_status()));
     }
     (s.progress)(got);
     if let Err(e) = conn.send(m.output(), s.timeout).await {

@@ -432,10 +432,7 @@ fn atrn_reply_and_ehlo_in_one_segment_through_the_splice() {
 #[test]
 fn the_splice_hides_the_local_mtas_starttls() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let (cert_file, key_file) = self_signed_localhost(dir.path());
     let local = PyPeer::start(
         "tls_destination.py",
         &[cert_file.to_str().unwrap(), key_file.to_str().unwrap()],

@@ -373,10 +373,7 @@ fn etrn_delivers_into_a_real_postfix_over_starttls() {
         return;
     }
     let certs = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_file, key_file) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let (cert_file, key_file) = client_util::self_signed_localhost(certs.path());
     let tls = format!(
         "smtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_security_level = may\nsmtpd_tls_loglevel = 1\n",
         cert_file.display(),

@@ -675,6 +675,16 @@ pub fn maildir(root: &Path, domain: &str, local: &str) -> (Vec<PathBuf>, Vec<Pat
     )
 }
 
+/// A self-signed certificate for "localhost" and its key, written as `cert.pem` and `key.pem`
+/// into `dir`: for a peer offering STARTTLS to a client that does not check it.
+pub fn self_signed_localhost(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    (cert_file, key_file)
+}
+
 /// A scripted local MTA (aiosmtpd) whose answers come from a rules file.
 pub struct LocalMta {
     pub peer: PyPeer,

@@ -78,6 +78,8 @@ struct RawTls {
     cert: PathBuf,
     key: PathBuf,
     client_ca: Option<PathBuf>,
+    #[serde(default)]
+    self_signed: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +252,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// CA certificates for customers' client certificates (SASL EXTERNAL).
     pub client_ca: Option<PathBuf>,
+    /// For trials: when neither `cert` nor `key` exists, make a self-signed pair there.
+    pub self_signed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -581,6 +585,7 @@ impl Config {
                 cert: t.cert.clone(),
                 key: t.key.clone(),
                 client_ca: t.client_ca.clone(),
+                self_signed: t.self_signed,
             }),
             path: path.to_path_buf(),
             hostname,

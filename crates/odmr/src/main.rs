@@ -61,6 +61,9 @@ enum Command {
     /// See which domains are being delivered, and break a stuck delivery's lease.
     #[command(subcommand)]
     Lease(cli::lease::LeaseCmd),
+    /// Certificates for trying odmr out (no configuration file needed).
+    #[command(subcommand)]
+    Tls(cli::tls::TlsCmd),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +110,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Tls(c) = cli.command {
+        cli::tls::tls(c)?;
+        return Ok(0);
+    }
     if let Command::Client { once } = cli.command {
         let cfg = client::config::ClientConfig::load(&cli.config)?;
         if once {
@@ -122,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Domain(c) => cli::domain::domain(&cfg, c).await?,
         Command::Queue(c) => cli::queue::queue(&cfg, c).await?,
         Command::Lease(c) => cli::lease::lease(&cfg, c).await?,
-        Command::Client { .. } => {}
+        Command::Client { .. } | Command::Tls(_) => {}
     }
     Ok(0)
 }

@@ -6,6 +6,7 @@ pub mod domain;
 pub mod lease;
 mod out;
 pub mod queue;
+pub mod tls;
 
 use crate::config::Config;
 use odmr_store::Store;

@@ -47,6 +47,87 @@ fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
+/// What a trial certificate made by [`write_self_signed`] is valid for when no names are given:
+/// this machine by every name a local client uses.
+pub const TRIAL_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// Write a new self-signed certificate for `names` (host names or IP addresses) and its key as
+/// PEM files, for trials: a customer trusts it by naming the certificate file as its CA
+/// (`ca_file`). Existing files are never overwritten, so a real certificate cannot be lost to a
+/// typo; the key is readable by its owner only.
+pub fn write_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<(), TlsError> {
+    let made = rcgen::CertificateParams::new(names.to_vec())
+        .and_then(|mut params| {
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.distinguished_name.push(
+                rcgen::DnType::CommonName,
+                names.first().map_or("localhost", |n| n.as_str()),
+            );
+            params.distinguished_name.push(
+                rcgen::DnType::OrganizationName,
+                "odmr self-signed test certificate",
+            );
+            let pair = rcgen::KeyPair::generate()?;
+            Ok((params.self_signed(&pair)?, pair))
+        })
+        .map_err(|e| TlsError::File {
+            key: "tls.cert",
+            path: cert.to_path_buf(),
+            problem: format!("cannot make a certificate for {names:?}: {e}"),
+            fix: "give host names (\"mail.example.net\") or IP addresses",
+        })?;
+    let (certificate, pair) = made;
+    write_new(key, pair.serialize_pem().as_bytes(), 0o600, "tls.key")?;
+    if let Err(e) = write_new(cert, certificate.pem().as_bytes(), 0o644, "tls.cert") {
+        // Never leave a key without its certificate: the next attempt would refuse to start.
+        let _ = std::fs::remove_file(key);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Create `path` (and its directory, owner-only) with `bytes`, refusing to replace a file.
+fn write_new(path: &Path, bytes: &[u8], mode: u32, key: &'static str) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let fail = |problem: String, fix: &'static str| TlsError::File {
+        key,
+        path: path.to_path_buf(),
+        problem,
+        fix,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                fail(
+                    format!("cannot create its directory: {e}"),
+                    "choose a writable directory",
+                )
+            })?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                fail(
+                    "already exists".into(),
+                    "remove it first, or choose another place",
+                )
+            } else {
+                fail(e.to_string(), "choose a writable directory")
+            }
+        })?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| fail(e.to_string(), "choose a writable directory with free space"))
+}
+
 /// The server side: certificate and key, reloadable.
 pub struct TlsServer {
     cert: PathBuf,

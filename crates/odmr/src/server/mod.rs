@@ -77,6 +77,9 @@ pub fn session_id() -> String {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    if let Some(f) = cfg.tls.as_ref().filter(|f| f.self_signed) {
+        trial_certificate(&cfg, f)?;
+    }
     let tls = match &cfg.tls {
         Some(f) => Some(Arc::new(
             TlsServer::load(&f.cert, &f.key, f.client_ca.as_deref())
@@ -190,6 +193,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `[tls] self_signed = true`: when neither the certificate nor the key exists yet, make a
+/// self-signed pair for `hostname` and this machine's local names, so that a trial runs with
+/// TLS from the first start. Never touches existing files, and says loudly what it made: a
+/// customer must trust that certificate explicitly (`ca_file`).
+fn trial_certificate(cfg: &Config, f: &crate::config::TlsFiles) -> anyhow::Result<()> {
+    match (f.cert.exists(), f.key.exists()) {
+        (true, true) => Ok(()),
+        (false, false) => {
+            let mut names = vec![cfg.hostname.clone()];
+            names.extend(crate::net::tls::TRIAL_NAMES.map(String::from));
+            crate::net::tls::write_self_signed(&f.cert, &f.key, &names)
+                .with_context(|| format!("config file {}: [tls] self_signed", cfg.path.display()))?;
+            tracing::warn!(
+                cert = %f.cert.display(),
+                names = ?names,
+                "[tls] self_signed: created a self-signed certificate for trials; customers must trust it (ca_file), and a real one should replace it"
+            );
+            Ok(())
+        }
+        _ => anyhow::bail!(
+            "config file {}: [tls] self_signed: only one of {} and {} exists; remove it to have both made again, or give both",
+            cfg.path.display(),
+            f.cert.display(),
+            f.key.display()
+        ),
+    }
 }
 
 /// Every `every`, remove the messages that have been `receiving` without a write for

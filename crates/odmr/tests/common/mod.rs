@@ -2,8 +2,9 @@
 //! with port 0 listeners, the operator CLI against its store, and lookup of the real peers
 //! (fetchmail, swaks, smtp-sink, python3 with aiosmtpd).
 //!
-//! A peer that is not installed skips the test with a message saying why, except under
-//! `CI=true`, where it fails: CI installs every peer, so a missing one is a broken CI.
+//! A peer that is not installed skips the test with a message saying why ([`skip`], visible in
+//! `cargo test`'s output without `--nocapture`), except under `CI=true`, where it fails: CI
+//! installs every peer, so a missing one is a broken CI.
 #![allow(dead_code)]
 
 pub mod customer;
@@ -32,12 +33,26 @@ pub fn peer(program: &str, package: &str) -> Option<PathBuf> {
     if let Some(p) = candidates.iter().map(PathBuf::from).find(|p| p.exists()) {
         return Some(p);
     }
-    let msg = format!("{program} not installed (Debian package {package}; .ci/run installs it)");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
+    skip(&format!(
+        "{program} not installed (Debian package {package}; .ci/run installs it)"
+    ));
     None
+}
+
+/// Report that the calling test is skipped, and why, where the test run shows it; under
+/// `CI=true` fail instead (CI installs every peer, so a missing one is a broken CI).
+///
+/// libtest captures what a passing test prints with `eprintln!`, so a skip said that way is
+/// invisible and the test just reads "ok". Writing to the stderr handle itself goes past the
+/// capture: the line appears in `cargo test`'s output next to the test's "ok".
+pub fn skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason} (under CI=true a missing peer fails the test instead of skipping it)");
+    }
+    // libtest names each test's thread after the test.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
 /// Debian's python3 with aiosmtpd (the first python3 on PATH may lack Debian's modules).
@@ -51,11 +66,7 @@ pub fn python() -> Option<PathBuf> {
     if ok {
         return Some(p);
     }
-    let msg = "python3 module aiosmtpd not installed (Debian package python3-aiosmtpd)";
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
+    skip("python3 module aiosmtpd not installed (Debian package python3-aiosmtpd)");
     None
 }
 

@@ -155,17 +155,31 @@ pub fn swaks_reply_to(run: &Run, cmd: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The rc file of one plain ODMR poll: `user` asks the provider's ODMR listener (127.0.0.1,
-/// `odmr_port`) for `domains` and fetchmail relays into the local MTA at 127.0.0.1:`smtp_port`.
+/// fetchmail's rc file for `proto odmr`: the repository's `fetchmailrc.example`, with the
+/// port, the account, the domains and the local MTA put in. Every fetchmail test thus runs the
+/// example users start from; a line the replacements no longer find fails them.
 pub fn odmr_rc(odmr_port: u16, user: &str, password: &str, domains: &[&str], smtp_port: u16) -> String {
-    format!(
-        "set no syslog\n\
-         poll 127.0.0.1 service {odmr_port} proto odmr\n    \
-             user \"{user}\" password \"{password}\"\n    \
-             fetchdomains {domains}\n    \
-             smtphost 127.0.0.1/{smtp_port}\n",
-        domains = domains.join(","),
-    )
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fetchmailrc.example");
+    let mut rc = std::fs::read_to_string(&path).expect("fetchmailrc.example");
+    for (from, to) in [
+        ("service 10366 ".to_string(), format!("service {odmr_port} ")),
+        (
+            "user \"acme\" password \"change me\"".to_string(),
+            format!("user \"{user}\" password \"{password}\""),
+        ),
+        (
+            "fetchdomains example.org\n".to_string(),
+            format!("fetchdomains {}\n", domains.join(",")),
+        ),
+        (
+            "smtphost 127.0.0.1/25\n".to_string(),
+            format!("smtphost 127.0.0.1/{smtp_port}\n"),
+        ),
+    ] {
+        assert!(rc.contains(&from), "fetchmailrc.example no longer has {from:?}");
+        rc = rc.replace(&from, &to);
+    }
+    rc
 }
 
 /// Send one message with swaks into the MX at `smtp`. swaks turns LF into CRLF, dot-stuffs,

@@ -16,6 +16,7 @@ use std::io::BufRead;
 pub enum AccountCmd {
     /// Create an account owning one or more domains.
     Add {
+        /// The account's name: what the customer logs in as (AUTH).
         name: String,
         /// A domain the account may release with ATRN (repeatable).
         #[arg(long = "domain", required = true)]
@@ -30,9 +31,13 @@ pub enum AccountCmd {
         json: bool,
     },
     /// Remove an account and free its domains (held mail stays queued).
-    Remove { name: String },
+    Remove {
+        /// The account, as `odmr account list` shows it.
+        name: String,
+    },
     /// Change an account's password.
     Passwd {
+        /// The account, as `odmr account list` shows it.
         name: String,
         /// Read the password from standard input (one line).
         #[arg(long, required = true)]
@@ -41,6 +46,7 @@ pub enum AccountCmd {
     /// Set an account's ETRN (RFC 1985) settings: where its mail goes when it asks with ETRN,
     /// and from which networks it may ask without AUTH. Options not given keep their value.
     Set {
+        /// The account, as `odmr account list` shows it.
         name: String,
         /// HOST:PORT of the customer's mail server ("[v6]:port" for IPv6), or "none" to stop
         /// ETRN for this account.
@@ -54,6 +60,7 @@ pub enum AccountCmd {
     /// Let a TLS client certificate log in as this account (SASL EXTERNAL). Replaces any
     /// certificate set before. The server needs `[tls] client_ca` to ask for certificates.
     Cert {
+        /// The account the certificate logs in as.
         name: String,
         /// The customer's certificate (PEM; the first certificate in the file is used).
         file: std::path::PathBuf,
@@ -63,9 +70,17 @@ pub enum AccountCmd {
 #[derive(Subcommand)]
 pub enum DomainCmd {
     /// Give a domain to an account.
-    Add { account: String, domain: String },
+    Add {
+        /// The account, as `odmr account list` shows it.
+        account: String,
+        /// The domain whose mail the account may release (one that no account has yet).
+        domain: String,
+    },
     /// Stop hosting a domain.
-    Remove { domain: String },
+    Remove {
+        /// The domain, as `odmr account list` shows it; its held mail stays queued.
+        domain: String,
+    },
 }
 
 fn read_password() -> anyhow::Result<String> {

@@ -39,6 +39,7 @@ pub enum QueueCmd {
     /// Show one message: its envelope, every recipient's state and history, and its header
     /// section (the whole message with --body).
     Show {
+        /// The message id, as `odmr queue list` shows it.
         id: MessageId,
         /// Print the whole message as stored (exact bytes, CRLF line ends), not only the headers.
         #[arg(long)]

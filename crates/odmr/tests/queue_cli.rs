@@ -26,6 +26,22 @@ fn ok(s: &Server, args: &[&str]) -> String {
     out
 }
 
+/// Runs a command; returns its status, its stdout as bytes, exactly, and its stderr.
+fn raw(s: &Server, args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = std::process::Command::new(common::BIN)
+        .args(args)
+        .arg("--config")
+        .arg(&s.config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run odmr");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn json(s: &Server, args: &[&str]) -> Value {
     let out = ok(s, args);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("odmr {args:?}: not JSON ({e}):\n{out}"))
@@ -226,14 +242,31 @@ fn show_prints_the_envelope_the_headers_and_on_request_the_whole_message() {
     assert!(headers.ends_with("Subject: big one\r\n"), "{headers}");
     assert!(!headers.contains("line 00000"), "{headers}");
 
-    let out = ok(&s, &["queue", "show", &id.to_string(), "--body"]);
-    let whole = out.split_once("\nmessage\n").expect("message section").1;
+    // --body: the message and nothing else on stdout, byte for byte as sent (after the
+    // Received: line the MX put on top); what it is about on stderr.
+    let (st, whole, err) = raw(&s, &["queue", "show", &id.to_string(), "--body"]);
+    assert_eq!(st, 0, "{err}");
     assert_eq!(whole.len() as u64, size);
+    let received = &whole[..whole.len() - body.len()];
     assert!(
-        whole.contains("line 05000 of the body")
-            && whole.ends_with(
-                "line 09999 of the body, long enough to fill the chunks quickly\r\nthe last line\r\n"
-            )
+        received.starts_with(b"Received: from sender.test ") && received.ends_with(b"\r\n"),
+        "{}",
+        String::from_utf8_lossy(received)
+    );
+    assert!(
+        !received.windows(4).any(|w| w == b"\r\n\r\n"),
+        "more than a header line before the message"
+    );
+    assert!(
+        whole[received.len()..] == *body.as_bytes(),
+        "stdout is not the message as sent"
+    );
+    assert!(
+        err.starts_with(&format!("message {id}\n"))
+            && err.contains("<alice@sender.test>")
+            && err.contains("<bob@example.org>  queued")
+            && !err.contains("big one"),
+        "{err}"
     );
 
     let v = json(&s, &["queue", "show", &id.to_string(), "--json"]);

@@ -41,7 +41,9 @@ pub enum QueueCmd {
     Show {
         /// The message id, as `odmr queue list` shows it.
         id: MessageId,
-        /// Print the whole message as stored (exact bytes, CRLF line ends), not only the headers.
+        /// Print the whole message exactly as stored (CRLF line ends) and nothing else on
+        /// standard output, so that `> msg.eml` saves it; the envelope and the recipients go to
+        /// standard error.
         #[arg(long)]
         body: bool,
         /// Machine-readable output; text that is not UTF-8 is shown as U+FFFD (use --body without
@@ -402,6 +404,26 @@ async fn show(store: &Store, id: MessageId, whole: bool, json: bool) -> anyhow::
         gone_meanwhile(printed, &m);
         return Ok(());
     }
+    if whole {
+        // Only the message on stdout, byte for byte; what it is about goes to stderr, so on a
+        // terminal the operator still sees it, above the message.
+        let mut e = io::stderr().lock();
+        summary(&mut e, &m, now)?;
+        writeln!(e, "\nmessage")?;
+        e.flush()?;
+    } else {
+        summary(&mut w, &m, now)?;
+        writeln!(w, "\nheaders")?;
+        w.flush()?;
+    }
+    let printed = stream_body(store, m.id, whole, |piece| w.write_all(piece)).await?;
+    w.flush()?;
+    gone_meanwhile(printed, &m);
+    Ok(())
+}
+
+/// The envelope and every recipient's state and history, as `show` prints them.
+fn summary(w: &mut impl Write, m: &QueuedMessage, now: i64) -> io::Result<()> {
     writeln!(w, "message {}", m.id)?;
     writeln!(
         w,
@@ -451,11 +473,6 @@ async fn show(store: &Store, id: MessageId, whole: bool, json: bool) -> anyhow::
             writeln!(w, "      delay warning handled")?;
         }
     }
-    writeln!(w, "\n{}", if whole { "message" } else { "headers" })?;
-    w.flush()?;
-    let printed = stream_body(store, m.id, whole, |piece| w.write_all(piece)).await?;
-    w.flush()?;
-    gone_meanwhile(printed, &m);
     Ok(())
 }
 

@@ -109,13 +109,27 @@ fn accounts_and_domains() {
     let (st, _, err) = s.cli(&["domain", "add", "acme", "example.com"], None);
     assert_eq!(st, 1, "{err}");
 
-    // No password on stdin is an error that says how to give one.
+    // No password on stdin is an error that says how to give one, with the command it was.
     let (st, _, err) = s.cli(
         &["account", "add", "nopw", "--domain", "n.test", "--password-stdin"],
         Some(""),
     );
     assert_eq!(st, 1);
-    assert!(err.contains("standard input"), "{err}");
+    assert!(
+        err.contains("standard input")
+            && err.contains("| odmr account add nopw --domain n.test --password-stdin`"),
+        "{err}"
+    );
+    let (st, _, err) = s.cli(&["account", "passwd", "acme", "--password-stdin"], Some("\n"));
+    assert_eq!(st, 1);
+    assert!(
+        err.contains("| odmr account passwd acme --password-stdin`") && !err.contains("account add"),
+        "{err}"
+    );
+    assert!(
+        cram_login(&s, "acme", "pw1").starts_with("235"),
+        "the password changed"
+    );
 
     // The password is not stored in plain text.
     let db = std::fs::read(s.dir.path().join("store/odmr.db")).unwrap();
@@ -146,6 +160,108 @@ fn accounts_and_domains() {
     assert!(err.contains("acme"), "{err}");
     let (_, out, _) = s.cli(&["account", "list"], None);
     assert!(out.contains("no accounts"), "{out}");
+}
+
+/// Runs `odmr ARGS --config …` on a pseudo-terminal through `tests/peers/pty_run.py`, which
+/// follows `steps` (expect a text, wait for echo off, type); returns its report.
+fn on_terminal(
+    py: &std::path::Path,
+    s: &Server,
+    args: &[&str],
+    steps: serde_json::Value,
+) -> serde_json::Value {
+    let out = std::process::Command::new("timeout")
+        .args(["--kill-after=5", "90"])
+        .arg(py)
+        .arg(common::peers_dir().join("pty_run.py"))
+        .arg(steps.to_string())
+        .arg(common::BIN)
+        .args(args)
+        .arg("--config")
+        .arg(&s.config)
+        .output()
+        .expect("run pty_run.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("pty_run.py: {e}: {text}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `--password-stdin` when stdin is a terminal: prompted for as `passwd` does, on stderr, read
+/// without echo, and asked twice; a mismatch changes nothing. Run on a real pseudo-terminal:
+/// an echoed password shows in what the terminal printed, a missing prompt is waited for in
+/// vain, and the login afterwards proves which password was stored.
+#[test]
+fn password_stdin_on_a_terminal_is_prompted_for_twice_without_echo() {
+    let Some(py) = common::peer("python3", "python3") else {
+        return;
+    };
+    let s = Server::start();
+    s.account("acme", "old-pw", &["example.org"]);
+    const TYPED: &str = "Typed-Secret-42";
+    let twice = |first: &str, second: &str, name: &str| {
+        serde_json::json!([
+            ["expect", format!("Password for {name}: ")],
+            ["noecho"],
+            ["type", format!("{first}\r")],
+            ["expect", "Retype password: "],
+            ["noecho"],
+            ["type", format!("{second}\r")],
+        ])
+    };
+
+    let r = on_terminal(
+        &py,
+        &s,
+        &["account", "passwd", "acme", "--password-stdin"],
+        twice(TYPED, TYPED, "acme"),
+    );
+    let shown = r["output"].as_str().unwrap();
+    assert_eq!(r["failed"], serde_json::Value::Null, "a prompt never came: {r}");
+    assert!(!shown.contains(TYPED), "the password was echoed: {shown:?}");
+    assert_eq!(r["echo_off"], serde_json::json!([true, true]), "{r}");
+    assert_eq!(r["status"], 0, "{r}");
+    assert!(shown.contains("password of acme changed"), "{shown:?}");
+    assert!(cram_login(&s, "acme", TYPED).starts_with("235"));
+    assert!(cram_login(&s, "acme", "old-pw").starts_with("535"));
+
+    // A slip on the second try: refused, and the password stays.
+    let r = on_terminal(
+        &py,
+        &s,
+        &["account", "passwd", "acme", "--password-stdin"],
+        twice("Other-Secret-1", "Other-Secret-2", "acme"),
+    );
+    let shown = r["output"].as_str().unwrap();
+    assert_eq!(r["failed"], serde_json::Value::Null, "{r}");
+    assert_eq!(r["status"], 1, "{r}");
+    assert!(
+        shown.contains("do not match") && !shown.contains("Other-Secret"),
+        "{shown:?}"
+    );
+    assert!(cram_login(&s, "acme", TYPED).starts_with("235"));
+
+    // `account add` asks the same way.
+    let r = on_terminal(
+        &py,
+        &s,
+        &[
+            "account",
+            "add",
+            "beta",
+            "--domain",
+            "beta.test",
+            "--password-stdin",
+        ],
+        twice("Beta-Secret-7", "Beta-Secret-7", "beta"),
+    );
+    let shown = r["output"].as_str().unwrap();
+    assert_eq!(
+        (r["failed"].clone(), r["status"].clone()),
+        (serde_json::Value::Null, 0.into()),
+        "{r}"
+    );
+    assert!(!shown.contains("Beta-Secret-7"), "{shown:?}");
+    assert!(cram_login(&s, "beta", "Beta-Secret-7").starts_with("235"));
 }
 
 fn cram_login(s: &Server, user: &str, pw: &str) -> String {

@@ -26,6 +26,22 @@ fn ok(s: &Server, args: &[&str]) -> String {
     out
 }
 
+/// Runs a command; returns its status, its stdout as bytes, exactly, and its stderr.
+fn raw(s: &Server, args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = std::process::Command::new(common::BIN)
+        .args(args)
+        .arg("--config")
+        .arg(&s.config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run odmr");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn json(s: &Server, args: &[&str]) -> Value {
     let out = ok(s, args);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("odmr {args:?}: not JSON ({e}):\n{out}"))
@@ -226,14 +242,31 @@ fn show_prints_the_envelope_the_headers_and_on_request_the_whole_message() {
     assert!(headers.ends_with("Subject: big one\r\n"), "{headers}");
     assert!(!headers.contains("line 00000"), "{headers}");
 
-    let out = ok(&s, &["queue", "show", &id.to_string(), "--body"]);
-    let whole = out.split_once("\nmessage\n").expect("message section").1;
+    // --body: the message and nothing else on stdout, byte for byte as sent (after the
+    // Received: line the MX put on top); what it is about on stderr.
+    let (st, whole, err) = raw(&s, &["queue", "show", &id.to_string(), "--body"]);
+    assert_eq!(st, 0, "{err}");
     assert_eq!(whole.len() as u64, size);
+    let received = &whole[..whole.len() - body.len()];
     assert!(
-        whole.contains("line 05000 of the body")
-            && whole.ends_with(
-                "line 09999 of the body, long enough to fill the chunks quickly\r\nthe last line\r\n"
-            )
+        received.starts_with(b"Received: from sender.test ") && received.ends_with(b"\r\n"),
+        "{}",
+        String::from_utf8_lossy(received)
+    );
+    assert!(
+        !received.windows(4).any(|w| w == b"\r\n\r\n"),
+        "more than a header line before the message"
+    );
+    assert!(
+        whole[received.len()..] == *body.as_bytes(),
+        "stdout is not the message as sent"
+    );
+    assert!(
+        err.starts_with(&format!("message {id}\n"))
+            && err.contains("<alice@sender.test>")
+            && err.contains("<bob@example.org>  queued")
+            && !err.contains("big one"),
+        "{err}"
     );
 
     let v = json(&s, &["queue", "show", &id.to_string(), "--json"]);
@@ -286,60 +319,93 @@ fn held_mail_is_not_delivered_by_atrn_until_released() {
     assert_eq!(s.queue(), serde_json::json!([]));
 }
 
+/// `odmr queue bounce` leaves with its failure notices queued: `queue list --domain @outbound`
+/// shows them as soon as it returns. The server is stopped, so no maintenance pass of it can be
+/// what made them.
 #[test]
-fn bounce_fails_recipients_with_status_5_0_0() {
+fn bounce_queues_the_failure_notices_before_it_returns() {
     let mut s = Server::start();
     s.account("acme", PW, &["example.org", "example.net"]);
     mail(&s, &["a@example.org", "b@example.net"], "Subject: 1\r\n\r\nx\r\n");
     mail(&s, &["c@example.org"], "Subject: 2\r\n\r\nx\r\n");
     mail(&s, &["d@example.org"], "Subject: 3\r\n\r\nx\r\n");
+    let r = send_mail(s.smtp, "", &["e@example.net"], "Subject: 4\r\n\r\nx\r\n");
+    assert!(r.starts_with("250"), "{r}");
     let q = s.queue();
-    let (m1, m2, m3) = (ids(&q)[0], ids(&q)[1], ids(&q)[2]);
-    // The commands work on the store without the server; stopped, no job of the server turns
-    // the failed recipients into notices before we look at them.
+    let (m1, m2, m3, m4) = (ids(&q)[0], ids(&q)[1], ids(&q)[2], ids(&q)[3]);
     s.stop();
     ok(&s, &["queue", "hold", &m2.to_string()]);
+    let outbound = |s: &Server| json(s, &["queue", "list", "--domain", "@outbound", "--json"]);
+    assert_eq!(outbound(&s), serde_json::json!([]));
 
     let out = ok(&s, &["queue", "bounce", &m1.to_string(), &m2.to_string()]);
     assert_eq!(
         out.trim(),
-        "bounced 3 recipients of 2 messages; their senders will be notified"
+        "bounced 3 recipients of 2 messages; 2 failure notices queued for their senders \
+         (`odmr queue list --domain @outbound`)"
     );
-    let failed = json(&s, &["queue", "list", "--state", "failed", "--json"]);
-    assert_eq!(ids(&failed), [m1, m2]);
-    for r in failed
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|m| m["recipients"].as_array().unwrap())
-    {
-        assert_eq!(r["state"], "failed", "{r}");
-        assert_eq!(r["status"], "5.0.0", "{r}");
-    }
-    let table = ok(&s, &["queue", "list", "--state", "failed"]);
-    assert!(
-        table.contains("failed") && table.contains("5.0.0 bounced by the operator"),
-        "{table}"
-    );
+    let notices = outbound(&s);
     assert_eq!(
-        states(&json(&s, &["queue", "list", "--state", "queued", "--json"])),
-        pairs(&[("d@example.org", "queued")])
+        states(&notices),
+        pairs(&[("alice@sender.test", "queued"), ("alice@sender.test", "queued")])
     );
+    assert!(
+        notices.as_array().unwrap().iter().all(|n| n["sender"] == ""),
+        "{notices}"
+    );
+    // Each notice reports its message's bounced recipients with the operator's 5.0.0.
+    let mut reported = Vec::new();
+    for n in ids(&notices) {
+        let (st, text, err) = raw(&s, &["queue", "show", &n.to_string(), "--body"]);
+        assert_eq!(st, 0, "{err}");
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("Action: failed") && text.contains("Status: 5.0.0"),
+            "{text}"
+        );
+        let mut finals: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("Final-Recipient: rfc822;"))
+            .map(str::trim)
+            .collect();
+        finals.sort();
+        reported.push(finals.join(" "));
+    }
+    reported.sort();
+    assert_eq!(reported, ["a@example.org b@example.net", "c@example.org"]);
+    // The bounced messages are done: settled, gone from the queue, nothing left failed.
+    assert_eq!(
+        json(&s, &["queue", "list", "--state", "failed", "--json"]),
+        serde_json::json!([])
+    );
+    let left = json(&s, &["queue", "list", "--json"]);
+    let customers: Vec<i64> = ids(&left)
+        .into_iter()
+        .filter(|i| ids(&notices).binary_search(i).is_err())
+        .collect();
+    assert_eq!(customers, [m3, m4]);
 
-    // Nothing left to bounce in those; the JSON summary says so too.
-    let out = ok(&s, &["queue", "bounce", &m1.to_string()]);
+    // Nothing left to bounce in a domain; the JSON summary counts the notices.
+    let out = ok(
+        &s,
+        &["queue", "bounce", "--domain", "example.net", &m4.to_string()],
+    );
+    assert_eq!(out.trim(), "bounced 1 recipient of 1 message in example.net; no notice queued: their senders asked for none (null sender or NOTIFY without FAILURE)");
+    let out = ok(&s, &["queue", "bounce", "--domain", "example.net"]);
     assert_eq!(
         out.trim(),
-        "nothing to bounce: no queued or held recipient matched"
+        "nothing to bounce: no queued or held recipient in example.net matched"
     );
     let v = json(&s, &["queue", "bounce", "--domain", "example.org", "--json"]);
     assert_eq!(
         v,
-        serde_json::json!({"action": "bounce", "domain": "example.org", "messages": 1, "recipients": 1})
+        serde_json::json!({"action": "bounce", "domain": "example.org", "messages": 1, "recipients": 1, "notices": 1})
     );
-    assert_eq!(
-        ids(&json(&s, &["queue", "list", "--state", "failed", "--json"])),
-        [m1, m2, m3]
+    assert_eq!(ids(&outbound(&s)).len(), 3);
+    let left = json(&s, &["queue", "list", "--json"]);
+    assert!(
+        states(&left).iter().all(|(a, _)| a == "alice@sender.test"),
+        "{left}"
     );
 }
 

@@ -1,7 +1,8 @@
 //! `odmr account …` and `odmr domain …`.
 //!
 //! Passwords are read from standard input only (never from the command line, where `ps` and
-//! shell history would show them) and stored only as the CRAM-MD5 HMAC inner/outer state.
+//! shell history would show them): typed at a prompt without echo when it is a terminal, else
+//! one line of it. They are stored only as derived secrets (see [`credentials`]).
 
 use super::open_store;
 use crate::config::Config;
@@ -10,17 +11,19 @@ use clap::Subcommand;
 use odmr_proto::sasl::cram_md5::{self, CramSecret};
 use odmr_proto::sasl::scram::{self, ScramVerifier};
 use odmr_store::Credential;
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 
 #[derive(Subcommand)]
 pub enum AccountCmd {
     /// Create an account owning one or more domains.
     Add {
+        /// The account's name: what the customer logs in as (AUTH).
         name: String,
         /// A domain the account may release with ATRN (repeatable).
         #[arg(long = "domain", required = true)]
         domains: Vec<String>,
-        /// Read the password from standard input (one line).
+        /// Read the password from standard input: one line when it is piped in; typed at a
+        /// prompt without echo, twice, when it is a terminal.
         #[arg(long, required = true)]
         password_stdin: bool,
     },
@@ -30,17 +33,23 @@ pub enum AccountCmd {
         json: bool,
     },
     /// Remove an account and free its domains (held mail stays queued).
-    Remove { name: String },
+    Remove {
+        /// The account, as `odmr account list` shows it.
+        name: String,
+    },
     /// Change an account's password.
     Passwd {
+        /// The account, as `odmr account list` shows it.
         name: String,
-        /// Read the password from standard input (one line).
+        /// Read the password from standard input: one line when it is piped in; typed at a
+        /// prompt without echo, twice, when it is a terminal.
         #[arg(long, required = true)]
         password_stdin: bool,
     },
     /// Set an account's ETRN (RFC 1985) settings: where its mail goes when it asks with ETRN,
     /// and from which networks it may ask without AUTH. Options not given keep their value.
     Set {
+        /// The account, as `odmr account list` shows it.
         name: String,
         /// HOST:PORT of the customer's mail server ("[v6]:port" for IPv6), or "none" to stop
         /// ETRN for this account.
@@ -54,6 +63,7 @@ pub enum AccountCmd {
     /// Let a TLS client certificate log in as this account (SASL EXTERNAL). Replaces any
     /// certificate set before. The server needs `[tls] client_ca` to ask for certificates.
     Cert {
+        /// The account the certificate logs in as.
         name: String,
         /// The customer's certificate (PEM; the first certificate in the file is used).
         file: std::path::PathBuf,
@@ -63,12 +73,25 @@ pub enum AccountCmd {
 #[derive(Subcommand)]
 pub enum DomainCmd {
     /// Give a domain to an account.
-    Add { account: String, domain: String },
+    Add {
+        /// The account, as `odmr account list` shows it.
+        account: String,
+        /// The domain whose mail the account may release (one that no account has yet).
+        domain: String,
+    },
     /// Stop hosting a domain.
-    Remove { domain: String },
+    Remove {
+        /// The domain, as `odmr account list` shows it; its held mail stays queued.
+        domain: String,
+    },
 }
 
-fn read_password() -> anyhow::Result<String> {
+/// Reads the password for `--password-stdin`. `command` is how the operator would run the same
+/// command with the password piped in, named in the error for an empty password.
+fn read_password(name: &str, command: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        return prompt_password(name);
+    }
     let mut line = String::new();
     std::io::stdin()
         .lock()
@@ -76,9 +99,35 @@ fn read_password() -> anyhow::Result<String> {
         .context("cannot read the password from standard input")?;
     let pw = line.trim_end_matches(['\r', '\n']).to_string();
     if pw.is_empty() {
-        bail!("empty password on standard input; pipe it in, e.g. `echo \"$PW\" | odmr account add …`");
+        bail!("empty password on standard input; pipe it in, e.g. `echo \"$PW\" | {command}`");
     }
     Ok(pw)
+}
+
+/// Asks for the password on the terminal, as `passwd` does: without echo, and twice, so that a
+/// typing slip nobody could see does not become the password.
+fn prompt_password(name: &str) -> anyhow::Result<String> {
+    let first = ask(&format!("Password for {name}: "))?;
+    if first.is_empty() {
+        bail!("empty password; nothing was changed");
+    }
+    if ask("Retype password: ")? != first {
+        bail!("the passwords do not match; nothing was changed");
+    }
+    Ok(first)
+}
+
+/// One prompt: on stderr, so that stdout keeps only the result; the answer is read from the
+/// terminal (`/dev/tty`) with echo off, and rpassword restores the terminal's mode afterwards,
+/// also on Ctrl-C.
+fn ask(prompt: &str) -> anyhow::Result<String> {
+    let config = rpassword::ConfigBuilder::new()
+        .output_writer(std::io::stderr())
+        .build();
+    rpassword::prompt_password_with_config(prompt, config).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => anyhow::anyhow!("no password typed; nothing was changed"),
+        _ => anyhow::Error::new(e).context("cannot read the password from the terminal"),
+    })
 }
 
 /// What we keep of a password: CRAM-MD5's HMAC inner/outer state (CRAM-MD5 needs a
@@ -104,7 +153,8 @@ pub async fn account(cfg: &Config, cmd: AccountCmd) -> anyhow::Result<()> {
     let store = open_store(cfg).await?;
     match cmd {
         AccountCmd::Add { name, domains, .. } => {
-            let pw = read_password()?;
+            let flags: String = domains.iter().map(|d| format!(" --domain {d}")).collect();
+            let pw = read_password(&name, &format!("odmr account add {name}{flags} --password-stdin"))?;
             let domains: Vec<String> = domains
                 .iter()
                 .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
@@ -192,7 +242,7 @@ pub async fn account(cfg: &Config, cmd: AccountCmd) -> anyhow::Result<()> {
             println!("account {name} removed");
         }
         AccountCmd::Passwd { name, .. } => {
-            let pw = read_password()?;
+            let pw = read_password(&name, &format!("odmr account passwd {name} --password-stdin"))?;
             // Replace the password's credentials one by one, keeping a certificate mapping.
             for c in credentials(&pw)? {
                 store.account_put_credential(&name, &c).await?;

@@ -22,6 +22,7 @@ pub enum DomainCmd {
     Set(SetArgs),
     /// Show a domain's owner, policy and what it holds now.
     Show {
+        /// The domain, as `odmr account list` shows it.
         domain: String,
         /// Machine-readable output.
         #[arg(long)]
@@ -37,6 +38,7 @@ pub enum DomainCmd {
     odmr domain set example.org --add-recipient carol --remove-recipient bob\n  \
     odmr domain set example.org --catch-all --max-bytes none")]
 pub struct SetArgs {
+    /// The domain, as `odmr account list` shows it.
     domain: String,
     /// Most messages held for the domain at once; new mail beyond it gets 452 4.2.2. `none`:
     /// no limit.

@@ -9,11 +9,15 @@
 //! - Explicit ids are checked before anything changes: one unknown id and nothing is done.
 //! - Every change is the store's (one transaction per batch, ordered with deliveries), so the
 //!   commands are safe while the server runs.
+//! - A bounce leaves with its failure notices queued: they are composed by the server's own
+//!   code ([`bounce::settle_failed`]), each in the transaction that settles its recipients. That
+//!   step settles every failed recipient of the store, as the server's next pass would.
 
 use super::open_store;
 use super::out::{self, JsonText};
 use crate::config::Config;
-use anyhow::bail;
+use crate::server::bounce;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use odmr_store::{MessageId, QueueFilter, QueuedMessage, RecipientState, RecipientStatus, Store};
 use serde_json::json;
@@ -39,8 +43,11 @@ pub enum QueueCmd {
     /// Show one message: its envelope, every recipient's state and history, and its header
     /// section (the whole message with --body).
     Show {
+        /// The message id, as `odmr queue list` shows it.
         id: MessageId,
-        /// Print the whole message as stored (exact bytes, CRLF line ends), not only the headers.
+        /// Print the whole message exactly as stored (CRLF line ends) and nothing else on
+        /// standard output, so that `> msg.eml` saves it; the envelope and the recipients go to
+        /// standard error.
         #[arg(long)]
         body: bool,
         /// Machine-readable output; text that is not UTF-8 is shown as U+FFFD (use --body without
@@ -51,8 +58,9 @@ pub enum QueueCmd {
     /// Remove messages, or with --domain only their recipients in that domain, without
     /// notifying anyone.
     Delete(Select),
-    /// Give up on queued or held recipients: they fail with status 5.0.0, and their senders are
-    /// sent a failure notice.
+    /// Give up on queued or held recipients: they fail with status 5.0.0, and their senders'
+    /// failure notices are queued before the command returns (`odmr queue list --domain
+    /// @outbound`), for the running server to send through `[bounce] relay`.
     Bounce(Select),
     /// Hold queued recipients: ATRN does not deliver them and they do not expire until released.
     Hold(Select),
@@ -111,10 +119,10 @@ pub async fn queue(cfg: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
             .await
         }
         QueueCmd::Show { id, body, json } => show(&store, id, body, json).await,
-        QueueCmd::Delete(s) => operate(&store, Action::Delete, s).await,
-        QueueCmd::Bounce(s) => operate(&store, Action::Bounce, s).await,
-        QueueCmd::Hold(s) => operate(&store, Action::Hold, s).await,
-        QueueCmd::Release(s) => operate(&store, Action::Release, s).await,
+        QueueCmd::Delete(s) => operate(cfg, &store, Action::Delete, s).await,
+        QueueCmd::Bounce(s) => operate(cfg, &store, Action::Bounce, s).await,
+        QueueCmd::Hold(s) => operate(cfg, &store, Action::Hold, s).await,
+        QueueCmd::Release(s) => operate(cfg, &store, Action::Release, s).await,
     };
     store.close().await;
     match result {
@@ -401,6 +409,26 @@ async fn show(store: &Store, id: MessageId, whole: bool, json: bool) -> anyhow::
         gone_meanwhile(printed, &m);
         return Ok(());
     }
+    if whole {
+        // Only the message on stdout, byte for byte; what it is about goes to stderr, so on a
+        // terminal the operator still sees it, above the message.
+        let mut e = io::stderr().lock();
+        summary(&mut e, &m, now)?;
+        writeln!(e, "\nmessage")?;
+        e.flush()?;
+    } else {
+        summary(&mut w, &m, now)?;
+        writeln!(w, "\nheaders")?;
+        w.flush()?;
+    }
+    let printed = stream_body(store, m.id, whole, |piece| w.write_all(piece)).await?;
+    w.flush()?;
+    gone_meanwhile(printed, &m);
+    Ok(())
+}
+
+/// The envelope and every recipient's state and history, as `show` prints them.
+fn summary(w: &mut impl Write, m: &QueuedMessage, now: i64) -> io::Result<()> {
     writeln!(w, "message {}", m.id)?;
     writeln!(
         w,
@@ -450,11 +478,6 @@ async fn show(store: &Store, id: MessageId, whole: bool, json: bool) -> anyhow::
             writeln!(w, "      delay warning handled")?;
         }
     }
-    writeln!(w, "\n{}", if whole { "message" } else { "headers" })?;
-    w.flush()?;
-    let printed = stream_body(store, m.id, whole, |piece| w.write_all(piece)).await?;
-    w.flush()?;
-    gone_meanwhile(printed, &m);
     Ok(())
 }
 
@@ -569,12 +592,21 @@ impl Action {
         }
     }
 
-    fn consequence(self) -> &'static str {
+    /// What follows from the change; `notices` is how many failure notices a bounce queued.
+    fn consequence(self, notices: u64) -> String {
         match self {
-            Action::Delete => "nobody is notified",
-            Action::Bounce => "their senders will be notified",
-            Action::Hold => "they wait until `odmr queue release`",
-            Action::Release => "the next ATRN delivers them",
+            Action::Delete => "nobody is notified".into(),
+            Action::Bounce if notices == 0 => {
+                "no notice queued: their senders asked for none (null sender or NOTIFY without FAILURE)"
+                    .into()
+            }
+            Action::Bounce => format!(
+                "{} queued for their senders (`odmr queue list --domain {}`)",
+                plural(notices, "failure notice"),
+                odmr_store::OUTBOUND_QUEUE
+            ),
+            Action::Hold => "they wait until `odmr queue release`".into(),
+            Action::Release => "the next ATRN delivers them".into(),
         }
     }
 
@@ -588,7 +620,7 @@ impl Action {
     }
 }
 
-async fn operate(store: &Store, action: Action, sel: Select) -> anyhow::Result<()> {
+async fn operate(cfg: &Config, store: &Store, action: Action, sel: Select) -> anyhow::Result<()> {
     let verb = action.verb();
     if sel.ids.is_empty() && !sel.all && sel.domain.is_none() {
         bail!(
@@ -647,7 +679,7 @@ async fn operate(store: &Store, action: Action, sel: Select) -> anyhow::Result<(
     };
 
     let bar = out::progress(ids.len() as u64, &format!("{}ing", verb.trim_end_matches('e')));
-    let (mut messages, mut recipients) = (0u64, 0u64);
+    let (mut messages, mut recipients, mut notices) = (0u64, 0u64, 0u64);
     for batch in ids.chunks(BATCH) {
         let filter = QueueFilter {
             ids: batch.to_vec(),
@@ -669,6 +701,21 @@ async fn operate(store: &Store, action: Action, sel: Select) -> anyhow::Result<(
             messages += touched.max(1);
             recipients += changed;
         }
+        if matches!(action, Action::Bounce) && changed > 0 {
+            // The notices now, as the server's maintenance job would make them within
+            // `[queue] scan_interval` (and only while it runs): the operator sees them at once.
+            // A crash before this leaves the recipients failed, for the server to settle.
+            bounce::settle_failed(cfg, store, |_, settled| {
+                if matches!(settled, bounce::Settled::Notice(_)) {
+                    notices += 1;
+                }
+            })
+            .await
+            .context(
+                "the recipients are bounced, but their failure notices could not be queued now; \
+                 the server's maintenance job tries again every [queue] scan_interval",
+            )?;
+        }
         bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
@@ -681,15 +728,16 @@ async fn operate(store: &Store, action: Action, sel: Select) -> anyhow::Result<(
     );
 
     if sel.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "action": verb,
-                "domain": domain,
-                "messages": messages,
-                "recipients": recipients,
-            }))?
-        );
+        let mut v = json!({
+            "action": verb,
+            "domain": domain,
+            "messages": messages,
+            "recipients": recipients,
+        });
+        if matches!(action, Action::Bounce) {
+            v["notices"] = notices.into();
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else if recipients == 0 {
         println!(
             "nothing to {verb}: no {} recipient{} matched",
@@ -703,7 +751,7 @@ async fn operate(store: &Store, action: Action, sel: Select) -> anyhow::Result<(
             plural(recipients, "recipient"),
             plural(messages, "message"),
             domain.as_ref().map(|d| format!(" in {d}")).unwrap_or_default(),
-            action.consequence()
+            action.consequence(notices)
         );
     }
     Ok(())

@@ -13,6 +13,11 @@
 //!   whose NOTIFY excludes it (RFC 3461 §5.2.5–6): those recipients are settled silently.
 //! - Every pass is bounded (batches) and runs every `[queue] scan_interval`, so expiry is acted
 //!   on within that interval of its deadline.
+//! - Failure notices are composed in one place, [`settle_failed`], which `odmr queue bounce`
+//!   calls too, so that the operator's bounce leaves with its notices queued and a notice is the
+//!   same whoever composed it. Two composers at once (the CLI and a server's pass) are safe:
+//!   the store queues a notice only with the transaction that turns its recipients from
+//!   `failed` to `bounced`, and only one transaction can do that.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +28,7 @@ use odmr_store::{
 };
 
 use super::Shared;
+use crate::config::Config;
 use tracing::Instrument;
 
 /// Notices composed per store query.
@@ -79,21 +85,13 @@ async fn pass(shared: &Shared, state: &mut State) -> anyhow::Result<()> {
             "hold time over: returning mail to its senders"
         );
     }
-    loop {
-        let batch = store.notices_failed(BATCH).await?;
-        for n in &batch {
-            notify_failed(shared, n).await?;
-        }
-        if batch.len() < BATCH {
-            break;
-        }
-    }
+    settle_failed(&shared.cfg, store, log_failed).await?;
     if let Some(delay) = shared.cfg.queue.delay_warning {
         let until = now() - secs(delay);
         loop {
             let batch = store.notices_delayed(until, state.delay_cursor, BATCH).await?;
             for n in &batch {
-                notify_delayed(shared, n).await?;
+                notify_delayed(Ctx::of(shared), n).await?;
                 state.delay_cursor = (n.received_at, n.id);
             }
             if batch.len() < BATCH {
@@ -104,8 +102,71 @@ async fn pass(shared: &Shared, state: &mut State) -> anyhow::Result<()> {
     send_notices(shared, state).await
 }
 
+/// What a notice is made from: the server's settings and its store. Not [`Shared`], so that
+/// `odmr queue bounce`, which has no server, composes the same notices.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    cfg: &'a Config,
+    store: &'a Store,
+}
+
+impl<'a> Ctx<'a> {
+    fn of(shared: &'a Shared) -> Ctx<'a> {
+        Ctx {
+            cfg: &shared.cfg,
+            store: &shared.store,
+        }
+    }
+}
+
+/// What became of one message's failed recipients.
+pub enum Settled {
+    /// A failure notice to the sender was queued, reporting these recipients.
+    Notice(Vec<String>),
+    /// Settled without a notice: null sender, or NOTIFY without FAILURE for every one.
+    Silent,
+}
+
+/// Settles every failed recipient of the store, message by message: its failure notice (or
+/// none) is composed and queued in the transaction that settles the recipients. `each` is told
+/// what became of each message, for the server's log or the command's count. Bounded: messages
+/// are read [`BATCH`] at a time.
+pub async fn settle_failed(
+    cfg: &Config,
+    store: &Store,
+    mut each: impl FnMut(&Notice, &Settled),
+) -> anyhow::Result<()> {
+    let ctx = Ctx { cfg, store };
+    loop {
+        let batch = store.notices_failed(BATCH).await?;
+        for n in &batch {
+            each(n, &notify_failed(ctx, n).await?);
+        }
+        if batch.len() < BATCH {
+            return Ok(());
+        }
+    }
+}
+
+/// The server's log of [`settle_failed`]: a line per recipient.
+fn log_failed(n: &Notice, settled: &Settled) {
+    match settled {
+        Settled::Notice(reported) => {
+            for rcpt in reported {
+                tracing::info!(msg = n.id, %rcpt, to = %n.mail_from, "undeliverable; notice queued for the sender");
+            }
+        }
+        Settled::Silent => {
+            for r in &n.recipients {
+                tracing::warn!(msg = n.id, rcpt = %r.address, reply = r.last_reply.as_deref().unwrap_or(""),
+                    "undeliverable; no notice (null sender or NOTIFY without FAILURE)");
+            }
+        }
+    }
+}
+
 /// Composes (or not) the failure notice for the failed recipients of one message and settles them.
-async fn notify_failed(shared: &Shared, n: &Notice) -> anyhow::Result<()> {
+async fn notify_failed(ctx: Ctx<'_>, n: &Notice) -> anyhow::Result<Settled> {
     let ids: Vec<i64> = n.recipients.iter().map(|r| r.id).collect();
     let wanted: Vec<&RecipientStatus> = n
         .recipients
@@ -113,11 +174,8 @@ async fn notify_failed(shared: &Shared, n: &Notice) -> anyhow::Result<()> {
         .filter(|r| dsn::wants_failure(&r.params))
         .collect();
     if n.mail_from.is_empty() || wanted.is_empty() {
-        for r in &n.recipients {
-            tracing::warn!(msg = n.id, rcpt = %r.address, reply = r.last_reply.as_deref().unwrap_or(""),
-                "undeliverable; no notice (null sender or NOTIFY without FAILURE)");
-        }
-        return Ok(shared.store.settle_failed(&ids, None).await?);
+        ctx.store.settle_failed(&ids, None).await?;
+        return Ok(Settled::Silent);
     }
     let mut recipients = Vec::with_capacity(wanted.len());
     for r in &wanted {
@@ -128,16 +186,16 @@ async fn notify_failed(shared: &Shared, n: &Notice) -> anyhow::Result<()> {
             .unwrap_or_else(|| "5.0.0".into());
         recipients.push(reported(r, Action::Failed, status, None));
     }
-    let explanation = failure_text(shared, &wanted).await;
-    let notice = compose(shared, n, recipients, explanation, true).await?;
-    for r in &wanted {
-        tracing::info!(msg = n.id, rcpt = %r.address, to = %n.mail_from, "undeliverable; notice queued for the sender");
-    }
-    Ok(shared.store.settle_failed(&ids, Some(&notice)).await?)
+    let explanation = failure_text(ctx, &wanted).await;
+    let notice = compose(ctx, n, recipients, explanation, true).await?;
+    ctx.store.settle_failed(&ids, Some(&notice)).await?;
+    Ok(Settled::Notice(
+        wanted.iter().map(|r| r.address.clone()).collect(),
+    ))
 }
 
 /// Composes (or not) the delay warning for the waiting recipients of one message and settles them.
-async fn notify_delayed(shared: &Shared, n: &Notice) -> anyhow::Result<()> {
+async fn notify_delayed(ctx: Ctx<'_>, n: &Notice) -> anyhow::Result<()> {
     let ids: Vec<i64> = n.recipients.iter().map(|r| r.id).collect();
     let wanted: Vec<&RecipientStatus> = n
         .recipients
@@ -145,11 +203,11 @@ async fn notify_delayed(shared: &Shared, n: &Notice) -> anyhow::Result<()> {
         .filter(|r| dsn::wants_delay(&r.params))
         .collect();
     if wanted.is_empty() {
-        return Ok(shared.store.settle_delayed(&ids, None).await?);
+        return Ok(ctx.store.settle_delayed(&ids, None).await?);
     }
     let mut recipients = Vec::with_capacity(wanted.len());
     for r in &wanted {
-        let until = n.received_at + secs(max_age(shared, &r.domain).await);
+        let until = n.received_at + secs(max_age(ctx, &r.domain).await);
         // A customer's 4xx explains the wait better than the generic 4.0.0 ("waiting").
         let status = r
             .last_reply
@@ -161,11 +219,11 @@ async fn notify_delayed(shared: &Shared, n: &Notice) -> anyhow::Result<()> {
     }
     let addresses: Vec<&str> = wanted.iter().map(|r| r.address.as_str()).collect();
     let waited_hours = u64::try_from((now() - n.received_at) / 3600).unwrap_or(0);
-    let until = n.received_at + secs(max_age(shared, &wanted[0].domain).await);
-    let explanation = dsn::explain_delayed(&shared.cfg.hostname, &addresses, waited_hours, until);
-    let notice = compose(shared, n, recipients, explanation, false).await?;
+    let until = n.received_at + secs(max_age(ctx, &wanted[0].domain).await);
+    let explanation = dsn::explain_delayed(&ctx.cfg.hostname, &addresses, waited_hours, until);
+    let notice = compose(ctx, n, recipients, explanation, false).await?;
     tracing::info!(msg = n.id, to = %n.mail_from, recipients = wanted.len(), "delay warning queued for the sender");
-    Ok(shared.store.settle_delayed(&ids, Some(&notice)).await?)
+    Ok(ctx.store.settle_delayed(&ids, Some(&notice)).await?)
 }
 
 /// Queues a "relayed" notice for recipients just delivered to a customer without DSN whose
@@ -237,13 +295,13 @@ fn reported(r: &RecipientStatus, action: Action, status: String, until: Option<i
 }
 
 /// The human-readable part of a failure notice: why these recipients were given up.
-async fn failure_text(shared: &Shared, wanted: &[&RecipientStatus]) -> String {
-    let host = &shared.cfg.hostname;
+async fn failure_text(ctx: Ctx<'_>, wanted: &[&RecipientStatus]) -> String {
+    let host = &ctx.cfg.hostname;
     let addresses: Vec<&str> = wanted.iter().map(|r| r.address.as_str()).collect();
     let first = wanted[0];
     match first.status.as_deref() {
         Some("4.4.7") => {
-            let days = max_age(shared, &first.domain).await.as_secs().div_ceil(86400);
+            let days = max_age(ctx, &first.domain).await.as_secs().div_ceil(86400);
             dsn::explain_expired(host, &addresses, days)
         }
         Some(_) => dsn::explain_operator(host, &addresses, None),
@@ -257,17 +315,17 @@ async fn failure_text(shared: &Shared, wanted: &[&RecipientStatus]) -> String {
 
 /// The notice as it is queued for the relay.
 async fn compose(
-    shared: &Shared,
+    ctx: Ctx<'_>,
     n: &Notice,
     recipients: Vec<ReportedRecipient>,
     explanation: String,
     failure: bool,
 ) -> anyhow::Result<OutboundMessage> {
-    let max_return = shared.cfg.bounce.max_return;
+    let max_return = ctx.cfg.bounce.max_return;
     // RFC 3461 §6.2: only failures return the content, and RET=HDRS asks for headers only; so
     // the whole body is read only when it may be returned.
     let full = failure && dsn::ret(&n.mail_params) != Some(dsn::Ret::Hdrs) && n.size <= max_return;
-    let original = read_original(&shared.store, n.id, full).await?;
+    let original = read_original(ctx.store, n.id, full).await?;
     let returned = if full {
         Returned::Full(&original)
     } else {
@@ -279,8 +337,8 @@ async fn compose(
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
     let report = Report {
-        reporting_mta: shared.cfg.hostname.clone(),
-        postmaster: format!("postmaster@{}", shared.cfg.hostname),
+        reporting_mta: ctx.cfg.hostname.clone(),
+        postmaster: format!("postmaster@{}", ctx.cfg.hostname),
         to: n.mail_from.clone(),
         envid: dsn::envid(&n.mail_params),
         arrival: n.received_at,
@@ -338,12 +396,12 @@ fn ends_header_section(b: &[u8]) -> bool {
 }
 
 /// The hold time of a domain: its own, else the server's.
-async fn max_age(shared: &Shared, domain: &str) -> Duration {
-    match shared.store.domain_get(domain).await {
+async fn max_age(ctx: Ctx<'_>, domain: &str) -> Duration {
+    match ctx.store.domain_get(domain).await {
         Ok(Some(d)) => d.policy.max_age.map(Duration::from_secs),
         _ => None,
     }
-    .unwrap_or(shared.cfg.queue.max_age)
+    .unwrap_or(ctx.cfg.queue.max_age)
 }
 
 /// Delivers queued notices to the relay, unless it failed recently.

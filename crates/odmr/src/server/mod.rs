@@ -7,7 +7,7 @@
 //! leaves the queue only after the customer's `250`.
 
 mod auth;
-mod bounce;
+pub mod bounce;
 mod deliver;
 mod etrn;
 mod lease;

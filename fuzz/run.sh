@@ -2,6 +2,7 @@
 # Runs every fuzz target for SECONDS seconds each (default 10), one after the other.
 #
 #   fuzz/run.sh [SECONDS]
+#   FUZZ_RUNS=N fuzz/run.sh     (CI) N inputs per target from a fixed seed, instead of a time
 #
 # Installs cargo-fuzz once if it is missing (into ~/.cargo/bin). cargo-fuzz needs nightly -Z
 # flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. The targets are built once
@@ -15,12 +16,26 @@
 set -uo pipefail
 
 secs="${1:-10}"
-case "$secs" in
-    '' | *[!0-9]*)
-        echo "usage: $0 [SECONDS]" >&2
-        exit 2
-        ;;
-esac
+runs="${FUZZ_RUNS:-}"
+for n in "$secs" "${runs:-0}"; do
+    case "$n" in
+        '' | *[!0-9]*)
+            echo "usage: [FUZZ_RUNS=N] $0 [SECONDS]" >&2
+            exit 2
+            ;;
+    esac
+done
+
+# FUZZ_RUNS=N (CI): a fixed number of inputs from a fixed seed, so a CI result is reproducible;
+# otherwise fuzz for SECONDS. `budget` says it in the run's output.
+seed=1
+if [ -n "$runs" ]; then
+    limits=(-runs="$runs" -seed="$seed")
+    budget="$runs inputs from seed $seed"
+else
+    limits=(-max_total_time="$secs")
+    budget="$secs s"
+fi
 
 cd "$(dirname "$0")"
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -42,18 +57,11 @@ echo "== build took $(($(date +%s) - build_start)) s"
 
 failed=()
 for t in "${targets[@]}"; do
-    echo "== $t: ${secs} s"
+    echo "== $t: $budget"
     mkdir -p "corpus/$t" "artifacts/$t"
     before=$(ls "artifacts/$t" | sort)
-    # FUZZ_RUNS=N (CI): a fixed number of runs from a fixed seed, so a CI result is
-    # reproducible; otherwise fuzz for SECONDS.
-    if [ -n "${FUZZ_RUNS:-}" ]; then
-        budget=(-runs="$FUZZ_RUNS" -seed=1)
-    else
-        budget=(-max_total_time="$secs")
-    fi
     if ! cargo fuzz run --fuzz-dir "$PWD" -s "$sanitizer" "$t" -- \
-        "${budget[@]}" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1; then
+        "${limits[@]}" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1; then
         failed+=("$t")
         for f in $(comm -13 <(echo "$before") <(ls "artifacts/$t" | sort)); do
             echo "-- $t: artifacts/$t/$f (base64):"
@@ -68,4 +76,4 @@ if ((${#failed[@]})); then
     echo "FAILED: ${failed[*]}"
     exit 1
 fi
-echo "all ${#targets[@]} targets ran ${secs} s without a finding"
+echo "all ${#targets[@]} targets ran $budget each without a finding"

@@ -250,7 +250,10 @@ async fn run(cli: Cli) -> Result<u8> {
     }
 
     let started = Instant::now();
-    let mut report = Report::default();
+    let mut report = Report {
+        tiny: p.tiny,
+        ..Report::default()
+    };
     for n in &only {
         let t = Instant::now();
         eprintln!("bench: measurement {n}");

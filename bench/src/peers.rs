@@ -1,6 +1,6 @@
 //! The peers measured beside odmr: Postfix's `smtp-source` (the load generator) and `smtp-sink`
 //! (the no-disk ceiling), a throwaway Postfix instance that holds mail durably on loopback, and
-//! fetchmail as the ODMR client people run. See PEERS.md in the project notes for their quirks.
+//! fetchmail as the ODMR client people run. How we drive them, and their quirks: docs/peers.md.
 //!
 //! Invariants:
 //! - A peer that is missing or cannot start is reported as unavailable with the reason; it never

@@ -6,6 +6,9 @@
 //!   a "good" number is beyond the target the row carries.
 //! - A row whose own figure failed (`ours` is `Err`) is never "met"; a row whose target needs a
 //!   peer that was unavailable has no verdict ("—"), it is not counted as met either.
+//! - A tiny run (`--tiny`, CI's debug build) judges no figure against its target: its figures
+//!   mean nothing, so a verdict is printed as "not judged (tiny)", met or not. Only a row whose
+//!   own figure failed still says "**no**". The full run prints "yes" / "**no**".
 //! - Ratios are always ours ÷ peer, whatever the unit, so "≥ 3×" reads the same for rates and
 //!   "≤ 1.5×" the same for latencies.
 
@@ -220,6 +223,18 @@ impl Row {
         }
     }
 
+    /// The "met?" cell: "yes", "**no**" or "—" ([`Row::met`]); in a `tiny` run a figure is
+    /// "not judged (tiny)" whatever its verdict, while a failed measurement stays "**no**".
+    pub fn judgement(&self, tiny: bool) -> &'static str {
+        match self.met() {
+            None => "—",
+            Some(false) if self.ours.is_err() => "**no**",
+            Some(_) if tiny => "not judged (tiny)",
+            Some(true) => "yes",
+            Some(false) => "**no**",
+        }
+    }
+
     /// `Some(true)` met, `Some(false)` missed (or our figure failed), `None` undecidable.
     pub fn met(&self) -> Option<bool> {
         let Ok(o) = &self.ours else {
@@ -237,6 +252,8 @@ impl Row {
 #[derive(Debug, Default)]
 pub struct Report {
     pub rows: Vec<Row>,
+    /// A `--tiny` run: figures are not judged against their targets.
+    pub tiny: bool,
 }
 
 impl Report {
@@ -281,11 +298,7 @@ impl Report {
                 .ratio()
                 .map(|x| format!("{x:.2}×"))
                 .unwrap_or_else(|| "—".into());
-            let met = match r.met() {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "—",
-            };
+            let met = r.judgement(self.tiny);
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} |",
@@ -468,6 +481,51 @@ mod tests {
         assert_eq!(row(2.9, 1.0).met(), Some(true), "within the slack");
         assert_eq!(row(30.0, 10.0).met(), Some(false));
         assert_eq!(row(14.0, 10.0).met(), Some(true));
+    }
+
+    #[test]
+    fn tiny_runs_judge_no_figure_but_report_failures() {
+        let met = Row::new(
+            "4a",
+            "x",
+            Ok(Figure::mib(150.0)),
+            Peer::Nothing("-".into()),
+            Target::Below(200.0),
+        );
+        let missed = Row {
+            ours: Ok(Figure::mib(250.0)),
+            ..met.clone()
+        };
+        let undecided = Row {
+            target: Target::Report,
+            ..met.clone()
+        };
+        let failed = Row {
+            ours: Err("boom".into()),
+            ..met.clone()
+        };
+        // The full run: the verdicts as they are.
+        assert_eq!(met.judgement(false), "yes");
+        assert_eq!(missed.judgement(false), "**no**");
+        assert_eq!(undecided.judgement(false), "—");
+        assert_eq!(failed.judgement(false), "**no**");
+        // A tiny run: no figure is judged; a failure is still one.
+        assert_eq!(met.judgement(true), "not judged (tiny)");
+        assert_eq!(missed.judgement(true), "not judged (tiny)");
+        assert_eq!(undecided.judgement(true), "—");
+        assert_eq!(failed.judgement(true), "**no**");
+
+        let mut rep = Report {
+            tiny: true,
+            ..Report::default()
+        };
+        rep.push(vec![missed.clone(), failed]);
+        let t = rep.render();
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[2].ends_with("| < 200.0 MiB | not judged (tiny) |"), "{t}");
+        assert!(lines[3].ends_with("| **no** |"), "{t}");
+        rep.tiny = false;
+        assert!(rep.render().lines().nth(2).unwrap().ends_with("| **no** |"));
     }
 
     #[test]

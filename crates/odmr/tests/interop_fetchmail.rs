@@ -2,8 +2,8 @@
 //! into a real local MTA, Postfix's `smtp-sink`, which dumps every transaction it receives to
 //! a file headed by the exact envelope (`X-Mail-Args`, one `X-Rcpt-Args` per RCPT).
 //!
-//! fetchmail's exit code does not say whether mail moved (see the shared notes on peers, PEERS.md), so every
-//! test counts what reached the sink and what is left in our queue.
+//! fetchmail's exit code does not say whether mail moved (docs/peers.md has its exit codes), so
+//! every test counts what reached the sink and what is left in our queue.
 
 #[path = "peers/client_util.rs"]
 mod client_util;

@@ -1,4 +1,4 @@
-//! The reversed session (RFC 2645 §5.3; PROTOCOL.md §2.6–2.8) against a scripted customer:
+//! The reversed session (RFC 2645 §5.2.1, §5.3) against a scripted customer:
 //! `tests/peers/odmr_customer.py` authenticates with smtplib's CRAM-MD5, sends ATRN and, after the
 //! `250`, plays the customer's SMTP server on the same connection as its flags say. It reports as
 //! JSON what it received: the ATRN reply, EHLO/HELO, every command (with how many bytes were

@@ -1,5 +1,5 @@
-//! Parser for the arguments of the ODMR `ATRN` command [RFC 2645 §5.2.1], with the tolerance of
-//! PROTOCOL.md §2.6 **[project]**.
+//! Parser for the arguments of the ODMR `ATRN` command [RFC 2645 §5.2.1], a little more tolerant
+//! than the RFC's grammar **[project]** (below, and docs/protocol-decisions.md).
 //!
 //! ```text
 //! atrn       = "ATRN" [SP domain *("," domain)]

@@ -15,7 +15,8 @@
 //!   have a password (we never silently go on unauthenticated).
 //! - **A 5xx to ETRN stops the ETRNs** (RFC 1985 §5.2: "not supported or broken"); the domains
 //!   not yet asked for get no outcome.
-//! - **A refused ATRN ends politely with QUIT** (PROTOCOL.md C08).
+//! - **A refused ATRN ends politely with QUIT** (RFC 5321 §4.1.1.10; RFC 2645 does not say what
+//!   follows a refusal, see docs/protocol-decisions.md).
 //! - A challenge we cannot decode is cancelled with `*` (RFC 4954 §4).
 
 use crate::reply::{parse_reply, Reply};

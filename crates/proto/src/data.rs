@@ -11,8 +11,9 @@
 //!   smuggling (a second, forged message inside the first). Such sequences are consumed as content
 //!   and recorded as [`DataError::BareLineEnd`], and scanning goes on to the real end marker, so one
 //!   `DATA` is always exactly one message.
-//! * **Bare CR or bare LF is an error, never normalized** (PROTOCOL.md §6.1 **[project]**: reject
-//!   with `554 5.6.0`). Normalizing would re-create the ambiguity for the next hop.
+//! * **Bare CR or bare LF is an error, never normalized** (RFC 5321 §2.3.8, §4.1.1.4; we reject
+//!   the message with `554 5.6.0` **[project]**). Normalizing would re-create the ambiguity for
+//!   the next hop.
 //! * **The end is found even after an error**: the receiver keeps consuming until the real end
 //!   marker, so the session stays in sync and the caller can answer the message with one reply.
 //! * **Bounded memory**: once the content exceeds `max_size`, or any error was recorded, nothing

@@ -1,5 +1,5 @@
 //! The provider's delivering SMTP client, run on the customer's connection after ATRN's 250
-//! (RFC 2645 §5.3; PROTOCOL.md §2.8). The same machine serves ETRN's outbound connections later.
+//! (RFC 2645 §5.3). The same machine serves ETRN's outbound connections later.
 //!
 //! Invariants:
 //! - **Outcomes come only from the peer's replies.** A recipient is `Delivered` only after a 2xx

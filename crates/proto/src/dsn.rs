@@ -9,8 +9,8 @@
 //!   wrapped, long fields are folded. Returned content is copied as it was received.
 //! - **`message/delivery-status` is 7bit** (RFC 3464 §2.1): non-ASCII addresses use the `utf-8`
 //!   address type in its 7-bit `utf-8-addr-xtext` form (RFC 6533 §3), other non-ASCII becomes `?`.
-//! - **Field order is that of the RFC 3464 §2.2/§2.3 ABNF** (PROTOCOL.md §8.5), not RFC 3461's
-//!   example. `Original-Envelope-Id` only with ENVID, `Diagnostic-Code` only with `Remote-MTA`,
+//! - **Field order is that of the RFC 3464 §2.2/§2.3 ABNF**, not that of RFC 3461's example
+//!   (§10.7). `Original-Envelope-Id` only with ENVID, `Diagnostic-Code` only with `Remote-MTA`,
 //!   `Will-Retry-Until` only for `delayed` (RFC 3461 §6.3, RFC 3464 §2.3.5, §2.3.9).
 //! - **What is returned** (RFC 3461 §4.3, §6.2; RFC 6522 §3, §4): the whole message only when a
 //!   recipient failed, the sender did not say RET=HDRS and it fits `max_return`; otherwise its
@@ -210,7 +210,7 @@ pub fn compose(r: &Report<'_>) -> Result<Composed, DsnError> {
         .collect();
     let boundary = boundary(&unique, &[&text.body, &status, returned]);
     let message_id = format!("dsn.{unique}@{host}");
-    // [project] PROTOCOL.md §8.3.
+    // [project] RFC 3461 and RFC 3464 prescribe no Subject; these are ours.
     let subject = if any_failed {
         "Undelivered Mail Returned to Sender"
     } else if any_delayed {

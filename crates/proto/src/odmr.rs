@@ -6,14 +6,17 @@
 //!   the MX listener.
 //! - **Every ATRN reply is a single line**: fetchmail reads one line and then relays bytes.
 //! - **Nothing leaks through ATRN**: an unknown domain and another customer's domain get the same
-//!   450 text (PROTOCOL.md §2.13).
+//!   450 text (RFC 2645 §5.2.1 requires the 450; the single text is ours, so that ATRN cannot
+//!   probe who holds a domain).
 //! - **Turnaround keeps buffered input**: after the 250 the machine stops consuming input and
 //!   returns [`OdmrStep::Turnaround`]; whatever is still in the buffer is the start of the
 //!   customer's greeting and belongs to the delivering client.
 //! - **STARTTLS drops buffered input** (as in [`crate::smtp_server`]): after the 220 the machine
 //!   returns [`OdmrStep::StartTls`] and consumes nothing until [`OdmrSession::tls_started`].
-//! - No ENHANCEDSTATUSCODES and no PIPELINING here (PROTOCOL.md §2.4), so replies carry no
-//!   enhanced codes.
+//! - No ENHANCEDSTATUSCODES and no PIPELINING here **[project]**: with ENHANCEDSTATUSCODES
+//!   every ATRN reply would need an enhanced code (RFC 2034 §4), and none is defined for them;
+//!   and ATRN must end the client's input, since what follows its 250 belongs to the reversed
+//!   session. So replies carry no enhanced codes (docs/protocol-decisions.md).
 
 use crate::atrn::parse_atrn_args;
 use crate::auth::{AuthAnswer, AuthConfig, AuthEvent, AuthResult, AuthServer, AuthStep, MAX_AUTH_LINE};
@@ -126,7 +129,7 @@ impl OdmrSession {
             decoy_secret: cfg.decoy_secret.clone(),
             cram_md5: cfg.cram_md5,
         };
-        // No ENHANCEDSTATUSCODES on this listener (PROTOCOL.md §2.4).
+        // No ENHANCEDSTATUSCODES on this listener: none are defined for ATRN's replies.
         let auth = AuthServer::new(auth_cfg, cfg.hostname.clone(), false, seed, unix_time);
         let mut s = OdmrSession {
             out: Vec::with_capacity(512),

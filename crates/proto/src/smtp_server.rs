@@ -190,7 +190,7 @@ pub enum EtrnVerdict {
     /// progress").
     Unable(String),
     /// 459: not allowed. One text for every reason, so the reply does not tell who owns a
-    /// domain (PROTOCOL.md §3 [project]).
+    /// domain (RFC 1985 §5.1 leaves the refusal to the server; docs/protocol-decisions.md).
     NotAllowed,
 }
 

@@ -1,7 +1,7 @@
 //! Takes STARTTLS out of the local MTA's EHLO replies in `odmr client`'s byte splice.
 //!
 //! Why: in the reversed session the customer is the SMTP server, and it never offers STARTTLS
-//! there (PROTOCOL.md §2: TLS, if any, was set up before ATRN; RFC 3207 §4.2 forbids listing
+//! there (TLS, if any, was set up before ATRN and carries on; RFC 3207 §4.2 forbids listing
 //! STARTTLS once TLS is on). A splice copies the local MTA's replies byte for byte, and a local
 //! Postfix or Exim usually lists STARTTLS: a provider that took it up would start TLS a second
 //! time, or run TLS end to end with the local MTA past the splice's observer.

@@ -32,7 +32,7 @@ fn auth_answer(t: &Transcript, step: AuthStep) -> AuthAnswer {
     }
 }
 
-/// The world's ETRN verdict, as the server decides it (PROTOCOL.md §3 [project]): the node's
+/// The world's ETRN verdict, as the server decides it (docs/protocol-decisions.md): the node's
 /// domains among those of the authenticated account (none without AUTH: the transcripts use
 /// no client-address rules), 459 if there are none; 458 without an ETRN destination; the world
 /// holds no mail, so 251 otherwise.

@@ -100,7 +100,8 @@ impl Conn {
 
     /// Write every line in its own TLS record from now on. fetchmail over implicit TLS waits on
     /// the raw socket after reading one line, so lines sharing a record with it stall until a
-    /// timeout (PEERS.md); one record per line serves it, at a cost other clients need not pay.
+    /// timeout (see docs/peers.md); one record per line serves it, at a cost other clients
+    /// need not pay.
     pub fn one_line_per_record(&mut self, on: bool) {
         self.line_records = on && self.tls;
     }

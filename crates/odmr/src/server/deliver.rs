@@ -14,7 +14,7 @@
 //!   recorder has written everything.
 //! - STARTTLS, when asked for ([`OutboundTls`], on the connections we open: ETRN's, the
 //!   notices' relay's): the handshake is refused if the peer sent anything after its 220 (those
-//!   octets would otherwise be read as replies inside TLS: command injection, PROTOCOL.md §5),
+//!   octets would otherwise be read as replies inside TLS: command injection; RFC 3207 §4.2),
 //!   and a failed handshake ends the session with nothing sent, so the caller may try again in
 //!   plaintext.
 //! - A heartbeat renews the lease while the session runs; if the lease is lost (this node

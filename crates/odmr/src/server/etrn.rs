@@ -1,7 +1,8 @@
 //! ETRN (RFC 1985) on the MX listener: who may release which domains, and the queue run that
 //! follows, over a new outbound connection to the account's fixed destination.
 //!
-//! Decision, in this order (PROTOCOL.md §3 [project]):
+//! Decision, in this order (RFC 1985 §5.1 leaves it to the server; our rules, also in
+//! docs/protocol-decisions.md):
 //! 1. The node's domains: `ETRN node` names one domain; `ETRN @node` every domain equal to
 //!    `node` or ending in `.node` (RFC 1985 §5.3). Only domains of accounts that allow this
 //!    client count: the session authenticated (AUTH on the MX) as the owning account, or the

@@ -1,10 +1,11 @@
 //! Driver of the ODMR front half ([`odmr_proto::odmr`]): AUTH lookups, the ATRN decision and
 //! the per-domain lease, then the turnaround into [`super::deliver`] on the same connection.
 //!
-//! ATRN decision order (PROTOCOL.md §2.7): not the account's domain → 450 (all or nothing, and
+//! ATRN decision order (RFC 2645 §5.2.1): not the account's domain → 450 (all or nothing, and
 //! the same text whether the domain is unknown or another customer's); no queued mail → 453;
-//! lease held by another session → 451; otherwise 250 with the lease held for the whole
-//! reversed session.
+//! lease held by another session → 451 (**[project]**: RFC 2645 has no code for a busy domain,
+//! §7's "unable to process ATRN request now" fits); otherwise 250 with the lease held for the
+//! whole reversed session.
 
 use super::{auth, deliver, session_id, Shared};
 use crate::net::conn::Conn;

@@ -250,7 +250,7 @@ class Customer:
         self.report["atrn_code"] = code
         event("atrn", lines[0])
         if len(lines) != 1:
-            self.fail("ATRN reply has %d lines; PROTOCOL.md 2.7 wants one: %r" % (len(lines), lines))
+            self.fail("ATRN reply has %d lines, not one (fetchmail reads one): %r" % (len(lines), lines))
         return code
 
     def front_quit(self):

@@ -6,7 +6,8 @@ with the given certificate.
 Usage: tls_destination.py CERT KEY [--inject-once]
 The port is the first line of stdout. With --inject-once the first STARTTLS is answered with
 "220" followed at once by a plaintext "250" in the same write: the STARTTLS command injection
-a client must refuse (PROTOCOL.md section 5); later connections do TLS normally.
+a client must refuse (octets after the 220 would be read as replies inside TLS; RFC 3207
+section 4.2); later connections do TLS normally.
 
 Reported on stdout, one JSON line each:
   {"event": "connect"}                                     every connection

@@ -23,8 +23,9 @@
 //!   (RFC 4616 §2: acting as another identity needs explicit rights, which nobody has here).
 //! * **Empty user name or password fails**, before any store lookup.
 //! * **LOGIN** answers are single fields with the same rules ([`parse_login_user`],
-//!   [`parse_login_password`]); the challenges are the de-facto `Username:` / `Password:` texts
-//!   (PROTOCOL.md §4.7). An initial response on `AUTH LOGIN` is the user name.
+//!   [`parse_login_password`]); the challenges are the de-facto `Username:` / `Password:` texts,
+//!   which draft-murchison-sasl-login-00 §2 allows. An initial response on `AUTH LOGIN` is the
+//!   user name (common practice, not in the draft; docs/protocol-decisions.md).
 //! * `Debug` of [`PlainCredentials`] never shows the password.
 
 /// The PLAIN mechanism name.

@@ -9,7 +9,7 @@
 //!
 //! In SMTP (RFC 4954) each message travels base64-encoded: `AUTH SCRAM-SHA-256 <client-first>`,
 //! `334 <server-first>`, `<client-final>`, `334 <server-final>`, then the client sends an empty
-//! line and the server answers `235`, since a `235` cannot carry data (PROTOCOL.md §4.9). The types
+//! line and the server answers `235`, since a `235` cannot carry data (RFC 4954 §4). The types
 //! here take and return the *decoded* messages; base64 and the SMTP lines are the caller's.
 //!
 //! Invariants, and why:

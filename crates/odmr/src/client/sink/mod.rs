@@ -8,8 +8,9 @@
 //!
 //! A sink that cannot give one honest verdict for several recipients (a command run per
 //! recipient; LMTP's per-recipient replies) takes one recipient per transaction
-//! (`max_recipients = 1`); the provider then sends the others in further transactions
-//! (PROTOCOL.md §9.3).
+//! (`max_recipients = 1`); the provider then sends the others in further transactions. SMTP
+//! has one reply after the data (RFC 5321 §4.1.1.4), LMTP one per recipient (RFC 2033 §4.2):
+//! this way no mixed result ever has to be folded into one reply.
 
 pub mod command;
 pub mod maildir;

@@ -8,8 +8,8 @@
 //!   DATA, and sending the end marker would deliver a truncated message; so we drop the local
 //!   connection, which makes the local MTA discard it.
 //! - **LMTP takes one recipient per transaction**, so its single per-recipient reply after the
-//!   dot is exactly the one SMTP reply the provider needs (PROTOCOL.md §9.3), with nothing lost
-//!   or duplicated.
+//!   dot (RFC 2033 §4.2) is exactly the one SMTP reply the provider needs (RFC 5321 §4.1.1.4),
+//!   with nothing lost or duplicated.
 //! - Only parameters the local MTA offered are passed on.
 //! - **With the local MTA's PIPELINING, one local round trip per message** (RFC 2920): MAIL
 //!   waits in the buffer and goes out with the first RCPT; DATA rides with the last RCPT when

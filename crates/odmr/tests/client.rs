@@ -1036,6 +1036,120 @@ fn sigusr1_polls_at_once() {
     assert_eq!(d.terminate(10), Some(0), "SIGTERM:\n{}", d.log());
 }
 
+// ----- 6. the config file -----
+
+/// `odmr ARGS` with only `env` of the config variables set (under `timeout`: a client that
+/// starts polling instead of refusing its config fails the test rather than hang it); the exit
+/// status, and stdout and stderr together.
+fn odmr(args: &[&str], env: &[(&str, &Path)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["--kill-after=5", "30", common::BIN])
+        .args(args)
+        .env_remove("ODMR_CONFIG")
+        .env_remove("ODMR_CLIENT_CONFIG")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run odmr");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// A server config given to the client, and a client config given to the server and to an
+/// operator's command: each is refused with a hint naming the right command, not with serde's
+/// "unknown field".
+#[test]
+fn a_config_of_the_wrong_kind_gets_a_hint() {
+    let server = provider();
+    let dir = tempfile::tempdir().unwrap();
+    let client = config(&server, maildir_in(&dir.path().join("mail")), dir.path());
+    let (server_cfg, client_cfg) = (server.config.to_str().unwrap(), client.to_str().unwrap());
+
+    let (code, err) = odmr(&["client", "--once", "--config", server_cfg], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    let want = format!(
+        "config file {server_cfg}: this looks like a server config (it has [store], [smtp], [odmr]); \
+         `odmr client` needs a client config (see odmr-client.example.toml); the server reads it \
+         with `odmr server --config {server_cfg}`"
+    );
+    assert!(err.contains(&want), "want {want:?} in:\n{err}");
+    assert!(!err.contains("unknown field"), "{err}");
+
+    for args in [&["server"][..], &["queue", "list"]] {
+        let (code, err) = odmr(&[args, &["--config", client_cfg]].concat(), &[]);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        let want = format!(
+            "config file {client_cfg}: this looks like a client config (it has [[provider]]); \
+             `odmr server` and the operators' commands need a server config (see \
+             odmr.example.toml); the client reads it with `odmr client --config {client_cfg}`"
+        );
+        assert!(err.contains(&want), "{args:?}: want {want:?} in:\n{err}");
+    }
+    // Given the right way round, both are read: the client polls (no mail: 1).
+    assert_eq!(
+        odmr(&["client", "--once", "--config", client_cfg], &[]).0,
+        Some(1)
+    );
+    let (code, err) = odmr(&["queue", "list", "--config", server_cfg], &[]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// The client reads $ODMR_CLIENT_CONFIG, not the server's $ODMR_CONFIG; without either it
+/// reads /etc/odmr/odmr-client.toml, and says so when $ODMR_CONFIG was set in vain.
+#[test]
+fn the_client_has_its_own_default_config_and_variable() {
+    let server = provider();
+    let dir = tempfile::tempdir().unwrap();
+    let client = config(&server, maildir_in(&dir.path().join("mail")), dir.path());
+
+    let (code, err) = odmr(&["client", "--once"], &[("ODMR_CLIENT_CONFIG", &client)]);
+    assert_eq!(
+        code,
+        Some(1),
+        "the client did not read $ODMR_CLIENT_CONFIG:\n{err}"
+    );
+    assert!(err.contains("no mail waiting"), "{err}");
+    // The server's variable is for the server's commands, which read their file from it.
+    let (code, err) = odmr(
+        &["queue", "list"],
+        &[("ODMR_CONFIG", &server.config), ("ODMR_CLIENT_CONFIG", &client)],
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    if Path::new("/etc/odmr/odmr-client.toml").exists() {
+        eprintln!("skipped the default-path check: /etc/odmr/odmr-client.toml exists here");
+        return;
+    }
+    let (code, err) = odmr(&["client", "--once"], &[("ODMR_CONFIG", &server.config)]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("cannot read config file /etc/odmr/odmr-client.toml")
+            && err.contains("ODMR_CONFIG is set, but it is for the server")
+            && err.contains("ODMR_CLIENT_CONFIG"),
+        "{err}"
+    );
+}
+
+/// `--help` says which file each command reads, and which variable overrides it.
+#[test]
+fn help_names_both_default_configs() {
+    let (code, help) = odmr(&["client", "--help"], &[]);
+    assert_eq!(code, Some(0), "{help}");
+    for want in [
+        "$ODMR_CLIENT_CONFIG",
+        "/etc/odmr/odmr-client.toml",
+        "$ODMR_CONFIG",
+        "/etc/odmr/odmr.toml",
+    ] {
+        assert!(help.contains(want), "{want} is not in:\n{help}");
+    }
+}
+
 /// A TOML basic string.
 fn toml_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()

@@ -6,6 +6,7 @@
 //! As for the server, every error names the file, the key and the fix, and unknown keys are
 //! errors.
 
+use crate::config::kind::{wrong_kind, Kind};
 use crate::config::ConfigError;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -145,9 +146,12 @@ impl ClientConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<ClientConfig, ConfigError> {
-        let raw: RawClient = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+        let raw: RawClient = toml::from_str(text).map_err(|e| {
+            // A server config given to the client gets a hint, not "unknown field `store`".
+            wrong_kind(path, text, Kind::Client).unwrap_or_else(|| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string().trim_end().to_string(),
+            })
         })?;
         let invalid = |key: String, value: &str, problem: &str, fix: &str| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -521,5 +525,20 @@ smtp = "127.0.0.1:25"
             .unwrap_err()
             .to_string();
         assert!(e.contains("intervall"), "{e}");
+    }
+
+    #[test]
+    fn a_server_config_gets_a_hint() {
+        let server = include_str!("../../../../odmr.example.toml");
+        let e = ClientConfig::parse(Path::new("/etc/odmr/odmr.toml"), server)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config file /etc/odmr/odmr.toml: this looks like a server config (it has [store]")
+                && e.contains("see odmr-client.example.toml")
+                && e.contains("`odmr server --config /etc/odmr/odmr.toml`"),
+            "{e}"
+        );
+        assert!(!e.contains("unknown field"), "{e}");
     }
 }

@@ -177,7 +177,7 @@ fn lmtp_sink_over_a_unix_socket() {
 }
 
 /// Maildir: one file per recipient in DIR/example.org/LOCAL/new, headed by Return-Path and
-/// Delivered-To, then the two Received: fields and the message as received (CRLF); the
+/// Delivered-To, then the two Received: fields and the message with LF line ends; the
 /// `,S=` size in the name is the file's size; nothing in tmp/ or cur/, nothing elsewhere.
 #[test]
 fn maildir_sink_writes_one_file_per_recipient() {
@@ -225,19 +225,23 @@ fn maildir_sink_writes_one_file_per_recipient() {
             .parse()
             .unwrap();
         assert_eq!(size, bytes.len(), "{name}: S= is not the file size");
-        let (sender, want) = if bytes.starts_with(b"Return-Path: <>\r\n") {
+        let (sender, want) = if bytes.starts_with(b"Return-Path: <>\n") {
             ("", M2)
         } else {
             ("alice@sender.test", M1)
         };
-        let head = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n");
+        let head = format!("Return-Path: <{sender}>\nDelivered-To: {rcpt}\n");
         assert!(
             bytes.starts_with(head.as_bytes()),
             "{name} does not start with {head:?}:\n{}",
             String::from_utf8_lossy(&bytes)
         );
         let rest = strip_both_received(&bytes[head.len()..]);
-        assert_same_bytes(&rest, &crlf(want.as_bytes()), name);
+        assert_same_bytes(&rest, want.as_bytes(), name);
+        assert!(
+            !bytes.contains(&b'\r'),
+            "{name}: a CR in a Maildir file with LF line ends"
+        );
         seen.push((rcpt, sender));
     }
     seen.sort();
@@ -255,7 +259,7 @@ fn maildir_sink_writes_one_file_per_recipient() {
 
 /// The command sink: the template is split into argv once and the address goes into one
 /// argument, never through a shell, so a recipient full of shell syntax (legal in a local part)
-/// is only a file name. One run per recipient, the message on stdin.
+/// is only a file name. One run per recipient, the message on stdin with LF line ends.
 #[test]
 fn command_sink_runs_the_program_per_recipient_without_a_shell() {
     let server = provider();
@@ -293,7 +297,8 @@ fn command_sink_runs_the_program_per_recipient_without_a_shell() {
     );
     for rcpt in ["bob@example.org", nasty] {
         let body = std::fs::read(out.join(format!("{rcpt}.eml"))).unwrap();
-        assert_same_bytes(&strip_both_received(&body), &crlf(M1.as_bytes()), rcpt);
+        assert_same_bytes(&strip_both_received(&body), M1.as_bytes(), rcpt);
+        assert!(!body.contains(&b'\r'), "{rcpt}: a CR on the command's stdin");
         let from = std::fs::read_to_string(out.join(format!("{rcpt}.from"))).unwrap();
         assert_eq!(from, "alice@sender.test");
     }
@@ -355,11 +360,7 @@ fn command_exit_status_decides_each_recipient() {
         .collect();
     assert_eq!(names, ["ok@example.org.eml"]);
     let body = std::fs::read(out.join("ok@example.org.eml")).unwrap();
-    assert_same_bytes(
-        &strip_both_received(&body),
-        &crlf(M1.as_bytes()),
-        "ok@example.org",
-    );
+    assert_same_bytes(&strip_both_received(&body), M1.as_bytes(), "ok@example.org");
 }
 
 /// Splice: after the turnaround the provider talks to smtp-sink itself through the client's
@@ -493,37 +494,44 @@ fn bodies_are_byte_exact_through_the_smtp_sink() {
     assert_eq!(server.queue(), json!([]));
 }
 
-/// The same bodies into a Maildir: identical (CRLF, as received) behind Return-Path,
-/// Delivered-To and the two Received: fields.
+/// The same bodies into a Maildir: identical but for the line ends (LF) behind Return-Path,
+/// Delivered-To and the two Received: fields; with `line_ends = "crlf"`, byte for byte as
+/// received.
 #[test]
 fn bodies_are_byte_exact_into_the_maildir() {
     let server = provider();
     let tricky = tricky_message("bob@example.org");
     let big = big_message("bob@example.org", BIG);
-    inject(&server, "alice@sender.test", &["bob@example.org"], &tricky);
-    inject(&server, "big@sender.test", &["bob@example.org"], &big);
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("mail");
-    let config = config(&server, maildir_in(&root), dir.path());
+    for (line_ends, eol) in [("", "\n"), ("line_ends = \"crlf\"\n", "\r\n")] {
+        inject(&server, "alice@sender.test", &["bob@example.org"], &tricky);
+        inject(&server, "big@sender.test", &["bob@example.org"], &big);
+        let root = dir.path().join(format!("mail{}", eol.len()));
+        let config = config(&server, format!("{line_ends}{}", maildir_in(&root)), dir.path());
 
-    let run = client_once(&config);
-    expect_code(&run, 0, "delivering poll");
-    let (new, tmp, _) = maildir(&root, "example.org", "bob");
-    assert_eq!(new.len(), 2, "{new:?}\nclient:\n{}", run.stderr);
-    assert!(tmp.is_empty(), "{tmp:?}");
-    let mut checked = 0;
-    for f in &new {
-        let bytes = std::fs::read(f).unwrap();
-        for (sender, want) in [("alice@sender.test", &tricky), ("big@sender.test", &big)] {
-            let head = format!("Return-Path: <{sender}>\r\nDelivered-To: bob@example.org\r\n");
-            if let Some(rest) = bytes.strip_prefix(head.as_bytes()) {
-                assert_same_bytes(&strip_both_received(rest), &crlf(want.as_bytes()), sender);
-                checked += 1;
+        let run = client_once(&config);
+        expect_code(&run, 0, "delivering poll");
+        let (new, tmp, _) = maildir(&root, "example.org", "bob");
+        assert_eq!(new.len(), 2, "{eol:?}: {new:?}\nclient:\n{}", run.stderr);
+        assert!(tmp.is_empty(), "{tmp:?}");
+        let mut checked = 0;
+        for f in &new {
+            let bytes = std::fs::read(f).unwrap();
+            for (sender, want) in [("alice@sender.test", &tricky), ("big@sender.test", &big)] {
+                let head = format!("Return-Path: <{sender}>{eol}Delivered-To: bob@example.org{eol}");
+                let want = match eol {
+                    "\n" => want.as_bytes().to_vec(),
+                    _ => crlf(want.as_bytes()),
+                };
+                if let Some(rest) = bytes.strip_prefix(head.as_bytes()) {
+                    assert_same_bytes(&strip_both_received(rest), &want, sender);
+                    checked += 1;
+                }
             }
         }
+        assert_eq!(checked, 2, "{eol:?}: the two files are not the two messages");
+        assert_eq!(server.queue(), json!([]));
     }
-    assert_eq!(checked, 2, "the two files are not the two messages");
-    assert_eq!(server.queue(), json!([]));
 }
 
 // ----- 3. the local MTA says no -----

@@ -56,6 +56,8 @@ struct RawDeliver {
     command: Option<String>,
     splice: Option<String>,
     max_message_size: Option<u64>,
+    /// "lf" (the default) or "crlf": the line ends of files written by maildir and command.
+    line_ends: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +90,18 @@ pub struct Provider {
     /// Where received mail goes; `None` exactly with `mode = "etrn"`.
     pub deliver: Option<Deliver>,
     pub max_message_size: u64,
+    /// Line ends of what the maildir and command sinks write.
+    pub line_ends: LineEnds,
+}
+
+/// The line ends of the files the maildir and command sinks write. SMTP carries CRLF; Maildir
+/// readers, mbox tools and procmail expect LF, so LF is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LineEnds {
+    #[default]
+    Lf,
+    /// As received: CRLF.
+    Crlf,
 }
 
 /// How a provider is asked for mail.
@@ -295,6 +309,7 @@ impl ClientConfig {
                     atrn_timeout: dur("atrn_timeout", &p.atrn_timeout, 600, 600)?,
                     deliver: None,
                     max_message_size: 0,
+                    line_ends: LineEnds::default(),
                 });
                 continue;
             }
@@ -341,6 +356,27 @@ impl ClientConfig {
                     )),
                 }
             };
+            let line_ends = match (d.line_ends.as_deref(), kind) {
+                (None, _) => LineEnds::default(),
+                (Some(v), "smtp" | "lmtp" | "splice") => {
+                    return Err(invalid(
+                        key("deliver.line_ends"),
+                        v,
+                        &format!("only for maildir and command: {kind} carries the message as SMTP does, with CRLF"),
+                        "remove it",
+                    ))
+                }
+                (Some("lf"), _) => LineEnds::Lf,
+                (Some("crlf"), _) => LineEnds::Crlf,
+                (Some(v), _) => {
+                    return Err(invalid(
+                        key("deliver.line_ends"),
+                        v,
+                        "unknown line end",
+                        "use \"lf\" (the default: what Maildir readers, mbox tools and procmail expect) or \"crlf\" (the bytes as received over SMTP)",
+                    ))
+                }
+            };
             let deliver = match kind {
                 "smtp" => Deliver::Smtp(endpoint(value)?),
                 "lmtp" => Deliver::Lmtp(endpoint(value)?),
@@ -367,6 +403,7 @@ impl ClientConfig {
                 atrn_timeout: dur("atrn_timeout", &p.atrn_timeout, 600, 600)?,
                 deliver: Some(deliver),
                 max_message_size: d.max_message_size.unwrap_or(50 * 1024 * 1024),
+                line_ends,
             });
         }
         Ok(ClientConfig { hostname, providers })
@@ -525,6 +562,38 @@ smtp = "127.0.0.1:25"
             .unwrap_err()
             .to_string();
         assert!(e.contains("intervall"), "{e}");
+    }
+
+    #[test]
+    fn line_ends_default_to_lf_and_apply_to_maildir_and_command_only() {
+        let maildir = OK.replace(
+            "smtp = \"127.0.0.1:25\"",
+            "maildir = \"/var/mail/{domain}/{local}\"",
+        );
+        assert_eq!(parse(&maildir).unwrap().providers[0].line_ends, LineEnds::Lf);
+        let crlf = format!("{maildir}line_ends = \"crlf\"\n");
+        assert_eq!(parse(&crlf).unwrap().providers[0].line_ends, LineEnds::Crlf);
+        let command = OK.replace(
+            "smtp = \"127.0.0.1:25\"",
+            "command = \"/usr/bin/procmail\"\nline_ends = \"lf\"",
+        );
+        assert_eq!(parse(&command).unwrap().providers[0].line_ends, LineEnds::Lf);
+        let e = parse(&format!("{maildir}line_ends = \"cr\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("client.toml")
+                && e.contains("provider[0].deliver.line_ends")
+                && e.contains("\"crlf\""),
+            "{e}"
+        );
+        let e = parse(&format!("{OK}line_ends = \"lf\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("provider[0].deliver.line_ends") && e.contains("only for maildir and command"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -80,10 +80,14 @@ async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Local, String> {
                 .map_err(|e| e.to_string())?,
         )),
         Deliver::Maildir(t) => {
-            Sink::Maildir(maildir::Maildir::new(t, p.max_message_size).map_err(|e| e.to_string())?)
+            let mut m = maildir::Maildir::new(t, p.max_message_size).map_err(|e| e.to_string())?;
+            m.line_ends = p.line_ends;
+            Sink::Maildir(m)
         }
         Deliver::Command(t) => {
-            Sink::Command(command::Command::new(t, p.max_message_size).map_err(|e| e.to_string())?)
+            let mut c = command::Command::new(t, p.max_message_size).map_err(|e| e.to_string())?;
+            c.line_ends = p.line_ends;
+            Sink::Command(c)
         }
         Deliver::Splice(e) => {
             let c = Conn::connect(&e.to_string(), p.timeout)

@@ -12,6 +12,7 @@
 //! (PROTOCOL.md §9.3).
 
 pub mod command;
+pub mod line_ends;
 pub mod maildir;
 pub mod relay;
 

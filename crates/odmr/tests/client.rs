@@ -1158,6 +1158,55 @@ fn help_names_both_default_configs() {
     }
 }
 
+/// A relative Maildir path and a domain that is not one are refused when the config is read,
+/// by the daemon as by `--once`, naming the file, the key and the fix; nothing is polled.
+#[test]
+fn what_every_poll_would_trip_on_is_refused_at_start() {
+    let server = provider();
+    inject(&server, "alice@sender.test", &["bob@example.org"], M1);
+    let dir = tempfile::tempdir().unwrap();
+    let relative = config(&server, "maildir = \"Maildir/{local}\"".into(), dir.path());
+    let bad_domain = ProviderCfg::new(
+        server.odmr.port(),
+        USER,
+        PASS,
+        &["example.org", "not a domain"],
+        maildir_in(&dir.path().join("mail")),
+    )
+    .write(dir.path());
+    let cases = [
+        (
+            &relative,
+            "provider[0].deliver.maildir = \"Maildir/{local}\": not an absolute path",
+            "e.g. maildir = \"/var/mail/{domain}/{local}\"",
+        ),
+        (
+            &bad_domain,
+            "provider[0].domains = \"not a domain\"",
+            "a domain name such as \"example.org\": letters, digits, hyphens and dots",
+        ),
+    ];
+    for (cfg, what, fix) in cases {
+        let path = cfg.to_str().unwrap();
+        for args in [
+            &["client", "--config", path][..],
+            &["client", "--once", "--config", path],
+        ] {
+            let (code, err) = odmr(args, &[]);
+            assert_eq!(code, Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains(&format!("config file {path}: {what}")) && err.contains(fix),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    assert_eq!(
+        server.queue().as_array().map(Vec::len),
+        Some(1),
+        "something was fetched"
+    );
+}
+
 /// A TOML basic string.
 fn toml_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()

@@ -50,7 +50,7 @@ const REPLY_TEXT: usize = 200;
 const FLUSH_AT: usize = 64 * 1024;
 /// After the program exits, how long its output pipes may stay open (a leftover grandchild).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
-const EXAMPLE: &str = "deliver.command = \"/usr/lib/dovecot/dovecot-lda -f {sender} -a {recipient}\"";
+const EXAMPLE: &str = "command = \"/usr/lib/dovecot/dovecot-lda -f {sender} -a {recipient}\"";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Key {
@@ -108,7 +108,12 @@ impl Command {
     /// `{sender}`, `{recipient}`, `{local}`, `{domain}` in the arguments; `max_size` 0 means no
     /// limit.
     pub fn new(template: &str, max_size: u64) -> Result<Self, SinkError> {
-        let invalid = |what: String| SinkError::Invalid(format!("deliver.command: {what}; e.g. {EXAMPLE}"));
+        let invalid = |problem: String| SinkError::Invalid {
+            key: "command",
+            value: template.to_string(),
+            problem,
+            fix: format!("e.g. {EXAMPLE}"),
+        };
         let words = shell_words::split(template).map_err(|e| {
             invalid(format!(
                 "cannot split {template:?} into arguments ({e}): check the quoting"

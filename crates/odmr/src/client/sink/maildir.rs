@@ -40,7 +40,7 @@ pub const MAX_RECIPIENTS: usize = 100;
 const FLUSH_AT: usize = 64 * 1024;
 /// Longest value we put in one path component (NAME_MAX on common file systems).
 const MAX_COMPONENT: usize = 255;
-const EXAMPLE: &str = "deliver.maildir = \"/var/mail/{domain}/{local}\"";
+const EXAMPLE: &str = "maildir = \"/var/mail/{domain}/{local}\"";
 
 /// A template split into literal text and placeholders. Shared with the command sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,21 +199,31 @@ impl Maildir {
     /// `template` is an absolute path with `{domain}`, `{local}` or `{address}` placeholders,
     /// filled in per recipient; `max_size` 0 means no limit.
     pub fn new(template: &str, max_size: u64) -> Result<Self, SinkError> {
+        let invalid = |problem: String, fix: String| SinkError::Invalid {
+            key: "maildir",
+            value: template.to_string(),
+            problem,
+            fix,
+        };
         let parts = parse_template(template, Key::lookup).map_err(|e| {
-            SinkError::Invalid(format!(
-                "deliver.maildir: {e}; the placeholders are {{domain}}, {{local}} and {{address}}, \
-                 e.g. {EXAMPLE}"
-            ))
+            invalid(
+                e,
+                format!("the placeholders are {{domain}}, {{local}} and {{address}}, e.g. {EXAMPLE}"),
+            )
         })?;
         if !template.starts_with('/') {
-            return Err(SinkError::Invalid(format!(
-                "deliver.maildir must be an absolute path, not {template:?}; e.g. {EXAMPLE}"
-            )));
+            return Err(invalid(
+                "not an absolute path: where mail lands would depend on the directory the client \
+                 was started in"
+                    .into(),
+                format!("write the whole path, e.g. {EXAMPLE}"),
+            ));
         }
         if has_control(template) {
-            return Err(SinkError::Invalid(format!(
-                "deliver.maildir contains a control character: {template:?}; e.g. {EXAMPLE}"
-            )));
+            return Err(invalid(
+                "contains a control character".into(),
+                format!("e.g. {EXAMPLE}"),
+            ));
         }
         Ok(Maildir {
             template: parts,
@@ -755,19 +765,6 @@ mod tests {
         assert!(all.contains(&two.to_vec()));
     }
 
-    #[tokio::test]
-    async fn duplicate_recipient_gets_one_copy() {
-        let root = tempfile::tempdir().unwrap();
-        let mut m = Maildir::new(&template(root.path()), 0).unwrap();
-        assert_eq!(
-            send(&mut m, "s@y", &["a@x.example", "a@x.example"], b"hi\r\n")
-                .await
-                .code,
-            250
-        );
-        assert_eq!(files(&root.path().join("x.example/a/new")).len(), 1);
-    }
-
     /// LF by default, the headers we add included, with a chunk boundary between a CR and its
     /// LF and a bare CR kept; `line_ends = "crlf"` writes the bytes as received.
     #[tokio::test]
@@ -800,6 +797,19 @@ mod tests {
             let name = new[0].to_string_lossy().into_owned();
             assert!(name.ends_with(&format!(",S={}", want.len())), "{mode:?}: {name}");
         }
+    }
+
+    #[tokio::test]
+    async fn duplicate_recipient_gets_one_copy() {
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Maildir::new(&template(root.path()), 0).unwrap();
+        assert_eq!(
+            send(&mut m, "s@y", &["a@x.example", "a@x.example"], b"hi\r\n")
+                .await
+                .code,
+            250
+        );
+        assert_eq!(files(&root.path().join("x.example/a/new")).len(), 1);
     }
 
     #[tokio::test]

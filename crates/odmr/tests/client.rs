@@ -339,6 +339,12 @@ fn command_exit_status_decides_each_recipient() {
 
     let run = client_once(&config);
     expect_code(&run, 2, "poll with refusals");
+    let want = format!(
+        "poll finished: provider \"isp\" (127.0.0.1:{}) in {}: the local mail system refused 2 ",
+        server.odmr.port(),
+        config.display()
+    );
+    assert!(run.stderr.contains(&want), "want {want:?} in:\n{}", run.stderr);
     let st = server.recipient_states();
     let find = |a: &str| st.iter().find(|s| s.0 == a).cloned().unwrap_or_default();
     assert_eq!(find("ok@example.org").1, "delivered", "{st:?}\n{}", run.stderr);
@@ -872,8 +878,8 @@ fn foreign_domain_exits_2_with_450() {
     assert!(all_files(&root).is_empty());
 }
 
-/// Nothing listens at the provider's address: exit 2, and the log says what could not be
-/// reached.
+/// Nothing listens at the provider's address: exit 2, and the log says which provider of
+/// which config file could not be reached, and why.
 #[test]
 fn unreachable_provider_exits_2_and_says_so() {
     let closed = interop_util::random_free_port();
@@ -882,10 +888,13 @@ fn unreachable_provider_exits_2_and_says_so() {
     let config = ProviderCfg::new(closed, USER, PASS, &["example.org"], maildir_in(&root)).write(dir.path());
     let run = client_once(&config);
     expect_code(&run, 2, "unreachable provider");
+    let want = format!(
+        "poll failed: provider \"isp\" (127.0.0.1:{closed}) in {}: connect: Connection refused",
+        config.display()
+    );
     assert!(
-        run.stderr
-            .contains(&format!("cannot connect to 127.0.0.1:{closed}")),
-        "the log does not name the cause:\n{}",
+        run.stderr.contains(&want),
+        "the log does not say {want:?}:\n{}",
         run.stderr
     );
     assert!(all_files(&root).is_empty());
@@ -947,10 +956,14 @@ fn daemon_delivers_while_running_rides_out_an_outage_and_stops_on_sigterm() {
         d.log()
     );
     assert!(d.running(), "the daemon died during the outage:\n{}", d.log());
+    let want = format!(
+        "provider \"isp\" (127.0.0.1:{}) in {}: connect: ",
+        fwd.port,
+        config.display()
+    );
     assert!(
-        d.log()
-            .contains(&format!("cannot connect to 127.0.0.1:{}", fwd.port)),
-        "the log does not say what failed:\n{}",
+        d.log().contains(&want),
+        "the log does not say {want:?}:\n{}",
         d.log()
     );
 

@@ -551,6 +551,17 @@ fn poll_with_local_down(deliver: impl Fn(u16) -> String) -> Option<(Vec<String>,
         "{deliver}: the log does not name the local target:\n{}",
         run.stderr
     );
+    // And which provider of which config file could not be polled.
+    let at = format!(
+        "provider \"isp\" (127.0.0.1:{}) in {}: local delivery is not possible",
+        p.port,
+        config.display()
+    );
+    assert!(
+        run.stderr.contains(&at),
+        "{deliver}: the log does not say {at:?}:\n{}",
+        run.stderr
+    );
     std::thread::sleep(Duration::from_millis(200));
     Some((p.lines(), run))
 }

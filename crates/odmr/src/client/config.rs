@@ -68,6 +68,8 @@ struct RawDeliver {
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
+    /// The file this was read from, named in every error about a provider of it.
+    pub path: PathBuf,
     pub hostname: String,
     pub providers: Vec<Provider>,
 }
@@ -438,7 +440,11 @@ impl ClientConfig {
                 line_ends,
             });
         }
-        Ok(ClientConfig { hostname, providers })
+        Ok(ClientConfig {
+            path: path.to_path_buf(),
+            hostname,
+            providers,
+        })
     }
 }
 

@@ -5,6 +5,8 @@
 //! should not need the source to know what to change. Unknown keys are errors, not silently
 //! ignored: a typo must not quietly turn a setting off.
 
+pub mod kind;
+
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -336,9 +338,12 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // A client config given to the server gets a hint, not "unknown field `provider`".
+            kind::wrong_kind(path, text, kind::Kind::Server).unwrap_or_else(|| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string().trim_end().to_string(),
+            })
         })?;
         let invalid = |key: &str, value: &str, problem: &str, fix: &str| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -667,6 +672,16 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("odmr.toml"), s)
+    }
+
+    #[test]
+    fn a_client_config_gets_a_hint() {
+        let client = include_str!("../../../odmr-client.example.toml");
+        let e = parse(client).unwrap_err().to_string();
+        assert!(
+            e.contains("looks like a client config") && e.contains("odmr client --config odmr.toml"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,5 +1,10 @@
-//! `odmr`: one binary for the provider (`server`), and the operators' tools (`account`,
-//! `domain`, `queue`, `lease`). Errors end here as anyhow reports; library code uses typed errors.
+//! `odmr`: one binary for the provider (`server`), the customer (`client`) and the operators'
+//! tools (`account`, `domain`, `queue`, `lease`). Errors end here as anyhow reports; library
+//! code uses typed errors.
+//!
+//! The client and the server read different files, usually on different machines, so each has
+//! its own default path and environment variable: an operator's `ODMR_CONFIG` never points a
+//! client on the same host at the server's file.
 
 mod cli;
 mod client;
@@ -18,15 +23,11 @@ use std::process::ExitCode;
     about = "On-Demand Mail Relay (RFC 2645): hold mail for customer domains and release it over ATRN"
 )]
 struct Cli {
-    /// Configuration file (TOML).
-    #[arg(
-        long,
-        short = 'c',
-        global = true,
-        env = "ODMR_CONFIG",
-        default_value = "/etc/odmr/odmr.toml"
-    )]
-    config: PathBuf,
+    /// Configuration file (TOML). Default for `odmr client`: $ODMR_CLIENT_CONFIG, else
+    /// /etc/odmr/odmr-client.toml; for the other commands: $ODMR_CONFIG, else
+    /// /etc/odmr/odmr.toml.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,7 +38,9 @@ enum Command {
     Server,
     /// Run the customer: poll the providers of the config file and deliver their mail locally.
     #[command(
-        after_help = "Exit status with --once (the most serious over all providers):\n  \
+        after_help = "The config file: --config FILE, else $ODMR_CLIENT_CONFIG, else \
+        /etc/odmr/odmr-client.toml (a client config: see odmr-client.example.toml).\n\n\
+        Exit status with --once (the most serious over all providers):\n  \
         0  mail was delivered (ETRN: a queue run was started)\n  \
         1  no mail was waiting (ETRN: 251 for every domain)\n  \
         2  error: network, protocol, refusal (450/451/530; ETRN 458 or not supported) or local delivery\n  \
@@ -109,20 +112,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// The default config files and the variables that override them (see the module comment).
+const SERVER_CONFIG: (&str, &str) = ("ODMR_CONFIG", "/etc/odmr/odmr.toml");
+const CLIENT_CONFIG: (&str, &str) = ("ODMR_CLIENT_CONFIG", "/etc/odmr/odmr-client.toml");
+
+/// `--config`, else the environment variable, else the default path. An empty variable counts
+/// as unset, as clap's `env` did.
+fn config_path(given: Option<PathBuf>, (var, default): (&str, &str)) -> PathBuf {
+    given
+        .or_else(|| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Command::Tls(c) = cli.command {
         cli::tls::tls(c)?;
         return Ok(0);
     }
     if let Command::Client { once } = cli.command {
-        let cfg = client::config::ClientConfig::load(&cli.config)?;
+        let path = config_path(cli.config.clone(), CLIENT_CONFIG);
+        let cfg = match client::config::ClientConfig::load(&path) {
+            Ok(c) => c,
+            // Someone used to the one variable of earlier versions set it for the client.
+            Err(e @ config::ConfigError::Read { .. })
+                if cli.config.is_none()
+                    && std::env::var_os(CLIENT_CONFIG.0).is_none()
+                    && std::env::var_os(SERVER_CONFIG.0).is_some() =>
+            {
+                anyhow::bail!(
+                    "{e}; note: {} is set, but it is for the server and the operators' commands: \
+                     the client reads {}",
+                    SERVER_CONFIG.0,
+                    CLIENT_CONFIG.0
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
         if once {
             return Ok(client::once(&cfg).await);
         }
         client::daemon(cfg).await?;
         return Ok(0);
     }
-    let cfg = config::Config::load(&cli.config)?;
+    let cfg = config::Config::load(&config_path(cli.config, SERVER_CONFIG))?;
     match cli.command {
         Command::Server => server::run(cfg).await?,
         Command::Account(c) => cli::account::account(&cfg, c).await?,

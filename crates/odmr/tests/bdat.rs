@@ -253,14 +253,14 @@ fn the_customer_takes_bdat_from_the_provider() {
         "{chunk_replies:?}"
     );
     for (local, body) in [
-        ("bob", crlf(tricky.as_bytes())),
-        ("carol", crlf(format!("{unended}\n").as_bytes())),
+        ("bob", tricky.as_bytes().to_vec()),
+        ("carol", format!("{unended}\n").into_bytes()),
     ] {
         let (new, tmp, _) = maildir(&root, "example.org", local);
         assert_eq!(new.len(), 1, "{local}: {:?}\n{}", all_files(&root), run.stderr);
         assert!(tmp.is_empty());
         let bytes = std::fs::read(&new[0]).unwrap();
-        let head = format!("Return-Path: <alice@sender.test>\r\nDelivered-To: {local}@example.org\r\n");
+        let head = format!("Return-Path: <alice@sender.test>\nDelivered-To: {local}@example.org\n");
         assert!(bytes.starts_with(head.as_bytes()), "{local}");
         let (fields, rest) = split_received(&bytes[head.len()..], 1);
         assert!(

@@ -177,7 +177,7 @@ fn lmtp_sink_over_a_unix_socket() {
 }
 
 /// Maildir: one file per recipient in DIR/example.org/LOCAL/new, headed by Return-Path and
-/// Delivered-To, then the two Received: fields and the message as received (CRLF); the
+/// Delivered-To, then the two Received: fields and the message with LF line ends; the
 /// `,S=` size in the name is the file's size; nothing in tmp/ or cur/, nothing elsewhere.
 #[test]
 fn maildir_sink_writes_one_file_per_recipient() {
@@ -225,19 +225,23 @@ fn maildir_sink_writes_one_file_per_recipient() {
             .parse()
             .unwrap();
         assert_eq!(size, bytes.len(), "{name}: S= is not the file size");
-        let (sender, want) = if bytes.starts_with(b"Return-Path: <>\r\n") {
+        let (sender, want) = if bytes.starts_with(b"Return-Path: <>\n") {
             ("", M2)
         } else {
             ("alice@sender.test", M1)
         };
-        let head = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n");
+        let head = format!("Return-Path: <{sender}>\nDelivered-To: {rcpt}\n");
         assert!(
             bytes.starts_with(head.as_bytes()),
             "{name} does not start with {head:?}:\n{}",
             String::from_utf8_lossy(&bytes)
         );
         let rest = strip_both_received(&bytes[head.len()..]);
-        assert_same_bytes(&rest, &crlf(want.as_bytes()), name);
+        assert_same_bytes(&rest, want.as_bytes(), name);
+        assert!(
+            !bytes.contains(&b'\r'),
+            "{name}: a CR in a Maildir file with LF line ends"
+        );
         seen.push((rcpt, sender));
     }
     seen.sort();
@@ -255,7 +259,7 @@ fn maildir_sink_writes_one_file_per_recipient() {
 
 /// The command sink: the template is split into argv once and the address goes into one
 /// argument, never through a shell, so a recipient full of shell syntax (legal in a local part)
-/// is only a file name. One run per recipient, the message on stdin.
+/// is only a file name. One run per recipient, the message on stdin with LF line ends.
 #[test]
 fn command_sink_runs_the_program_per_recipient_without_a_shell() {
     let server = provider();
@@ -293,7 +297,8 @@ fn command_sink_runs_the_program_per_recipient_without_a_shell() {
     );
     for rcpt in ["bob@example.org", nasty] {
         let body = std::fs::read(out.join(format!("{rcpt}.eml"))).unwrap();
-        assert_same_bytes(&strip_both_received(&body), &crlf(M1.as_bytes()), rcpt);
+        assert_same_bytes(&strip_both_received(&body), M1.as_bytes(), rcpt);
+        assert!(!body.contains(&b'\r'), "{rcpt}: a CR on the command's stdin");
         let from = std::fs::read_to_string(out.join(format!("{rcpt}.from"))).unwrap();
         assert_eq!(from, "alice@sender.test");
     }
@@ -334,6 +339,12 @@ fn command_exit_status_decides_each_recipient() {
 
     let run = client_once(&config);
     expect_code(&run, 2, "poll with refusals");
+    let want = format!(
+        "poll finished: provider \"isp\" (127.0.0.1:{}) in {}: the local mail system refused 2 ",
+        server.odmr.port(),
+        config.display()
+    );
+    assert!(run.stderr.contains(&want), "want {want:?} in:\n{}", run.stderr);
     let st = server.recipient_states();
     let find = |a: &str| st.iter().find(|s| s.0 == a).cloned().unwrap_or_default();
     assert_eq!(find("ok@example.org").1, "delivered", "{st:?}\n{}", run.stderr);
@@ -355,11 +366,7 @@ fn command_exit_status_decides_each_recipient() {
         .collect();
     assert_eq!(names, ["ok@example.org.eml"]);
     let body = std::fs::read(out.join("ok@example.org.eml")).unwrap();
-    assert_same_bytes(
-        &strip_both_received(&body),
-        &crlf(M1.as_bytes()),
-        "ok@example.org",
-    );
+    assert_same_bytes(&strip_both_received(&body), M1.as_bytes(), "ok@example.org");
 }
 
 /// Splice: after the turnaround the provider talks to smtp-sink itself through the client's
@@ -493,37 +500,44 @@ fn bodies_are_byte_exact_through_the_smtp_sink() {
     assert_eq!(server.queue(), json!([]));
 }
 
-/// The same bodies into a Maildir: identical (CRLF, as received) behind Return-Path,
-/// Delivered-To and the two Received: fields.
+/// The same bodies into a Maildir: identical but for the line ends (LF) behind Return-Path,
+/// Delivered-To and the two Received: fields; with `line_ends = "crlf"`, byte for byte as
+/// received.
 #[test]
 fn bodies_are_byte_exact_into_the_maildir() {
     let server = provider();
     let tricky = tricky_message("bob@example.org");
     let big = big_message("bob@example.org", BIG);
-    inject(&server, "alice@sender.test", &["bob@example.org"], &tricky);
-    inject(&server, "big@sender.test", &["bob@example.org"], &big);
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("mail");
-    let config = config(&server, maildir_in(&root), dir.path());
+    for (line_ends, eol) in [("", "\n"), ("line_ends = \"crlf\"\n", "\r\n")] {
+        inject(&server, "alice@sender.test", &["bob@example.org"], &tricky);
+        inject(&server, "big@sender.test", &["bob@example.org"], &big);
+        let root = dir.path().join(format!("mail{}", eol.len()));
+        let config = config(&server, format!("{line_ends}{}", maildir_in(&root)), dir.path());
 
-    let run = client_once(&config);
-    expect_code(&run, 0, "delivering poll");
-    let (new, tmp, _) = maildir(&root, "example.org", "bob");
-    assert_eq!(new.len(), 2, "{new:?}\nclient:\n{}", run.stderr);
-    assert!(tmp.is_empty(), "{tmp:?}");
-    let mut checked = 0;
-    for f in &new {
-        let bytes = std::fs::read(f).unwrap();
-        for (sender, want) in [("alice@sender.test", &tricky), ("big@sender.test", &big)] {
-            let head = format!("Return-Path: <{sender}>\r\nDelivered-To: bob@example.org\r\n");
-            if let Some(rest) = bytes.strip_prefix(head.as_bytes()) {
-                assert_same_bytes(&strip_both_received(rest), &crlf(want.as_bytes()), sender);
-                checked += 1;
+        let run = client_once(&config);
+        expect_code(&run, 0, "delivering poll");
+        let (new, tmp, _) = maildir(&root, "example.org", "bob");
+        assert_eq!(new.len(), 2, "{eol:?}: {new:?}\nclient:\n{}", run.stderr);
+        assert!(tmp.is_empty(), "{tmp:?}");
+        let mut checked = 0;
+        for f in &new {
+            let bytes = std::fs::read(f).unwrap();
+            for (sender, want) in [("alice@sender.test", &tricky), ("big@sender.test", &big)] {
+                let head = format!("Return-Path: <{sender}>{eol}Delivered-To: bob@example.org{eol}");
+                let want = match eol {
+                    "\n" => want.as_bytes().to_vec(),
+                    _ => crlf(want.as_bytes()),
+                };
+                if let Some(rest) = bytes.strip_prefix(head.as_bytes()) {
+                    assert_same_bytes(&strip_both_received(rest), &want, sender);
+                    checked += 1;
+                }
             }
         }
+        assert_eq!(checked, 2, "{eol:?}: the two files are not the two messages");
+        assert_eq!(server.queue(), json!([]));
     }
-    assert_eq!(checked, 2, "the two files are not the two messages");
-    assert_eq!(server.queue(), json!([]));
 }
 
 // ----- 3. the local MTA says no -----
@@ -864,8 +878,8 @@ fn foreign_domain_exits_2_with_450() {
     assert!(all_files(&root).is_empty());
 }
 
-/// Nothing listens at the provider's address: exit 2, and the log says what could not be
-/// reached.
+/// Nothing listens at the provider's address: exit 2, and the log says which provider of
+/// which config file could not be reached, and why.
 #[test]
 fn unreachable_provider_exits_2_and_says_so() {
     let closed = interop_util::random_free_port();
@@ -874,10 +888,13 @@ fn unreachable_provider_exits_2_and_says_so() {
     let config = ProviderCfg::new(closed, USER, PASS, &["example.org"], maildir_in(&root)).write(dir.path());
     let run = client_once(&config);
     expect_code(&run, 2, "unreachable provider");
+    let want = format!(
+        "poll failed: provider \"isp\" (127.0.0.1:{closed}) in {}: connect: Connection refused",
+        config.display()
+    );
     assert!(
-        run.stderr
-            .contains(&format!("cannot connect to 127.0.0.1:{closed}")),
-        "the log does not name the cause:\n{}",
+        run.stderr.contains(&want),
+        "the log does not say {want:?}:\n{}",
         run.stderr
     );
     assert!(all_files(&root).is_empty());
@@ -939,10 +956,14 @@ fn daemon_delivers_while_running_rides_out_an_outage_and_stops_on_sigterm() {
         d.log()
     );
     assert!(d.running(), "the daemon died during the outage:\n{}", d.log());
+    let want = format!(
+        "provider \"isp\" (127.0.0.1:{}) in {}: connect: ",
+        fwd.port,
+        config.display()
+    );
     assert!(
-        d.log()
-            .contains(&format!("cannot connect to 127.0.0.1:{}", fwd.port)),
-        "the log does not say what failed:\n{}",
+        d.log().contains(&want),
+        "the log does not say {want:?}:\n{}",
         d.log()
     );
 
@@ -1034,6 +1055,169 @@ fn sigusr1_polls_at_once() {
         server.queue()
     );
     assert_eq!(d.terminate(10), Some(0), "SIGTERM:\n{}", d.log());
+}
+
+// ----- 6. the config file -----
+
+/// `odmr ARGS` with only `env` of the config variables set (under `timeout`: a client that
+/// starts polling instead of refusing its config fails the test rather than hang it); the exit
+/// status, and stdout and stderr together.
+fn odmr(args: &[&str], env: &[(&str, &Path)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["--kill-after=5", "30", common::BIN])
+        .args(args)
+        .env_remove("ODMR_CONFIG")
+        .env_remove("ODMR_CLIENT_CONFIG")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run odmr");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// A server config given to the client, and a client config given to the server and to an
+/// operator's command: each is refused with a hint naming the right command, not with serde's
+/// "unknown field".
+#[test]
+fn a_config_of_the_wrong_kind_gets_a_hint() {
+    let server = provider();
+    let dir = tempfile::tempdir().unwrap();
+    let client = config(&server, maildir_in(&dir.path().join("mail")), dir.path());
+    let (server_cfg, client_cfg) = (server.config.to_str().unwrap(), client.to_str().unwrap());
+
+    let (code, err) = odmr(&["client", "--once", "--config", server_cfg], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    let want = format!(
+        "config file {server_cfg}: this looks like a server config (it has [store], [smtp], [odmr]); \
+         `odmr client` needs a client config (see odmr-client.example.toml); the server reads it \
+         with `odmr server --config {server_cfg}`"
+    );
+    assert!(err.contains(&want), "want {want:?} in:\n{err}");
+    assert!(!err.contains("unknown field"), "{err}");
+
+    for args in [&["server"][..], &["queue", "list"]] {
+        let (code, err) = odmr(&[args, &["--config", client_cfg]].concat(), &[]);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        let want = format!(
+            "config file {client_cfg}: this looks like a client config (it has [[provider]]); \
+             `odmr server` and the operators' commands need a server config (see \
+             odmr.example.toml); the client reads it with `odmr client --config {client_cfg}`"
+        );
+        assert!(err.contains(&want), "{args:?}: want {want:?} in:\n{err}");
+    }
+    // Given the right way round, both are read: the client polls (no mail: 1).
+    assert_eq!(
+        odmr(&["client", "--once", "--config", client_cfg], &[]).0,
+        Some(1)
+    );
+    let (code, err) = odmr(&["queue", "list", "--config", server_cfg], &[]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// The client reads $ODMR_CLIENT_CONFIG, not the server's $ODMR_CONFIG; without either it
+/// reads /etc/odmr/odmr-client.toml, and says so when $ODMR_CONFIG was set in vain.
+#[test]
+fn the_client_has_its_own_default_config_and_variable() {
+    let server = provider();
+    let dir = tempfile::tempdir().unwrap();
+    let client = config(&server, maildir_in(&dir.path().join("mail")), dir.path());
+
+    let (code, err) = odmr(&["client", "--once"], &[("ODMR_CLIENT_CONFIG", &client)]);
+    assert_eq!(
+        code,
+        Some(1),
+        "the client did not read $ODMR_CLIENT_CONFIG:\n{err}"
+    );
+    assert!(err.contains("no mail waiting"), "{err}");
+    // The server's variable is for the server's commands, which read their file from it.
+    let (code, err) = odmr(
+        &["queue", "list"],
+        &[("ODMR_CONFIG", &server.config), ("ODMR_CLIENT_CONFIG", &client)],
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    if Path::new("/etc/odmr/odmr-client.toml").exists() {
+        eprintln!("skipped the default-path check: /etc/odmr/odmr-client.toml exists here");
+        return;
+    }
+    let (code, err) = odmr(&["client", "--once"], &[("ODMR_CONFIG", &server.config)]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("cannot read config file /etc/odmr/odmr-client.toml")
+            && err.contains("ODMR_CONFIG is set, but it is for the server")
+            && err.contains("ODMR_CLIENT_CONFIG"),
+        "{err}"
+    );
+}
+
+/// `--help` says which file each command reads, and which variable overrides it.
+#[test]
+fn help_names_both_default_configs() {
+    let (code, help) = odmr(&["client", "--help"], &[]);
+    assert_eq!(code, Some(0), "{help}");
+    for want in [
+        "$ODMR_CLIENT_CONFIG",
+        "/etc/odmr/odmr-client.toml",
+        "$ODMR_CONFIG",
+        "/etc/odmr/odmr.toml",
+    ] {
+        assert!(help.contains(want), "{want} is not in:\n{help}");
+    }
+}
+
+/// A relative Maildir path and a domain that is not one are refused when the config is read,
+/// by the daemon as by `--once`, naming the file, the key and the fix; nothing is polled.
+#[test]
+fn what_every_poll_would_trip_on_is_refused_at_start() {
+    let server = provider();
+    inject(&server, "alice@sender.test", &["bob@example.org"], M1);
+    let dir = tempfile::tempdir().unwrap();
+    let relative = config(&server, "maildir = \"Maildir/{local}\"".into(), dir.path());
+    let bad_domain = ProviderCfg::new(
+        server.odmr.port(),
+        USER,
+        PASS,
+        &["example.org", "not a domain"],
+        maildir_in(&dir.path().join("mail")),
+    )
+    .write(dir.path());
+    let cases = [
+        (
+            &relative,
+            "provider[0].deliver.maildir = \"Maildir/{local}\": not an absolute path",
+            "e.g. maildir = \"/var/mail/{domain}/{local}\"",
+        ),
+        (
+            &bad_domain,
+            "provider[0].domains = \"not a domain\"",
+            "a domain name such as \"example.org\": letters, digits, hyphens and dots",
+        ),
+    ];
+    for (cfg, what, fix) in cases {
+        let path = cfg.to_str().unwrap();
+        for args in [
+            &["client", "--config", path][..],
+            &["client", "--once", "--config", path],
+        ] {
+            let (code, err) = odmr(args, &[]);
+            assert_eq!(code, Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains(&format!("config file {path}: {what}")) && err.contains(fix),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    assert_eq!(
+        server.queue().as_array().map(Vec::len),
+        Some(1),
+        "something was fetched"
+    );
 }
 
 /// A TOML basic string.

@@ -287,14 +287,14 @@ fn provider_drop_mid_data_delivers_only_the_complete_message_into_maildir() {
     );
     assert_eq!(all_files(&root), bob_new);
     let bytes = std::fs::read(&bob_new[0]).unwrap();
-    let head = "Return-Path: <alice@sender.test>\r\nDelivered-To: bob@example.org\r\n";
+    let head = "Return-Path: <alice@sender.test>\nDelivered-To: bob@example.org\n";
     assert!(
         bytes.starts_with(head.as_bytes()),
         "{}",
         String::from_utf8_lossy(&bytes)
     );
     let (_, rest) = split_received(&bytes[head.len()..], 1);
-    assert_same_bytes(&rest, &crlf(first.as_bytes()), "the complete message");
+    assert_same_bytes(&rest, first.as_bytes(), "the complete message");
 }
 
 // ----- 8. the provider goes silent -----
@@ -376,14 +376,14 @@ fn atrn_reply_and_ehlo_in_one_segment_are_both_used() {
     assert_eq!(new.len(), 1, "{:?}\n{}", all_files(&root), run.stderr);
     assert!(tmp.is_empty());
     let bytes = std::fs::read(&new[0]).unwrap();
-    let head = "Return-Path: <alice@sender.test>\r\nDelivered-To: bob@example.org\r\n";
+    let head = "Return-Path: <alice@sender.test>\nDelivered-To: bob@example.org\n";
     assert!(bytes.starts_with(head.as_bytes()));
     let (fields, rest) = split_received(&bytes[head.len()..], 1);
     assert!(
         fields[0].starts_with("Received: from provider.test "),
         "{fields:?}"
     );
-    assert_same_bytes(&rest, &crlf(body.as_bytes()), "the message");
+    assert_same_bytes(&rest, body.as_bytes(), "the message");
 }
 
 /// The same, through the splice: the EHLO that came with the 250 is already in the client's
@@ -528,10 +528,10 @@ fn sigterm_mid_message_stops_at_once_and_leaves_nothing_half_delivered() {
         "litter in tmp/: {bob_tmp:?} {carol_tmp:?}"
     );
     let bytes = std::fs::read(&bob_new[0]).unwrap();
-    let head = "Return-Path: <alice@sender.test>\r\nDelivered-To: bob@example.org\r\n";
+    let head = "Return-Path: <alice@sender.test>\nDelivered-To: bob@example.org\n";
     assert!(bytes.starts_with(head.as_bytes()));
     let (_, rest) = split_received(&bytes[head.len()..], 1);
-    assert_same_bytes(&rest, &crlf(first.as_bytes()), "the complete message");
+    assert_same_bytes(&rest, first.as_bytes(), "the complete message");
 }
 
 // ----- local delivery impossible -----
@@ -549,6 +549,17 @@ fn poll_with_local_down(deliver: impl Fn(u16) -> String) -> Option<(Vec<String>,
     assert!(
         run.stderr.contains(&format!("127.0.0.1:{closed}")),
         "{deliver}: the log does not name the local target:\n{}",
+        run.stderr
+    );
+    // And which provider of which config file could not be polled.
+    let at = format!(
+        "provider \"isp\" (127.0.0.1:{}) in {}: local delivery is not possible",
+        p.port,
+        config.display()
+    );
+    assert!(
+        run.stderr.contains(&at),
+        "{deliver}: the log does not say {at:?}:\n{}",
         run.stderr
     );
     std::thread::sleep(Duration::from_millis(200));

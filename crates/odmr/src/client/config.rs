@@ -4,9 +4,16 @@
 //! (RFC 1985), and the poll only asks it to.
 //!
 //! As for the server, every error names the file, the key and the fix, and unknown keys are
-//! errors.
+//! errors. Whatever every poll would trip on and the file alone can tell (the Maildir and command
+//! templates, the domains, TLS's host name and certificate files) is checked here, so a daemon
+//! with a broken config refuses to start instead of failing at each poll.
 
+use super::sink::command::Command as SinkCommand;
+use super::sink::maildir::Maildir;
+use super::sink::SinkError;
+use crate::config::kind::{wrong_kind, Kind};
 use crate::config::ConfigError;
+use crate::net::tls::{client_connector, TlsError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,10 +62,14 @@ struct RawDeliver {
     command: Option<String>,
     splice: Option<String>,
     max_message_size: Option<u64>,
+    /// "lf" (the default) or "crlf": the line ends of files written by maildir and command.
+    line_ends: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
+    /// The file this was read from, named in every error about a provider of it.
+    pub path: PathBuf,
     pub hostname: String,
     pub providers: Vec<Provider>,
 }
@@ -87,6 +98,18 @@ pub struct Provider {
     /// Where received mail goes; `None` exactly with `mode = "etrn"`.
     pub deliver: Option<Deliver>,
     pub max_message_size: u64,
+    /// Line ends of what the maildir and command sinks write.
+    pub line_ends: LineEnds,
+}
+
+/// The line ends of the files the maildir and command sinks write. SMTP carries CRLF; Maildir
+/// readers, mbox tools and procmail expect LF, so LF is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LineEnds {
+    #[default]
+    Lf,
+    /// As received: CRLF.
+    Crlf,
 }
 
 /// How a provider is asked for mail.
@@ -145,9 +168,12 @@ impl ClientConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<ClientConfig, ConfigError> {
-        let raw: RawClient = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+        let raw: RawClient = toml::from_str(text).map_err(|e| {
+            // A server config given to the client gets a hint, not "unknown field `store`".
+            wrong_kind(path, text, Kind::Client).unwrap_or_else(|| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string().trim_end().to_string(),
+            })
         })?;
         let invalid = |key: String, value: &str, problem: &str, fix: &str| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -165,6 +191,15 @@ impl ClientConfig {
             ));
         }
         let hostname = raw.hostname.clone().unwrap_or_else(system_hostname);
+        // Our EHLO argument: a provider refuses one with spaces at every poll (RFC 5321 4.1.1.1).
+        if hostname.is_empty() || hostname.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "hostname".into(),
+                &hostname,
+                "not a host name",
+                "set it to this machine's fully qualified name, e.g. \"mail.example.org\", or leave it out to use the system's",
+            ));
+        }
         let mut providers = Vec::new();
         for (i, p) in raw.provider.iter().enumerate() {
             let name = p.name.clone().unwrap_or_else(|| p.host.clone());
@@ -251,18 +286,13 @@ impl ClientConfig {
                     "list them, e.g. domains = [\"example.org\"]",
                 ));
             }
-            if mode == Mode::Etrn {
-                for d in &p.domains {
-                    odmr_proto::atrn::parse_domain(d.trim()).map_err(|e| {
-                        invalid(
-                            key("domains"),
-                            d,
-                            &e.to_string(),
-                            "write a fully qualified domain name",
-                        )
-                    })?;
-                }
+            // The provider checks them with the same grammar (ATRN's, and ETRN's node name):
+            // one that cannot pass would fail every poll.
+            for d in &p.domains {
+                odmr_proto::atrn::parse_domain(d.trim())
+                    .map_err(|e| invalid(key("domains"), d, &e.to_string(), DOMAIN_FIX))?;
             }
+            check_tls(p, tls).map_err(|(k, v, problem, fix)| invalid(key(k), &v, &problem, &fix))?;
             if mode == Mode::Etrn {
                 if p.deliver.is_some() {
                     return Err(invalid(
@@ -291,6 +321,7 @@ impl ClientConfig {
                     atrn_timeout: dur("atrn_timeout", &p.atrn_timeout, 600, 600)?,
                     deliver: None,
                     max_message_size: 0,
+                    line_ends: LineEnds::default(),
                 });
                 continue;
             }
@@ -337,12 +368,55 @@ impl ClientConfig {
                     )),
                 }
             };
+            let line_ends = match (d.line_ends.as_deref(), kind) {
+                (None, _) => LineEnds::default(),
+                (Some(v), "smtp" | "lmtp" | "splice") => {
+                    return Err(invalid(
+                        key("deliver.line_ends"),
+                        v,
+                        &format!("only for maildir and command: {kind} carries the message as SMTP does, with CRLF"),
+                        "remove it",
+                    ))
+                }
+                (Some("lf"), _) => LineEnds::Lf,
+                (Some("crlf"), _) => LineEnds::Crlf,
+                (Some(v), _) => {
+                    return Err(invalid(
+                        key("deliver.line_ends"),
+                        v,
+                        "unknown line end",
+                        "use \"lf\" (the default: what Maildir readers, mbox tools and procmail expect) or \"crlf\" (the bytes as received over SMTP)",
+                    ))
+                }
+            };
+            // The templates are checked now, not at the first poll: a daemon that starts with
+            // one that cannot work would fail at every poll instead.
+            let template = |e: SinkError| match e {
+                SinkError::Invalid {
+                    key: k,
+                    value,
+                    problem,
+                    fix,
+                } => invalid(key(&format!("deliver.{k}")), &value, &problem, &fix),
+                other => invalid(
+                    key(&format!("deliver.{kind}")),
+                    value,
+                    &other.to_string(),
+                    "check the value",
+                ),
+            };
             let deliver = match kind {
                 "smtp" => Deliver::Smtp(endpoint(value)?),
                 "lmtp" => Deliver::Lmtp(endpoint(value)?),
                 "splice" => Deliver::Splice(endpoint(value)?),
-                "maildir" => Deliver::Maildir(value.clone()),
-                _ => Deliver::Command(value.clone()),
+                "maildir" => {
+                    Maildir::new(value, 0).map_err(template)?;
+                    Deliver::Maildir(value.clone())
+                }
+                _ => {
+                    SinkCommand::new(value, 0).map_err(template)?;
+                    Deliver::Command(value.clone())
+                }
             };
             providers.push(Provider {
                 name,
@@ -363,9 +437,67 @@ impl ClientConfig {
                 atrn_timeout: dur("atrn_timeout", &p.atrn_timeout, 600, 600)?,
                 deliver: Some(deliver),
                 max_message_size: d.max_message_size.unwrap_or(50 * 1024 * 1024),
+                line_ends,
             });
         }
-        Ok(ClientConfig { hostname, providers })
+        Ok(ClientConfig {
+            path: path.to_path_buf(),
+            hostname,
+            providers,
+        })
+    }
+}
+
+/// How a bad domain is fixed; shown with what the parser found wrong.
+const DOMAIN_FIX: &str =
+    "write a domain name such as \"example.org\": letters, digits, hyphens and dots, at least two labels, no spaces";
+
+/// What TLS will need at every poll, checked once at start-up: a host name the certificate can
+/// be checked against, and the CA and client certificate files (read again at each poll, so a
+/// renewed certificate is picked up). The error is (key, value, problem, fix).
+fn check_tls(p: &RawProvider, tls: TlsMode) -> Result<(), (&'static str, String, String, String)> {
+    if tls == TlsMode::None {
+        return Ok(());
+    }
+    if let Err(e) = rustls_pki_types::ServerName::try_from(p.host.as_str()) {
+        return Err((
+            "host",
+            p.host.clone(),
+            format!("TLS cannot check a certificate against it ({e})"),
+            "write the provider's host name as its certificate names it, e.g. \"odmr.example.net\", or an IP address"
+                .into(),
+        ));
+    }
+    if p.ca_file.is_none() && p.tls_cert.is_none() && p.tls_key.is_none() {
+        return Ok(());
+    }
+    let Ok(identity) = tls_identity(&p.tls_cert, &p.tls_key) else {
+        // Reported with its own message by the caller.
+        return Ok(());
+    };
+    let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    match client_connector(
+        "ca_file",
+        p.ca_file.as_deref(),
+        p.tls_verify.unwrap_or(true),
+        identity,
+    ) {
+        Ok(_) => Ok(()),
+        Err(TlsError::File {
+            key,
+            path,
+            problem,
+            fix,
+        }) => Err((key, path.display().to_string(), problem, fix.into())),
+        Err(e) => Err((
+            "ca_file",
+            p.ca_file
+                .as_ref()
+                .map(|f| f.display().to_string())
+                .unwrap_or_default(),
+            e.to_string(),
+            "check the certificate files".into(),
+        )),
     }
 }
 
@@ -521,5 +653,133 @@ smtp = "127.0.0.1:25"
             .unwrap_err()
             .to_string();
         assert!(e.contains("intervall"), "{e}");
+    }
+
+    #[test]
+    fn line_ends_default_to_lf_and_apply_to_maildir_and_command_only() {
+        let maildir = OK.replace(
+            "smtp = \"127.0.0.1:25\"",
+            "maildir = \"/var/mail/{domain}/{local}\"",
+        );
+        assert_eq!(parse(&maildir).unwrap().providers[0].line_ends, LineEnds::Lf);
+        let crlf = format!("{maildir}line_ends = \"crlf\"\n");
+        assert_eq!(parse(&crlf).unwrap().providers[0].line_ends, LineEnds::Crlf);
+        let command = OK.replace(
+            "smtp = \"127.0.0.1:25\"",
+            "command = \"/usr/bin/procmail\"\nline_ends = \"lf\"",
+        );
+        assert_eq!(parse(&command).unwrap().providers[0].line_ends, LineEnds::Lf);
+        let e = parse(&format!("{maildir}line_ends = \"cr\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("client.toml")
+                && e.contains("provider[0].deliver.line_ends")
+                && e.contains("\"crlf\""),
+            "{e}"
+        );
+        let e = parse(&format!("{OK}line_ends = \"lf\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("provider[0].deliver.line_ends") && e.contains("only for maildir and command"),
+            "{e}"
+        );
+    }
+
+    /// What would fail at every poll is refused when the file is loaded, naming the file, the
+    /// key and the fix.
+    #[test]
+    fn what_every_poll_would_trip_on_is_refused_at_load() {
+        let with = |deliver: &str| OK.replace("smtp = \"127.0.0.1:25\"", deliver);
+        let e = parse(&with("maildir = \"Maildir/{local}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config file client.toml: provider[0].deliver.maildir = \"Maildir/{local}\": not an absolute path"),
+            "{e}"
+        );
+        assert!(e.contains("e.g. maildir = \"/var/mail/{domain}/{local}\""), "{e}");
+        let e = parse(&with("maildir = \"/var/mail/{user}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("provider[0].deliver.maildir") && e.contains("{user}") && e.contains("{local}"),
+            "{e}"
+        );
+        let e = parse(&with("command = \"/usr/bin/deliver {rcpt}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("provider[0].deliver.command") && e.contains("{rcpt}") && e.contains("e.g."),
+            "{e}"
+        );
+        let e = parse(&with("command = \"/usr/bin/deliver 'unclosed\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("provider[0].deliver.command") && e.contains("quoting"),
+            "{e}"
+        );
+
+        // TLS needs a host name a certificate can name, and readable certificate files.
+        let starttls = OK.replace("tls = \"none\"", "tls = \"starttls\"");
+        parse(&starttls).unwrap();
+        let e = parse(&starttls.replace("\"odmr.example.net\"", "\"odmr example net\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("provider[0].host") && e.contains("certificate"), "{e}");
+        let e = parse(&starttls.replace("interval", "ca_file = \"/nonexistent/ca.pem\"\ninterval"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("provider[0].ca_file") && e.contains("/nonexistent/ca.pem") && e.contains("PEM"),
+            "{e}"
+        );
+        // Not checked when TLS is not used.
+        parse(&OK.replace("interval", "ca_file = \"/nonexistent/ca.pem\"\ninterval")).unwrap();
+
+        let e = parse(&format!("hostname = \"my host\"\n{OK}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hostname = \"my host\"") && e.contains("fully qualified"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_domain_is_explained() {
+        for mode in ["", "mode = \"etrn\"\n"] {
+            let text = OK.replace("[\"example.org\"]", "[\"example.org\", \"not a domain\"]");
+            let text = if mode.is_empty() {
+                text
+            } else {
+                text.replace("[provider.deliver]\nsmtp = \"127.0.0.1:25\"\n", "")
+                    .replace("name = \"isp\"\n", &format!("name = \"isp\"\n{mode}"))
+            };
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("provider[0].domains = \"not a domain\"")
+                    && e.contains("such as \"example.org\": letters, digits, hyphens and dots")
+                    && e.contains("no spaces"),
+                "{mode}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_config_gets_a_hint() {
+        let server = include_str!("../../../../odmr.example.toml");
+        let e = ClientConfig::parse(Path::new("/etc/odmr/odmr.toml"), server)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config file /etc/odmr/odmr.toml: this looks like a server config (it has [store]")
+                && e.contains("see odmr-client.example.toml")
+                && e.contains("`odmr server --config /etc/odmr/odmr.toml`"),
+            "{e}"
+        );
+        assert!(!e.contains("unknown field"), "{e}");
     }
 }

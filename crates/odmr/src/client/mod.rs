@@ -7,6 +7,10 @@
 //! delay mail by a whole interval; SIGUSR1 polls every provider now; SIGTERM/SIGINT stop at
 //! once. Abandoning a poll in progress is safe: nothing is acknowledged to the provider before
 //! the sink holds it, so the provider keeps whatever was in flight.
+//!
+//! Every failure is reported with the provider's name, its address and the config file that
+//! names it ([`Where`]), in the daemon's log and in `--once`'s output alike: with several
+//! providers, or several client configs on one machine, the reader knows what to fix where.
 
 pub mod config;
 mod poll;
@@ -14,7 +18,7 @@ mod receive;
 mod sink;
 mod splice;
 
-use config::ClientConfig;
+use config::{ClientConfig, Provider};
 use poll::PollOutcome;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +29,7 @@ pub async fn once(cfg: &ClientConfig) -> u8 {
     let mut worst = None::<u8>;
     for p in &cfg.providers {
         let outcome = poll::poll(cfg, p).await;
-        log(&p.name, &outcome);
+        log(cfg, p, &outcome);
         let code = outcome.exit_code();
         // Report the most serious result: auth failure, then error, then delivered, then none.
         let rank = |c: u8| match c {
@@ -42,9 +46,41 @@ pub async fn once(cfg: &ClientConfig) -> u8 {
     worst.unwrap_or(1)
 }
 
-fn log(provider: &str, o: &PollOutcome) {
+/// Which provider, at which address, configured in which file: the head of every failure.
+pub struct Where<'a> {
+    pub cfg: &'a ClientConfig,
+    pub provider: &'a Provider,
+}
+
+impl std::fmt::Display for Where<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.provider;
+        write!(
+            f,
+            "provider {:?} ({}:{}) in {}",
+            p.name,
+            p.host,
+            p.port,
+            self.cfg.path.display()
+        )
+    }
+}
+
+fn log(cfg: &ClientConfig, p: &Provider, o: &PollOutcome) {
+    let provider = p.name.as_str();
+    let at = Where { cfg, provider: p };
     match o {
         PollOutcome::Delivered(r) => match &r.error {
+            // What the local side refused is logged line by line as it happens; this says
+            // where to look, as `--once` exits 2 for it.
+            None if r.refused > 0 => tracing::warn!(
+                provider,
+                messages = r.messages,
+                bytes = r.bytes,
+                refused = r.refused,
+                "poll finished: {at}: the local mail system refused {} message(s) or recipient(s)",
+                r.refused
+            ),
             None => tracing::info!(
                 provider,
                 messages = r.messages,
@@ -53,7 +89,12 @@ fn log(provider: &str, o: &PollOutcome) {
                 "poll finished"
             ),
             Some(e) => {
-                tracing::warn!(provider, messages = r.messages, bytes = r.bytes, error = %e, "session ended early; the provider keeps what was not acknowledged")
+                tracing::warn!(
+                    provider,
+                    messages = r.messages,
+                    bytes = r.bytes,
+                    "session ended early: {at}: {e}; the provider keeps what was not acknowledged"
+                )
             }
         },
         PollOutcome::NoMail => tracing::info!(provider, "no mail waiting"),
@@ -63,9 +104,12 @@ fn log(provider: &str, o: &PollOutcome) {
             "ETRN accepted: the provider delivers to our address on its own connection"
         ),
         PollOutcome::AuthFailed(e) => {
-            tracing::error!(provider, error = %e, "authentication failed; check user and password")
+            tracing::error!(
+                provider,
+                "authentication failed: {at}: {e}; check user and password"
+            )
         }
-        PollOutcome::Failed(e) => tracing::error!(provider, error = %e, "poll failed"),
+        PollOutcome::Failed(e) => tracing::error!(provider, "poll failed: {at}: {e}"),
     }
 }
 
@@ -81,7 +125,7 @@ pub async fn daemon(cfg: ClientConfig) -> anyhow::Result<()> {
             let mut failures = 0u32;
             loop {
                 let outcome = poll::poll(&cfg, p).await;
-                log(&p.name, &outcome);
+                log(&cfg, p, &outcome);
                 let wait = match outcome {
                     PollOutcome::Failed(_) | PollOutcome::AuthFailed(_) => {
                         failures += 1;

@@ -9,16 +9,44 @@
 //! ETRN outcomes map to the same exit statuses as ATRN's: a queue run started for some domain is
 //! 0 (like mail delivered), 251 for every domain is 1 (no mail), 458 or a 5xx is 2, and 459 —
 //! the provider does not let us release the domain — is 3, like an authentication failure.
+//!
+//! A failure is a [`PollError`]: what went wrong, in words a customer can act on. It does not
+//! repeat which provider or config file it was about; the caller puts that in front (see
+//! `client::Where`), once for every kind of failure.
 
 use super::config::{ClientConfig, Deliver, Mode, Provider, TlsMode};
 use super::receive::{receive, Received, Session};
 use super::sink::{command, maildir, relay, Sink};
 use super::splice::splice;
-use crate::net::conn::Conn;
+use crate::net::conn::{Conn, ConnError};
 use crate::net::tls::client_connector;
 use odmr_proto::customer::{Customer, CustomerConfig, CustomerStep, EtrnOutcome, FrontEnd, Request, Wait};
 use rustls_pki_types::ServerName;
 use std::io::IsTerminal;
+
+/// Why a poll failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PollError {
+    /// The sink could not be opened, so nothing was asked of the provider.
+    #[error("local delivery is not possible, not polling: {0}")]
+    Local(String),
+    #[error("connect: {0}")]
+    Connect(String),
+    /// `how` is "STARTTLS" or "implicit TLS".
+    #[error("{how}: {reason}")]
+    Tls { how: &'static str, reason: String },
+    #[error("authentication as {user} failed: {reply}")]
+    Auth { user: String, reply: String },
+    /// ETRN 459 for these domains.
+    #[error(
+        "ETRN not allowed ({0}): authenticate as the owning account, or ask the provider to allow \
+         this address"
+    )]
+    EtrnNotAllowed(String),
+    /// The provider refused, the connection broke, or the session went somewhere it must not.
+    #[error("{0}")]
+    Session(String),
+}
 
 /// How a poll ended; [`PollOutcome::exit_code`] is what `--once` reports.
 #[derive(Debug, Clone)]
@@ -27,10 +55,11 @@ pub enum PollOutcome {
     Delivered(Received),
     /// 453: nothing waiting.
     NoMail,
-    AuthFailed(String),
+    /// [`PollError::Auth`] or [`PollError::EtrnNotAllowed`].
+    AuthFailed(PollError),
     /// Network, protocol, refusal (450/451/530) or local delivery failure; for ETRN, 458 or
     /// "not supported".
-    Failed(String),
+    Failed(PollError),
     /// ETRN: the provider started a queue run for these domains (the mail comes over its own
     /// connection to our address).
     QueueStarted(Vec<String>),
@@ -64,31 +93,36 @@ impl Local {
     }
 }
 
-async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Local, String> {
+async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Local, PollError> {
+    let local = |e: &dyn std::fmt::Display| PollError::Local(e.to_string());
     let Some(deliver) = &p.deliver else {
-        return Err("no [provider.deliver] target".into());
+        return Err(local(&"no [provider.deliver] target"));
     };
     let sink = match deliver {
         Deliver::Smtp(e) => Sink::Relay(Box::new(
             relay::Relay::connect(e, false, &cfg.hostname, p.timeout)
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| local(&e))?,
         )),
         Deliver::Lmtp(e) => Sink::Relay(Box::new(
             relay::Relay::connect(e, true, &cfg.hostname, p.timeout)
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| local(&e))?,
         )),
         Deliver::Maildir(t) => {
-            Sink::Maildir(maildir::Maildir::new(t, p.max_message_size).map_err(|e| e.to_string())?)
+            let mut m = maildir::Maildir::new(t, p.max_message_size).map_err(|e| local(&e))?;
+            m.line_ends = p.line_ends;
+            Sink::Maildir(m)
         }
         Deliver::Command(t) => {
-            Sink::Command(command::Command::new(t, p.max_message_size).map_err(|e| e.to_string())?)
+            let mut c = command::Command::new(t, p.max_message_size).map_err(|e| local(&e))?;
+            c.line_ends = p.line_ends;
+            Sink::Command(c)
         }
         Deliver::Splice(e) => {
             let c = Conn::connect(&e.to_string(), p.timeout)
                 .await
-                .map_err(|err| format!("cannot reach the local mail system at {e}: {err}"))?;
+                .map_err(|err| local(&format!("cannot reach the local mail system at {e}: {err}")))?;
             return Ok(Local::Splice(c));
         }
     };
@@ -97,24 +131,27 @@ async fn open_sink(cfg: &ClientConfig, p: &Provider) -> Result<Local, String> {
 
 /// The provider's certificate must name the host we dialled (RFC 4954 §14 for PLAIN; and
 /// simply what TLS is for).
-async fn start_tls(p: &Provider, conn: &mut Conn) -> Result<(), String> {
+async fn start_tls(p: &Provider, conn: &mut Conn, how: &'static str) -> Result<(), PollError> {
+    let tls = |reason: String| PollError::Tls { how, reason };
     let identity = p.tls_identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let connector = client_connector("ca_file", p.ca_file.as_deref(), p.tls_verify, identity)
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(p.host.clone()).map_err(|e| format!("{}: {e}", p.host))?;
+        .map_err(|e| tls(e.to_string()))?;
+    let name = ServerName::try_from(p.host.clone()).map_err(|e| tls(format!("{}: {e}", p.host)))?;
     conn.connect_tls(&connector, name, p.timeout)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| tls(e.to_string()))
 }
 
-async fn connect(p: &Provider, target: &str) -> Result<Conn, String> {
-    let mut conn = Conn::connect(target, p.timeout)
-        .await
-        .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+async fn connect(p: &Provider, target: &str) -> Result<Conn, PollError> {
+    let mut conn = Conn::connect(target, p.timeout).await.map_err(|e| {
+        PollError::Connect(match e {
+            // The OS's words ("Connection refused") without our "connection error:" wrapper.
+            ConnError::Io(e) => e.to_string(),
+            e => e.to_string(),
+        })
+    })?;
     if p.tls == TlsMode::Implicit {
-        start_tls(p, &mut conn)
-            .await
-            .map_err(|e| format!("TLS with {target}: {e}"))?;
+        start_tls(p, &mut conn, "implicit TLS").await?;
     }
     Ok(conn)
 }
@@ -154,8 +191,8 @@ async fn front_half(p: &Provider, conn: &mut Conn, front: &mut Customer, target:
                 break Some(e);
             }
             CustomerStep::StartTls => {
-                if let Err(e) = start_tls(p, conn).await {
-                    break Some(FrontEnd::Failed(format!("STARTTLS with {target}: {e}")));
+                if let Err(e) = start_tls(p, conn, "STARTTLS").await {
+                    break Some(FrontEnd::Failed(e.to_string()));
                 }
                 front.tls_started();
             }
@@ -201,11 +238,22 @@ async fn etrn(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
     let results = match ended {
         Some(FrontEnd::Etrn(r)) => r,
         Some(FrontEnd::AuthFailed(r)) => {
-            return PollOutcome::AuthFailed(format!("authentication as {} failed: {r}", p.user))
+            return PollOutcome::AuthFailed(PollError::Auth {
+                user: p.user.clone(),
+                reply: r.to_string(),
+            })
         }
-        Some(FrontEnd::Failed(m)) => return PollOutcome::Failed(m),
-        Some(other) => return PollOutcome::Failed(format!("unexpected end of the ETRN session: {other:?}")),
-        None => return PollOutcome::Failed(format!("{target} turned the ETRN session around")),
+        Some(FrontEnd::Failed(m)) => return PollOutcome::Failed(PollError::Session(m)),
+        Some(other) => {
+            return PollOutcome::Failed(PollError::Session(format!(
+                "unexpected end of the ETRN session: {other:?}"
+            )))
+        }
+        None => {
+            return PollOutcome::Failed(PollError::Session(format!(
+                "{target} turned the ETRN session around"
+            )))
+        }
     };
     let (mut started, mut not_allowed, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for (domain, o) in &results {
@@ -238,12 +286,9 @@ async fn etrn(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
         ));
     }
     if !not_allowed.is_empty() {
-        PollOutcome::AuthFailed(format!(
-            "ETRN not allowed ({}): authenticate as the owning account, or ask the provider to allow this address",
-            not_allowed.join("; ")
-        ))
+        PollOutcome::AuthFailed(PollError::EtrnNotAllowed(not_allowed.join("; ")))
     } else if !failed.is_empty() {
-        PollOutcome::Failed(failed.join("; "))
+        PollOutcome::Failed(PollError::Session(failed.join("; ")))
     } else if started.is_empty() {
         PollOutcome::NoMail
     } else {
@@ -257,7 +302,7 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
     }
     let local = match open_sink(cfg, p).await {
         Ok(s) => s,
-        Err(e) => return PollOutcome::Failed(format!("local delivery is not possible, not polling: {e}")),
+        Err(e) => return PollOutcome::Failed(e),
     };
     let target = format!("{}:{}", p.host, p.port);
     let mut conn = match connect(p, &target).await {
@@ -272,21 +317,21 @@ pub async fn poll(cfg: &ClientConfig, p: &Provider) -> PollOutcome {
     if let Some(e) = ended {
         conn.shutdown().await;
         local.close().await;
+        let failed = |m: String| PollOutcome::Failed(PollError::Session(m));
         return match e {
             FrontEnd::NoMail(_) => PollOutcome::NoMail,
-            FrontEnd::AuthFailed(r) => {
-                PollOutcome::AuthFailed(format!("authentication as {} failed: {r}", p.user))
-            }
-            FrontEnd::Refused(r) => PollOutcome::Failed(format!(
+            FrontEnd::AuthFailed(r) => PollOutcome::AuthFailed(PollError::Auth {
+                user: p.user.clone(),
+                reply: r.to_string(),
+            }),
+            FrontEnd::Refused(r) => failed(format!(
                 "ATRN refused ({r}): check that the domains {:?} belong to account {}",
                 p.domains, p.user
             )),
-            FrontEnd::TryLater(r) => PollOutcome::Failed(format!("provider asked to try later: {r}")),
-            FrontEnd::AuthRequired(r) => {
-                PollOutcome::Failed(format!("provider says we are not authenticated: {r}"))
-            }
-            FrontEnd::Failed(m) => PollOutcome::Failed(m),
-            FrontEnd::Etrn(_) => PollOutcome::Failed("an ATRN session ended as ETRN".into()),
+            FrontEnd::TryLater(r) => failed(format!("provider asked to try later: {r}")),
+            FrontEnd::AuthRequired(r) => failed(format!("provider says we are not authenticated: {r}")),
+            FrontEnd::Failed(m) => failed(m),
+            FrontEnd::Etrn(_) => failed("an ATRN session ended as ETRN".into()),
         };
     }
     tracing::info!(provider = %p.name, "turnaround: receiving mail");

@@ -11,7 +11,9 @@
 //! - One recipient per transaction (`max_recipients = 1`): one run of a program gives one exit
 //!   status, which cannot honestly answer for several recipients.
 //! - The message is spooled to an unlinked temporary file as it arrives (never held in memory)
-//!   and becomes the program's stdin, so the program sees exactly the bytes received.
+//!   and becomes the program's stdin, so the program sees exactly the bytes received, with LF
+//!   line ends as local delivery programs expect unless `line_ends = "crlf"` (see
+//!   [`super::line_ends`]).
 //! - `250` only on exit 0. Exit 75 (EX_TEMPFAIL), death by a signal, a timeout, or a program
 //!   that cannot be started are temporary (`451`): they are local trouble, and mail must stay
 //!   queued at the provider rather than bounce. Any other exit is the program's permanent
@@ -22,8 +24,10 @@
 //! - Output is bounded: stdout and stderr are drained (a chatty program must not block on a
 //!   full pipe) but only the first few KiB are kept for the reply and the log.
 
+use super::line_ends::LineEnder;
 use super::maildir::{has_control, parse_template, split_address, Part};
 use super::{SinkCaps, SinkError};
+use crate::client::config::LineEnds;
 use odmr_proto::reply::Reply;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -46,7 +50,7 @@ const REPLY_TEXT: usize = 200;
 const FLUSH_AT: usize = 64 * 1024;
 /// After the program exits, how long its output pipes may stay open (a leftover grandchild).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
-const EXAMPLE: &str = "deliver.command = \"/usr/lib/dovecot/dovecot-lda -f {sender} -a {recipient}\"";
+const EXAMPLE: &str = "command = \"/usr/lib/dovecot/dovecot-lda -f {sender} -a {recipient}\"";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Key {
@@ -86,6 +90,10 @@ pub struct Command {
     /// Where the spool file goes; `None` is the system's temporary directory, which may be a
     /// RAM-backed tmpfs, so a state directory on disk is better for large messages.
     pub spool_dir: Option<PathBuf>,
+    /// The line ends of what the program reads ([`LineEnds::Lf`] unless set after `new`).
+    pub line_ends: LineEnds,
+    /// This message's conversion, started at DATA.
+    lines: LineEnder,
     sender: Option<String>,
     recipient: Option<String>,
     spool: Option<File>,
@@ -100,7 +108,12 @@ impl Command {
     /// `{sender}`, `{recipient}`, `{local}`, `{domain}` in the arguments; `max_size` 0 means no
     /// limit.
     pub fn new(template: &str, max_size: u64) -> Result<Self, SinkError> {
-        let invalid = |what: String| SinkError::Invalid(format!("deliver.command: {what}; e.g. {EXAMPLE}"));
+        let invalid = |problem: String| SinkError::Invalid {
+            key: "command",
+            value: template.to_string(),
+            problem,
+            fix: format!("e.g. {EXAMPLE}"),
+        };
         let words = shell_words::split(template).map_err(|e| {
             invalid(format!(
                 "cannot split {template:?} into arguments ({e}): check the quoting"
@@ -132,6 +145,8 @@ impl Command {
             max_size,
             timeout: DEFAULT_TIMEOUT,
             spool_dir: None,
+            line_ends: LineEnds::Lf,
+            lines: LineEnder::new(LineEnds::Lf),
             sender: None,
             recipient: None,
             spool: None,
@@ -224,6 +239,7 @@ impl Command {
         match spool {
             Ok(Ok(f)) => {
                 self.spool = Some(f);
+                self.lines = LineEnder::new(self.line_ends);
                 self.in_data = true;
                 self.size = 0;
                 self.fault = None;
@@ -253,7 +269,7 @@ impl Command {
             self.pending = Vec::new();
             return;
         }
-        self.pending.extend_from_slice(chunk);
+        self.lines.push(chunk, &mut self.pending);
         if self.pending.len() >= FLUSH_AT {
             self.flush().await;
         }
@@ -265,6 +281,7 @@ impl Command {
             return Reply::new(451, "4.3.0", "no message in progress");
         }
         if self.fault.is_none() {
+            self.lines.finish(&mut self.pending);
             self.flush().await;
         }
         let reply = match self.fault.take() {
@@ -557,6 +574,35 @@ mod tests {
         c.end().await
     }
 
+    /// CRLF pairs to LF, octet by octet: what the default line ends make of a body.
+    fn lf(crlf: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(crlf.len());
+        for (i, &b) in crlf.iter().enumerate() {
+            if !(b == b'\r' && crlf.get(i + 1) == Some(&b'\n')) {
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    /// A chunk boundary between a CR and its LF, a bare CR, and a CR at the very end: the
+    /// program reads LF line ends, everything else as received.
+    #[tokio::test]
+    async fn the_program_reads_lf_line_ends_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let t = format!("/bin/sh -c 'cat > \"$1\"' sh {}", q(&out));
+        let mut c = Command::new(&t, 0).unwrap();
+        c.mail("s@y", "").await.unwrap();
+        c.rcpt("a@x", "").await.unwrap();
+        c.data().await.unwrap();
+        for chunk in [&b"Subject: a\r"[..], b"\n\r", b"\nbare\rCR\r\n", b"end\r"] {
+            c.body(chunk).await;
+        }
+        assert_eq!(c.end().await.code, 250);
+        assert_eq!(std::fs::read(&out).unwrap(), b"Subject: a\n\nbare\rCR\nend\r");
+    }
+
     fn sample_body() -> Vec<u8> {
         let mut b = b"Received: by customer\r\nSubject: \xc3\xa9\xff\r\n\r\n".to_vec();
         b.extend(std::iter::repeat_n(b'y', 998));
@@ -585,13 +631,18 @@ mod tests {
         let body = sample_body();
         let r = deliver(&mut c, "s@origin.example", "Bob@Example.ORG", &body).await;
         assert_eq!((r.code, r.status.as_deref()), (250, Some("2.0.0")), "{r}");
-        assert!(std::fs::read(&out).unwrap() == body, "stdin must be byte-exact");
+        assert!(
+            std::fs::read(&out).unwrap() == lf(&body),
+            "stdin must be the message with LF line ends, otherwise byte-exact"
+        );
         let args = std::fs::read_to_string(dir.path().join("msg.args")).unwrap();
         assert_eq!(
             args,
             "s@origin.example|Bob@Example.ORG|Bob|x-example.org-y|s@origin.example|Bob@Example.ORG\n"
         );
-        // The next transaction works, with the null sender.
+        // The next transaction works, with the null sender; with line_ends = "crlf" the program
+        // reads the bytes as received.
+        c.line_ends = LineEnds::Crlf;
         let r = deliver(&mut c, "", "a@b.example", b"second\r\n").await;
         assert_eq!(r.code, 250, "{r}");
         assert_eq!(std::fs::read(&out).unwrap(), b"second\r\n");
@@ -807,7 +858,7 @@ mod tests {
         c.reset().await;
         assert!(!out.exists());
         assert_eq!(deliver(&mut c, "s@y", "a@x", b"kept\r\n").await.code, 250);
-        assert_eq!(std::fs::read(&out).unwrap(), b"kept\r\n");
+        assert_eq!(std::fs::read(&out).unwrap(), b"kept\n");
         // The spool file is unlinked: only `out` is in the directory.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

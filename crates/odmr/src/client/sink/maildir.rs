@@ -19,8 +19,12 @@
 //! - Local trouble (disk full, permissions, a path that is not a directory) is an operator's
 //!   problem and answers `4xx`, so mail stays queued at the provider instead of bouncing.
 //! - Blocking file-system calls run on tokio's blocking pool, never on the session's task.
+//! - Files have LF line ends unless `line_ends = "crlf"` (see [`super::line_ends`]), the added
+//!   headers included; `,S=` in the name is the size of the file as written.
 
+use super::line_ends::LineEnder;
 use super::{SinkCaps, SinkError};
+use crate::client::config::LineEnds;
 use odmr_proto::reply::Reply;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -36,7 +40,7 @@ pub const MAX_RECIPIENTS: usize = 100;
 const FLUSH_AT: usize = 64 * 1024;
 /// Longest value we put in one path component (NAME_MAX on common file systems).
 const MAX_COMPONENT: usize = 255;
-const EXAMPLE: &str = "deliver.maildir = \"/var/mail/{domain}/{local}\"";
+const EXAMPLE: &str = "maildir = \"/var/mail/{domain}/{local}\"";
 
 /// A template split into literal text and placeholders. Shared with the command sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +182,10 @@ enum Fault {
 pub struct Maildir {
     template: Vec<Part<Key>>,
     max_size: u64,
+    /// The line ends of the files ([`LineEnds::Lf`] unless set after `new`).
+    pub line_ends: LineEnds,
+    /// This message's conversion, started at DATA.
+    lines: LineEnder,
     sender: Option<String>,
     rcpts: Vec<Rcpt>,
     in_data: bool,
@@ -191,25 +199,37 @@ impl Maildir {
     /// `template` is an absolute path with `{domain}`, `{local}` or `{address}` placeholders,
     /// filled in per recipient; `max_size` 0 means no limit.
     pub fn new(template: &str, max_size: u64) -> Result<Self, SinkError> {
+        let invalid = |problem: String, fix: String| SinkError::Invalid {
+            key: "maildir",
+            value: template.to_string(),
+            problem,
+            fix,
+        };
         let parts = parse_template(template, Key::lookup).map_err(|e| {
-            SinkError::Invalid(format!(
-                "deliver.maildir: {e}; the placeholders are {{domain}}, {{local}} and {{address}}, \
-                 e.g. {EXAMPLE}"
-            ))
+            invalid(
+                e,
+                format!("the placeholders are {{domain}}, {{local}} and {{address}}, e.g. {EXAMPLE}"),
+            )
         })?;
         if !template.starts_with('/') {
-            return Err(SinkError::Invalid(format!(
-                "deliver.maildir must be an absolute path, not {template:?}; e.g. {EXAMPLE}"
-            )));
+            return Err(invalid(
+                "not an absolute path: where mail lands would depend on the directory the client \
+                 was started in"
+                    .into(),
+                format!("write the whole path, e.g. {EXAMPLE}"),
+            ));
         }
         if has_control(template) {
-            return Err(SinkError::Invalid(format!(
-                "deliver.maildir contains a control character: {template:?}; e.g. {EXAMPLE}"
-            )));
+            return Err(invalid(
+                "contains a control character".into(),
+                format!("e.g. {EXAMPLE}"),
+            ));
         }
         Ok(Maildir {
             template: parts,
             max_size,
+            line_ends: LineEnds::Lf,
+            lines: LineEnder::new(LineEnds::Lf),
             sender: None,
             rcpts: Vec::new(),
             in_data: false,
@@ -288,9 +308,12 @@ impl Maildir {
         }
         let rcpts = self.rcpts.clone();
         let s = sender.clone();
-        match blocking(move || open_copies(&s, &rcpts)).await {
+        let lines = LineEnder::new(self.line_ends);
+        let eol = lines.eol();
+        match blocking(move || open_copies(&s, &rcpts, eol)).await {
             Ok(copies) => {
                 self.copies = copies;
+                self.lines = lines;
                 self.in_data = true;
                 self.size = 0;
                 self.fault = None;
@@ -322,7 +345,7 @@ impl Maildir {
             self.discard();
             return;
         }
-        self.pending.extend_from_slice(chunk);
+        self.lines.push(chunk, &mut self.pending);
         if self.pending.len() >= FLUSH_AT {
             self.flush().await;
         }
@@ -333,8 +356,11 @@ impl Maildir {
             self.clear();
             return Reply::new(451, "4.3.0", "no message in progress");
         }
-        if self.fault.is_none() && !self.pending.is_empty() {
-            self.flush().await;
+        if self.fault.is_none() {
+            self.lines.finish(&mut self.pending);
+            if !self.pending.is_empty() {
+                self.flush().await;
+            }
         }
         let sender = self.sender.clone().unwrap_or_default();
         let reply = match self.fault.take() {
@@ -483,8 +509,9 @@ fn ensure_maildir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Open one temporary file per recipient and write its delivery headers.
-fn open_copies(sender: &str, rcpts: &[Rcpt]) -> Result<Vec<TmpFile>, String> {
+/// Open one temporary file per recipient and write its delivery headers, each line ended with
+/// `eol`.
+fn open_copies(sender: &str, rcpts: &[Rcpt], eol: &str) -> Result<Vec<TmpFile>, String> {
     let mut copies = Vec::with_capacity(rcpts.len());
     for r in rcpts {
         let name = unique_name();
@@ -504,7 +531,7 @@ fn open_copies(sender: &str, rcpts: &[Rcpt]) -> Result<Vec<TmpFile>, String> {
             written: 0,
             delivered: false,
         };
-        let header = format!("Return-Path: <{sender}>\r\nDelivered-To: {}\r\n", r.address);
+        let header = format!("Return-Path: <{sender}>{eol}Delivered-To: {}{eol}", r.address);
         copy.write(header.as_bytes())?;
         copies.push(copy);
     }
@@ -653,6 +680,17 @@ mod tests {
         b
     }
 
+    /// CRLF pairs to LF, octet by octet: what the default line ends make of a body.
+    fn lf(crlf: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(crlf.len());
+        for (i, &b) in crlf.iter().enumerate() {
+            if !(b == b'\r' && crlf.get(i + 1) == Some(&b'\n')) {
+                out.push(b);
+            }
+        }
+        out
+    }
+
     async fn send(m: &mut Maildir, from: &str, to: &[&str], body: &[u8]) -> Reply {
         m.mail(from, "BODY=8BITMIME").await.unwrap();
         for t in to {
@@ -696,8 +734,8 @@ mod tests {
             assert_eq!(new.len(), 1, "{new:?}");
             let got = std::fs::read(&new[0]).unwrap();
             let mut want =
-                format!("Return-Path: <sender@origin.example>\r\nDelivered-To: {rcpt}\r\n").into_bytes();
-            want.extend_from_slice(&body);
+                format!("Return-Path: <sender@origin.example>\nDelivered-To: {rcpt}\n").into_bytes();
+            want.extend_from_slice(&lf(&body));
             assert!(got == want, "content differs for {rcpt}");
             let name = new[0].file_name().unwrap().to_str().unwrap().to_string();
             assert!(name.ends_with(&format!(",S={}", want.len())), "{name}");
@@ -722,9 +760,43 @@ mod tests {
         let new = files(&root.path().join("a@x.example/new"));
         assert_eq!(new.len(), 2);
         let all: Vec<Vec<u8>> = new.iter().map(|p| std::fs::read(p).unwrap()).collect();
-        assert!(all.contains(&b"Return-Path: <>\r\nDelivered-To: a@x.example\r\none\r\n".to_vec()));
-        let two = b"Return-Path: <s@y.example>\r\nDelivered-To: a@X.example\r\ntwo\r\n";
+        assert!(all.contains(&b"Return-Path: <>\nDelivered-To: a@x.example\none\n".to_vec()));
+        let two = b"Return-Path: <s@y.example>\nDelivered-To: a@X.example\ntwo\n";
         assert!(all.contains(&two.to_vec()));
+    }
+
+    /// LF by default, the headers we add included, with a chunk boundary between a CR and its
+    /// LF and a bare CR kept; `line_ends = "crlf"` writes the bytes as received.
+    #[tokio::test]
+    async fn line_ends_are_lf_unless_crlf_is_asked_for() {
+        let chunks: [&[u8]; 4] = [b"Subject: a\r", b"\n\r\nbare\rCR, bare\nLF\r", b"\n\xff\r", b"\n"];
+        let cases = [
+            (
+                LineEnds::Lf,
+                &b"Return-Path: <s@y>\nDelivered-To: a@x.example\nSubject: a\n\nbare\rCR, bare\nLF\n\xff\n"[..],
+            ),
+            (
+                LineEnds::Crlf,
+                &b"Return-Path: <s@y>\r\nDelivered-To: a@x.example\r\nSubject: a\r\n\r\nbare\rCR, bare\nLF\r\n\xff\r\n"[..],
+            ),
+        ];
+        for (mode, want) in cases {
+            let root = tempfile::tempdir().unwrap();
+            let mut m = Maildir::new(&template(root.path()), 0).unwrap();
+            m.line_ends = mode;
+            m.mail("s@y", "").await.unwrap();
+            m.rcpt("a@x.example", "").await.unwrap();
+            m.data().await.unwrap();
+            for c in chunks {
+                m.body(c).await;
+            }
+            assert_eq!(m.end().await.code, 250);
+            let new = files(&root.path().join("x.example/a/new"));
+            let got = std::fs::read(&new[0]).unwrap();
+            assert_eq!(got, want, "{mode:?}: {}", String::from_utf8_lossy(&got));
+            let name = new[0].to_string_lossy().into_owned();
+            assert!(name.ends_with(&format!(",S={}", want.len())), "{mode:?}: {name}");
+        }
     }
 
     #[tokio::test]

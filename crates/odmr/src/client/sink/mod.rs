@@ -13,6 +13,7 @@
 //! this way no mixed result ever has to be folded into one reply.
 
 pub mod command;
+pub mod line_ends;
 pub mod maildir;
 pub mod relay;
 
@@ -31,8 +32,15 @@ pub struct SinkCaps {
 pub enum SinkError {
     #[error("cannot reach the local mail system at {target}: {reason}")]
     Unreachable { target: String, reason: String },
-    #[error("{0}")]
-    Invalid(String),
+    /// A `[provider.deliver]` value that cannot work: checked when the config is loaded, so
+    /// the client refuses to start rather than fail at every poll.
+    #[error("deliver.{key} = {value:?}: {problem}; {fix}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        problem: String,
+        fix: String,
+    },
 }
 
 pub enum Sink {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod customer;
 pub mod data;
 pub mod deliver;
+pub mod dialogue;
 pub mod dot;
 pub mod dsn;
 pub mod envelope;

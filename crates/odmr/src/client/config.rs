@@ -561,9 +561,19 @@ smtp = "127.0.0.1:25"
     #[test]
     fn the_example_config_is_valid() {
         let text = include_str!("../../../../odmr-client.example.toml");
-        let c = parse(text).unwrap();
+        // The trial's CA file is the provider's certificate, made at its first start; here one
+        // made for the test stands in for it.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("cert.pem");
+        crate::net::tls::write_self_signed(&ca, &dir.path().join("key.pem"), &["localhost".into()]).unwrap();
+        let trial = "ca_file = \"./odmr-tls/cert.pem\"";
+        assert!(text.contains(trial), "the example trusts the trial certificate");
+        let text = text.replace(trial, &format!("ca_file = {:?}", ca.display().to_string()));
+        let c = parse(&text).unwrap();
         assert_eq!(c.providers[0].tls, TlsMode::StartTls);
-        assert_eq!(c.providers[0].port, 366);
+        assert_eq!(c.providers[0].host, "localhost");
+        assert_eq!(c.providers[0].port, 10366);
+        assert_eq!(c.providers[0].user, "acme");
         assert_eq!(c.providers[0].mode, Mode::Atrn);
         // The commented ETRN provider is valid once uncommented (its password as a value, as
         // the file named does not exist here).

@@ -13,6 +13,7 @@
 //!   and the splice would lose sight of the session inside TLS).
 
 use crate::net::conn::Conn;
+use odmr_proto::dialogue::Event;
 use odmr_proto::splice_observer::SpliceObserver;
 use odmr_proto::starttls_filter::StartTlsFilter;
 use std::time::Duration;
@@ -33,6 +34,13 @@ pub struct Spliced {
 pub async fn splice(provider: Conn, local: Conn, idle: Duration) -> Spliced {
     let mut out = Spliced::default();
     let mut watch = SpliceObserver::new();
+    // The spliced dialogue in the debug transcript, as the other connections have it.
+    let transcript = tracing::enabled!(target: crate::net::transcript::TARGET, tracing::Level::DEBUG);
+    let mut log = |e: Event<'_>| {
+        if transcript {
+            crate::net::transcript::log(e);
+        }
+    };
     let (Some((p_stream, pending)), Some((l_stream, _))) = (provider.into_parts(), local.into_parts()) else {
         out.error = Some("connection already closed".into());
         return out;
@@ -45,7 +53,7 @@ pub async fn splice(provider: Conn, local: Conn, idle: Duration) -> Spliced {
             return out;
         }
         out.to_local += pending.len() as u64;
-        watch.provider(&pending);
+        watch.provider_seen(&pending, &mut log);
     }
     let mut pbuf = vec![0u8; 64 * 1024];
     let mut lbuf = vec![0u8; 64 * 1024];
@@ -87,10 +95,10 @@ pub async fn splice(provider: Conn, local: Conn, idle: Duration) -> Spliced {
             }
             if from_provider {
                 out.to_local += bytes.len() as u64;
-                watch.provider(bytes);
+                watch.provider_seen(bytes, &mut log);
             } else {
                 out.to_provider += bytes.len() as u64;
-                watch.local(bytes);
+                watch.local_seen(bytes, &mut log);
             }
         }
         if n == 0 {

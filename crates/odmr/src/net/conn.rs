@@ -8,6 +8,7 @@
 //! - Reads are bounded in size per call; the machines consume or discard what they read, so the
 //!   buffer stays bounded too.
 
+use super::transcript::Transcript;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct Conn {
     /// SHA-256 of the client certificate the peer presented in the TLS handshake (verified
     /// against `[tls] client_ca`), for SASL EXTERNAL.
     pub client_cert: Option<[u8; 32]>,
+    /// The debug transcript of the dialogue, when debug logging asks for it.
+    transcript: Option<Box<Transcript>>,
 }
 
 impl Conn {
@@ -67,6 +70,8 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_CHUNK),
             peer,
             client_cert: None,
+            // An accepted connection: the peer is the client (until an ODMR turnaround).
+            transcript: Transcript::new(false),
         }
     }
 
@@ -84,7 +89,12 @@ impl Conn {
             }
         };
         match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => Ok(r?),
+            Ok(r) => {
+                let mut conn = r?;
+                // We connected: we are the client (until an ODMR turnaround).
+                conn.transcript = Transcript::new(true);
+                Ok(conn)
+            }
             Err(_) => Err(ConnError::ConnectTimeout(timeout)),
         }
     }
@@ -179,9 +189,16 @@ impl Conn {
     /// Read more input. `Ok(0)` means the peer closed the connection.
     pub async fn fill(&mut self, timeout: Duration) -> Result<usize, ConnError> {
         self.buf.reserve(READ_CHUNK);
+        let before = self.buf.len();
         let stream = self.stream.as_mut().ok_or(ConnError::Closed)?;
         match tokio::time::timeout(timeout, stream.read_buf(&mut self.buf)).await {
-            Ok(r) => Ok(r?),
+            Ok(r) => {
+                let n = r?;
+                if let Some(t) = self.transcript.as_mut() {
+                    t.received(&self.buf[before..]);
+                }
+                Ok(n)
+            }
             Err(_) => Err(ConnError::ReadTimeout(timeout)),
         }
     }
@@ -190,6 +207,9 @@ impl Conn {
     pub async fn send(&mut self, out: &mut Vec<u8>, timeout: Duration) -> Result<(), ConnError> {
         if out.is_empty() {
             return Ok(());
+        }
+        if let Some(t) = self.transcript.as_mut() {
+            t.sent(out);
         }
         let line_records = self.line_records;
         let stream = self.stream()?;

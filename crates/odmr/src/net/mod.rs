@@ -2,3 +2,4 @@
 
 pub mod conn;
 pub mod tls;
+pub mod transcript;

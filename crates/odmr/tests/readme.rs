@@ -4,9 +4,13 @@
 //!   repository; both listeners must greet, and SIGTERM must stop it cleanly;
 //! - the second (run the tests) must be the command `.ci/run` runs.
 //!
+//! - the walkthrough of "Trying it on one machine" then runs against that provider, command by
+//!   command as written (the example configs must work together out of the box).
+//!
 //! The example config listens on fixed loopback ports (a newcomer wants to know where to
-//! connect), and this machine is shared, so the first command runs in a network namespace of
-//! its own (`unshare -n`, root or user namespaces), where those ports are always free.
+//! connect), and this machine is shared, so the first command runs in network and mount
+//! namespaces of its own (`unshare -nm`, root or user namespaces), where those ports are always
+//! free and /tmp is private.
 
 mod common;
 
@@ -17,15 +21,23 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The README's opening commands: the lines of its first `sh` block, comments stripped.
-fn readme_commands() -> Vec<String> {
+/// The first `sh` block of the README after `heading` (from the start for "").
+fn readme_block(heading: &str) -> String {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
-    let block = readme
+    let after = readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("README.md has no {heading:?}"));
+    readme[after..]
         .split("```sh\n")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
-        .expect("README.md opens with a ```sh block of commands");
-    block
+        .unwrap_or_else(|| panic!("README.md has no ```sh block after {heading:?}"))
+        .to_string()
+}
+
+/// The README's opening commands: the lines of its first `sh` block, comments stripped.
+fn readme_commands() -> Vec<String> {
+    readme_block("")
         .lines()
         .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
         .filter(|l| !l.is_empty())
@@ -53,16 +65,17 @@ fn readme_opens_with_the_two_commands_and_ci_runs_the_second() {
     );
 }
 
-/// A command prefix that runs its arguments in a new network namespace with loopback up, or
-/// `None` (with the reason) where namespaces are not allowed.
+/// A command prefix that runs its arguments in new network and mount namespaces, with loopback
+/// up and a private /tmp, or the reason why it cannot.
 fn isolated_network() -> Result<Vec<String>, String> {
     let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .ok_or("`ip` is not installed (Debian package iproute2)")?;
-    let script = format!("{ip} link set lo up && exec \"$0\" \"$@\"");
-    // As root a plain network namespace; otherwise one inside a user namespace, if allowed.
-    for flags in ["-n", "-rn"] {
+    // A /tmp of its own too: the walkthrough writes to a fixed place there (/tmp/odmr-mail).
+    let script = format!("mount -t tmpfs tmpfs /tmp && {ip} link set lo up && exec \"$0\" \"$@\"");
+    // As root plain namespaces; otherwise inside a user namespace, if allowed.
+    for flags in ["-nm", "-rnm"] {
         let ok = Command::new("unshare")
             .args([flags, "sh", "-c", &script, "true"])
             .stderr(Stdio::null())
@@ -72,7 +85,7 @@ fn isolated_network() -> Result<Vec<String>, String> {
             return Ok(["unshare", flags, "sh", "-c", &script].map(String::from).to_vec());
         }
     }
-    Err("cannot make a network namespace here (`unshare -n` needs root or user namespaces)".into())
+    Err("cannot make network and mount namespaces here (`unshare -nm` needs root or user namespaces)".into())
 }
 
 #[test]
@@ -88,6 +101,10 @@ fn readme_first_command_runs_the_provider_from_a_fresh_clone() {
     let Some(python) = common::peer("python3", "python3") else {
         return;
     };
+    // The walkthrough sends its message with swaks.
+    if common::peer("swaks", "swaks").is_none() {
+        return;
+    }
     let netns = match isolated_network() {
         Ok(prefix) => prefix,
         Err(why) => {
@@ -154,6 +171,7 @@ fn readme_first_command_runs_the_provider_from_a_fresh_clone() {
         .env("CARGO_TARGET_DIR", &target)
         // Everything is built: the command must not need the network (there is none here).
         .env("CARGO_NET_OFFLINE", "true")
+        .env("README_TRIAL", readme_block("## Trying it on one machine"))
         .output()
         .expect("run the probe");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -169,5 +187,9 @@ fn readme_first_command_runs_the_provider_from_a_fresh_clone() {
             "{a} did not greet:\n{stdout}"
         );
     }
+    assert!(
+        stdout.contains("trial: ok"),
+        "the walkthrough did not run:\n{stdout}"
+    );
     assert!(stdout.contains("stopped"), "no clean stop logged:\n{stdout}");
 }

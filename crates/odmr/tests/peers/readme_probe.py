@@ -4,8 +4,10 @@ Usage: readme_probe.py DIR COMMAND HOSTNAME ADDR [ADDR ...]
 
 COMMAND runs through the shell in DIR (a fresh clone), in a process group of its own. Each ADDR
 (host:port, the listeners of the example config) must accept a connection and greet with
-`220 HOSTNAME`, and answer QUIT with 221. Then the group gets SIGTERM, as an operator's Ctrl-C
-or a service manager would send it, and the server must stop cleanly (exit status 0) within 30 s.
+`220 HOSTNAME`, and answer QUIT with 221. Then the shell commands in $README_TRIAL (the README's
+walkthrough), if set, must all succeed against that provider. Then the group gets SIGTERM, as an
+operator's Ctrl-C or a service manager would send it, and the server must stop cleanly (exit
+status 0) within 30 s.
 
 Exit status 0 when all of that held; otherwise 1, with the reason and the command's output.
 """
@@ -71,6 +73,22 @@ def main():
             fail("%s answered QUIT with %r" % (addr, bye))
         s.close()
         print("%s: %s" % (addr, greeting.strip()))
+
+    # The README's walkthrough against this provider, as a newcomer types it: each command
+    # must succeed (sh -e), with the binary the first command built on PATH.
+    trial = os.environ.get("README_TRIAL")
+    if trial:
+        env = dict(os.environ)
+        env["PATH"] = os.path.join(env["CARGO_TARGET_DIR"], "release") + ":" + env["PATH"]
+        run = subprocess.run(["sh", "-e", "-x", "-c", trial], cwd=directory, env=env,
+                             stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+        print("--- trial ---\n%s%s" % (run.stdout.decode("utf-8", "replace"),
+                                       run.stderr.decode("utf-8", "replace")))
+        if run.returncode != 0:
+            fail("the README's walkthrough failed (status %d):\n%s%s" % (
+                run.returncode, run.stdout.decode("utf-8", "replace"),
+                run.stderr.decode("utf-8", "replace")))
+        print("trial: ok")
 
     os.killpg(proc.pid, signal.SIGTERM)
     try:

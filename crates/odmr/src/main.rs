@@ -6,11 +6,7 @@
 //! its own default path and environment variable: an operator's `ODMR_CONFIG` never points a
 //! client on the same host at the server's file.
 
-mod cli;
-mod client;
-mod config;
-mod net;
-mod server;
+use odmr::{cli, client, config, server};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -26,8 +26,10 @@ STARTUP = 120  # seconds for the server to listen (the build was done beforehand
 def main():
     directory, command, hostname = sys.argv[1], sys.argv[2], sys.argv[3]
     addrs = sys.argv[4:]
+    # `exec`: the shell becomes the command (and `cargo run` becomes the server it runs), so
+    # the status we read is the server's own.
     proc = subprocess.Popen(
-        command,
+        "exec " + command,
         shell=True,
         cwd=directory,
         stdin=subprocess.DEVNULL,

@@ -9,6 +9,7 @@
 mod cli;
 mod client;
 mod config;
+mod logging;
 mod net;
 mod server;
 
@@ -71,21 +72,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Log lines are written by a thread of their own, so a slow reader of stderr (a pipe to a
-    // supervisor) never stalls a session, and a line per message costs the session a queue
-    // push, not a write. Not lossy: when the queue is full, the logging thread is waited for.
-    // The guard flushes what is queued when `main` returns.
-    let (log_writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("odmr-log")
-        .finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_writer(log_writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ODMR_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // Held to the end of `main`: dropping it flushes the queued log lines.
+    let _log_guard = logging::init();
     let is_client = matches!(cli.command, Command::Client { .. });
     // The client is a handful of connections, each a chain of round trips (provider, local MTA):
     // on one thread a reply wakes its task without a hand-off between threads, which is most

@@ -1,0 +1,67 @@
+//! What odmr says when it starts: the filter `ODMR_LOG` asks for (a bad value must not hide
+//! errors), the version and files it runs with, and whether its store was created or upgraded.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A client config whose one provider listens nowhere: its poll fails at once.
+fn client_config(dir: &Path) -> PathBuf {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let path = dir.join("client.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "hostname = \"customer.test\"\n[[provider]]\nname = \"isp\"\nhost = \"127.0.0.1\"\n\
+             port = {port}\nuser = \"acme\"\npassword = \"pw\"\ndomains = [\"example.org\"]\n\
+             tls = \"none\"\ntimeout = \"5s\"\n[provider.deliver]\nsmtp = \"127.0.0.1:25\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `odmr client --once` with `ODMR_LOG` set to `log`; returns (status, stderr).
+fn client_once(config: &Path, log: &str) -> (i32, String) {
+    let out = Command::new(common::BIN)
+        .args(["client", "--once", "--config"])
+        .arg(config)
+        .env("ODMR_LOG", log)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run odmr client");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `tracing_subscriber` would read `verbose` as a target name and show nothing at all: the
+/// poll's error would vanish. odmr refuses the value, says so, and logs at `info`.
+#[test]
+fn an_invalid_odmr_log_is_refused_and_errors_still_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = client_config(dir.path());
+    let (st, err) = client_once(&cfg, "verbose");
+    assert_eq!(st, 2, "{err}");
+    assert!(err.contains("ERROR") && err.contains("poll failed"), "{err}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("ODMR_LOG"))
+        .unwrap_or_else(|| panic!("no warning about ODMR_LOG:\n{err}"));
+    assert!(
+        warning.contains("\"verbose\"")
+            && warning.contains("error, warn, info, debug, trace, off")
+            && warning.contains("target=level"),
+        "{warning}"
+    );
+
+    // A valid value gets no warning, and `off` is obeyed.
+    let (_, err) = client_once(&cfg, "warn,odmr=error");
+    assert!(err.contains("poll failed") && !err.contains("ODMR_LOG"), "{err}");
+    let (st, err) = client_once(&cfg, "off");
+    assert_eq!((st, err.as_str()), (2, ""));
+}

@@ -100,6 +100,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// This build's version, as the startup line and `--version` show it.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The default config files and the variables that override them (see the module comment).
 const SERVER_CONFIG: (&str, &str) = ("ODMR_CONFIG", "/etc/odmr/odmr.toml");
 const CLIENT_CONFIG: (&str, &str) = ("ODMR_CLIENT_CONFIG", "/etc/odmr/odmr-client.toml");
@@ -136,6 +139,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Err(e) => return Err(e.into()),
         };
+        // First in the log: which version runs, with which file (several client configs may
+        // run on one machine).
+        tracing::info!(config = %path.display(), "odmr {VERSION} client starting");
         if once {
             return Ok(client::once(&cfg).await);
         }
@@ -144,7 +150,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     let cfg = config::Config::load(&config_path(cli.config, SERVER_CONFIG))?;
     match cli.command {
-        Command::Server => server::run(cfg).await?,
+        Command::Server => {
+            // First in the log, before the store is opened (or created): which version runs,
+            // with which files. The operators' commands say nothing: their stderr is for errors.
+            tracing::info!(
+                config = %cfg.path.display(),
+                store = %cfg.store_path.display(),
+                "odmr {VERSION} starting"
+            );
+            server::run(cfg).await?
+        }
         Command::Account(c) => cli::account::account(&cfg, c).await?,
         Command::Domain(c) => cli::domain::domain(&cfg, c).await?,
         Command::Queue(c) => cli::queue::queue(&cfg, c).await?,

@@ -65,3 +65,32 @@ fn an_invalid_odmr_log_is_refused_and_errors_still_show() {
     let (st, err) = client_once(&cfg, "off");
     assert_eq!((st, err.as_str()), (2, ""));
 }
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The first line of the server's log names its version, its config file and its store; the
+/// client's names its version and config file.
+#[test]
+fn the_first_line_names_the_version_and_the_files() {
+    let s = common::Server::start();
+    let log = s.log();
+    let first = log.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("INFO")
+            && first.contains(&format!("odmr {VERSION} starting"))
+            && first.contains(&format!("config={}", s.config.display()))
+            && first.contains(&format!("store={}", s.dir.path().join("store").display())),
+        "{log}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = client_config(dir.path());
+    let (_, err) = client_once(&cfg, "info");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("INFO")
+            && first.contains(&format!("odmr {VERSION} client starting"))
+            && first.contains(&format!("config={}", cfg.display())),
+        "{err}"
+    );
+}

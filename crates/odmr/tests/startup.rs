@@ -94,3 +94,29 @@ fn the_first_line_names_the_version_and_the_files() {
         "{err}"
     );
 }
+
+/// A new store says it was created (once), not that its schema was upgraded; opening it again
+/// says nothing.
+#[test]
+fn a_new_store_is_created_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let cfg = dir.path().join("odmr.toml");
+    std::fs::write(
+        &cfg,
+        format!("hostname = \"h.test\"\n[store]\npath = \"{}\"\n", store.display()),
+    )
+    .unwrap();
+    let (st, _, err) = common::cli_with(&cfg, &["account", "list"], None);
+    assert_eq!(st, 0, "{err}");
+    let created: Vec<&str> = err.lines().filter(|l| l.contains("store created")).collect();
+    assert_eq!(created.len(), 1, "{err}");
+    assert!(
+        created[0].contains(&format!("path={}", store.join("odmr.db").display()))
+            && created[0].contains(" version="),
+        "{err}"
+    );
+    assert!(!err.contains("upgraded"), "{err}");
+    let (st, _, err) = common::cli_with(&cfg, &["account", "list"], None);
+    assert_eq!((st, err.as_str()), (0, ""));
+}

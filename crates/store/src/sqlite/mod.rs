@@ -52,6 +52,7 @@ pub const DB_FILE: &str = "odmr.db";
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_queue_life.sql"),
+    include_str!("../../migrations/sqlite/0003_lease_broken.sql"),
 ];
 
 /// How long a statement waits for another process's write lock.
@@ -129,6 +130,20 @@ fn state_of(s: &str) -> Result<RecipientState, StoreError> {
 
 fn size_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+/// Why a lease no longer holds all its domains: [`StoreError::LeaseBroken`] if the operator
+/// broke it, [`StoreError::LeaseLost`] otherwise (it expired and was taken over, or released).
+async fn lease_lost(tx: &mut Transaction<'static, Sqlite>, lease: &Lease) -> Result<StoreError, StoreError> {
+    let broken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lease_broken WHERE token = ?)")
+        .bind(&lease.token)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(if broken {
+        StoreError::LeaseBroken
+    } else {
+        StoreError::LeaseLost
+    })
 }
 
 /// What opening a store did to its schema.
@@ -529,8 +544,9 @@ impl SqliteStore {
             .await?
             .rows_affected();
         if renewed != lease.domains.len() as u64 {
+            let lost = lease_lost(&mut tx, lease).await?;
             tx.rollback().await?;
-            return Err(StoreError::LeaseLost);
+            return Err(lost);
         }
         tx.commit().await?;
         Ok(())
@@ -655,7 +671,7 @@ impl SqliteStore {
                 .into_iter()
                 .collect();
         if live.len() != lease.domains.len() {
-            return Err(StoreError::LeaseLost);
+            return Err(lease_lost(&mut tx, lease).await?);
         }
         // A recipient named twice takes its last outcome (as if recorded one after the other).
         let mut last = HashMap::with_capacity(outcomes.len());

@@ -10,7 +10,7 @@ mod auth;
 pub mod bounce;
 mod deliver;
 mod etrn;
-mod lease;
+pub mod lease;
 pub mod limits;
 mod lookup_cache;
 mod mx;

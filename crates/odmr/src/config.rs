@@ -31,7 +31,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    hostname: String,
+    /// Required; optional here so that its absence gets a message of ours: serde's "missing
+    /// field" points at line 1, column 1, which is usually a comment.
+    hostname: Option<String>,
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
@@ -352,11 +354,20 @@ impl Config {
             problem: problem.to_string(),
             fix: fix.to_string(),
         };
-        let hostname = raw.hostname.trim().to_string();
+        let Some(raw_hostname) = raw.hostname.as_deref() else {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                // At the top: in TOML, a key after a [table] header belongs to that table.
+                message: "hostname is missing; add hostname = \"odmr.example.net\" (this server's \
+                          fully qualified name) at the top of the file"
+                    .into(),
+            });
+        };
+        let hostname = raw_hostname.trim().to_string();
         if hostname.is_empty() || hostname.contains(char::is_whitespace) {
             return Err(invalid(
                 "hostname",
-                &raw.hostname,
+                raw_hostname,
                 "not a host name",
                 "set it to this server's fully qualified name, e.g. \"odmr.example.net\"",
             ));
@@ -699,6 +710,25 @@ listen = ["0.0.0.0:366"]
         .unwrap();
         assert_eq!(c.smtp.max_message_size, 50 * 1024 * 1024);
         assert_eq!(c.odmr.listen[0].port(), 366);
+    }
+
+    /// serde would say "missing field `hostname`" at line 1, column 1, often a comment.
+    #[test]
+    fn a_missing_hostname_says_what_to_add_and_where() {
+        let want = "config file odmr.toml: hostname is missing; add hostname = \"odmr.example.net\" \
+                    (this server's fully qualified name) at the top of the file";
+        for text in ["# odmr server\n[store]\npath = \"/var/lib/odmr\"\n", ""] {
+            let e = parse(text).unwrap_err().to_string();
+            assert_eq!(e, want, "{text:?}");
+        }
+        // Another mistake in the same file is still named first; so is a hostname put under a
+        // table, with the line where it is.
+        let e = parse("[smtp]\nlisen = []\n").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = parse("[smtp]\nhostname = \"h.example\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hostname") && e.contains("line 2"), "{e}");
     }
 
     #[test]

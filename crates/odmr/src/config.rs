@@ -650,15 +650,42 @@ impl Config {
 
     /// The error for a store that cannot be opened, naming the key and the fix.
     pub fn store_error(&self, err: impl std::fmt::Display) -> ConfigError {
+        // A file where the store's directory (or one above it) should be is not a question of
+        // permissions: the system's "File exists" or "Not a directory" would send the reader
+        // after the wrong fix.
+        let (problem, fix) = match file_in_the_way(&self.store_path) {
+            Some(file) => (
+                if file == self.store_path {
+                    "that is a file, not a directory".to_string()
+                } else {
+                    format!("{} is a file, not a directory", file.display())
+                },
+                "point [store] path at a directory (it is created if missing)",
+            ),
+            None => (
+                format!("cannot open the store there ({err})"),
+                "make the directory writable by the user running odmr, or set [store] path to another directory",
+            ),
+        };
         ConfigError::Invalid {
             path: self.path.clone(),
             key: "store.path".into(),
             value: self.store_path.display().to_string(),
-            problem: format!("cannot open the store there ({err})"),
-            fix: "make the directory writable by the user running odmr, or set [store] path to another directory"
-                .into(),
+            problem,
+            fix: fix.into(),
         }
     }
+}
+
+/// The nearest existing path among `dir` and its parents, if it is not a directory.
+fn file_in_the_way(dir: &Path) -> Option<&Path> {
+    for p in dir.ancestors() {
+        // A path that cannot be looked at (missing, or below a file) says nothing: go up.
+        if let Ok(m) = std::fs::metadata(p) {
+            return (!m.is_dir()).then_some(p);
+        }
+    }
+    None
 }
 
 /// A size with an optional binary unit: `1024`, `500k`, `10M`, `1G`, `50MiB` (K = 1024).
@@ -859,6 +886,17 @@ listen = ["0.0.0.0:366"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("queue.delay_warning") && e.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn a_file_in_the_way_of_the_store_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert_eq!(file_in_the_way(&file), Some(file.as_path()));
+        assert_eq!(file_in_the_way(&file.join("a/b")), Some(file.as_path()));
+        assert_eq!(file_in_the_way(dir.path()), None);
+        assert_eq!(file_in_the_way(&dir.path().join("new/store")), None);
     }
 
     #[test]

@@ -56,7 +56,32 @@ fn config_errors_name_the_file_the_key_and_the_fix() {
         ),
     );
     let err = server_fails(&cfg);
-    assert!(err.contains("store.path") && err.contains("writable"), "{err}");
+    let fix = "point [store] path at a directory (it is created if missing)";
+    assert!(
+        err.contains(&format!(
+            "store.path = {:?}: {} is a file, not a directory; {fix}",
+            dir.path().join("file/store").display().to_string(),
+            dir.path().join("file").display()
+        )) && !err.contains("writable"),
+        "{err}"
+    );
+    // The store's path itself is a file: the operators' commands say so too.
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "hostname = \"h.test\"\n[store]\npath = \"{}\"\n",
+            dir.path().join("file").display()
+        ),
+    );
+    let (st, _, err) = cli_with(&cfg, &["account", "list"], None);
+    assert_eq!(st, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "store.path = {:?}: that is a file, not a directory; {fix}",
+            dir.path().join("file").display().to_string()
+        )) && !err.contains("writable"),
+        "{err}"
+    );
 
     let err = server_fails(&dir.path().join("missing.toml"));
     assert!(err.contains("missing.toml") && err.contains("--config"), "{err}");

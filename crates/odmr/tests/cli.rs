@@ -101,7 +101,45 @@ fn listener_that_cannot_bind_is_named() {
     );
     let err = server_fails(&cfg);
     assert!(
-        err.contains("smtp.listen") && err.contains(&addr.to_string()),
+        err.contains(&format!("smtp.listen: cannot listen on {addr}"))
+            && err.contains(
+                "another program (or another odmr server) already listens there; stop it or \
+                 choose another address"
+            )
+            && !err.contains("1024"),
+        "{err}"
+    );
+
+    // The ODMR port is taken: the MX listener, bound first, was never announced, so nothing
+    // (a test harness, an operator) is told of an address that closes at once.
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "hostname = \"h.test\"\n[store]\npath = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\
+             [odmr]\nlisten = [\"{addr}\"]\n",
+            dir.path().join("s").display()
+        ),
+    );
+    let err = server_fails(&cfg);
+    assert!(
+        err.contains(&format!("odmr.listen: cannot listen on {addr}")) && !err.contains("listening"),
+        "{err}"
+    );
+
+    // An address this machine does not have (TEST-NET-1, RFC 5737).
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "hostname = \"h.test\"\n[store]\npath = \"{}\"\n[smtp]\nlisten = [\"192.0.2.1:0\"]\n\
+             [odmr]\nlisten = []\n",
+            dir.path().join("s").display()
+        ),
+    );
+    let err = server_fails(&cfg);
+    assert!(
+        err.contains("smtp.listen: cannot listen on 192.0.2.1:0")
+            && err.contains("this machine has no such address")
+            && !err.contains("1024"),
         "{err}"
     );
 }

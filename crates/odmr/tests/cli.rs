@@ -144,6 +144,46 @@ fn listener_that_cannot_bind_is_named() {
     );
 }
 
+/// `odmr domain add` and `odmr account add --domain` refuse a malformed domain and say what
+/// one looks like.
+#[test]
+fn an_invalid_domain_says_what_a_domain_looks_like() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "hostname = \"h.test\"\n[store]\npath = \"{}\"\n",
+            dir.path().join("store").display()
+        ),
+    );
+    let want = "odmr: invalid domain \"not a domain\": a domain is a name such as \"example.org\": \
+                letters, digits and hyphens in labels separated by dots, no spaces\n";
+    let add = [
+        "account",
+        "add",
+        "acme",
+        "--domain",
+        "example.org",
+        "--password-stdin",
+    ];
+    let (st, _, err) = cli_with(&cfg, &add, Some("pw\n"));
+    assert_eq!(st, 0, "{err}");
+    let (st, _, err) = cli_with(&cfg, &["domain", "add", "acme", "not a domain"], None);
+    assert_eq!(st, 1);
+    assert!(err.ends_with(want), "{err}");
+    let add = [
+        "account",
+        "add",
+        "other",
+        "--domain",
+        "not a domain",
+        "--password-stdin",
+    ];
+    let (st, _, err) = cli_with(&cfg, &add, Some("pw\n"));
+    assert_eq!(st, 1);
+    assert!(err.ends_with(want), "{err}");
+}
+
 #[test]
 fn accounts_and_domains() {
     let s = Server::start();

@@ -353,7 +353,11 @@ pub enum StoreError {
     DomainTaken { domain: String, owner: String },
     #[error("domain {0} does not belong to any account")]
     DomainNotFound(String),
-    #[error("invalid domain {0:?}")]
+    // Shown as is by the operators' commands: it says what would be accepted.
+    #[error(
+        "invalid domain {0:?}: a domain is a name such as \"example.org\": letters, digits and \
+         hyphens in labels separated by dots, no spaces"
+    )]
     InvalidDomain(String),
     #[error("invalid account name {0:?}")]
     InvalidAccountName(String),

@@ -31,7 +31,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    hostname: String,
+    /// Required; optional here so that its absence gets a message of ours: serde's "missing
+    /// field" points at line 1, column 1, which is usually a comment.
+    hostname: Option<String>,
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
@@ -352,11 +354,20 @@ impl Config {
             problem: problem.to_string(),
             fix: fix.to_string(),
         };
-        let hostname = raw.hostname.trim().to_string();
+        let Some(raw_hostname) = raw.hostname.as_deref() else {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                // At the top: in TOML, a key after a [table] header belongs to that table.
+                message: "hostname is missing; add hostname = \"odmr.example.net\" (this server's \
+                          fully qualified name) at the top of the file"
+                    .into(),
+            });
+        };
+        let hostname = raw_hostname.trim().to_string();
         if hostname.is_empty() || hostname.contains(char::is_whitespace) {
             return Err(invalid(
                 "hostname",
-                &raw.hostname,
+                raw_hostname,
                 "not a host name",
                 "set it to this server's fully qualified name, e.g. \"odmr.example.net\"",
             ));
@@ -639,15 +650,42 @@ impl Config {
 
     /// The error for a store that cannot be opened, naming the key and the fix.
     pub fn store_error(&self, err: impl std::fmt::Display) -> ConfigError {
+        // A file where the store's directory (or one above it) should be is not a question of
+        // permissions: the system's "File exists" or "Not a directory" would send the reader
+        // after the wrong fix.
+        let (problem, fix) = match file_in_the_way(&self.store_path) {
+            Some(file) => (
+                if file == self.store_path {
+                    "that is a file, not a directory".to_string()
+                } else {
+                    format!("{} is a file, not a directory", file.display())
+                },
+                "point [store] path at a directory (it is created if missing)",
+            ),
+            None => (
+                format!("cannot open the store there ({err})"),
+                "make the directory writable by the user running odmr, or set [store] path to another directory",
+            ),
+        };
         ConfigError::Invalid {
             path: self.path.clone(),
             key: "store.path".into(),
             value: self.store_path.display().to_string(),
-            problem: format!("cannot open the store there ({err})"),
-            fix: "make the directory writable by the user running odmr, or set [store] path to another directory"
-                .into(),
+            problem,
+            fix: fix.into(),
         }
     }
+}
+
+/// The nearest existing path among `dir` and its parents, if it is not a directory.
+fn file_in_the_way(dir: &Path) -> Option<&Path> {
+    for p in dir.ancestors() {
+        // A path that cannot be looked at (missing, or below a file) says nothing: go up.
+        if let Ok(m) = std::fs::metadata(p) {
+            return (!m.is_dir()).then_some(p);
+        }
+    }
+    None
 }
 
 /// A size with an optional binary unit: `1024`, `500k`, `10M`, `1G`, `50MiB` (K = 1024).
@@ -699,6 +737,25 @@ listen = ["0.0.0.0:366"]
         .unwrap();
         assert_eq!(c.smtp.max_message_size, 50 * 1024 * 1024);
         assert_eq!(c.odmr.listen[0].port(), 366);
+    }
+
+    /// serde would say "missing field `hostname`" at line 1, column 1, often a comment.
+    #[test]
+    fn a_missing_hostname_says_what_to_add_and_where() {
+        let want = "config file odmr.toml: hostname is missing; add hostname = \"odmr.example.net\" \
+                    (this server's fully qualified name) at the top of the file";
+        for text in ["# odmr server\n[store]\npath = \"/var/lib/odmr\"\n", ""] {
+            let e = parse(text).unwrap_err().to_string();
+            assert_eq!(e, want, "{text:?}");
+        }
+        // Another mistake in the same file is still named first; so is a hostname put under a
+        // table, with the line where it is.
+        let e = parse("[smtp]\nlisen = []\n").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = parse("[smtp]\nhostname = \"h.example\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hostname") && e.contains("line 2"), "{e}");
     }
 
     #[test]
@@ -829,6 +886,17 @@ listen = ["0.0.0.0:366"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("queue.delay_warning") && e.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn a_file_in_the_way_of_the_store_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert_eq!(file_in_the_way(&file), Some(file.as_path()));
+        assert_eq!(file_in_the_way(&file.join("a/b")), Some(file.as_path()));
+        assert_eq!(file_in_the_way(dir.path()), None);
+        assert_eq!(file_in_the_way(&dir.path().join("new/store")), None);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! its own default path and environment variable: an operator's `ODMR_CONFIG` never points a
 //! client on the same host at the server's file.
 
+mod logging;
+
 use odmr::{cli, client, config, server};
 
 use clap::{Parser, Subcommand};
@@ -67,21 +69,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Log lines are written by a thread of their own, so a slow reader of stderr (a pipe to a
-    // supervisor) never stalls a session, and a line per message costs the session a queue
-    // push, not a write. Not lossy: when the queue is full, the logging thread is waited for.
-    // The guard flushes what is queued when `main` returns.
-    let (log_writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("odmr-log")
-        .finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_writer(log_writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ODMR_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // Held to the end of `main`: dropping it flushes the queued log lines.
+    let _log_guard = logging::init();
     let is_client = matches!(cli.command, Command::Client { .. });
     // The client is a handful of connections, each a chain of round trips (provider, local MTA):
     // on one thread a reply wakes its task without a hand-off between threads, which is most
@@ -107,6 +96,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// This build's version, as the startup line and `--version` show it.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The default config files and the variables that override them (see the module comment).
 const SERVER_CONFIG: (&str, &str) = ("ODMR_CONFIG", "/etc/odmr/odmr.toml");
@@ -144,6 +136,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Err(e) => return Err(e.into()),
         };
+        // First in the log: which version runs, with which file (several client configs may
+        // run on one machine).
+        tracing::info!(config = %path.display(), "odmr {VERSION} client starting");
         if once {
             return Ok(client::once(&cfg).await);
         }
@@ -152,7 +147,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     let cfg = config::Config::load(&config_path(cli.config, SERVER_CONFIG))?;
     match cli.command {
-        Command::Server => server::run(cfg).await?,
+        Command::Server => {
+            // First in the log, before the store is opened (or created): which version runs,
+            // with which files. The operators' commands say nothing: their stderr is for errors.
+            tracing::info!(
+                config = %cfg.path.display(),
+                store = %cfg.store_path.display(),
+                "odmr {VERSION} starting"
+            );
+            server::run(cfg).await?
+        }
         Command::Account(c) => cli::account::account(&cfg, c).await?,
         Command::Domain(c) => cli::domain::domain(&cfg, c).await?,
         Command::Queue(c) => cli::queue::queue(&cfg, c).await?,

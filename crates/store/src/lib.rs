@@ -14,6 +14,11 @@
 //! - **A lease row per domain is the only lock.** Delivery for a domain happens only under a lease;
 //!   every outcome written under a lease checks the lease token (fencing), so a stalled or crashed
 //!   node whose lease has expired cannot record outcomes after another node took over.
+//! - **A holder learns why it lost its lease.** A lease the operator broke
+//!   ([`Store::lease_break`]) frees its domains at once, like an expired one, and its holder's
+//!   next renewal or write is refused with [`StoreError::LeaseBroken`], not
+//!   [`StoreError::LeaseLost`], even if another session has taken a domain meanwhile: its log
+//!   then names the operator's action instead of a fault.
 //! - **A message leaves the queue only after every recipient is delivered.** Failed recipients stay
 //!   visible (with the peer's reply) until a later job bounces them.
 //!
@@ -348,7 +353,11 @@ pub enum StoreError {
     DomainTaken { domain: String, owner: String },
     #[error("domain {0} does not belong to any account")]
     DomainNotFound(String),
-    #[error("invalid domain {0:?}")]
+    // Shown as is by the operators' commands: it says what would be accepted.
+    #[error(
+        "invalid domain {0:?}: a domain is a name such as \"example.org\": letters, digits and \
+         hyphens in labels separated by dots, no spaces"
+    )]
     InvalidDomain(String),
     #[error("invalid account name {0:?}")]
     InvalidAccountName(String),
@@ -356,6 +365,8 @@ pub enum StoreError {
     InvalidEnvelope(String),
     #[error("the lease was lost: it expired and was taken over, or was released")]
     LeaseLost,
+    #[error("the lease was broken by the operator (odmr lease break)")]
+    LeaseBroken,
     #[error("message {0} was removed while it was being received")]
     MessageGone(MessageId),
     #[error("the store was closed")]
@@ -534,7 +545,8 @@ impl Store {
     }
 
     /// Extends a lease to `ttl` from now; [`StoreError::LeaseLost`] (and nothing changed) if any
-    /// of its domains no longer carries its token.
+    /// of its domains no longer carries its token, [`StoreError::LeaseBroken`] if that is because
+    /// the operator broke it.
     pub async fn lease_renew(&self, lease: &Lease, ttl: Duration) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.lease_renew(lease, ttl).await,
@@ -599,7 +611,7 @@ impl Store {
     /// Records delivery outcomes in one transaction (of any number of messages: the statements
     /// are batched). Fencing: [`StoreError::LeaseLost`] (and
     /// nothing written) unless every recipient's domain is leased with `lease.token` and the lease
-    /// is unexpired. Sets state, last reply, `attempts += 1` and `updated_at`; removes a message
+    /// is unexpired; [`StoreError::LeaseBroken`] instead if the operator broke the lease. Sets state, last reply, `attempts += 1` and `updated_at`; removes a message
     /// (and its body) once all its recipients are delivered or bounced. A recipient the operator
     /// removed meanwhile is skipped; one the operator held still gets its outcome (the delivery
     /// happened).
@@ -784,8 +796,9 @@ impl Store {
         }
     }
 
-    /// Removes the lease of `domain`; returns whether there was one. The holder's next write is
-    /// then refused (fencing), so breaking a live lease is safe, only wasteful.
+    /// Removes the lease of `domain`; returns whether there was one. The domain is free at once;
+    /// the holder's next write or renewal is refused with [`StoreError::LeaseBroken`] (fencing),
+    /// so breaking a live lease is safe, only wasteful.
     pub async fn lease_break(&self, domain: &str) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => s.lease_break(domain).await,

@@ -1777,8 +1777,98 @@ async fn operator_commands(store: &Store) {
     assert!(!store.lease_break("x.example").await.unwrap());
     assert!(matches!(
         store.lease_renew(&l, Duration::from_secs(60)).await,
+        Err(StoreError::LeaseBroken)
+    ));
+}
+
+/// A broken lease frees its domain at once, and its holder is refused with `LeaseBroken` (not
+/// `LeaseLost`), at its next renewal or write, even after another session took the domain.
+async fn lease_break_is_told_to_the_holder(store: &Store) {
+    let id = put(store, &["r1@b.example", "r2@c.example"], b"broken").await;
+    let rcpt = |domain: &'static str| async move {
+        store.pending(&strings(&[domain]), None, 10).await.unwrap()[0].recipients[0].id
+    };
+    let (r1, r2) = (rcpt("b.example").await, rcpt("c.example").await);
+    let held = lease(store, &["b.example", "c.example"]).await;
+    let ttl = Duration::from_secs(60);
+
+    assert!(store.lease_break("b.example").await.unwrap());
+    let listed: Vec<String> = store
+        .lease_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.domain)
+        .collect();
+    assert_eq!(listed, ["c.example"]);
+    assert!(matches!(
+        store.lease_renew(&held, ttl).await,
+        Err(StoreError::LeaseBroken)
+    ));
+    // Not even the outcome of the domain the lease still holds is written.
+    assert!(matches!(
+        store
+            .record(&held, &[outcome(r2, RecipientState::Delivered, "250 ok")])
+            .await,
+        Err(StoreError::LeaseBroken)
+    ));
+
+    // Free for the next taker, without waiting for the broken lease to expire; the old holder
+    // still learns its lease was broken, and the new one is not disturbed.
+    let next = store
+        .lease_acquire(&strings(&["b.example"]), "node-2", ttl)
+        .await
+        .unwrap()
+        .expect("a broken lease's domain is free");
+    assert!(matches!(
+        store.lease_renew(&held, ttl).await,
+        Err(StoreError::LeaseBroken)
+    ));
+    assert!(matches!(
+        store
+            .record(&held, &[outcome(r1, RecipientState::Delivered, "250 ok")])
+            .await,
+        Err(StoreError::LeaseBroken)
+    ));
+    store.lease_renew(&next, ttl).await.unwrap();
+    store
+        .record(&next, &[outcome(r1, RecipientState::Queued, "421 later")])
+        .await
+        .unwrap();
+
+    // Breaking the other domain of the same lease; the holder's release then frees nothing
+    // that is not its own.
+    assert!(store.lease_break("c.example").await.unwrap());
+    store.lease_release(&held).await.unwrap();
+    assert!(matches!(
+        store.lease_renew(&held, ttl).await,
+        Err(StoreError::LeaseBroken)
+    ));
+    store.lease_renew(&next, ttl).await.unwrap();
+
+    // A lease that was only released is lost, not broken.
+    store.lease_release(&next).await.unwrap();
+    assert!(matches!(
+        store.lease_renew(&next, ttl).await,
         Err(StoreError::LeaseLost)
     ));
+    assert!(!store.lease_break("b.example").await.unwrap());
+
+    let q = store.queue_list().await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].id, id);
+    let got: Vec<_> = q[0]
+        .recipients
+        .iter()
+        .map(|r| (r.state, r.attempts, r.last_reply.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (RecipientState::Queued, 1, Some("421 later".to_string())),
+            (RecipientState::Queued, 0, None)
+        ]
+    );
 }
 
 macro_rules! suite {
@@ -1828,6 +1918,7 @@ store: [
     expiry_and_failure_notices,
     delay_notices,
     operator_commands,
+    lease_break_is_told_to_the_holder,
 ];
 backend: [
     second_handle_sees_changes,

@@ -8,6 +8,7 @@
 use super::open_store;
 use super::out;
 use crate::config::Config;
+use crate::server::lease::shown;
 use anyhow::bail;
 use clap::Subcommand;
 use serde_json::json;
@@ -47,7 +48,11 @@ pub async fn lease(cfg: &Config, cmd: LeaseCmd) -> anyhow::Result<()> {
 async fn run(store: &odmr_store::Store, cmd: LeaseCmd) -> anyhow::Result<()> {
     match cmd {
         LeaseCmd::List { json } => {
-            let list = store.lease_list().await?;
+            let mut list = store.lease_list().await?;
+            // host/pid/session, as the help says; the process identity after it is the sweep's.
+            for l in &mut list {
+                l.holder = shown(&l.holder).to_string();
+            }
             let now = out::now_millis();
             // Whole seconds left, rounded up so a live lease never shows 0.
             let left = |expires_at: i64| (expires_at - now + 999).div_euclid(1000);
@@ -94,7 +99,7 @@ async fn run(store: &odmr_store::Store, cmd: LeaseCmd) -> anyhow::Result<()> {
                 .await?
                 .into_iter()
                 .find(|l| l.domain == domain)
-                .map(|l| l.holder);
+                .map(|l| shown(&l.holder).to_string());
             if !store.lease_break(&domain).await? {
                 bail!("no lease on {domain}: nothing is delivering it; see `odmr lease list`");
             }

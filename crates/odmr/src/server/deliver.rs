@@ -18,15 +18,17 @@
 //!   and a failed handshake ends the session with nothing sent, so the caller may try again in
 //!   plaintext.
 //! - A heartbeat renews the lease while the session runs; if the lease is lost (this node
-//!   stalled past its expiry and another took over) or an outcome cannot be recorded, delivery
-//!   stops at once.
+//!   stalled past its expiry and another took over, or the operator broke it) or an outcome
+//!   cannot be recorded, delivery stops at once.
 
 use super::Shared;
 use crate::net::conn::Conn;
 use bytes::Bytes;
 use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, StartTls, Wait, MAX_IN_FLIGHT};
 use odmr_proto::envelope::RcptEntry;
-use odmr_store::{Lease, MessageId, Outcome, Pending, PendingRecipient, RecipientState, CHUNK_SIZE};
+use odmr_store::{
+    Lease, MessageId, Outcome, Pending, PendingRecipient, RecipientState, StoreError, CHUNK_SIZE,
+};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -73,6 +75,10 @@ pub struct OutboundTls {
     pub name: rustls_pki_types::ServerName<'static>,
 }
 
+/// Said when the store refuses a renewal or a write because the operator broke the lease: an
+/// action someone took, not a fault to look into (see `odmr lease break`).
+const BROKEN: &str = "lease broken by the operator (odmr lease break)";
+
 /// How a delivery session ended, for a caller that may try again.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Ended {
@@ -97,7 +103,10 @@ pub async fn deliver(
             loop {
                 tokio::time::sleep(ttl / 3).await;
                 if let Err(e) = store.lease_renew(&lease, ttl).await {
-                    tracing::error!(error = %e, "lease renewal failed; stopping delivery");
+                    match e {
+                        StoreError::LeaseBroken => tracing::warn!("{BROKEN}; stopping delivery"),
+                        e => tracing::error!(error = %e, "lease renewal failed; stopping delivery"),
+                    }
                     lost.store(true, Ordering::SeqCst);
                     return;
                 }
@@ -149,7 +158,15 @@ async fn recorder(shared: &Shared, lease: &Lease, mut queue: mpsc::Receiver<Reco
             .flat_map(|j| std::mem::take(&mut j.outcomes))
             .collect();
         if let Err(e) = shared.store.record(lease, &outcomes).await {
-            tracing::error!(error = %e, messages = jobs.len(), "cannot record outcomes; stopping delivery");
+            match e {
+                StoreError::LeaseBroken => tracing::warn!(
+                    messages = jobs.len(),
+                    "{BROKEN}; stopping delivery (messages delivered but not recorded stay queued)"
+                ),
+                e => {
+                    tracing::error!(error = %e, messages = jobs.len(), "cannot record outcomes; stopping delivery")
+                }
+            }
             lost.store(true, Ordering::SeqCst);
             return;
         }

@@ -76,6 +76,12 @@ impl Identity {
     }
 }
 
+/// A holder as operators read it (`odmr lease list`): `host/pid/session`, without the process
+/// identity that only the sweep needs.
+pub fn shown(holder: &str) -> &str {
+    holder.split_whitespace().next().unwrap_or(holder)
+}
+
 /// What the system says about a pid of our namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Probe {
@@ -243,6 +249,9 @@ mod tests {
             me: None,
         };
         assert_eq!(bare.holder("abc"), "mx1/100/abc");
+        assert_eq!(shown(&h), "mx1/100/abc");
+        assert_eq!(shown("mx1/100/abc"), "mx1/100/abc");
+        assert_eq!(shown(""), "");
         for h in [
             "mx1/100/abc",
             "node-1",

@@ -10,7 +10,7 @@ mod auth;
 pub mod bounce;
 mod deliver;
 mod etrn;
-mod lease;
+pub mod lease;
 pub mod limits;
 mod lookup_cache;
 mod mx;
@@ -134,16 +134,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         (Kind::OdmrTls, "odmr.listen_tls", &cfg.odmr.listen_tls),
     ] {
         for addr in addrs {
-            let l = TcpListener::bind(addr).await.with_context(|| {
-                format!(
-                    "config file {}: {key}: cannot listen on {addr}; choose a free address (binding ports below 1024 needs root or CAP_NET_BIND_SERVICE)",
-                    cfg.path.display()
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "config file {}: {key}: cannot listen on {addr} ({e}); {}",
+                    cfg.path.display(),
+                    bind_hint(e.kind())
                 )
             })?;
-            let local = l.local_addr()?;
-            tracing::info!(kind = %kind.name(), addr = %local, "listening");
             listeners.push((kind, l));
         }
+    }
+    // Announced once all are bound: a server that cannot bind its last address must not have
+    // said it listens on the others.
+    for (kind, l) in &listeners {
+        tracing::info!(kind = %kind.name(), addr = %l.local_addr()?, "listening");
     }
 
     let housekeeping = tokio::spawn(purge_abandoned(store.clone(), HOUSEKEEPING, STALE_RECEIVING));
@@ -193,6 +197,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The fix for a listener that cannot bind, by what the system said.
+fn bind_hint(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind;
+    match kind {
+        ErrorKind::AddrInUse => {
+            "another program (or another odmr server) already listens there; stop it or choose another address"
+        }
+        ErrorKind::PermissionDenied => {
+            "binding ports below 1024 needs root or CAP_NET_BIND_SERVICE; grant that, or choose a port above 1023"
+        }
+        ErrorKind::AddrNotAvailable => {
+            "this machine has no such address; use one of its own addresses, or 0.0.0.0 (or [::]) for all of them"
+        }
+        _ => "choose another address",
+    }
 }
 
 /// `[tls] self_signed = true`: when neither the certificate nor the key exists yet, make a
@@ -306,6 +327,21 @@ async fn accept_loop(
 mod tests {
     use super::*;
     use odmr_store::{CommitInfo, Envelope, EnvelopeRecipient, CHUNK_SIZE};
+
+    #[test]
+    fn each_bind_failure_gets_its_own_hint() {
+        use std::io::ErrorKind;
+        assert!(bind_hint(ErrorKind::AddrInUse).starts_with("another program"));
+        assert!(bind_hint(ErrorKind::PermissionDenied).contains("below 1024"));
+        assert!(bind_hint(ErrorKind::AddrNotAvailable).starts_with("this machine has no such address"));
+        for kind in [
+            ErrorKind::AddrInUse,
+            ErrorKind::AddrNotAvailable,
+            ErrorKind::Other,
+        ] {
+            assert!(!bind_hint(kind).contains("1024"), "{kind:?}");
+        }
+    }
 
     /// A message whose receiving process died mid-DATA (its writer never dropped, as under
     /// kill -9) is removed by the running server's housekeeping, not only at the next start;

@@ -52,6 +52,7 @@ pub const DB_FILE: &str = "odmr.db";
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_queue_life.sql"),
+    include_str!("../../migrations/sqlite/0003_lease_broken.sql"),
 ];
 
 /// How long a statement waits for another process's write lock.
@@ -131,9 +132,50 @@ fn size_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// Why a lease no longer holds all its domains: [`StoreError::LeaseBroken`] if the operator
+/// broke it, [`StoreError::LeaseLost`] otherwise (it expired and was taken over, or released).
+async fn lease_lost(tx: &mut Transaction<'static, Sqlite>, lease: &Lease) -> Result<StoreError, StoreError> {
+    let broken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lease_broken WHERE token = ?)")
+        .bind(&lease.token)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(if broken {
+        StoreError::LeaseBroken
+    } else {
+        StoreError::LeaseLost
+    })
+}
+
+/// What opening a store did to its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schema {
+    /// A new store: every migration was applied.
+    Created { version: i64 },
+    /// An existing store of an older version was brought up to date.
+    Upgraded { from: i64, to: i64 },
+    /// Nothing to do.
+    Current,
+}
+
 impl SqliteStore {
     /// Opens `<dir>/odmr.db` (see [`crate::Store::open_sqlite`]).
     pub async fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        let (store, schema) = Self::open_migrated(dir).await?;
+        let path = store.path.display();
+        // Said once per store and per upgrade: of processes opening a store at the same time,
+        // only the one that applies the migrations sees a change.
+        match schema {
+            Schema::Created { version } => tracing::info!(path = %path, version, "store created"),
+            Schema::Upgraded { from, to } => {
+                tracing::info!(path = %path, "store schema upgraded from {from} to {to}")
+            }
+            Schema::Current => {}
+        }
+        Ok(store)
+    }
+
+    /// Opens the store and says what it did to the schema.
+    async fn open_migrated(dir: &Path) -> Result<(SqliteStore, Schema), StoreError> {
         tokio::fs::create_dir_all(dir).await?;
         let path = dir.join(DB_FILE);
         let base = SqliteConnectOptions::new()
@@ -193,15 +235,18 @@ impl SqliteStore {
             read,
             path: Arc::new(path),
         };
-        if let Err(e) = store.migrate().await {
-            store.close().await;
-            return Err(e);
-        }
+        let schema = match store.migrate().await {
+            Ok(s) => s,
+            Err(e) => {
+                store.close().await;
+                return Err(e);
+            }
+        };
         let purged = store.purge_incomplete(STALE_RECEIVING).await?;
         if purged > 0 {
             tracing::info!(purged, "removed messages abandoned while being received");
         }
-        Ok(store)
+        Ok((store, schema))
     }
 
     /// The database file.
@@ -213,7 +258,7 @@ impl SqliteStore {
         Ok(self.write.begin_with(DURABLE_BEGIN).await?)
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
+    async fn migrate(&self) -> Result<Schema, StoreError> {
         let supported = MIGRATIONS.len() as i64;
         let mut tx = self.begin().await?;
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
@@ -230,10 +275,17 @@ impl SqliteStore {
             // PRAGMA takes no parameters; the value is a number we made.
             let set = format!("PRAGMA user_version = {}", i + 1);
             sqlx::raw_sql(&set).execute(&mut *tx).await?;
-            tracing::info!(version = i + 1, "store schema upgraded");
         }
         tx.commit().await?;
-        Ok(())
+        // Version 0 is a database without any of our tables: the file was just made.
+        Ok(match version {
+            0 => Schema::Created { version: supported },
+            v if v < supported => Schema::Upgraded {
+                from: v,
+                to: supported,
+            },
+            _ => Schema::Current,
+        })
     }
 
     pub async fn close(&self) {
@@ -492,8 +544,9 @@ impl SqliteStore {
             .await?
             .rows_affected();
         if renewed != lease.domains.len() as u64 {
+            let lost = lease_lost(&mut tx, lease).await?;
             tx.rollback().await?;
-            return Err(StoreError::LeaseLost);
+            return Err(lost);
         }
         tx.commit().await?;
         Ok(())
@@ -618,7 +671,7 @@ impl SqliteStore {
                 .into_iter()
                 .collect();
         if live.len() != lease.domains.len() {
-            return Err(StoreError::LeaseLost);
+            return Err(lease_lost(&mut tx, lease).await?);
         }
         // A recipient named twice takes its last outcome (as if recorded one after the other).
         let mut last = HashMap::with_capacity(outcomes.len());
@@ -1059,6 +1112,19 @@ mod tests {
         store.close().await;
     }
 
+    /// A new store is created once, with every migration; opening it again changes nothing.
+    #[tokio::test]
+    async fn a_new_store_is_created_not_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let supported = MIGRATIONS.len() as i64;
+        let (store, schema) = SqliteStore::open_migrated(dir.path()).await.unwrap();
+        assert_eq!(schema, Schema::Created { version: supported });
+        store.close().await;
+        let (store, schema) = SqliteStore::open_migrated(dir.path()).await.unwrap();
+        assert_eq!(schema, Schema::Current);
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn creates_missing_directories() {
         let dir = tempfile::tempdir().unwrap();
@@ -1235,7 +1301,15 @@ mod tests {
             .unwrap();
             pool.close().await;
         }
-        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let (inner, schema) = SqliteStore::open_migrated(dir.path()).await.unwrap();
+        assert_eq!(
+            schema,
+            Schema::Upgraded {
+                from: 1,
+                to: MIGRATIONS.len() as i64
+            }
+        );
+        let store = Store::Sqlite(inner);
         let q = store.queue_list().await.unwrap();
         assert_eq!(q.len(), 1);
         let r: Vec<_> = q[0]

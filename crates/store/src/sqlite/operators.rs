@@ -8,8 +8,8 @@ use sqlx::Row;
 
 use super::{placeholders, remove_if_done, size_of, state_of, SqliteStore};
 use crate::{
-    now_secs, DomainCheck, DomainInfo, DomainPolicy, DomainUsage, MessageId, Operation, QueueFilter,
-    QueuedMessage, RecipientStatus, StoreError,
+    now_millis, now_secs, DomainCheck, DomainInfo, DomainPolicy, DomainUsage, MessageId, Operation,
+    QueueFilter, QueuedMessage, RecipientStatus, StoreError,
 };
 
 /// The `WHERE` clause (over `recipient r`) and its bindings selecting what a filter selects.
@@ -299,11 +299,32 @@ impl SqliteStore {
     }
 
     pub async fn lease_break(&self, domain: &str) -> Result<bool, StoreError> {
-        Ok(sqlx::query("DELETE FROM lease WHERE domain = ?")
+        let now = now_millis();
+        let mut tx = self.begin().await?;
+        let token: Option<String> = sqlx::query_scalar("DELETE FROM lease WHERE domain = ? RETURNING token")
             .bind(domain.to_lowercase())
-            .execute(&self.write)
-            .await?
-            .rows_affected()
-            > 0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(token) = &token {
+            // Noted for the holder's next write (see the lease_broken table), which must not
+            // wait for the broken lease to expire.
+            sqlx::query(
+                "INSERT INTO lease_broken (token, broken_at) VALUES (?, ?) ON CONFLICT (token) DO NOTHING",
+            )
+            .bind(token)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM lease_broken WHERE broken_at < ?")
+                .bind(now.saturating_sub(BROKEN_KEPT_MS))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(token.is_some())
     }
 }
+
+/// How long a broken lease's token is remembered: far longer than any holder takes to notice
+/// (a third of the longest lease time to live, an hour).
+const BROKEN_KEPT_MS: i64 = 24 * 3600 * 1000;

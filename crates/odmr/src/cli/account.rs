@@ -20,7 +20,7 @@ pub enum AccountCmd {
         /// The account's name: what the customer logs in as (AUTH).
         name: String,
         /// A domain the account may release with ATRN (repeatable).
-        #[arg(long = "domain", required = true)]
+        #[arg(long = "domain", value_name = "DOMAIN", required = true)]
         domains: Vec<String>,
         /// Read the password from standard input: one line when it is piped in; typed at a
         /// prompt without echo, twice, when it is a terminal.
@@ -29,6 +29,7 @@ pub enum AccountCmd {
     },
     /// List accounts and their domains.
     List {
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },

@@ -103,6 +103,11 @@ fn log(cfg: &ClientConfig, p: &Provider, o: &PollOutcome) {
             domains = %domains.join(","),
             "ETRN accepted: the provider delivers to our address on its own connection"
         ),
+        // Without a password (ETRN only) nothing was sent to check: the provider refused our
+        // address.
+        PollOutcome::AuthFailed(e) if p.password.is_empty() => {
+            tracing::error!(provider, "not allowed: {at}: {e}")
+        }
         PollOutcome::AuthFailed(e) => {
             tracing::error!(
                 provider,

@@ -202,7 +202,12 @@ async fn give_verdict(
         m.committed(Ok(format!("OK delivered locally: {reply}")));
     } else {
         got.refused += 1;
-        tracing::warn!(provider = s.provider, from = %from, rcpts = %rcpts.join(","), size, result = %reply, "message refused by the local mail system; the provider keeps it");
+        // What the provider does with it follows from the class of our reply (RFC 5321 §4.2.1).
+        if reply.code >= 500 {
+            tracing::warn!(provider = s.provider, from = %from, rcpts = %rcpts.join(","), size, result = %reply, "message refused by the local mail system for good; the provider returns it to its sender");
+        } else {
+            tracing::warn!(provider = s.provider, from = %from, rcpts = %rcpts.join(","), size, result = %reply, "message refused by the local mail system for now; the provider keeps it for the next poll");
+        }
         m.committed(Err(reply.with_class_status()));
     }
     (s.progress)(got);

@@ -165,3 +165,26 @@ fn non_ascii_addresses_need_smtputf8() {
     assert!(r.starts_with("250"), "{r}");
     c.ask("QUIT");
 }
+
+/// A domain has one spelling (odmr_proto::domain::Domain): a recipient whose domain carries
+/// the root dot and capitals is held under the domain ATRN names, and delivered by it, with its
+/// address as the sender wrote it. (Held under `example.org.` it was never found by ATRN, and
+/// went back to its sender when it expired.)
+#[test]
+fn a_root_dot_and_capitals_name_the_same_domain() {
+    let Some(py) = common::python() else { return };
+    let s = provider();
+    let r = rcpt_reply(&s, "bob@Example.ORG.");
+    assert!(r.starts_with("250"), "{r}");
+    let reply = send_mail(
+        s.smtp,
+        "a@sender.test",
+        &["bob@Example.ORG."],
+        "Subject: dotted\r\n\r\nhi\r\n",
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let r = common::customer::run(&py, &s, "acme", "secret-pw", Some("example.org"), &[]);
+    assert_eq!(r["atrn_code"], 250, "{r}");
+    assert_eq!(common::customer::received_rcpts(&r), ["bob@Example.ORG."]);
+    assert_eq!(s.queue(), serde_json::json!([]));
+}

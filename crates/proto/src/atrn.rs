@@ -125,7 +125,11 @@ pub fn parse_domain(word: &str) -> Result<String, AtrnSyntaxError> {
     if labels < 2 {
         return Err(AtrnSyntaxError::SingleLabel { domain: quote(word) });
     }
-    Ok(name.to_ascii_lowercase())
+    // Checked above: letters, digits, hyphens and dots in labels, which the Domain type takes;
+    // its spelling is the one the store keeps.
+    crate::domain::Domain::parse(word)
+        .map(crate::domain::Domain::into_string)
+        .map_err(|_| AtrnSyntaxError::IllegalCharacter { domain: quote(word) })
 }
 
 /// Makes an element safe to put in a reply line: printable ASCII only (others become `?`), at

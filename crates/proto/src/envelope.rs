@@ -4,6 +4,7 @@
 //! so the store stays a dumb holder of strings and the delivering client can pass each one on
 //! only when the peer offers the matching extension (RFC 3461 §5.2.1, RFC 6152, RFC 6531).
 
+use crate::domain::Domain;
 use smtp_proto::{MailFrom, RcptTo};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,11 +21,9 @@ pub struct RcptEntry {
     pub params: String,
 }
 
-/// The domain of an address, lower-cased; `None` without an `@`.
+/// The domain of an address in its one spelling ([`Domain::of_address`]); `None` without an `@`.
 pub fn address_domain(address: &str) -> Option<String> {
-    let (_, d) = address.rsplit_once('@')?;
-    let d = d.trim_end_matches('.');
-    (!d.is_empty()).then(|| d.to_ascii_lowercase())
+    Domain::of_address(address).map(Domain::into_string)
 }
 
 /// Find `KEY` (case-insensitive) in a canonical parameter string; `Some("")` for a flag.

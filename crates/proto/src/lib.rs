@@ -12,6 +12,7 @@ pub mod customer;
 pub mod data;
 pub mod deliver;
 pub mod dialogue;
+pub mod domain;
 pub mod dot;
 pub mod dsn;
 pub mod envelope;

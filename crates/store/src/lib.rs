@@ -35,6 +35,7 @@
 //!   from a second process never removes a message that another process is still receiving;
 //!   [`Store::purge_incomplete`] does the same with any age, for housekeeping.
 
+use odmr_proto::domain::Domain;
 use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -898,42 +899,23 @@ fn prepare_recipients(envelope: &Envelope) -> Result<Vec<NewRecipient>, StoreErr
 
 /// The domain of an address: the text after the last `@`, lower-cased; `None` if empty or absent.
 pub fn address_domain(address: &str) -> Option<String> {
-    let (_, domain) = address.rsplit_once('@')?;
-    if domain.is_empty() {
-        None
-    } else {
-        Some(domain.to_lowercase())
-    }
+    Domain::of_address(address).map(Domain::into_string)
 }
 
 /// Checks a domain given to an account and returns its stored (lower-case) form.
 pub fn normalize_domain(domain: &str) -> Result<String, StoreError> {
-    let invalid = || StoreError::InvalidDomain(domain.to_string());
-    if domain.is_empty()
-        || domain.len() > 255
-        || domain.starts_with('.')
-        || domain.ends_with('.')
-        || domain.contains("..")
-    {
-        return Err(invalid());
-    }
-    if domain.chars().any(|c| {
-        c.is_whitespace()
-            || c.is_control()
-            || matches!(
-                c,
-                '@' | '/' | '\\' | '[' | ']' | '<' | '>' | '(' | ')' | ',' | ';' | ':' | '"'
-            )
-    }) {
-        return Err(invalid());
-    }
-    Ok(domain.to_lowercase())
+    Domain::parse(domain)
+        .map(Domain::into_string)
+        .map_err(|_| StoreError::InvalidDomain(domain.to_string()))
 }
 
 /// Lower-cases, sorts and dedups a set of domains used to query or lease (no other check: a
 /// domain nobody owns just matches nothing).
 pub(crate) fn domain_set(domains: &[String]) -> Vec<String> {
-    let mut v: Vec<String> = domains.iter().map(|d| d.to_lowercase()).collect();
+    let mut v: Vec<String> = domains
+        .iter()
+        .map(|d| Domain::parse(d).map_or_else(|_| d.to_ascii_lowercase(), Domain::into_string))
+        .collect();
     v.sort();
     v.dedup();
     v
@@ -989,13 +971,15 @@ mod tests {
     fn domains_are_normalized() {
         assert_eq!(normalize_domain("Example.ORG").unwrap(), "example.org");
         assert_eq!(normalize_domain("localhost").unwrap(), "localhost");
+        // The root dot is no other domain (odmr_proto::domain::Domain).
+        assert_eq!(normalize_domain("Example.ORG.").unwrap(), "example.org");
         for bad in [
             "",
             " ",
             "a b.org",
             "a@b.org",
             ".example.org",
-            "example.org.",
+            "example.org..",
             "a..b",
             "a\tb",
             "[1.2.3.4]",
@@ -1010,6 +994,7 @@ mod tests {
     #[test]
     fn address_domain_is_after_the_last_at() {
         assert_eq!(address_domain("Bob@Example.ORG").as_deref(), Some("example.org"));
+        assert_eq!(address_domain("bob@Example.ORG.").as_deref(), Some("example.org"));
         assert_eq!(
             address_domain("\"a@b\"@Host.Example").as_deref(),
             Some("host.example")

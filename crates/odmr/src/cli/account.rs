@@ -8,6 +8,7 @@ use super::open_store;
 use crate::config::Config;
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use odmr_proto::domain::Domain;
 use odmr_proto::sasl::cram_md5::{self, CramSecret};
 use odmr_proto::sasl::scram::{self, ScramVerifier};
 use odmr_store::Credential;
@@ -158,8 +159,8 @@ pub async fn account(cfg: &Config, cmd: AccountCmd) -> anyhow::Result<()> {
             let pw = read_password(&name, &format!("odmr account add {name}{flags} --password-stdin"))?;
             let domains: Vec<String> = domains
                 .iter()
-                .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
-                .collect();
+                .map(|d| Domain::parse(d).map(Domain::into_string))
+                .collect::<Result<_, _>>()?;
             store.account_add(&name, &credentials(&pw)?, &domains).await?;
             println!("account {name} added with domains {}", domains.join(", "));
         }
@@ -317,8 +318,8 @@ pub async fn domain(cfg: &Config, cmd: DomainCmd) -> anyhow::Result<()> {
     let store = open_store(cfg).await?;
     match cmd {
         DomainCmd::Add { account, domain } => {
-            let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-            store.domain_add(&account, &domain).await?;
+            let domain = Domain::parse(&domain)?;
+            store.domain_add(&account, domain.as_str()).await?;
             println!("domain {domain} added to {account}");
         }
         DomainCmd::Remove { domain } => {

@@ -11,6 +11,7 @@ use super::out;
 use crate::config::{self, Config};
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use odmr_proto::domain::Domain;
 use odmr_store::{DomainInfo, DomainUsage, Store};
 use serde_json::json;
 
@@ -166,8 +167,10 @@ pub async fn domain(cfg: &Config, cmd: DomainCmd) -> anyhow::Result<()> {
     result
 }
 
+/// A domain as given on the command line, in the store's spelling; a name that is no domain is
+/// kept as typed (it just matches nothing, and the store refuses it where it must be one).
 fn domain_arg(d: &str) -> String {
-    d.trim().trim_end_matches('.').to_lowercase()
+    Domain::parse(d).map_or_else(|_| d.trim().to_string(), Domain::into_string)
 }
 
 async fn set(store: &Store, a: SetArgs) -> anyhow::Result<()> {

@@ -93,7 +93,9 @@ async fn run(store: &odmr_store::Store, cmd: LeaseCmd) -> anyhow::Result<()> {
             }
         }
         LeaseCmd::Break { domain } => {
-            let domain = domain.trim().trim_end_matches('.').to_lowercase();
+            // Leniently: the notices' lease is under `@outbound`, which is no domain.
+            let domain = odmr_proto::domain::Domain::parse(&domain)
+                .map_or_else(|_| domain.trim().to_string(), |d| d.into_string());
             let holder = store
                 .lease_list()
                 .await?

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::server::bounce;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
+use odmr_proto::domain::Domain;
 use odmr_store::{MessageId, QueueFilter, QueuedMessage, RecipientState, RecipientStatus, Store};
 use serde_json::json;
 use std::io::{self, BufWriter, Write};
@@ -131,10 +132,10 @@ pub async fn queue(cfg: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
     }
 }
 
-/// A domain as given on the command line, in the store's form. Not validated: a filter for a
-/// domain nobody owns just matches nothing (and notices wait under a name that is no domain).
+/// A domain as given on the command line, in the store's spelling. Not validated: a filter for
+/// a domain nobody owns just matches nothing (and notices wait under `@outbound`, no domain).
 fn domain_arg(d: &str) -> String {
-    d.trim().trim_end_matches('.').to_lowercase()
+    Domain::parse(d).map_or_else(|_| d.trim().to_string(), Domain::into_string)
 }
 
 fn sender(m: &QueuedMessage) -> &str {

@@ -288,10 +288,15 @@ impl ClientConfig {
             }
             // The provider checks them with the same grammar (ATRN's, and ETRN's node name):
             // one that cannot pass would fail every poll.
-            for d in &p.domains {
-                odmr_proto::atrn::parse_domain(d.trim())
-                    .map_err(|e| invalid(key("domains"), d, &e.to_string(), DOMAIN_FIX))?;
-            }
+            // Kept in the spelling the provider stores (lower case, no root dot).
+            let domains = p
+                .domains
+                .iter()
+                .map(|d| {
+                    odmr_proto::atrn::parse_domain(d.trim())
+                        .map_err(|e| invalid(key("domains"), d, &e.to_string(), DOMAIN_FIX))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             check_tls(p, tls).map_err(|(k, v, problem, fix)| invalid(key(k), &v, &problem, &fix))?;
             if mode == Mode::Etrn {
                 if p.deliver.is_some() {
@@ -310,7 +315,7 @@ impl ClientConfig {
                     mode,
                     user,
                     password,
-                    domains: p.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
+                    domains: domains.clone(),
                     tls,
                     ca_file: p.ca_file.clone(),
                     tls_verify: p.tls_verify.unwrap_or(true),
@@ -425,7 +430,7 @@ impl ClientConfig {
                 mode,
                 user,
                 password,
-                domains: p.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
+                domains: domains.clone(),
                 tls,
                 ca_file: p.ca_file.clone(),
                 tls_verify: p.tls_verify.unwrap_or(true),

@@ -53,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_queue_life.sql"),
     include_str!("../../migrations/sqlite/0003_lease_broken.sql"),
+    include_str!("../../migrations/sqlite/0004_domain_spelling.sql"),
 ];
 
 /// How long a statement waits for another process's write lock.
@@ -1338,6 +1339,55 @@ mod tests {
         let q = store.queue_list().await.unwrap();
         assert!(q[1].recipients[0].id > 42);
         store.close().await;
+    }
+
+    /// Schema 4 gives held recipients' domains the one spelling ATRN asks for: versions before
+    /// it kept the root dot of `bob@example.org.` (and its case), so that mail was never found.
+    #[tokio::test]
+    async fn schema_4_repairs_domains_stored_in_another_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(dir.path().join(DB_FILE))
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            for m in &MIGRATIONS[..3] {
+                sqlx::raw_sql(m).execute(&pool).await.unwrap();
+            }
+            sqlx::raw_sql(
+                "PRAGMA user_version = 3;
+                 INSERT INTO message (id, state, received_at, size, mail_from, mail_params, helo, client_addr)
+                     VALUES (7, 'queued', 1, 4, 'a@b.example', '', 'h', '192.0.2.1:1');
+                 INSERT INTO body_chunk (message, seq, data) VALUES (7, 0, x'61626364');
+                 INSERT INTO recipient (id, message, address, domain, params, state, last_reply, attempts, updated_at)
+                     VALUES (41, 7, 'x@y.example.', 'y.example.', '', 'queued', NULL, 0, 1),
+                            (42, 7, 'z@Y.Example', 'Y.Example', '', 'queued', NULL, 0, 1),
+                            (43, 7, 'w@y.example', 'y.example', '', 'queued', NULL, 0, 1);",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let (inner, _) = SqliteStore::open_migrated(dir.path()).await.unwrap();
+        let domains: Vec<(i64, String)> = sqlx::query_as("SELECT id, domain FROM recipient ORDER BY id")
+            .fetch_all(&inner.write)
+            .await
+            .unwrap();
+        assert_eq!(
+            domains,
+            [
+                (41, "y.example".to_string()),
+                (42, "y.example".into()),
+                (43, "y.example".into())
+            ]
+        );
+        Store::Sqlite(inner).close().await;
     }
 
     /// Expiry walks only old messages (the state/received_at index), never the whole queue.

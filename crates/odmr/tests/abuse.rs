@@ -136,3 +136,78 @@ fn idle_clients_are_timed_out_on_both_listeners() {
         assert!(t.elapsed() < std::time::Duration::from_secs(10));
     }
 }
+
+/// Peers that pipeline commands and never read their replies cost a bounded amount of memory:
+/// 200 of them, each sending EHLO after EHLO until its socket takes no more, raise the server's
+/// peak memory by less than 20 MiB in all (each EHLO costs ~40 times its size in reply, so a
+/// server that answers everything it has read before writing would hold megabytes per peer),
+/// and each is closed when its write deadline passes.
+#[test]
+fn peers_that_pipeline_and_never_read_cost_bounded_memory() {
+    use std::io::{ErrorKind, Write};
+    const PEERS: usize = 200;
+    let s = Server::start_quiet(
+        "command_timeout = \"3s\"",
+        "\n[limits]\nmax_connections = 1000\nmax_connections_per_ip = 1000",
+    );
+    let before = s.memory_kib("VmRSS");
+    let burst = b"EHLO x\r\n".repeat(4096);
+    let mut peers = Vec::new();
+    for _ in 0..PEERS {
+        let c = std::net::TcpStream::connect(s.smtp).unwrap();
+        // A small receive buffer, as a peer that never reads has in effect: the server's
+        // writes block after a little, instead of after megabytes of loopback buffering.
+        let small: libc::c_int = 4096;
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&c),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "setsockopt SO_RCVBUF");
+        c.set_nonblocking(true).unwrap();
+        peers.push(c);
+    }
+    // Write until no peer's socket takes more: the server has read all it is going to.
+    let mut wrote = vec![0usize; PEERS];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut progress = false;
+        for (c, n) in peers.iter_mut().zip(wrote.iter_mut()) {
+            match c.write(&burst) {
+                Ok(k) => {
+                    *n += k;
+                    progress = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => {}
+            }
+        }
+        if !progress || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let peak = s.memory_kib("VmHWM");
+    let grown = peak.saturating_sub(before);
+    let sent: usize = wrote.iter().sum();
+    assert!(
+        grown < 20 * 1024,
+        "{PEERS} pipelining peers that never read ({sent} octets of EHLO) raised the peak by {grown} KiB"
+    );
+    // Each is closed by its write deadline (3 s), which the server logs. Reading the replies
+    // here would let the server go on answering the megabytes of EHLO in the sockets' buffers.
+    let ended = |log: &str| log.matches("write failed error=timed out").count();
+    let all_ended = common::wait_until(20, || ended(&s.log()) >= PEERS);
+    assert!(
+        all_ended,
+        "{} of {PEERS} connections closed by their write deadline; log:\n{}",
+        ended(&s.log()),
+        s.log().lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+    drop(peers);
+}

@@ -80,7 +80,12 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
                     got.error = Some(format!("provider connection failed: {e}"));
                     break;
                 }
-                match conn.fill(s.timeout).await {
+                let read = if m.in_data() {
+                    conn.fill(s.timeout).await
+                } else {
+                    conn.fill_commands(s.timeout).await
+                };
+                match read {
                     Ok(0) => {
                         got.error = Some("provider closed the connection without QUIT".into());
                         break;

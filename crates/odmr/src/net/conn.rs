@@ -9,13 +9,15 @@
 //!   buffer stays bounded too.
 
 use super::transcript::Transcript;
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const READ_CHUNK: usize = 64 * 1024;
+/// Most read at once while commands are expected ([`Conn::fill_commands`]).
+const COMMAND_CHUNK: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -67,7 +69,7 @@ impl Conn {
             stream: Some(stream),
             tls: false,
             line_records: false,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::with_capacity(COMMAND_CHUNK),
             peer,
             client_cert: None,
             // An accepted connection: the peer is the client (until an ODMR turnaround).
@@ -186,12 +188,29 @@ impl Conn {
         Ok(())
     }
 
-    /// Read more input. `Ok(0)` means the peer closed the connection.
+    /// Read more input (message data: up to 64 KiB at once). `Ok(0)` means the peer closed
+    /// the connection.
     pub async fn fill(&mut self, timeout: Duration) -> Result<usize, ConnError> {
-        self.buf.reserve(READ_CHUNK);
+        self.fill_up_to(READ_CHUNK, timeout).await
+    }
+
+    /// Read more input where commands are expected: at most 1 KiB at once. A machine answers
+    /// all the complete commands it is given before its output is written, and a reply can be
+    /// forty times its command (EHLO), so what a peer that pipelines and never reads can make
+    /// us hold is bounded by what one read brings. 1 KiB holds any pipelined group a real
+    /// client sends.
+    pub async fn fill_commands(&mut self, timeout: Duration) -> Result<usize, ConnError> {
+        self.fill_up_to(COMMAND_CHUNK, timeout).await
+    }
+
+    async fn fill_up_to(&mut self, limit: usize, timeout: Duration) -> Result<usize, ConnError> {
+        // `read_buf` reads up to the spare capacity; take what is there and add up to `limit`.
+        self.buf.reserve(limit);
         let before = self.buf.len();
         let stream = self.stream.as_mut().ok_or(ConnError::Closed)?;
-        match tokio::time::timeout(timeout, stream.read_buf(&mut self.buf)).await {
+        let spare = self.buf.capacity() - before;
+        let mut limited = (&mut self.buf).limit(spare.min(limit));
+        match tokio::time::timeout(timeout, stream.read_buf(&mut limited)).await {
             Ok(r) => {
                 let n = r?;
                 if let Some(t) = self.transcript.as_mut() {

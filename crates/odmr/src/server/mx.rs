@@ -97,11 +97,13 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                     tracing::info!(error = %e, "write failed");
                     break;
                 }
-                let read = if s.in_data() || *shutdown.borrow() {
+                let read = if s.in_data() {
                     conn.fill(timeout).await
+                } else if *shutdown.borrow() {
+                    conn.fill_commands(timeout).await
                 } else {
                     tokio::select! {
-                        r = conn.fill(timeout) => r,
+                        r = conn.fill_commands(timeout) => r,
                         _ = shutdown.changed() => {
                             Reply::new(421, "4.3.2", format!("{} shutting down, try again later", c.hostname))
                                 .write(s.output(), true);

@@ -76,7 +76,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                     break;
                 }
                 let read = tokio::select! {
-                    r = conn.fill(timeout) => r,
+                    r = conn.fill_commands(timeout) => r,
                     _ = shutdown.changed() => {
                         s.output().extend_from_slice(format!("421 {} shutting down, try again later\r\n", c.hostname).as_bytes());
                         let _ = conn.send(s.output(), timeout).await;

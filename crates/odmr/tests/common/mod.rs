@@ -77,7 +77,12 @@ pub struct Server {
     pub odmr: SocketAddr,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    /// `ODMR_LOG` of the server process.
+    log_filter: &'static str,
 }
+
+/// Tests read the server's debug log (the dialogue included) unless they say otherwise.
+const DEBUG_LOG: &str = "info,odmr=debug";
 
 pub const HOSTNAME: &str = "odmr.test";
 
@@ -88,7 +93,17 @@ impl Server {
         Self::start_with("", "")
     }
 
+    /// [`Server::start_with`], logging at `info` only: for loads where a debug line per
+    /// command would make the log the bottleneck.
+    pub fn start_quiet(smtp_extra: &str, odmr_extra: &str) -> Server {
+        Self::start_logging(smtp_extra, odmr_extra, "info")
+    }
+
     pub fn start_with(smtp_extra: &str, odmr_extra: &str) -> Server {
+        Self::start_logging(smtp_extra, odmr_extra, DEBUG_LOG)
+    }
+
+    fn start_logging(smtp_extra: &str, odmr_extra: &str, log_filter: &'static str) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("odmr.toml");
         let store = dir.path().join("store");
@@ -107,6 +122,7 @@ impl Server {
             odmr: "0.0.0.0:0".parse().unwrap(),
             child: None,
             log: Arc::new(Mutex::new(String::new())),
+            log_filter,
         };
         s.spawn();
         s
@@ -125,6 +141,7 @@ impl Server {
             odmr: "0.0.0.0:0".parse().unwrap(),
             child: None,
             log: Arc::new(Mutex::new(String::new())),
+            log_filter: self.log_filter,
         };
         s.spawn();
         s
@@ -135,7 +152,7 @@ impl Server {
         let mut child = Command::new(BIN)
             .args(["server", "--config"])
             .arg(&self.config)
-            .env("ODMR_LOG", "info,odmr=debug")
+            .env("ODMR_LOG", self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -200,6 +217,22 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server process's id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A field of the server's /proc/PID/status in KiB (`VmRSS`, `VmHWM` for the peak).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid().expect("running")))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
     }
 
     /// Kill the server without warning (SIGKILL).

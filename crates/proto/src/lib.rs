@@ -15,6 +15,7 @@ pub mod dialogue;
 pub mod dot;
 pub mod dsn;
 pub mod envelope;
+mod esmtp;
 pub mod line;
 pub mod odmr;
 pub mod reply;

@@ -180,9 +180,7 @@ impl SmtpServer {
         if let State::Discard { reply, .. } = std::mem::replace(&mut self.state, State::Command) {
             // Not counted as an error: a pipelining client has every chunk of a refused message
             // on its way before it can know (a large message would otherwise end the session).
-            let counted = self.errors;
-            self.reply(reply);
-            self.errors = counted;
+            self.esmtp.reply_uncounted(reply);
         }
         true
     }

@@ -5,7 +5,9 @@
 //! The machine lives here: its configuration, its steps, the poll loop and the command
 //! dispatch. Each concern has a module of its own, with its invariants at its top:
 //! `transaction` (MAIL, RCPT, DATA, DSN parameters, the driver's verdicts, the deferred
-//! commit), `bdat` (CHUNKING, RFC 3030) and `etrn` (RFC 1985).
+//! commit), `bdat` (CHUNKING, RFC 3030) and `etrn` (RFC 1985). What an ESMTP server is before
+//! it knows what it serves (the line reader and output, the greeting, EHLO/HELO/QUIT, STARTTLS,
+//! AUTH, the error limit) is the ESMTP core (`esmtp.rs`), shared with [`crate::odmr`].
 //!
 //! Invariants:
 //! - **Bounded memory.** Command lines are capped (and overlong ones discarded while they
@@ -13,14 +15,15 @@
 //! - **STARTTLS drops buffered input.** After the 220 to STARTTLS the machine returns
 //!   [`ServerStep::StartTls`] and consumes nothing more; the driver must find the input buffer
 //!   empty before the handshake, or close the connection: plaintext sent after STARTTLS must
-//!   never be executed inside the TLS session (command injection). After the handshake,
+//!   never be executed inside the TLS session (command injection); the ESMTP core reads no line
+//!   between the 220 and [`SmtpServer::tls_started`]. After the handshake,
 //!   [`SmtpServer::tls_started`] forgets everything learnt before it (RFC 3207 §4.2).
 //! - **Pipelining.** Replies accumulate in the output buffer while commands remain in the input;
 //!   the driver flushes whenever the machine asks for more input (RFC 2920 §3.2).
 //! - **AUTH only identifies.** With [`SmtpServer::enable_auth`] the MX offers AUTH (the exchange
-//!   is [`crate::auth`], shared with the ODMR listener); a successful AUTH names the account for
-//!   ETRN and the `Received:` header, and nothing else: recipients are still checked one by one,
-//!   so it never opens relaying.
+//!   is [`crate::auth`], driven by the ESMTP core as for the ODMR listener); a successful AUTH
+//!   names the account for ETRN and the `Received:` header, and nothing else: recipients are
+//!   still checked one by one, so it never opens relaying.
 //! - **One driver decision at a time.** A step that needs an answer (a verdict, a lookup) is
 //!   returned again by every `poll` until the driver gives it.
 
@@ -32,10 +35,11 @@ pub use bdat::{parse_bdat, BdatSyntaxError};
 pub use etrn::EtrnVerdict;
 pub use transaction::RcptVerdict;
 
-use crate::auth::{AuthAnswer, AuthConfig, AuthEvent, AuthResult, AuthServer, AuthStep, MAX_AUTH_LINE};
+use crate::auth::{AuthAnswer, AuthConfig, AuthStep};
 use crate::data::DataReceiver;
 use crate::envelope::{MailEnvelope, RcptEntry};
-use crate::line::{split_verb, Line, LineReader};
+use crate::esmtp::{esmtp_accessors, Esmtp, EsmtpStep, Listener};
+use crate::line::split_verb;
 use crate::reply::Reply;
 use bdat::{Chunk, Chunking};
 use bytes::BytesMut;
@@ -180,21 +184,17 @@ enum State {
     AwaitEtrn {
         shown: String,
     },
-    /// Waiting for the driver's TLS handshake.
-    Tls,
     Closed,
 }
 
 pub struct SmtpServer {
     cfg: ServerConfig,
     peer: PeerInfo,
-    out: Vec<u8>,
-    lines: LineReader,
+    /// Output, line reader, error count, STARTTLS and AUTH; a deferred verdict
+    /// ([`SmtpServer::defer_commit`]) holds the replies behind it there.
+    esmtp: Esmtp,
     state: State,
     pending: Option<ServerStep>,
-    /// A verdict is deferred ([`SmtpServer::defer_commit`]); replies since wait in `held`.
-    deferred: bool,
-    held: Vec<u8>,
     /// Messages opened in this session (the number in each `Received:` id).
     opened: u64,
     helo: Option<(String, bool)>,
@@ -203,23 +203,25 @@ pub struct SmtpServer {
     data: Option<DataReceiver>,
     chunking: Chunking,
     body: Vec<u8>,
-    errors: usize,
     messages: u64,
-    tls: bool,
-    client_cert: bool,
-    auth: Option<AuthServer>,
 }
 
 impl SmtpServer {
     /// A new session; the 220 greeting is already in the output.
     pub fn new(cfg: ServerConfig, peer: PeerInfo) -> Self {
-        let mut s = SmtpServer {
-            lines: LineReader::new(MAX_COMMAND_LINE),
-            out: Vec::with_capacity(1024),
+        let listener = Listener {
+            hostname: cfg.hostname.clone(),
+            // ENHANCEDSTATUSCODES is offered, so every 2xx/4xx/5xx carries one (RFC 2034 §4) —
+            // except the greeting and HELO/EHLO replies, which are built without a status.
+            enhanced: true,
+            max_line: MAX_COMMAND_LINE,
+            max_errors: cfg.max_errors,
+            starttls: cfg.starttls,
+        };
+        SmtpServer {
+            esmtp: Esmtp::new(listener, "ESMTP odmr ready"),
             state: State::Command,
             pending: None,
-            deferred: false,
-            held: Vec::new(),
             opened: 0,
             helo: None,
             mail: None,
@@ -227,23 +229,13 @@ impl SmtpServer {
             data: None,
             chunking: Chunking::Idle,
             body: Vec::new(),
-            errors: 0,
             messages: 0,
-            tls: false,
-            client_cert: false,
-            auth: None,
             cfg,
             peer,
-        };
-        let greet = Reply::new(220, "", format!("{} ESMTP odmr ready", s.cfg.hostname));
-        s.reply(greet);
-        s
+        }
     }
 
-    /// Bytes to send. The driver writes them out and clears the buffer.
-    pub fn output(&mut self) -> &mut Vec<u8> {
-        &mut self.out
-    }
+    esmtp_accessors!();
 
     /// The client's HELO/EHLO name, once given.
     pub fn helo(&self) -> Option<&str> {
@@ -254,30 +246,8 @@ impl SmtpServer {
     /// the current time, which make CRAM-MD5 challenges and SCRAM nonces unique. Call before the
     /// first `poll`.
     pub fn enable_auth(&mut self, cfg: AuthConfig, seed: u64, unix_time: u64) {
-        let host = self.cfg.hostname.clone();
         // The MX offers ENHANCEDSTATUSCODES, so AUTH replies carry them too.
-        self.auth = Some(AuthServer::new(cfg, host, true, seed, unix_time));
-    }
-
-    /// The account the client authenticated as, if any.
-    pub fn account(&self) -> Option<&str> {
-        self.auth.as_ref().and_then(AuthServer::account)
-    }
-
-    /// The SASL mechanism of the last AUTH command (for logs).
-    pub fn mechanism(&self) -> Option<&str> {
-        self.auth.as_ref().and_then(AuthServer::mechanism)
-    }
-
-    /// A user whose SCRAM proof just failed ([`AuthServer::take_proof_failure`]): the driver
-    /// counts it towards the AUTH lockout.
-    pub fn take_auth_failure(&mut self) -> Option<String> {
-        self.auth.as_mut().and_then(AuthServer::take_proof_failure)
-    }
-
-    /// The TLS handshake produced a verified client certificate: offer SASL EXTERNAL.
-    pub fn set_client_cert(&mut self) {
-        self.client_cert = true;
+        self.esmtp.enable_auth(cfg, seed, unix_time);
     }
 
     /// The TLS handshake after STARTTLS succeeded: start over from the greeting state, without
@@ -286,20 +256,8 @@ impl SmtpServer {
     pub fn tls_started(&mut self) {
         self.reset_tx();
         self.helo = None;
-        self.tls = true;
-        if let Some(a) = self.auth.as_mut() {
-            a.reset();
-        }
+        self.esmtp.tls_started();
         self.state = State::Command;
-    }
-
-    /// TLS is active (STARTTLS done, or the driver says the connection was TLS from the start).
-    pub fn set_tls(&mut self) {
-        self.tls = true;
-    }
-
-    pub fn is_tls(&self) -> bool {
-        self.tls
     }
 
     /// Messages accepted in this session so far.
@@ -317,25 +275,15 @@ impl SmtpServer {
         ) || self.chunking == Chunking::Open
     }
 
+    /// Behind a deferred verdict, replies wait: they must follow it (RFC 2920 §3.2).
     fn reply(&mut self, r: Reply) {
-        if r.is_permanent() {
-            self.errors += 1;
-        }
-        // ENHANCEDSTATUSCODES is offered, so every 2xx/4xx/5xx carries one (RFC 2034 §4) —
-        // except the greeting and HELO/EHLO replies, which are built without a status.
-        // Behind a deferred verdict, replies wait: they must follow it (RFC 2920 §3.2).
-        let out = if self.deferred {
-            &mut self.held
-        } else {
-            &mut self.out
-        };
-        r.write(out, true);
+        self.esmtp.reply(r);
     }
 
     /// Advance the dialogue with the bytes in `input` (consumed as they are used).
     pub fn poll(&mut self, input: &mut BytesMut) -> ServerStep {
         let step = self.step(input);
-        if self.deferred && matches!(step, ServerStep::NeedInput | ServerStep::Close) {
+        if self.esmtp.holding() && matches!(step, ServerStep::NeedInput | ServerStep::Close) {
             // The peer may be waiting for the deferred verdict (or a 354 held behind it), and
             // closing would lose it: the verdict first. Both steps come back on the next poll.
             return ServerStep::Settle;
@@ -348,12 +296,11 @@ impl SmtpServer {
             return p.clone();
         }
         loop {
-            if self.deferred && self.state == State::Command && !self.may_pass_verdict(input) {
+            if self.esmtp.holding() && self.state == State::Command && !self.may_pass_verdict(input) {
                 return ServerStep::Settle;
             }
             match self.state {
                 State::Closed => return ServerStep::Close,
-                State::Tls => return ServerStep::StartTls,
                 State::AwaitSender { .. }
                 | State::AwaitRcpt { .. }
                 | State::AwaitDataStart { .. }
@@ -377,111 +324,45 @@ impl SmtpServer {
                 }
                 State::Command => {}
             }
-            let auth_errors = self.auth.as_ref().map_or(0, AuthServer::errors);
-            if self.errors + auth_errors > self.cfg.max_errors {
-                self.reply(Reply::new(
-                    421,
-                    "4.7.0",
-                    format!("{} too many errors, closing", self.cfg.hostname),
-                ));
-                self.state = State::Closed;
-                return ServerStep::Close;
-            }
-            let exchange = self.auth.as_ref().is_some_and(AuthServer::in_exchange);
-            self.lines
-                .set_max(if exchange { MAX_AUTH_LINE } else { MAX_COMMAND_LINE });
-            let line = match self.lines.next_line(input) {
-                None => return ServerStep::NeedInput,
-                Some(Line::TooLong) => {
-                    if let Some(a) = self.auth.as_mut() {
-                        a.abort();
-                    }
-                    self.reply(Reply::new(500, "5.5.6", "Line too long"));
-                    continue;
-                }
-                Some(Line::BareLf) => {
-                    self.reply(Reply::new(
-                        500,
-                        "5.5.2",
-                        "Bare LF is not allowed; end lines with CRLF",
-                    ));
-                    continue;
-                }
-                Some(Line::Ok(l)) => l,
+            let next = self.esmtp.next(input);
+            let Some(step) = next.or_command(|line| self.command(line)) else {
+                continue;
             };
-            let step = match self.auth.as_mut() {
-                Some(a) if exchange => {
-                    let ev = a.line(&line, &mut self.out);
-                    self.auth_event(ev)
+            match step {
+                ServerStep::Close => self.state = State::Closed,
+                ServerStep::Auth(_) => {
+                    self.state = State::AwaitAuth;
+                    self.pending = Some(step.clone());
                 }
-                _ => self.command(&line),
-            };
-            if let Some(step) = step {
-                match step {
-                    ServerStep::Close => self.state = State::Closed,
-                    ServerStep::StartTls => self.state = State::Tls,
-                    // Notices: the machine goes on by itself (a refused chunk is read next).
-                    ServerStep::Reset | ServerStep::AbortData => {}
-                    _ => self.pending = Some(step.clone()),
-                }
-                return step;
+                // Notices: the machine goes on by itself (a refused chunk is read next; after
+                // STARTTLS, the ESMTP core reads nothing until the handshake).
+                ServerStep::NeedInput | ServerStep::StartTls | ServerStep::Reset | ServerStep::AbortData => {}
+                _ => self.pending = Some(step.clone()),
             }
+            return step;
         }
     }
 
     fn command(&mut self, line: &[u8]) -> Option<ServerStep> {
-        if line.iter().any(|&b| b == 0 || b == b'\r') {
-            self.reply(Reply::new(500, "5.5.2", "NUL or bare CR in command"));
-            return None;
-        }
         let (verb, args) = split_verb(line);
         let has_args = !args.iter().all(|b| *b == b' ');
         match verb.as_str() {
             "EHLO" | "HELO" => {
                 let name = String::from_utf8_lossy(args).trim().to_string();
                 if name.is_empty() || name.contains(' ') && !name.starts_with('[') {
-                    self.reply(Reply::new(501, "5.5.4", format!("Syntax: {verb} hostname")));
+                    self.esmtp.helo_syntax(&verb);
                     return None;
                 }
                 let had_tx = self.mail.is_some();
                 self.reset_tx();
                 let esmtp = verb == "EHLO";
-                let greet = format!("{} greets {}", self.cfg.hostname, name);
-                self.helo = Some((name, esmtp));
                 if esmtp {
-                    let mut lines = vec![
-                        greet,
-                        "PIPELINING".into(),
-                        format!("SIZE {}", self.cfg.max_message_size),
-                    ];
-                    if self.cfg.eight_bit_mime || self.cfg.smtputf8 {
-                        lines.push("8BITMIME".into());
-                    }
-                    lines.push("ENHANCEDSTATUSCODES".into());
-                    if self.cfg.dsn {
-                        lines.push("DSN".into());
-                    }
-                    if self.cfg.smtputf8 {
-                        lines.push("SMTPUTF8".into());
-                    }
-                    if self.cfg.chunking {
-                        lines.push("CHUNKING".into());
-                    }
-                    if self.cfg.starttls && !self.tls && self.account().is_none() {
-                        lines.push("STARTTLS".into());
-                    }
-                    if let Some(a) = self.auth.as_ref().filter(|a| a.account().is_none()) {
-                        let mechs = a.mechanisms(self.tls, self.client_cert);
-                        lines.push(format!("AUTH {}", mechs.join(" ")));
-                    }
-                    if self.cfg.etrn {
-                        lines.push("ETRN".into());
-                    }
-                    lines.push("HELP".into());
-                    Reply::multi(250, lines).write(&mut self.out, false);
+                    let keywords = self.ehlo_keywords();
+                    self.esmtp.ehlo(&name, keywords);
                 } else {
-                    Reply::multi(250, vec![self.cfg.hostname.clone()]).write(&mut self.out, false);
+                    self.esmtp.helo();
                 }
+                self.helo = Some((name, esmtp));
                 if had_tx {
                     return Some(ServerStep::Reset);
                 }
@@ -493,24 +374,20 @@ impl SmtpServer {
             "RSET" => {
                 let had_tx = self.mail.is_some();
                 self.reset_tx();
-                self.reply(Reply::new(250, "2.0.0", "OK"));
+                self.esmtp.ok();
                 if had_tx {
                     return Some(ServerStep::Reset);
                 }
             }
-            "NOOP" => self.reply(Reply::new(250, "2.0.0", "OK")),
+            "NOOP" => self.esmtp.ok(),
             "QUIT" => {
-                self.reply(Reply::new(
-                    221,
-                    "2.0.0",
-                    format!("{} closing connection", self.cfg.hostname),
-                ));
+                self.esmtp.quit();
                 return Some(ServerStep::Close);
             }
             "HELP" => {
                 let bdat = if self.cfg.chunking { " BDAT" } else { "" };
                 let mut text = format!("Commands: EHLO HELO MAIL RCPT DATA{bdat} RSET NOOP QUIT HELP VRFY");
-                if self.auth.is_some() {
+                if self.esmtp.auth_offered() {
                     text.push_str(" AUTH");
                 }
                 if self.cfg.etrn {
@@ -523,26 +400,23 @@ impl SmtpServer {
                 "2.5.0",
                 "Cannot VRFY user, but will accept message and attempt delivery",
             )),
-            "STARTTLS" if self.cfg.starttls && !self.tls => {
-                if has_args {
-                    self.reply(Reply::new(501, "5.5.4", "STARTTLS takes no arguments"));
-                } else if self.mail.is_some() {
-                    self.reply(Reply::new(
-                        503,
-                        "5.5.1",
-                        "STARTTLS is not allowed inside a mail transaction",
-                    ));
+            "STARTTLS" if self.esmtp.may_start_tls() => {
+                let refusal = if self.mail.is_some() {
+                    let text = "STARTTLS is not allowed inside a mail transaction";
+                    Some(Reply::new(503, "5.5.1", text))
                 } else if self.account().is_some() {
                     // What was learnt before TLS must be forgotten (RFC 3207 §4.2), and
                     // forgetting an authentication the client believes in only confuses it.
-                    self.reply(Reply::new(503, "5.5.1", "STARTTLS is not allowed after AUTH"));
+                    Some(Reply::new(503, "5.5.1", "STARTTLS is not allowed after AUTH"))
                 } else {
-                    self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+                    None
+                };
+                if self.esmtp.starttls(has_args, refusal) {
                     return Some(ServerStep::StartTls);
                 }
             }
-            "STARTTLS" if self.tls => self.reply(Reply::new(503, "5.5.1", "TLS is already active")),
-            "AUTH" if self.auth.is_some() => {
+            "STARTTLS" if self.is_tls() => self.reply(Reply::new(503, "5.5.1", "TLS is already active")),
+            "AUTH" if self.esmtp.auth_offered() => {
                 if self.mail.is_some() {
                     // RFC 4954 §4.
                     self.reply(Reply::new(
@@ -554,13 +428,7 @@ impl SmtpServer {
                     // AUTH is a service extension: only an EHLO session knows it exists.
                     self.reply(Reply::new(503, "5.5.1", "Send EHLO first"));
                 } else {
-                    let args = String::from_utf8_lossy(args).trim().to_string();
-                    let (tls, cert) = (self.tls, self.client_cert);
-                    let ev = match self.auth.as_mut() {
-                        Some(a) => a.command(&args, tls, cert, &mut self.out),
-                        None => AuthEvent::Continue,
-                    };
-                    return self.auth_event(ev);
+                    return self.esmtp.auth_command(args);
                 }
             }
             "ETRN" if self.cfg.etrn => return self.etrn(args),
@@ -568,25 +436,36 @@ impl SmtpServer {
             // whose octets then come as commands. They are refused one by one like any bad
             // command (and count towards `max_errors`); a size we never offered to honour is not
             // a reason to start reading data.
-            "EXPN" | "TURN" | "ATRN" | "ETRN" | "AUTH" | "STARTTLS" | "BDAT" => self.reply(Reply::new(
-                502,
-                "5.5.1",
-                format!("{verb} not implemented on this listener"),
-            )),
-            _ => self.reply(Reply::new(500, "5.5.2", "Command unrecognized")),
+            "EXPN" | "TURN" | "ATRN" | "ETRN" | "AUTH" | "STARTTLS" | "BDAT" => {
+                self.esmtp.not_implemented(&verb, "this listener")
+            }
+            _ => self.esmtp.unrecognized(),
         }
         None
     }
 
-    fn auth_event(&mut self, ev: AuthEvent) -> Option<ServerStep> {
-        match ev {
-            AuthEvent::Continue => None,
-            AuthEvent::Ask(step) => {
-                self.state = State::AwaitAuth;
-                Some(ServerStep::Auth(step))
-            }
-            AuthEvent::Close => Some(ServerStep::Close),
+    /// The service extensions of the EHLO reply, after the greeting line and before HELP.
+    fn ehlo_keywords(&self) -> Vec<String> {
+        let mut k = vec!["PIPELINING".into(), format!("SIZE {}", self.cfg.max_message_size)];
+        if self.cfg.eight_bit_mime || self.cfg.smtputf8 {
+            k.push("8BITMIME".into());
         }
+        k.push("ENHANCEDSTATUSCODES".into());
+        if self.cfg.dsn {
+            k.push("DSN".into());
+        }
+        if self.cfg.smtputf8 {
+            k.push("SMTPUTF8".into());
+        }
+        if self.cfg.chunking {
+            k.push("CHUNKING".into());
+        }
+        k.extend(self.esmtp.starttls_keyword());
+        k.extend(self.esmtp.auth_keyword());
+        if self.cfg.etrn {
+            k.push("ETRN".into());
+        }
+        k
     }
 
     /// The driver's answer to [`ServerStep::Auth`]: `Some(true)` when the session is now
@@ -596,21 +475,21 @@ impl SmtpServer {
         if self.state != State::AwaitAuth {
             return None;
         }
-        let a = self.auth.as_mut()?;
-        let r = a.answer(answer, &mut self.out);
-        if !a.awaiting() {
+        let a = self.esmtp.auth_answer(answer)?;
+        if !a.waiting {
             self.pending = None;
-            self.state = State::Command;
+            self.state = if a.close { State::Closed } else { State::Command };
         }
-        match r {
-            AuthResult::Succeeded => Some(true),
-            AuthResult::Failed => Some(false),
-            AuthResult::FailedClose => {
-                self.state = State::Closed;
-                Some(false)
-            }
-            AuthResult::Pending => None,
-        }
+        a.authenticated
+    }
+}
+
+impl EsmtpStep for ServerStep {
+    const NEED_INPUT: Self = ServerStep::NeedInput;
+    const START_TLS: Self = ServerStep::StartTls;
+    const CLOSE: Self = ServerStep::Close;
+    fn auth(step: AuthStep) -> Self {
+        ServerStep::Auth(step)
     }
 }
 

@@ -20,7 +20,6 @@ use super::bdat::Chunking;
 #[cfg(doc)]
 use super::ServerConfig;
 use super::{ServerStep, SmtpServer, State, BODY_CHUNK};
-use crate::auth::AuthServer;
 use crate::data::{DataError, DataLimits, DataReceiver, DataStatus};
 use crate::envelope::{
     address_domain, mail_params_text, rcpt_params_text, split_dsn_params, DsnParams, DsnVerb, MailEnvelope,
@@ -334,7 +333,7 @@ impl SmtpServer {
     fn received_header(&self, date: &str) -> String {
         let (helo, esmtp) = self.helo.clone().unwrap_or_default();
         // RFC 3848: "A" for an authenticated session, "S" for TLS.
-        let with = match (esmtp, self.tls, self.account().is_some()) {
+        let with = match (esmtp, self.is_tls(), self.account().is_some()) {
             (true, true, true) => "ESMTPSA",
             (true, false, true) => "ESMTPA",
             (true, true, false) => "ESMTPS",
@@ -385,7 +384,7 @@ impl SmtpServer {
     /// The whole message is in (final dot, or the LAST chunk) and handed over: ask for the
     /// commit, or refuse it by its content.
     pub(super) fn end_message(&mut self) -> ServerStep {
-        if self.deferred {
+        if self.esmtp.holding() {
             // One verdict outstanding at most; the next poll comes back here.
             return ServerStep::Settle;
         }
@@ -445,31 +444,29 @@ impl SmtpServer {
     /// After [`SmtpServer::defer_commit`] it gives the deferred verdict, whatever the state, and
     /// the replies held behind it follow.
     pub fn committed(&mut self, result: Result<String, Reply>) {
-        if self.deferred {
-            self.deferred = false;
-            self.give_verdict(result);
-            let held = std::mem::take(&mut self.held);
-            self.out.extend_from_slice(&held);
-            self.held = held;
-            self.held.clear();
+        if self.esmtp.holding() {
+            let verdict = self.verdict(result);
+            self.esmtp.release(verdict);
             return;
         }
         if self.state != State::AwaitCommit {
             return;
         }
         self.pending = None;
-        self.give_verdict(result);
+        let verdict = self.verdict(result);
+        self.reply(verdict);
         self.reset_tx();
         self.state = State::Command;
     }
 
-    fn give_verdict(&mut self, result: Result<String, Reply>) {
+    /// The reply to a commit's result; a message accepted counts.
+    fn verdict(&mut self, result: Result<String, Reply>) -> Reply {
         match result {
             Ok(text) => {
                 self.messages += 1;
-                self.reply(Reply::new(250, "2.0.0", text));
+                Reply::new(250, "2.0.0", text)
             }
-            Err(r) => self.reply(r),
+            Err(r) => r,
         }
     }
 
@@ -487,7 +484,7 @@ impl SmtpServer {
             return;
         }
         self.pending = None;
-        self.deferred = true;
+        self.esmtp.hold();
         self.reset_tx();
         self.state = State::Command;
     }
@@ -497,7 +494,7 @@ impl SmtpServer {
     /// such as QUIT or EHLO, must not overtake it). RSET passes: a delivering client may open
     /// each transaction with one (ours does, with BDAT).
     pub(super) fn may_pass_verdict(&self, input: &[u8]) -> bool {
-        if self.auth.as_ref().is_some_and(AuthServer::in_exchange) {
+        if self.esmtp.in_auth_exchange() {
             return false;
         }
         let Some(nl) = input.iter().position(|&b| b == b'\n') else {

@@ -3,10 +3,11 @@
 //! (CRAM-MD5, SCRAM-SHA-256, PLAIN, LOGIN, EXTERNAL from [`crate::sasl`]) and the lookups the
 //! driver answers. One copy of this logic serves both listeners, so they cannot drift apart.
 //!
-//! The host machine owns the line reader and the session state; it hands this sub-machine the
-//! arguments of `AUTH` ([`AuthServer::command`]) and every line while
-//! [`AuthServer::in_exchange`] is true ([`AuthServer::line`]), and relays the driver's answers
-//! ([`AuthServer::answer`]). Replies are written into the host's output buffer.
+//! The host (the ESMTP core both machines embed, `esmtp.rs`) owns the line reader and the
+//! output, and the machine the session state; the host hands this sub-machine the arguments of
+//! `AUTH` ([`AuthServer::command`]) and every line while [`AuthServer::in_exchange`] is true
+//! ([`AuthServer::line`]), and relays the driver's answers ([`AuthServer::answer`]). Replies are
+//! written into the host's output buffer.
 //!
 //! Invariants:
 //! - **Authenticated only in the call that writes the 235** (RFC 2645 §5.1.2; RFC 4954 §4):

@@ -16,6 +16,7 @@ pub mod domain;
 pub mod dot;
 pub mod dsn;
 pub mod envelope;
+mod esmtp;
 pub mod line;
 pub mod odmr;
 pub mod reply;

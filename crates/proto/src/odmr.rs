@@ -1,9 +1,13 @@
 //! The provider's ODMR front half (RFC 2645 §5.1–5.2): greeting, EHLO, AUTH, ATRN.
 //!
+//! What it shares with the SMTP server ([`crate::smtp_server`]) is the ESMTP core it embeds
+//! (`esmtp.rs`): the line reader and output, the greeting, EHLO/HELO/QUIT, STARTTLS, AUTH and the
+//! error limit. This module adds ATRN and the ODMR service's own rules.
+//!
 //! Invariants:
 //! - **Authenticated only after the 235 line is written** (RFC 2645 §5.1.2): the state changes in
-//!   the same step that queues the 235. The AUTH exchange itself is [`crate::auth`], shared with
-//!   the MX listener.
+//!   the same step that queues the 235. The AUTH exchange itself is [`crate::auth`], driven by
+//!   the ESMTP core as for the MX listener.
 //! - **Every ATRN reply is a single line**: fetchmail reads one line and then relays bytes.
 //! - **Nothing leaks through ATRN**: an unknown domain and another customer's domain get the same
 //!   450 text (RFC 2645 §5.2.1 requires the 450; the single text is ours, so that ATRN cannot
@@ -11,16 +15,18 @@
 //! - **Turnaround keeps buffered input**: after the 250 the machine stops consuming input and
 //!   returns [`OdmrStep::Turnaround`]; whatever is still in the buffer is the start of the
 //!   customer's greeting and belongs to the delivering client.
-//! - **STARTTLS drops buffered input** (as in [`crate::smtp_server`]): after the 220 the machine
-//!   returns [`OdmrStep::StartTls`] and consumes nothing until [`OdmrSession::tls_started`].
+//! - **STARTTLS drops buffered input** (the ESMTP core's rule, as in [`crate::smtp_server`]):
+//!   after the 220 the machine returns [`OdmrStep::StartTls`] and consumes nothing until
+//!   [`OdmrSession::tls_started`].
 //! - No ENHANCEDSTATUSCODES and no PIPELINING here **[project]**: with ENHANCEDSTATUSCODES
 //!   every ATRN reply would need an enhanced code (RFC 2034 §4), and none is defined for them;
 //!   and ATRN must end the client's input, since what follows its 250 belongs to the reversed
 //!   session. So replies carry no enhanced codes (docs/protocol-decisions.md).
 
 use crate::atrn::parse_atrn_args;
-use crate::auth::{AuthAnswer, AuthConfig, AuthEvent, AuthResult, AuthServer, AuthStep, MAX_AUTH_LINE};
-use crate::line::{split_verb, Line, LineReader};
+use crate::auth::{AuthAnswer, AuthConfig, AuthStep};
+use crate::esmtp::{esmtp_accessors, Esmtp, EsmtpStep, Listener};
+use crate::line::split_verb;
 use crate::reply::Reply;
 use crate::sasl::cram_md5::CramSecret;
 use crate::sasl::scram::ScramVerifier;
@@ -104,96 +110,56 @@ enum State {
     AwaitAuth,
     AwaitAtrn,
     Turned,
-    Tls,
     Closed,
 }
 
 pub struct OdmrSession {
     cfg: OdmrConfig,
-    out: Vec<u8>,
-    lines: LineReader,
+    /// Output, line reader, error count, STARTTLS and AUTH (always offered here).
+    esmtp: Esmtp,
     state: State,
     pending: Option<OdmrStep>,
-    auth: AuthServer,
-    errors: usize,
-    tls: bool,
-    client_cert: bool,
 }
 
 impl OdmrSession {
     /// `seed` must be random per session (it makes CRAM-MD5 challenges unique); `unix_time` is
     /// the current time, also part of the challenge. The 220 greeting is already in the output.
     pub fn new(cfg: OdmrConfig, seed: u64, unix_time: u64) -> Self {
+        let listener = Listener {
+            hostname: cfg.hostname.clone(),
+            // No ENHANCEDSTATUSCODES on this listener: none are defined for ATRN's replies.
+            enhanced: false,
+            max_line: MAX_COMMAND_LINE,
+            max_errors: cfg.max_errors,
+            starttls: cfg.starttls,
+        };
+        let mut esmtp = Esmtp::new(listener, "ESMTP ODMR service ready");
         let auth_cfg = AuthConfig {
             max_failures: cfg.max_auth_failures,
             decoy_secret: cfg.decoy_secret.clone(),
             cram_md5: cfg.cram_md5,
         };
-        // No ENHANCEDSTATUSCODES on this listener: none are defined for ATRN's replies.
-        let auth = AuthServer::new(auth_cfg, cfg.hostname.clone(), false, seed, unix_time);
-        let mut s = OdmrSession {
-            out: Vec::with_capacity(512),
-            lines: LineReader::new(MAX_COMMAND_LINE),
+        esmtp.enable_auth(auth_cfg, seed, unix_time);
+        OdmrSession {
+            esmtp,
             state: State::Command,
             pending: None,
-            auth,
-            errors: 0,
-            tls: false,
-            client_cert: false,
             cfg,
-        };
-        let host = s.cfg.hostname.clone();
-        s.reply(220, format!("{host} ESMTP ODMR service ready"));
-        s
+        }
     }
 
-    pub fn output(&mut self) -> &mut Vec<u8> {
-        &mut self.out
-    }
+    esmtp_accessors!();
 
     /// The TLS handshake after STARTTLS succeeded: back to the initial state, without a new
     /// greeting (RFC 3207 §4.2).
     pub fn tls_started(&mut self) {
-        self.tls = true;
-        self.auth.reset();
+        self.esmtp.tls_started();
         self.state = State::Command;
     }
 
-    /// The connection is TLS from the start (the implicit-TLS listener).
-    pub fn set_tls(&mut self) {
-        self.tls = true;
-    }
-
-    pub fn is_tls(&self) -> bool {
-        self.tls
-    }
-
-    /// The SASL mechanism of the last AUTH command (for logs).
-    pub fn mechanism(&self) -> Option<&str> {
-        self.auth.mechanism()
-    }
-
-    /// A user whose SCRAM proof just failed ([`AuthServer::take_proof_failure`]): the driver
-    /// counts it towards the AUTH lockout.
-    pub fn take_auth_failure(&mut self) -> Option<String> {
-        self.auth.take_proof_failure()
-    }
-
-    /// The TLS handshake produced a verified client certificate: offer EXTERNAL.
-    pub fn set_client_cert(&mut self) {
-        self.client_cert = true;
-    }
-
-    /// The authenticated account, if any.
-    pub fn account(&self) -> Option<&str> {
-        self.auth.account()
-    }
-
+    /// Replies carry no enhanced code here (see the module's invariants).
     fn reply(&mut self, code: u16, text: impl Into<String>) {
-        if code >= 500 {
-            self.errors += 1;
-        }
-        Reply::new(code, "", text).write(&mut self.out, false);
+        self.esmtp.reply(Reply::new(code, "", text));
     }
 
     pub fn poll(&mut self, input: &mut BytesMut) -> OdmrStep {
@@ -204,70 +170,33 @@ impl OdmrSession {
             match self.state {
                 State::Closed => return OdmrStep::Close,
                 State::Turned => return OdmrStep::Turnaround,
-                State::Tls => return OdmrStep::StartTls,
                 State::AwaitAuth | State::AwaitAtrn => return OdmrStep::NeedInput,
                 State::Command => {}
             }
-            if self.errors + self.auth.errors() > self.cfg.max_errors {
-                let host = self.cfg.hostname.clone();
-                self.reply(421, format!("{host} too many errors, closing"));
-                self.state = State::Closed;
-                return OdmrStep::Close;
-            }
-            let exchange = self.auth.in_exchange();
-            self.lines
-                .set_max(if exchange { MAX_AUTH_LINE } else { MAX_COMMAND_LINE });
-            let line = match self.lines.next_line(input) {
-                None => return OdmrStep::NeedInput,
-                Some(Line::TooLong) => {
-                    self.auth.abort();
-                    self.reply(500, "Line too long");
-                    continue;
-                }
-                Some(Line::BareLf) => {
-                    self.reply(500, "Bare LF is not allowed; end lines with CRLF");
-                    continue;
-                }
-                Some(Line::Ok(l)) => l,
+            let next = self.esmtp.next(input);
+            let Some(step) = next.or_command(|line| self.command(line)) else {
+                continue;
             };
-            let step = if exchange {
-                let ev = self.auth.line(&line, &mut self.out);
-                self.auth_event(ev)
-            } else {
-                self.command(&line)
-            };
-            if let Some(step) = step {
-                match step {
-                    OdmrStep::Close => self.state = State::Closed,
-                    OdmrStep::Turnaround => self.state = State::Turned,
-                    OdmrStep::StartTls => self.state = State::Tls,
-                    _ => self.pending = Some(step.clone()),
+            match step {
+                OdmrStep::Close => self.state = State::Closed,
+                OdmrStep::Turnaround => self.state = State::Turned,
+                OdmrStep::Auth(_) => {
+                    self.state = State::AwaitAuth;
+                    self.pending = Some(step.clone());
                 }
-                return step;
+                // After STARTTLS the ESMTP core reads nothing until the handshake.
+                OdmrStep::NeedInput | OdmrStep::StartTls => {}
+                OdmrStep::Atrn { .. } => self.pending = Some(step.clone()),
             }
-        }
-    }
-
-    fn auth_event(&mut self, ev: AuthEvent) -> Option<OdmrStep> {
-        match ev {
-            AuthEvent::Continue => None,
-            AuthEvent::Ask(step) => {
-                self.state = State::AwaitAuth;
-                Some(OdmrStep::Auth(step))
-            }
-            AuthEvent::Close => Some(OdmrStep::Close),
+            return step;
         }
     }
 
     fn command(&mut self, line: &[u8]) -> Option<OdmrStep> {
-        if line.iter().any(|&b| b == 0 || b == b'\r') {
-            self.reply(500, "NUL or bare CR in command");
-            return None;
-        }
         let (verb, args) = split_verb(line);
         let args = String::from_utf8_lossy(args).trim().to_string();
         let authed = self.account().map(str::to_string);
-        let before_tls = self.cfg.require_tls && !self.tls;
+        let before_tls = self.cfg.require_tls && !self.is_tls();
         if before_tls
             && !matches!(
                 verb.as_str(),
@@ -279,37 +208,20 @@ impl OdmrSession {
             return None;
         }
         match verb.as_str() {
+            "EHLO" | "HELO" if args.is_empty() => self.esmtp.helo_syntax(&verb),
             "EHLO" => {
-                if args.is_empty() {
-                    self.reply(501, "Syntax: EHLO hostname");
-                    return None;
-                }
                 // Names without a dot are fine: fetchmail sends the bare host name.
-                let mut lines = vec![format!("{} greets {}", self.cfg.hostname, args)];
-                if authed.is_none() && !before_tls {
-                    let mechs = self.auth.mechanisms(self.tls, self.client_cert);
-                    lines.push(format!("AUTH {}", mechs.join(" ")));
+                let mut keywords = Vec::new();
+                if !before_tls {
+                    keywords.extend(self.esmtp.auth_keyword());
                 }
-                if self.cfg.starttls && !self.tls && authed.is_none() {
-                    lines.push("STARTTLS".into());
-                }
-                lines.push("ATRN".into());
-                lines.push("HELP".into());
-                Reply::multi(250, lines).write(&mut self.out, false);
+                keywords.extend(self.esmtp.starttls_keyword());
+                keywords.push("ATRN".into());
+                self.esmtp.ehlo(&args, keywords);
             }
-            "HELO" => {
-                if args.is_empty() {
-                    self.reply(501, "Syntax: HELO hostname");
-                } else {
-                    let host = self.cfg.hostname.clone();
-                    self.reply(250, host);
-                }
-            }
+            "HELO" => self.esmtp.helo(),
             "AUTH" => {
-                let ev = self
-                    .auth
-                    .command(&args, self.tls, self.client_cert, &mut self.out);
-                return self.auth_event(ev);
+                return self.esmtp.auth_command(args.as_bytes());
             }
             "ATRN" => {
                 let Some(account) = authed else {
@@ -324,25 +236,22 @@ impl OdmrSession {
                     Err(e) => self.reply(501, format!("Syntax: ATRN [domain[,domain]...]: {e}")),
                 }
             }
-            "NOOP" | "RSET" => self.reply(250, "OK"),
+            "NOOP" | "RSET" => self.esmtp.ok(),
             "HELP" => self.reply(214, "ODMR (RFC 2645): EHLO, AUTH CRAM-MD5, ATRN [domains], QUIT"),
             "QUIT" => {
-                let host = self.cfg.hostname.clone();
-                self.reply(221, format!("{host} closing connection"));
+                self.esmtp.quit();
                 return Some(OdmrStep::Close);
             }
-            "STARTTLS" if self.cfg.starttls && !self.tls && authed.is_none() => {
-                if args.is_empty() {
-                    self.reply(220, "Ready to start TLS");
+            "STARTTLS" if self.esmtp.offers_starttls() => {
+                if self.esmtp.starttls(!args.is_empty(), None) {
                     return Some(OdmrStep::StartTls);
                 }
-                self.reply(501, "STARTTLS takes no arguments");
             }
-            "STARTTLS" if self.tls || authed.is_some() => self.reply(503, "STARTTLS not allowed now"),
+            "STARTTLS" if self.is_tls() || authed.is_some() => self.reply(503, "STARTTLS not allowed now"),
             "MAIL" | "RCPT" | "DATA" | "BDAT" | "VRFY" | "EXPN" | "ETRN" | "TURN" | "STARTTLS" => {
-                self.reply(502, format!("{verb} not implemented on the ODMR service"))
+                self.esmtp.not_implemented(&verb, "the ODMR service")
             }
-            _ => self.reply(500, "Command unrecognized"),
+            _ => self.esmtp.unrecognized(),
         }
         None
     }
@@ -354,20 +263,12 @@ impl OdmrSession {
         if self.state != State::AwaitAuth {
             return None;
         }
-        let r = self.auth.answer(answer, &mut self.out);
-        if !self.auth.awaiting() {
+        let a = self.esmtp.auth_answer(answer)?;
+        if !a.waiting {
             self.pending = None;
-            self.state = State::Command;
+            self.state = if a.close { State::Closed } else { State::Command };
         }
-        match r {
-            AuthResult::Succeeded => Some(true),
-            AuthResult::Failed => Some(false),
-            AuthResult::FailedClose => {
-                self.state = State::Closed;
-                Some(false)
-            }
-            AuthResult::Pending => None,
-        }
+        a.authenticated
     }
 
     /// [`OdmrSession::auth_answer`] for a CRAM-MD5 lookup; whether authentication succeeded.
@@ -417,6 +318,15 @@ impl OdmrSession {
             ),
             AtrnDecision::TempError => self.reply(451, "Unable to process ATRN request now"),
         }
+    }
+}
+
+impl EsmtpStep for OdmrStep {
+    const NEED_INPUT: Self = OdmrStep::NeedInput;
+    const START_TLS: Self = OdmrStep::StartTls;
+    const CLOSE: Self = OdmrStep::Close;
+    fn auth(step: AuthStep) -> Self {
+        OdmrStep::Auth(step)
     }
 }
 

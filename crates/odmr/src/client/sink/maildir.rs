@@ -175,7 +175,28 @@ impl Drop for TmpFile {
 #[derive(Debug)]
 enum Fault {
     TooBig,
-    Io(String),
+    Io(FsError),
+}
+
+/// A file-system failure, with the path it concerns: local trouble, answered `451`.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FsError {
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{}: already exists", .0.display())]
+    Exists(PathBuf),
+    #[error("{}: already closed", .0.display())]
+    Closed(PathBuf),
+    #[error("file-system task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// `map_err` for an io::Error about `path`.
+fn at(path: &Path) -> impl FnOnce(io::Error) -> FsError + '_ {
+    move |error| FsError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 /// Delivers into one Maildir per recipient, chosen by a path template.
@@ -431,7 +452,7 @@ impl Maildir {
                     Err(e) => e,
                 }
             }
-            Err(e) => format!("writer task failed: {e}"),
+            Err(e) => FsError::Task(e),
         };
         tracing::warn!(sender = self.sender.as_deref().unwrap_or(""), error = %e,
             "cannot write to the Maildir; the message will be refused with 451");
@@ -486,16 +507,13 @@ impl Maildir {
 
 /// Run blocking file-system work off the session's task.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(format!("file-system task failed: {e}")),
-    }
+    f: impl FnOnce() -> Result<T, FsError> + Send + 'static,
+) -> Result<T, FsError> {
+    tokio::task::spawn_blocking(f).await?
 }
 
 /// Create `dir` and its `tmp`, `new` and `cur` (mode 0700) where missing.
-fn ensure_maildir(dir: &Path) -> Result<(), String> {
+fn ensure_maildir(dir: &Path) -> Result<(), FsError> {
     let mut b = DirBuilder::new();
     b.recursive(true).mode(0o700);
     for d in [
@@ -504,14 +522,14 @@ fn ensure_maildir(dir: &Path) -> Result<(), String> {
         dir.join("new"),
         dir.join("cur"),
     ] {
-        b.create(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        b.create(&d).map_err(at(&d))?;
     }
     Ok(())
 }
 
 /// Open one temporary file per recipient and write its delivery headers, each line ended with
 /// `eol`.
-fn open_copies(sender: &str, rcpts: &[Rcpt], eol: &str) -> Result<Vec<TmpFile>, String> {
+fn open_copies(sender: &str, rcpts: &[Rcpt], eol: &str) -> Result<Vec<TmpFile>, FsError> {
     let mut copies = Vec::with_capacity(rcpts.len());
     for r in rcpts {
         let name = unique_name();
@@ -521,7 +539,7 @@ fn open_copies(sender: &str, rcpts: &[Rcpt], eol: &str) -> Result<Vec<TmpFile>, 
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(at(&path))?;
         let mut copy = TmpFile {
             file: Some(file),
             path,
@@ -539,28 +557,27 @@ fn open_copies(sender: &str, rcpts: &[Rcpt], eol: &str) -> Result<Vec<TmpFile>, 
 }
 
 impl TmpFile {
-    fn write(&mut self, buf: &[u8]) -> Result<(), String> {
+    fn write(&mut self, buf: &[u8]) -> Result<(), FsError> {
         let Some(f) = self.file.as_mut() else {
-            return Err(format!("{}: already closed", self.path.display()));
+            return Err(FsError::Closed(self.path.clone()));
         };
-        f.write_all(buf)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        f.write_all(buf).map_err(at(&self.path))?;
         self.written += buf.len() as u64;
         Ok(())
     }
 }
 
-fn write_all(copies: &mut [TmpFile], buf: &[u8]) -> Result<(), String> {
+fn write_all(copies: &mut [TmpFile], buf: &[u8]) -> Result<(), FsError> {
     copies.iter_mut().try_for_each(|c| c.write(buf))
 }
 
 /// Make every copy durable, then move each into `new/`; on any failure take back what was
 /// moved, so the transaction is all or nothing. Returns (recipient, path, size) per copy.
-fn commit(mut copies: Vec<TmpFile>) -> Result<Vec<(String, PathBuf, u64)>, String> {
+fn commit(mut copies: Vec<TmpFile>) -> Result<Vec<(String, PathBuf, u64)>, FsError> {
     for c in &mut copies {
         let f = c.file.take();
         if let Some(f) = f {
-            f.sync_all().map_err(|e| format!("{}: {e}", c.path.display()))?;
+            f.sync_all().map_err(at(&c.path))?;
         }
     }
     let mut moved: Vec<PathBuf> = Vec::with_capacity(copies.len());
@@ -575,9 +592,9 @@ fn commit(mut copies: Vec<TmpFile>) -> Result<Vec<(String, PathBuf, u64)>, Strin
     for c in &copies {
         let target = c.dir.join("new").join(format!("{},S={}", c.name, c.written));
         let r = if target.symlink_metadata().is_ok() {
-            Err(format!("{}: already exists", target.display()))
+            Err(FsError::Exists(target.clone()))
         } else {
-            std::fs::rename(&c.path, &target).map_err(|e| format!("{}: {e}", target.display()))
+            std::fs::rename(&c.path, &target).map_err(at(&target))
         };
         if let Err(e) = r {
             rollback(&moved);
@@ -591,7 +608,7 @@ fn commit(mut copies: Vec<TmpFile>) -> Result<Vec<(String, PathBuf, u64)>, Strin
     for d in &dirs {
         if let Err(e) = File::open(d).and_then(|f| f.sync_all()) {
             rollback(&moved);
-            return Err(format!("{}: {e}", d.display()));
+            return Err(at(d)(e));
         }
     }
     let mut done = Vec::with_capacity(copies.len());

@@ -25,7 +25,8 @@ use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{insert_chunk, DURABLE_BEGIN};
+use super::writer::insert_chunk;
+use super::DURABLE_BEGIN;
 use crate::{now_secs, Envelope, MessageId, NewRecipient, StoreError};
 
 /// Most messages committed in one transaction.

@@ -11,7 +11,9 @@ use std::time::Duration;
 use sqlx::Row;
 
 use super::operators::{messages_of, MESSAGE_COLUMNS};
-use super::{insert_chunk, remove_if_done, SqliteStore};
+use super::queue::remove_if_done;
+use super::writer::insert_chunk;
+use super::SqliteStore;
 use crate::{
     now_millis, now_secs, MessageId, Notice, OutboundMessage, RecipientId, Settle, StoreError, CHUNK_SIZE,
     OUTBOUND_QUEUE,

@@ -6,13 +6,14 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::size_of;
 use super::SqliteStore;
+use crate::contract::Accounts;
 use crate::{
     account_domains, check_account_name, normalize_domain, now_secs, Account, Credential, DomainCheck,
     DomainInfo, DomainPolicy, DomainUsage, StoreError,
 };
 
-impl SqliteStore {
-    pub async fn account_add(
+impl Accounts for SqliteStore {
+    async fn account_add(
         &self,
         name: &str,
         credentials: &[Credential],
@@ -39,7 +40,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn account_remove(&self, name: &str) -> Result<(), StoreError> {
+    async fn account_remove(&self, name: &str) -> Result<(), StoreError> {
         // Credentials and domains go with it (ON DELETE CASCADE).
         let removed = sqlx::query("DELETE FROM account WHERE name = ?")
             .bind(name)
@@ -52,7 +53,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn account_set_credentials(
+    async fn account_set_credentials(
         &self,
         name: &str,
         credentials: &[Credential],
@@ -68,7 +69,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn account_credential(&self, name: &str, scheme: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn account_credential(&self, name: &str, scheme: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT data FROM credential WHERE account = ? AND scheme = ?")
                 .bind(name)
@@ -78,11 +79,7 @@ impl SqliteStore {
         )
     }
 
-    pub async fn account_by_credential(
-        &self,
-        scheme: &str,
-        data: &[u8],
-    ) -> Result<Option<String>, StoreError> {
+    async fn account_by_credential(&self, scheme: &str, data: &[u8]) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT account FROM credential WHERE scheme = ? AND data = ? ORDER BY account LIMIT 1",
         )
@@ -92,11 +89,7 @@ impl SqliteStore {
         .await?)
     }
 
-    pub async fn account_put_credential(
-        &self,
-        name: &str,
-        credential: &Credential,
-    ) -> Result<(), StoreError> {
+    async fn account_put_credential(&self, name: &str, credential: &Credential) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let exists: Option<String> = sqlx::query_scalar("SELECT name FROM account WHERE name = ?")
             .bind(name)
@@ -118,7 +111,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn account_get(&self, name: &str) -> Result<Option<Account>, StoreError> {
+    async fn account_get(&self, name: &str) -> Result<Option<Account>, StoreError> {
         let rows = sqlx::query(
             "SELECT a.name, a.created_at, a.etrn_destination, a.etrn_from, d.name AS domain
              FROM account a LEFT JOIN domain d ON d.account = a.name
@@ -131,7 +124,7 @@ impl SqliteStore {
         Ok(accounts_of(&rows)?.pop())
     }
 
-    pub async fn account_list(&self) -> Result<Vec<Account>, StoreError> {
+    async fn account_list(&self) -> Result<Vec<Account>, StoreError> {
         let rows = sqlx::query(
             "SELECT a.name, a.created_at, a.etrn_destination, a.etrn_from, d.name AS domain
              FROM account a LEFT JOIN domain d ON d.account = a.name
@@ -142,7 +135,7 @@ impl SqliteStore {
         accounts_of(&rows)
     }
 
-    pub async fn domain_add(&self, account: &str, domain: &str) -> Result<(), StoreError> {
+    async fn domain_add(&self, account: &str, domain: &str) -> Result<(), StoreError> {
         let domain = normalize_domain(domain)?;
         let mut tx = self.begin().await?;
         require_account(&mut tx, account).await?;
@@ -151,7 +144,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn domain_remove(&self, domain: &str) -> Result<(), StoreError> {
+    async fn domain_remove(&self, domain: &str) -> Result<(), StoreError> {
         let domain = domain.to_lowercase();
         let removed = sqlx::query("DELETE FROM domain WHERE name = ?")
             .bind(&domain)
@@ -164,14 +157,14 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn domain_owner(&self, domain: &str) -> Result<Option<String>, StoreError> {
+    async fn domain_owner(&self, domain: &str) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar("SELECT account FROM domain WHERE name = ?")
             .bind(domain.to_lowercase())
             .fetch_optional(&self.read)
             .await?)
     }
 
-    pub async fn account_set_etrn(
+    async fn account_set_etrn(
         &self,
         name: &str,
         destination: Option<&str>,
@@ -190,7 +183,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn domain_get(&self, domain: &str) -> Result<Option<DomainInfo>, StoreError> {
+    async fn domain_get(&self, domain: &str) -> Result<Option<DomainInfo>, StoreError> {
         let domain = domain.to_lowercase();
         let Some(row) = sqlx::query(
             "SELECT name, account, max_messages, max_bytes, max_age, catch_all FROM domain WHERE name = ?",
@@ -227,7 +220,7 @@ impl SqliteStore {
         }))
     }
 
-    pub async fn domain_set_policy(&self, domain: &str, policy: &DomainPolicy) -> Result<(), StoreError> {
+    async fn domain_set_policy(&self, domain: &str, policy: &DomainPolicy) -> Result<(), StoreError> {
         let domain = domain.to_lowercase();
         let mut tx = self.begin().await?;
         let changed = sqlx::query(
@@ -259,7 +252,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn domain_accepts(
+    async fn domain_accepts(
         &self,
         domain: &str,
         local_part: &str,
@@ -283,7 +276,7 @@ impl SqliteStore {
         )
     }
 
-    pub async fn domain_usage(&self, domain: &str) -> Result<DomainUsage, StoreError> {
+    async fn domain_usage(&self, domain: &str) -> Result<DomainUsage, StoreError> {
         let (messages, bytes): (i64, i64) = sqlx::query_as(
             "SELECT count(*), coalesce(sum(m.size), 0)
              FROM (SELECT DISTINCT message FROM recipient

@@ -347,6 +347,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::Backend;
     use crate::sqlite::SqliteStore;
     use crate::{Envelope, EnvelopeRecipient, NewRecipient};
 

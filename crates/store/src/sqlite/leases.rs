@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::SqliteStore;
+use crate::contract::Leases;
 use crate::{domain_set, duration_millis, new_token, now_millis, Lease, LeaseRow, StoreError};
 
 /// Why a lease no longer holds all its domains: [`StoreError::LeaseBroken`] if the operator
@@ -25,8 +26,8 @@ pub(super) async fn lease_lost(
     })
 }
 
-impl SqliteStore {
-    pub async fn lease_acquire(
+impl Leases for SqliteStore {
+    async fn lease_acquire(
         &self,
         domains: &[String],
         holder: &str,
@@ -67,7 +68,7 @@ impl SqliteStore {
         }))
     }
 
-    pub async fn lease_renew(&self, lease: &Lease, ttl: Duration) -> Result<(), StoreError> {
+    async fn lease_renew(&self, lease: &Lease, ttl: Duration) -> Result<(), StoreError> {
         let expires_at = now_millis().saturating_add(duration_millis(ttl));
         let mut tx = self.begin().await?;
         let renewed = sqlx::query("UPDATE lease SET expires_at = ? WHERE token = ?")
@@ -85,7 +86,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn lease_release(&self, lease: &Lease) -> Result<(), StoreError> {
+    async fn lease_release(&self, lease: &Lease) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM lease WHERE token = ?")
             .bind(&lease.token)
             .execute(&self.write)
@@ -93,7 +94,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn lease_list(&self) -> Result<Vec<LeaseRow>, StoreError> {
+    async fn lease_list(&self) -> Result<Vec<LeaseRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT domain, token, holder, expires_at FROM lease WHERE expires_at > ? ORDER BY domain",
         )
@@ -112,7 +113,7 @@ impl SqliteStore {
             .collect()
     }
 
-    pub async fn lease_break(&self, domain: &str) -> Result<bool, StoreError> {
+    async fn lease_break(&self, domain: &str) -> Result<bool, StoreError> {
         let now = now_millis();
         let mut tx = self.begin().await?;
         let token: Option<String> = sqlx::query_scalar("DELETE FROM lease WHERE domain = ? RETURNING token")

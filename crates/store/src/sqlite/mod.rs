@@ -27,7 +27,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use crate::{RecipientState, StoreError, STALE_RECEIVING};
+use crate::contract::Queue;
+use crate::dispatch::Backend;
+use crate::{Envelope, NewRecipient, RecipientState, StoreError, STALE_RECEIVING};
 
 mod accounts;
 mod group_commit;
@@ -261,8 +263,16 @@ impl SqliteStore {
             _ => Schema::Current,
         })
     }
+}
 
-    pub async fn close(&self) {
+impl Backend for SqliteStore {
+    type Writer = SqliteMessageWriter;
+
+    fn receive(&self, envelope: Envelope, recipients: Vec<NewRecipient>) -> SqliteMessageWriter {
+        SqliteMessageWriter::new(self.clone(), envelope, recipients)
+    }
+
+    async fn close(&self) {
         self.read.close().await;
         if !self.write.is_closed() {
             if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")

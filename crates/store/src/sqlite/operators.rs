@@ -10,6 +10,7 @@ use sqlx::Row;
 
 use super::queue::remove_if_done;
 use super::{placeholders, size_of, state_of, SqliteStore};
+use crate::contract::Operators;
 use crate::{now_secs, MessageId, Operation, QueueFilter, QueuedMessage, RecipientStatus, StoreError};
 
 /// The `WHERE` clause (over `recipient r`) and its bindings selecting what a filter selects.
@@ -99,8 +100,8 @@ pub(super) fn messages_of(rows: &[SqliteRow]) -> Result<Vec<QueuedMessage>, Stor
     Ok(out)
 }
 
-impl SqliteStore {
-    pub async fn queue_ids(&self, filter: &QueueFilter) -> Result<Vec<MessageId>, StoreError> {
+impl Operators for SqliteStore {
+    async fn queue_ids(&self, filter: &QueueFilter) -> Result<Vec<MessageId>, StoreError> {
         let sel = Selection::of(filter, "r.");
         let sql = format!(
             "SELECT DISTINCT r.message FROM recipient r
@@ -111,7 +112,7 @@ impl SqliteStore {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    pub async fn queue_find(&self, filter: &QueueFilter) -> Result<Vec<QueuedMessage>, StoreError> {
+    async fn queue_find(&self, filter: &QueueFilter) -> Result<Vec<QueuedMessage>, StoreError> {
         let sel = Selection::of(filter, "r.");
         // Messages with something left to do in the selection; all their recipients are shown.
         let sql = format!(
@@ -133,7 +134,25 @@ impl SqliteStore {
         messages_of(&q.fetch_all(&self.read).await?)
     }
 
-    pub(crate) async fn queue_operate(&self, filter: &QueueFilter, op: Operation) -> Result<u64, StoreError> {
+    async fn queue_delete(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        self.queue_operate(filter, Operation::Delete).await
+    }
+
+    async fn queue_bounce(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        self.queue_operate(filter, Operation::Bounce).await
+    }
+
+    async fn queue_hold(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        self.queue_operate(filter, Operation::Hold).await
+    }
+
+    async fn queue_release(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        self.queue_operate(filter, Operation::Release).await
+    }
+}
+
+impl SqliteStore {
+    async fn queue_operate(&self, filter: &QueueFilter, op: Operation) -> Result<u64, StoreError> {
         let sel = Selection::of(filter, "");
         let (set, from) = match op {
             Operation::Delete => (

@@ -9,6 +9,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::leases::lease_lost;
 use super::{placeholders, size_of, SqliteStore, RELAXED_BEGIN};
+use crate::contract::Queue;
 use crate::{
     domain_set, now_millis, now_secs, Lease, MessageId, Outcome, Pending, PendingRecipient, StoreError,
 };
@@ -33,8 +34,8 @@ pub(super) fn pending_sql(n: usize) -> String {
     )
 }
 
-impl SqliteStore {
-    pub async fn purge_incomplete(&self, older_than: Duration) -> Result<u64, StoreError> {
+impl Queue for SqliteStore {
+    async fn purge_incomplete(&self, older_than: Duration) -> Result<u64, StoreError> {
         let age = i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX / 2);
         let cutoff = now_secs().saturating_sub(age);
         // Body chunks go with the message (ON DELETE CASCADE); a receiving message has no
@@ -48,7 +49,7 @@ impl SqliteStore {
         )
     }
 
-    pub async fn pending(
+    async fn pending(
         &self,
         domains: &[String],
         after: Option<MessageId>,
@@ -96,7 +97,7 @@ impl SqliteStore {
         Ok(out)
     }
 
-    pub async fn has_pending(&self, domains: &[String]) -> Result<bool, StoreError> {
+    async fn has_pending(&self, domains: &[String]) -> Result<bool, StoreError> {
         let domains = domain_set(domains);
         if domains.is_empty() {
             return Ok(false);
@@ -112,7 +113,7 @@ impl SqliteStore {
         Ok(q.fetch_one(&self.read).await?)
     }
 
-    pub async fn read_body(&self, id: MessageId, chunk: u32) -> Result<Option<Bytes>, StoreError> {
+    async fn read_body(&self, id: MessageId, chunk: u32) -> Result<Option<Bytes>, StoreError> {
         let data: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT data FROM body_chunk WHERE message = ? AND seq = ?")
                 .bind(id)
@@ -122,7 +123,7 @@ impl SqliteStore {
         Ok(data.map(Bytes::from))
     }
 
-    pub async fn record(&self, lease: &Lease, outcomes: &[Outcome]) -> Result<(), StoreError> {
+    async fn record(&self, lease: &Lease, outcomes: &[Outcome]) -> Result<(), StoreError> {
         if outcomes.is_empty() {
             return Ok(());
         }
@@ -201,7 +202,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn read_first_chunks(&self, ids: &[MessageId]) -> Result<Vec<(MessageId, Bytes)>, StoreError> {
+    async fn read_first_chunks(&self, ids: &[MessageId]) -> Result<Vec<(MessageId, Bytes)>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for part in ids.chunks(RECORD_ROWS) {
             let sql = format!(
@@ -222,7 +223,7 @@ impl SqliteStore {
         Ok(out)
     }
 
-    pub async fn pending_count(&self, domains: &[String]) -> Result<u64, StoreError> {
+    async fn pending_count(&self, domains: &[String]) -> Result<u64, StoreError> {
         let domains = domain_set(domains);
         if domains.is_empty() {
             return Ok(0);

@@ -14,6 +14,7 @@ use super::operators::{messages_of, MESSAGE_COLUMNS};
 use super::queue::remove_if_done;
 use super::writer::insert_chunk;
 use super::SqliteStore;
+use crate::contract::QueueEnd;
 use crate::{
     now_millis, now_secs, MessageId, Notice, OutboundMessage, RecipientId, Settle, StoreError, CHUNK_SIZE,
     OUTBOUND_QUEUE,
@@ -37,8 +38,8 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
 }
 
-impl SqliteStore {
-    pub async fn expire(&self, default_max_age: Duration) -> Result<u64, StoreError> {
+impl QueueEnd for SqliteStore {
+    async fn expire(&self, default_max_age: Duration) -> Result<u64, StoreError> {
         let now = now_secs();
         let default = secs(default_max_age);
         let mut tx = self.begin().await?;
@@ -58,7 +59,7 @@ impl SqliteStore {
         Ok(expired)
     }
 
-    pub async fn notices_failed(&self, limit: usize) -> Result<Vec<Notice>, StoreError> {
+    async fn notices_failed(&self, limit: usize) -> Result<Vec<Notice>, StoreError> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS}
              FROM (SELECT DISTINCT message FROM recipient WHERE state = 'failed'
@@ -75,7 +76,7 @@ impl SqliteStore {
         messages_of(&rows)
     }
 
-    pub async fn notices_delayed(
+    async fn notices_delayed(
         &self,
         until: i64,
         after: (i64, MessageId),
@@ -105,7 +106,32 @@ impl SqliteStore {
         messages_of(&rows)
     }
 
-    pub(crate) async fn settle(
+    async fn settle_failed(
+        &self,
+        recipients: &[RecipientId],
+        notice: Option<&OutboundMessage>,
+    ) -> Result<(), StoreError> {
+        self.settle(recipients, notice, Settle::Failed).await
+    }
+
+    async fn settle_delayed(
+        &self,
+        recipients: &[RecipientId],
+        notice: Option<&OutboundMessage>,
+    ) -> Result<(), StoreError> {
+        self.settle(recipients, notice, Settle::Delayed).await
+    }
+
+    async fn queue_notice(&self, notice: &OutboundMessage) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        queue_outbound(&mut tx, notice, now_secs()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    async fn settle(
         &self,
         recipients: &[RecipientId],
         notice: Option<&OutboundMessage>,
@@ -154,15 +180,6 @@ impl SqliteStore {
                 remove_if_done(&mut tx, &[m]).await?;
             }
         }
-        tx.commit().await?;
-        Ok(())
-    }
-}
-
-impl SqliteStore {
-    pub async fn queue_notice(&self, notice: &OutboundMessage) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        queue_outbound(&mut tx, notice, now_secs()).await?;
         tx.commit().await?;
         Ok(())
     }

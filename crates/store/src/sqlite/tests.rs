@@ -9,6 +9,7 @@ use sqlx::Row;
 use super::queue::pending_sql;
 use super::queue_end;
 use super::*;
+use crate::dispatch::Backend;
 use crate::{CommitInfo, Envelope, EnvelopeRecipient, RecipientState, Store, CHUNK_SIZE};
 
 fn envelope(rcpt: &str) -> Envelope {

@@ -7,22 +7,8 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::group_commit::CommitJob;
 use super::SqliteStore;
+use crate::dispatch::BackendWriter;
 use crate::{now_secs, CommitInfo, Envelope, MessageId, NewRecipient, StoreError, CHUNK_SIZE};
-
-impl SqliteStore {
-    pub(crate) fn receive(&self, envelope: Envelope, recipients: Vec<NewRecipient>) -> SqliteMessageWriter {
-        SqliteMessageWriter {
-            store: self.clone(),
-            envelope,
-            recipients,
-            buf: Vec::new(),
-            id: None,
-            next_seq: 0,
-            size: 0,
-            finished: false,
-        }
-    }
-}
 
 /// The SQLite side of [`crate::MessageWriter`].
 ///
@@ -55,12 +41,12 @@ impl fmt::Debug for SqliteMessageWriter {
     }
 }
 
-impl SqliteMessageWriter {
-    pub(crate) fn size(&self) -> u64 {
+impl BackendWriter for SqliteMessageWriter {
+    fn size(&self) -> u64 {
         self.size
     }
 
-    pub(crate) async fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+    async fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
         while !data.is_empty() {
             if self.buf.len() == CHUNK_SIZE {
                 self.store_buffered_chunk().await?;
@@ -74,6 +60,65 @@ impl SqliteMessageWriter {
             data = &data[take..];
         }
         Ok(())
+    }
+
+    async fn commit(mut self, info: CommitInfo) -> Result<MessageId, StoreError> {
+        // Whatever happens now, the drop must not remove the message: the committer owns it
+        // (a failed commit leaves at most a `receiving` row for the purge).
+        self.finished = true;
+        let store = self.store.clone();
+        let result = store
+            .committer
+            .commit(|done| CommitJob {
+                id: self.id,
+                envelope: std::mem::replace(
+                    &mut self.envelope,
+                    Envelope {
+                        mail_from: String::new(),
+                        mail_params: String::new(),
+                        recipients: Vec::new(),
+                        helo: String::new(),
+                        client_addr: String::new(),
+                    },
+                ),
+                recipients: std::mem::take(&mut self.recipients),
+                last_chunk: std::mem::take(&mut self.buf),
+                next_seq: self.next_seq,
+                size: i64::try_from(self.size).unwrap_or(i64::MAX),
+                eight_bit: info.eight_bit,
+                done,
+            })
+            .await;
+        if result.is_err() {
+            if let Some(id) = self.id {
+                let _ = delete_receiving(&self.store.write, id).await;
+            }
+        }
+        result
+    }
+
+    async fn abort(mut self) -> Result<(), StoreError> {
+        self.finished = true;
+        self.buf = Vec::new();
+        if let Some(id) = self.id {
+            delete_receiving(&self.store.write, id).await?;
+        }
+        Ok(())
+    }
+}
+
+impl SqliteMessageWriter {
+    pub(super) fn new(store: SqliteStore, envelope: Envelope, recipients: Vec<NewRecipient>) -> Self {
+        SqliteMessageWriter {
+            store,
+            envelope,
+            recipients,
+            buf: Vec::new(),
+            id: None,
+            next_seq: 0,
+            size: 0,
+            finished: false,
+        }
     }
 
     /// Stores the (full) buffer as the next chunk, in its own short transaction.
@@ -117,50 +162,6 @@ impl SqliteMessageWriter {
         self.id = Some(id);
         self.next_seq += 1;
         self.buf.clear();
-        Ok(())
-    }
-
-    pub(crate) async fn commit(mut self, info: CommitInfo) -> Result<MessageId, StoreError> {
-        // Whatever happens now, the drop must not remove the message: the committer owns it
-        // (a failed commit leaves at most a `receiving` row for the purge).
-        self.finished = true;
-        let store = self.store.clone();
-        let result = store
-            .committer
-            .commit(|done| CommitJob {
-                id: self.id,
-                envelope: std::mem::replace(
-                    &mut self.envelope,
-                    Envelope {
-                        mail_from: String::new(),
-                        mail_params: String::new(),
-                        recipients: Vec::new(),
-                        helo: String::new(),
-                        client_addr: String::new(),
-                    },
-                ),
-                recipients: std::mem::take(&mut self.recipients),
-                last_chunk: std::mem::take(&mut self.buf),
-                next_seq: self.next_seq,
-                size: i64::try_from(self.size).unwrap_or(i64::MAX),
-                eight_bit: info.eight_bit,
-                done,
-            })
-            .await;
-        if result.is_err() {
-            if let Some(id) = self.id {
-                let _ = delete_receiving(&self.store.write, id).await;
-            }
-        }
-        result
-    }
-
-    pub(crate) async fn abort(mut self) -> Result<(), StoreError> {
-        self.finished = true;
-        self.buf = Vec::new();
-        if let Some(id) = self.id {
-            delete_receiving(&self.store.write, id).await?;
-        }
         Ok(())
     }
 }

@@ -1,0 +1,158 @@
+//! How a [`Store`] reaches its backend: one `enum` variant per backend, not `dyn`, so every
+//! operation stays a plain `async fn` whose future is `Send` when the backend's is.
+//!
+//! The `backends!` line at the bottom is the only place that lists the backends. From it come
+//! the [`Store`] enum, the writer enum behind [`MessageWriter`], and the `dispatch!` and
+//! `dispatch_writer!` macros, which every operation goes through (the one-to-one operations are
+//! written by `contract!` in `contract.rs`). A new backend is a folder implementing [`Backend`]
+//! (and its concern traits) plus one line there.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::contract::{Accounts, Leases, Operators, Queue, QueueEnd};
+use crate::{
+    prepare_recipients, sqlite, CommitInfo, Envelope, MessageId, NewRecipient, QueueFilter, QueuedMessage,
+    StoreError,
+};
+
+/// What a backend implements beyond the one-to-one operations of its concern traits.
+pub(crate) trait Backend:
+    Accounts + Leases + Queue + QueueEnd + Operators + Clone + fmt::Debug
+{
+    /// A message being received.
+    type Writer: BackendWriter + fmt::Debug;
+
+    /// Starts receiving a message whose recipients are checked and whose domains are derived.
+    /// Nothing needs to be written yet.
+    fn receive(&self, envelope: Envelope, recipients: Vec<NewRecipient>) -> Self::Writer;
+
+    /// See [`Store::close`].
+    async fn close(&self);
+}
+
+/// A backend's side of [`MessageWriter`]; see its methods.
+pub(crate) trait BackendWriter {
+    async fn write(&mut self, data: &[u8]) -> Result<(), StoreError>;
+    fn size(&self) -> u64;
+    async fn commit(self, info: CommitInfo) -> Result<MessageId, StoreError>;
+    async fn abort(self) -> Result<(), StoreError>;
+}
+
+/// Writes everything that has one arm or one variant per backend, from the list of backends.
+/// `$d` is a `$`, passed in so that the macros written here can have variables of their own.
+macro_rules! backends {
+    ($d:tt $( $(#[$attr:meta])* $variant:ident($store:ty) ),+ $(,)?) => {
+        /// The store, one variant per backend. Cheap to clone (clones share the connections).
+        #[derive(Clone)]
+        pub enum Store {
+            $( $(#[$attr])* $variant($store), )+
+        }
+
+        /// A message being received, in the backend of the store receiving it.
+        #[derive(Debug)]
+        enum WriterImpl {
+            $( $variant(<$store as Backend>::Writer), )+
+        }
+
+        /// `dispatch!(store, backend => expr)`: `expr` with `backend` bound to the backend of
+        /// `store` (a `&Store`).
+        macro_rules! dispatch {
+            ($d store:expr, $d backend:ident => $d call:expr) => {
+                match $d store {
+                    $( Store::$variant($d backend) => $d call, )+
+                }
+            };
+        }
+        pub(crate) use dispatch;
+
+        /// `dispatch_writer!(writer, w => expr)`, the same for a writer.
+        macro_rules! dispatch_writer {
+            ($d writer:expr, $d w:ident => $d call:expr) => {
+                match $d writer {
+                    $( WriterImpl::$variant($d w) => $d call, )+
+                }
+            };
+        }
+
+        impl Store {
+            fn writer(&self, envelope: Envelope, recipients: Vec<NewRecipient>) -> WriterImpl {
+                match self {
+                    $( Store::$variant(b) => WriterImpl::$variant(b.receive(envelope, recipients)), )+
+                }
+            }
+        }
+    };
+}
+
+backends! {$
+    /// SQLite: one file in a local directory, shared by the processes of one machine.
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        dispatch!(self, backend => fmt::Debug::fmt(backend, f))
+    }
+}
+
+impl Store {
+    /// Opens (creating if missing) the SQLite store `<dir>/odmr.db`, creating `dir` if missing,
+    /// brings its schema up to date, and removes messages whose receiving was abandoned (idle for
+    /// [`STALE_RECEIVING`](crate::STALE_RECEIVING)).
+    pub async fn open_sqlite(dir: &Path) -> Result<Store, StoreError> {
+        Ok(Store::Sqlite(sqlite::SqliteStore::open(dir).await?))
+    }
+
+    /// Clean shutdown: checkpoints what it can and closes the connections. Other clones of this
+    /// store can no longer be used afterwards.
+    pub async fn close(&self) {
+        dispatch!(self, backend => backend.close().await)
+    }
+
+    /// Starts receiving a message. The body is then streamed through the returned writer, so
+    /// memory stays bounded whatever the size of the message.
+    pub async fn receive(&self, envelope: Envelope) -> Result<MessageWriter, StoreError> {
+        let recipients = prepare_recipients(&envelope)?;
+        Ok(MessageWriter {
+            inner: self.writer(envelope, recipients),
+        })
+    }
+
+    /// Every committed message, oldest first, with all its recipients.
+    pub async fn queue_list(&self) -> Result<Vec<QueuedMessage>, StoreError> {
+        self.queue_find(&QueueFilter::default()).await
+    }
+}
+
+/// Receives the body of one message: [`write`](MessageWriter::write) it in pieces of any size,
+/// then [`commit`](MessageWriter::commit) or [`abort`](MessageWriter::abort). Dropping a writer
+/// without either removes what was written (in the background).
+#[derive(Debug)]
+pub struct MessageWriter {
+    inner: WriterImpl,
+}
+
+impl MessageWriter {
+    /// Appends to the body. Buffers up to [`CHUNK_SIZE`](crate::CHUNK_SIZE), then stores a
+    /// chunk; the message stays invisible to delivery and to [`Store::queue_list`] until
+    /// committed.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        dispatch_writer!(&mut self.inner, w => w.write(data).await)
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        dispatch_writer!(&self.inner, w => w.size())
+    }
+
+    /// Queues the message. It is durable when this returns; its size is the total written.
+    pub async fn commit(self, info: CommitInfo) -> Result<MessageId, StoreError> {
+        dispatch_writer!(self.inner, w => w.commit(info).await)
+    }
+
+    /// Removes what was written.
+    pub async fn abort(self) -> Result<(), StoreError> {
+        dispatch_writer!(self.inner, w => w.abort().await)
+    }
+}

@@ -1,11 +1,12 @@
 //! How a [`Store`] reaches its backend: one `enum` variant per backend, not `dyn`, so every
 //! operation stays a plain `async fn` whose future is `Send` when the backend's is.
 //!
-//! The `backends!` line at the bottom is the only place that lists the backends. From it come
-//! the [`Store`] enum, the writer enum behind [`MessageWriter`], and the `dispatch!` and
-//! `dispatch_writer!` macros, which every operation goes through (the one-to-one operations are
-//! written by `contract!` in `contract.rs`). A new backend is a folder implementing [`Backend`]
-//! (and its concern traits) plus one line there.
+//! The `backends!` line below is the only place that lists the backends. From it come the
+//! [`Store`] enum, the writer enum behind [`MessageWriter`], the locations a [`StoreConfig`] holds
+//! and the URL schemes it accepts, [`Store::open`], and the `dispatch!` and `dispatch_writer!`
+//! macros, which every operation goes through (the one-to-one operations are written by
+//! `contract!` in `contract.rs`). A new backend is a folder implementing [`Backend`] (and its
+//! concern traits) plus one line there.
 
 use std::fmt;
 use std::path::Path;
@@ -13,13 +14,31 @@ use std::path::Path;
 use crate::contract::{Accounts, Leases, Operators, Queue, QueueEnd};
 use crate::{
     prepare_recipients, sqlite, CommitInfo, Envelope, MessageId, NewRecipient, QueueFilter, QueuedMessage,
-    StoreError,
+    StoreConfig, StoreError, StoreUrlError,
 };
 
 /// What a backend implements beyond the one-to-one operations of its concern traits.
 pub(crate) trait Backend:
     Accounts + Leases + Queue + QueueEnd + Operators + Clone + fmt::Debug
 {
+    /// The scheme of this backend's store URLs: `sqlite` in `sqlite:/var/lib/odmr`.
+    const SCHEME: &'static str;
+
+    /// Where a store of this backend is: what its URL says after `SCHEME:`.
+    type Location: Clone + fmt::Debug + PartialEq + Eq;
+
+    /// Parses what follows `SCHEME:`; the error says what is wrong and what would do.
+    fn parse_location(text: &str) -> Result<Self::Location, String>;
+
+    /// Writes a location as [`Backend::parse_location`] takes it, leaving out any secret.
+    fn show_location(location: &Self::Location, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+
+    /// The local directory the store keeps its files in, if it does.
+    fn local_dir(location: &Self::Location) -> Option<&Path>;
+
+    /// See [`Store::open`].
+    async fn open(location: &Self::Location) -> Result<Self, StoreError>;
+
     /// A message being received.
     type Writer: BackendWriter + fmt::Debug;
 
@@ -75,7 +94,62 @@ macro_rules! backends {
             };
         }
 
+        /// Where a store is, for each backend (inside [`StoreConfig`]).
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub(crate) enum Location {
+            $( $variant(<$store as Backend>::Location), )+
+        }
+
+        /// The schemes of the backends, in the order of the list.
+        pub(crate) const SCHEMES: &[&str] = &[$( <$store as Backend>::SCHEME, )+];
+
+        impl Location {
+            /// `None` if no backend has this (lower-case) scheme.
+            pub(crate) fn parse(scheme: &str, text: &str) -> Option<Result<Location, StoreUrlError>> {
+                $(
+                    if scheme == <$store as Backend>::SCHEME {
+                        return Some(
+                            <$store as Backend>::parse_location(text)
+                                .map(Location::$variant)
+                                .map_err(|problem| StoreUrlError::Invalid {
+                                    scheme: <$store as Backend>::SCHEME,
+                                    problem,
+                                }),
+                        );
+                    }
+                )+
+                None
+            }
+
+            pub(crate) fn scheme(&self) -> &'static str {
+                match self {
+                    $( Location::$variant(_) => <$store as Backend>::SCHEME, )+
+                }
+            }
+
+            pub(crate) fn show(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self {
+                    $( Location::$variant(l) => <$store as Backend>::show_location(l, f), )+
+                }
+            }
+
+            pub(crate) fn local_dir(&self) -> Option<&Path> {
+                match self {
+                    $( Location::$variant(l) => <$store as Backend>::local_dir(l), )+
+                }
+            }
+        }
+
         impl Store {
+            /// Opens the store `config` names, creating it if missing, brings its schema up to
+            /// date, and removes messages whose receiving was abandoned (idle for
+            /// [`STALE_RECEIVING`](crate::STALE_RECEIVING)).
+            pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+                Ok(match config.location() {
+                    $( Location::$variant(l) => Store::$variant(<$store as Backend>::open(l).await?), )+
+                })
+            }
+
             fn writer(&self, envelope: Envelope, recipients: Vec<NewRecipient>) -> WriterImpl {
                 match self {
                     $( Store::$variant(b) => WriterImpl::$variant(b.receive(envelope, recipients)), )+
@@ -97,13 +171,6 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if missing) the SQLite store `<dir>/odmr.db`, creating `dir` if missing,
-    /// brings its schema up to date, and removes messages whose receiving was abandoned (idle for
-    /// [`STALE_RECEIVING`](crate::STALE_RECEIVING)).
-    pub async fn open_sqlite(dir: &Path) -> Result<Store, StoreError> {
-        Ok(Store::Sqlite(sqlite::SqliteStore::open(dir).await?))
-    }
-
     /// Clean shutdown: checkpoints what it can and closes the connections. Other clones of this
     /// store can no longer be used afterwards.
     pub async fn close(&self) {

@@ -10,7 +10,7 @@
 //! - **Durable before acknowledged.** [`MessageWriter::commit`] returns only once the message, its
 //!   envelope and its whole body are on stable storage (SQLite: WAL with `synchronous=FULL`).
 //!   Until then the message is invisible to delivery; a crash before commit leaves only garbage
-//!   that [`Store::open_sqlite`] removes.
+//!   that [`Store::open`] removes.
 //! - **Per-recipient state.** A message has one row per recipient, indexed by the recipient's
 //!   domain, so the cost of an ATRN grows with that domain's mail, not with the whole queue.
 //! - **A lease row per domain is the only lock.** Delivery for a domain happens only under a lease;
@@ -33,17 +33,19 @@
 //! - A body is stored as chunks of exactly [`CHUNK_SIZE`] bytes (the last one may be shorter; an
 //!   empty body has no chunk), numbered from 0.
 //! - Garbage of a crash mid-DATA (a message still `receiving`) is removed by
-//!   [`Store::open_sqlite`] once it has been idle for [`STALE_RECEIVING`], so opening the store
+//!   [`Store::open`] once it has been idle for [`STALE_RECEIVING`], so opening the store
 //!   from a second process never removes a message that another process is still receiving;
 //!   [`Store::purge_incomplete`] does the same with any age, for housekeeping.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod config;
 mod contract;
 mod dispatch;
 pub mod sqlite;
 
+pub use config::{StoreConfig, StoreUrlError};
 pub use dispatch::{MessageWriter, Store};
 
 /// The id of a message in the queue; ids only grow and are never reused.

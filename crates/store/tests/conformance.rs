@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use odmr_store::{
     CommitInfo, Credential, DomainPolicy, DomainUsage, Envelope, EnvelopeRecipient, Lease, MessageId,
-    OutboundMessage, Outcome, Pending, QueueFilter, RecipientState, Store, StoreError, CHUNK_SIZE,
-    OUTBOUND_QUEUE,
+    OutboundMessage, Outcome, Pending, QueueFilter, RecipientState, Store, StoreConfig, StoreError,
+    CHUNK_SIZE, OUTBOUND_QUEUE,
 };
 
 /// Fresh storage for one test, which can be opened several times (as several processes would).
@@ -32,7 +32,9 @@ impl SqliteBackend {
 
 impl Backend for SqliteBackend {
     async fn open(&self) -> Store {
-        Store::open_sqlite(self.dir.path()).await.expect("open")
+        Store::open(&StoreConfig::sqlite(self.dir.path()))
+            .await
+            .expect("open")
     }
 }
 

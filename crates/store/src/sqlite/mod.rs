@@ -134,7 +134,7 @@ enum Schema {
 }
 
 impl SqliteStore {
-    /// Opens `<dir>/odmr.db` (see [`crate::Store::open_sqlite`]).
+    /// Opens `<dir>/odmr.db`, creating `dir` if missing (see [`crate::Store::open`]).
     pub async fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
         let (store, schema) = Self::open_migrated(dir).await?;
         let path = store.path.display();
@@ -266,7 +266,44 @@ impl SqliteStore {
 }
 
 impl Backend for SqliteStore {
+    const SCHEME: &'static str = "sqlite";
+    /// The directory holding [`DB_FILE`].
+    type Location = PathBuf;
     type Writer = SqliteMessageWriter;
+
+    fn parse_location(text: &str) -> Result<PathBuf, String> {
+        if text.trim().is_empty() {
+            return Err("no directory: write the store's directory after the colon, e.g. \
+                        \"sqlite:/var/lib/odmr\""
+                .into());
+        }
+        // `sqlite:///var/lib/odmr` would be `//var/lib/odmr`, and `sqlite://data` `//data`:
+        // better refused than guessed at.
+        if let Some(rest) = text.strip_prefix("//") {
+            let rest = rest.trim_start_matches('/');
+            return Err(if text.starts_with("///") {
+                format!("the directory follows the colon, without //: write \"sqlite:/{rest}\"")
+            } else {
+                format!(
+                    "the directory follows the colon, without //: write \"sqlite:/{rest}\" or \
+                     \"sqlite:./{rest}\""
+                )
+            });
+        }
+        Ok(PathBuf::from(text))
+    }
+
+    fn show_location(dir: &PathBuf, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", dir.display())
+    }
+
+    fn local_dir(dir: &PathBuf) -> Option<&Path> {
+        Some(dir)
+    }
+
+    async fn open(dir: &PathBuf) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open(dir).await
+    }
 
     fn receive(&self, envelope: Envelope, recipients: Vec<NewRecipient>) -> SqliteMessageWriter {
         SqliteMessageWriter::new(self.clone(), envelope, recipients)

@@ -10,7 +10,7 @@ use super::queue::pending_sql;
 use super::queue_end;
 use super::*;
 use crate::dispatch::Backend;
-use crate::{CommitInfo, Envelope, EnvelopeRecipient, RecipientState, Store, CHUNK_SIZE};
+use crate::{CommitInfo, Envelope, EnvelopeRecipient, RecipientState, Store, StoreConfig, CHUNK_SIZE};
 
 fn envelope(rcpt: &str) -> Envelope {
     Envelope {
@@ -101,7 +101,7 @@ async fn a_newer_schema_is_refused() {
 #[tokio::test]
 async fn open_removes_stale_receiving_messages_only() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(dir.path()).await.unwrap();
+    let store = Store::open(&StoreConfig::sqlite(dir.path())).await.unwrap();
     let Store::Sqlite(inner) = &store;
     for _ in 0..2 {
         let mut w = store.receive(envelope("x@y.example")).await.unwrap();
@@ -120,7 +120,7 @@ async fn open_removes_stale_receiving_messages_only() {
         .await
         .unwrap();
 
-    let second = Store::open_sqlite(dir.path()).await.unwrap();
+    let second = Store::open(&StoreConfig::sqlite(dir.path())).await.unwrap();
     let Store::Sqlite(inner2) = &second;
     assert_eq!(count(inner2, "SELECT count(*) FROM message").await, 1);
     assert_eq!(count(inner2, "SELECT count(*) FROM body_chunk").await, 2);
@@ -131,7 +131,7 @@ async fn open_removes_stale_receiving_messages_only() {
 #[tokio::test]
 async fn dropping_a_writer_removes_its_chunks() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(dir.path()).await.unwrap();
+    let store = Store::open(&StoreConfig::sqlite(dir.path())).await.unwrap();
     let Store::Sqlite(inner) = &store;
     let mut w = store.receive(envelope("x@y.example")).await.unwrap();
     w.write(&vec![b'x'; CHUNK_SIZE * 3]).await.unwrap();
@@ -153,7 +153,7 @@ async fn dropping_a_writer_removes_its_chunks() {
 #[tokio::test]
 async fn a_small_message_is_one_transaction_and_a_large_one_keeps_none_open() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(dir.path()).await.unwrap();
+    let store = Store::open(&StoreConfig::sqlite(dir.path())).await.unwrap();
     let Store::Sqlite(inner) = &store;
     // Exactly one chunk: nothing is written before the commit.
     let mut w = store.receive(envelope("x@y.example")).await.unwrap();
@@ -178,7 +178,7 @@ async fn a_small_message_is_one_transaction_and_a_large_one_keeps_none_open() {
 #[tokio::test]
 async fn commit_fails_if_the_partial_message_was_purged() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(dir.path()).await.unwrap();
+    let store = Store::open(&StoreConfig::sqlite(dir.path())).await.unwrap();
     let mut w = store.receive(envelope("x@y.example")).await.unwrap();
     w.write(&vec![b'x'; CHUNK_SIZE + 1]).await.unwrap();
     assert_eq!(store.purge_incomplete(Duration::ZERO).await.unwrap(), 1);
@@ -317,7 +317,7 @@ async fn expiry_uses_the_age_index() {
 #[tokio::test]
 async fn concurrent_commits_share_transactions() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(dir.path()).await.unwrap();
+    let store = Store::open(&StoreConfig::sqlite(dir.path())).await.unwrap();
     let Store::Sqlite(inner) = &store;
     let mut doomed = store.receive(envelope("gone@y.example")).await.unwrap();
     doomed.write(&vec![b'x'; CHUNK_SIZE + 1]).await.unwrap();
@@ -345,7 +345,7 @@ async fn concurrent_commits_share_transactions() {
     assert!(used < 64, "{used} transactions for 64 concurrent commits");
     store.close().await;
     // Durable: a fresh open sees all of them, and nothing of the purged one.
-    let again = Store::open_sqlite(dir.path()).await.unwrap();
+    let again = Store::open(&StoreConfig::sqlite(dir.path())).await.unwrap();
     assert_eq!(again.queue_list().await.unwrap().len(), 64);
     again.close().await;
 }
@@ -355,7 +355,7 @@ async fn concurrent_commits_share_transactions() {
 #[tokio::test]
 async fn relaxed_outcome_records_leave_the_writer_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(dir.path()).await.unwrap();
+    let store = Store::open(&StoreConfig::sqlite(dir.path())).await.unwrap();
     let Store::Sqlite(inner) = &store;
     store
         .receive(envelope("x@y.example"))

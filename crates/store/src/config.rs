@@ -10,6 +10,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::dispatch::{Location, SCHEMES};
 
@@ -17,7 +20,41 @@ use crate::dispatch::{Location, SCHEMES};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     location: Location,
+    clock: Option<ClockOffset>,
 }
+
+/// Time added to the database's clock wherever the store reads it: lease times (see the crate's
+/// documentation, "Clocks"). For tests: a test of lease expiry opens its store with one and moves
+/// it forward instead of sleeping. Clones share the offset, so every handle opened with one
+/// clone sees the same time. Without one (always, outside tests) the offset is zero.
+#[derive(Debug, Clone, Default)]
+pub struct ClockOffset(Arc<AtomicI64>);
+
+impl ClockOffset {
+    pub fn new() -> ClockOffset {
+        ClockOffset::default()
+    }
+
+    /// Moves the database's clock, as the stores opened with this offset see it, forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 2);
+        self.0.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// The offset, in milliseconds.
+    pub fn millis(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The same offset (clones of one another), not merely the same value.
+impl PartialEq for ClockOffset {
+    fn eq(&self, other: &ClockOffset) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ClockOffset {}
 
 /// A store URL that cannot be used; the message says what is wrong and what would be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,7 +86,10 @@ impl StoreConfig {
         }
         let scheme = scheme.to_ascii_lowercase();
         match Location::parse(&scheme, rest) {
-            Some(location) => Ok(StoreConfig { location: location? }),
+            Some(location) => Ok(StoreConfig {
+                location: location?,
+                clock: None,
+            }),
             None => Err(StoreUrlError::UnknownScheme {
                 scheme,
                 supported: SCHEMES,
@@ -61,7 +101,14 @@ impl StoreConfig {
     pub fn sqlite(dir: impl Into<PathBuf>) -> StoreConfig {
         StoreConfig {
             location: Location::Sqlite(dir.into()),
+            clock: None,
         }
+    }
+
+    /// For tests: the store sees the database's clock moved by `offset` (see [`ClockOffset`]).
+    pub fn with_clock_offset(mut self, offset: ClockOffset) -> StoreConfig {
+        self.clock = Some(offset);
+        self
     }
 
     /// The schemes this build supports.
@@ -82,6 +129,11 @@ impl StoreConfig {
 
     pub(crate) fn location(&self) -> &Location {
         &self.location
+    }
+
+    /// The offset to open the store with: the test's, else a zero one of its own.
+    pub(crate) fn clock(&self) -> ClockOffset {
+        self.clock.clone().unwrap_or_default()
     }
 }
 
@@ -121,6 +173,21 @@ mod tests {
             assert_eq!(c.to_string(), format!("sqlite:{dir}"));
             assert_eq!(c.to_string().parse::<StoreConfig>().unwrap(), c, "round trip");
         }
+    }
+
+    #[test]
+    fn a_clock_offset_is_shared_by_its_clones() {
+        let clock = ClockOffset::new();
+        let config = StoreConfig::sqlite("/x").with_clock_offset(clock.clone());
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(config.clock().millis(), 61_000);
+        assert_eq!(StoreConfig::sqlite("/x").clock().millis(), 0);
+        assert_ne!(
+            config,
+            StoreConfig::sqlite("/x"),
+            "not the same store as far as time goes"
+        );
+        assert_eq!(config.clone(), config);
     }
 
     #[test]

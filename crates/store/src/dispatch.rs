@@ -13,8 +13,8 @@ use std::path::Path;
 
 use crate::contract::{Accounts, Leases, Operators, Queue, QueueEnd};
 use crate::{
-    prepare_recipients, sqlite, CommitInfo, Envelope, MessageId, NewRecipient, QueueFilter, QueuedMessage,
-    StoreConfig, StoreError, StoreUrlError,
+    prepare_recipients, sqlite, ClockOffset, CommitInfo, Envelope, MessageId, NewRecipient, QueueFilter,
+    QueuedMessage, StoreConfig, StoreError, StoreUrlError,
 };
 
 /// What a backend implements beyond the one-to-one operations of its concern traits.
@@ -36,8 +36,9 @@ pub(crate) trait Backend:
     /// The local directory the store keeps its files in, if it does.
     fn local_dir(location: &Self::Location) -> Option<&Path>;
 
-    /// See [`Store::open`].
-    async fn open(location: &Self::Location) -> Result<Self, StoreError>;
+    /// See [`Store::open`]. `clock` is added to the database's clock wherever the backend reads
+    /// it (zero outside tests).
+    async fn open(location: &Self::Location, clock: ClockOffset) -> Result<Self, StoreError>;
 
     /// A message being received.
     type Writer: BackendWriter + fmt::Debug;
@@ -146,7 +147,7 @@ macro_rules! backends {
             /// [`STALE_RECEIVING`](crate::STALE_RECEIVING)).
             pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
                 Ok(match config.location() {
-                    $( Location::$variant(l) => Store::$variant(<$store as Backend>::open(l).await?), )+
+                    $( Location::$variant(l) => Store::$variant(<$store as Backend>::open(l, config.clock()).await?), )+
                 })
             }
 

@@ -24,6 +24,20 @@
 //! - **A message leaves the queue only after every recipient is delivered.** Failed recipients stay
 //!   visible (with the peer's reply) until a later job bounces them.
 //!
+//! Clocks:
+//! - **Lease times are the database's.** Acquiring, renewing, taking over an expired lease,
+//!   fencing a write, listing leases and the "is this domain being delivered?" test of expiry all
+//!   read "now" from the database, in the statement that uses it; the application only supplies
+//!   durations. Nodes of a fleet whose clocks disagree still agree on when a lease expires, so
+//!   exclusivity and fencing rest on one clock. (With SQLite that is the clock of the machine
+//!   holding the file, which every process sharing the file runs on.) A test moves that clock
+//!   with a [`ClockOffset`] instead of sleeping.
+//! - **Message times are the application's**, in unix seconds: when a message arrived (expiry by
+//!   `max_age`, delay warnings, the purge of abandoned messages), when a recipient or an account
+//!   last changed, and the retry times of the server's jobs. They are measured in minutes to
+//!   days, nothing exclusive depends on them, and a skew of seconds between nodes moves a
+//!   deadline by as much.
+//!
 //! Further rules of this implementation:
 //! - Nothing about accounts, domains or leases is cached in memory: every call reads the database,
 //!   so changes made by another process (the CLI while the server runs, or another node) are seen
@@ -45,7 +59,7 @@ mod contract;
 mod dispatch;
 pub mod sqlite;
 
-pub use config::{StoreConfig, StoreUrlError};
+pub use config::{ClockOffset, StoreConfig, StoreUrlError};
 pub use dispatch::{MessageWriter, Store};
 
 /// The id of a message in the queue; ids only grow and are never reused.
@@ -242,8 +256,11 @@ pub struct LeaseRow {
     pub domain: String,
     pub token: String,
     pub holder: String,
-    /// Unix milliseconds.
+    /// Unix milliseconds, by the database's clock.
     pub expires_at: i64,
+    /// Milliseconds left when listed, by the database's clock: what to show, rather than
+    /// `expires_at` minus this machine's time.
+    pub expires_in_ms: i64,
 }
 
 impl LeaseRow {
@@ -499,13 +516,6 @@ pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-pub(crate) fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 

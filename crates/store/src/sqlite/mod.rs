@@ -29,7 +29,7 @@ use sqlx::{Sqlite, Transaction};
 
 use crate::contract::Queue;
 use crate::dispatch::Backend;
-use crate::{Envelope, NewRecipient, RecipientState, StoreError, STALE_RECEIVING};
+use crate::{ClockOffset, Envelope, NewRecipient, RecipientState, StoreError, STALE_RECEIVING};
 
 mod accounts;
 mod group_commit;
@@ -82,6 +82,8 @@ pub struct SqliteStore {
     read: SqlitePool,
     path: Arc<PathBuf>,
     committer: Committer,
+    /// Added to SQLite's clock in lease times (zero outside tests).
+    clock: ClockOffset,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -135,8 +137,8 @@ enum Schema {
 
 impl SqliteStore {
     /// Opens `<dir>/odmr.db`, creating `dir` if missing (see [`crate::Store::open`]).
-    pub async fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
-        let (store, schema) = Self::open_migrated(dir).await?;
+    pub async fn open(dir: &Path, clock: ClockOffset) -> Result<SqliteStore, StoreError> {
+        let (store, schema) = Self::open_migrated(dir, clock).await?;
         let path = store.path.display();
         // Said once per store and per upgrade: of processes opening a store at the same time,
         // only the one that applies the migrations sees a change.
@@ -151,7 +153,7 @@ impl SqliteStore {
     }
 
     /// Opens the store and says what it did to the schema.
-    async fn open_migrated(dir: &Path) -> Result<(SqliteStore, Schema), StoreError> {
+    async fn open_migrated(dir: &Path, clock: ClockOffset) -> Result<(SqliteStore, Schema), StoreError> {
         tokio::fs::create_dir_all(dir).await?;
         let path = dir.join(DB_FILE);
         let base = SqliteConnectOptions::new()
@@ -210,6 +212,7 @@ impl SqliteStore {
             write,
             read,
             path: Arc::new(path),
+            clock,
         };
         let schema = match store.migrate().await {
             Ok(s) => s,
@@ -301,8 +304,8 @@ impl Backend for SqliteStore {
         Some(dir)
     }
 
-    async fn open(dir: &PathBuf) -> Result<SqliteStore, StoreError> {
-        SqliteStore::open(dir).await
+    async fn open(dir: &PathBuf, clock: ClockOffset) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open(dir, clock).await
     }
 
     fn receive(&self, envelope: Envelope, recipients: Vec<NewRecipient>) -> SqliteMessageWriter {

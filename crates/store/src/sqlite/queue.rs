@@ -7,12 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::leases::lease_lost;
+use super::leases::{db_now_ms, lease_lost};
 use super::{placeholders, size_of, SqliteStore, RELAXED_BEGIN};
 use crate::contract::Queue;
-use crate::{
-    domain_set, now_millis, now_secs, Lease, MessageId, Outcome, Pending, PendingRecipient, StoreError,
-};
+use crate::{domain_set, now_secs, Lease, MessageId, Outcome, Pending, PendingRecipient, StoreError};
 
 /// The query of [`SqliteStore::pending`] for `n` domains. The inner select walks the
 /// (domain, state, message) index and stops at the page's end, and `CROSS JOIN` (which SQLite
@@ -127,19 +125,17 @@ impl Queue for SqliteStore {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let now_ms = now_millis();
         let now = now_secs();
         let mut tx = self.write.begin_with(RELAXED_BEGIN).await?;
         // Fencing: the lease must still hold every one of its domains, unexpired. The write lock
         // taken by BEGIN IMMEDIATE keeps it so until the commit.
-        let live: HashSet<String> =
-            sqlx::query_scalar("SELECT domain FROM lease WHERE token = ? AND expires_at > ?")
-                .bind(&lease.token)
-                .bind(now_ms)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
+        let live: HashSet<String> = sqlx::query_scalar(LIVE_DOMAINS)
+            .bind(&lease.token)
+            .bind(self.clock.millis())
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
         if live.len() != lease.domains.len() {
             return Err(lease_lost(&mut tx, lease).await?);
         }
@@ -240,6 +236,12 @@ impl Queue for SqliteStore {
         Ok(size_of(q.fetch_one(&self.read).await?))
     }
 }
+
+/// The domains a lease still holds, unexpired by the database's clock: ?1 token, ?2 clock offset.
+const LIVE_DOMAINS: &str = concat!(
+    "SELECT domain FROM lease WHERE token = ?1 AND expires_at > ",
+    db_now_ms!(2)
+);
 
 /// Outcomes (or message ids) per statement of [`SqliteStore::record`]: 4 variables each, far
 /// below SQLite's limit of 32766.

@@ -32,7 +32,9 @@ async fn count(store: &SqliteStore, sql: &str) -> i64 {
 #[tokio::test]
 async fn pragmas_are_set() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = SqliteStore::open(dir.path(), ClockOffset::default())
+        .await
+        .unwrap();
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&store.write)
         .await
@@ -64,10 +66,14 @@ async fn pragmas_are_set() {
 async fn a_new_store_is_created_not_upgraded() {
     let dir = tempfile::tempdir().unwrap();
     let supported = MIGRATIONS.len() as i64;
-    let (store, schema) = SqliteStore::open_migrated(dir.path()).await.unwrap();
+    let (store, schema) = SqliteStore::open_migrated(dir.path(), ClockOffset::default())
+        .await
+        .unwrap();
     assert_eq!(schema, Schema::Created { version: supported });
     store.close().await;
-    let (store, schema) = SqliteStore::open_migrated(dir.path()).await.unwrap();
+    let (store, schema) = SqliteStore::open_migrated(dir.path(), ClockOffset::default())
+        .await
+        .unwrap();
     assert_eq!(schema, Schema::Current);
     store.close().await;
 }
@@ -76,7 +82,7 @@ async fn a_new_store_is_created_not_upgraded() {
 async fn creates_missing_directories() {
     let dir = tempfile::tempdir().unwrap();
     let nested = dir.path().join("a/b/c");
-    let store = SqliteStore::open(&nested).await.unwrap();
+    let store = SqliteStore::open(&nested, ClockOffset::default()).await.unwrap();
     assert!(nested.join(DB_FILE).exists());
     store.close().await;
 }
@@ -84,13 +90,15 @@ async fn creates_missing_directories() {
 #[tokio::test]
 async fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = SqliteStore::open(dir.path(), ClockOffset::default())
+        .await
+        .unwrap();
     sqlx::query("PRAGMA user_version = 99")
         .execute(&store.write)
         .await
         .unwrap();
     store.close().await;
-    match SqliteStore::open(dir.path()).await {
+    match SqliteStore::open(dir.path(), ClockOffset::default()).await {
         Err(StoreError::SchemaTooNew { found: 99, .. }) => {}
         other => panic!("{other:?}"),
     }
@@ -194,7 +202,9 @@ async fn commit_fails_if_the_partial_message_was_purged() {
 #[tokio::test]
 async fn pending_uses_the_indexes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = SqliteStore::open(dir.path(), ClockOffset::default())
+        .await
+        .unwrap();
     for n in [1, 3] {
         let sql = format!("EXPLAIN QUERY PLAN {}", pending_sql(n));
         let rows = sqlx::query(&sql).fetch_all(&store.read).await.unwrap();
@@ -246,7 +256,9 @@ async fn schema_1_is_upgraded_keeping_the_queue() {
         .unwrap();
         pool.close().await;
     }
-    let (inner, schema) = SqliteStore::open_migrated(dir.path()).await.unwrap();
+    let (inner, schema) = SqliteStore::open_migrated(dir.path(), ClockOffset::default())
+        .await
+        .unwrap();
     assert_eq!(
         schema,
         Schema::Upgraded {
@@ -289,7 +301,9 @@ async fn schema_1_is_upgraded_keeping_the_queue() {
 #[tokio::test]
 async fn expiry_uses_the_age_index() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = SqliteStore::open(dir.path(), ClockOffset::default())
+        .await
+        .unwrap();
     let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {}", queue_end::EXPIRE_SQL))
         .bind(5)
         .bind(1)

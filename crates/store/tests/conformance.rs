@@ -1,9 +1,10 @@
 //! The conformance suite of the store contract.
 //!
-//! Every check is a generic async function taking a `&Store` (or, when it needs to open the same
-//! storage again as another process would, a `&impl Backend`). The `suite!` macro at the bottom
-//! runs all of them against each backend, each on fresh storage; a new backend adds one
-//! `Backend` impl and one `suite!` line.
+//! Every check is an async function taking a `&Store` (with the [`ClockOffset`] its handles share
+//! when it tests lease time, which it moves instead of sleeping; or a `&impl Backend` when it
+//! needs to open the same storage again, as another process would). The `suite!` macro at the
+//! bottom lists them once and runs all of them against a backend, each on fresh storage; a new
+//! backend adds a `Backend` (fresh storage) and one `suite!` line.
 
 use std::time::Duration;
 
@@ -12,38 +13,6 @@ use odmr_store::{
     MessageId, OutboundMessage, Outcome, Pending, QueueFilter, RecipientState, Store, StoreConfig,
     StoreError, CHUNK_SIZE, OUTBOUND_QUEUE,
 };
-
-/// Fresh storage for one test, which can be opened several times (as several processes would).
-/// Every handle it opens sees the database's clock moved by the same [`ClockOffset`].
-trait Backend {
-    async fn open(&self) -> Store;
-    fn clock(&self) -> &ClockOffset;
-}
-
-struct SqliteBackend {
-    dir: tempfile::TempDir,
-    clock: ClockOffset,
-}
-
-impl SqliteBackend {
-    fn new() -> Self {
-        SqliteBackend {
-            dir: tempfile::tempdir().expect("tempdir"),
-            clock: ClockOffset::new(),
-        }
-    }
-}
-
-impl Backend for SqliteBackend {
-    async fn open(&self) -> Store {
-        let config = StoreConfig::sqlite(self.dir.path()).with_clock_offset(self.clock.clone());
-        Store::open(&config).await.expect("open")
-    }
-
-    fn clock(&self) -> &ClockOffset {
-        &self.clock
-    }
-}
 
 // ----- helpers -----
 
@@ -1282,8 +1251,6 @@ async fn committed_data_survives_reopen(backend: &impl Backend) {
     store.close().await;
 }
 
-// ----- running the suite -----
-
 /// One credential can be added or replaced without touching the others, and an account can be
 /// found by a credential's bytes (SASL EXTERNAL maps a certificate fingerprint to its account).
 async fn credentials_put_and_reverse_lookup(store: &Store) {
@@ -1904,8 +1871,78 @@ async fn lease_break_is_told_to_the_holder(store: &Store) {
     );
 }
 
+// ----- running the suite against every backend -----
+
+/// Fresh storage for one test, which can be opened several times (as several processes would).
+/// Every handle it opens sees the database's clock moved by the same [`ClockOffset`].
+trait Backend {
+    async fn open(&self) -> Store;
+    fn clock(&self) -> &ClockOffset;
+}
+
+struct SqliteBackend {
+    dir: tempfile::TempDir,
+    clock: ClockOffset,
+}
+
+impl SqliteBackend {
+    fn new() -> Self {
+        SqliteBackend {
+            dir: tempfile::tempdir().expect("tempdir"),
+            clock: ClockOffset::new(),
+        }
+    }
+}
+
+impl Backend for SqliteBackend {
+    async fn open(&self) -> Store {
+        let config = StoreConfig::sqlite(self.dir.path()).with_clock_offset(self.clock.clone());
+        Store::open(&config).await.expect("open")
+    }
+
+    fn clock(&self) -> &ClockOffset {
+        &self.clock
+    }
+}
+
+/// Every test of the suite, listed once, by what it takes: a store; a store and the clock its
+/// backend's handles share; or the backend itself, to open the same storage again as another
+/// process would. `suite!(module, fresh_backend)` runs all of them against one backend, each test
+/// on fresh storage.
 macro_rules! suite {
-    ($module:ident, $backend:expr;
+    ($module:ident, $backend:expr) => {
+        suite!(@run $module, $backend;
+        store: [
+            accounts_crud,
+            domains_crud,
+            body_round_trip_multi_chunk,
+            small_and_empty_bodies,
+            batched_reads_and_records,
+            uncommitted_messages_are_invisible,
+            pending_filters_by_domain_and_pages,
+            lease_exclusivity,
+            record_transitions,
+            concurrent_sessions,
+            credentials_put_and_reverse_lookup,
+            etrn_settings_and_pending_count,
+            domain_policy_and_usage,
+            expiry_and_failure_notices,
+            delay_notices,
+            operator_commands,
+            lease_break_is_told_to_the_holder,
+        ];
+        clock: [
+            lease_expiry_takeover,
+            lease_listing,
+            record_fencing,
+        ];
+        backend: [
+            second_handle_sees_changes,
+            concurrent_handles,
+            committed_data_survives_reopen,
+        ]);
+    };
+    (@run $module:ident, $backend:expr;
      store: [$($store_test:ident),* $(,)?];
      clock: [$($clock_test:ident),* $(,)?];
      backend: [$($backend_test:ident),* $(,)?]) => {
@@ -1940,33 +1977,5 @@ macro_rules! suite {
     };
 }
 
-suite!(sqlite, super::SqliteBackend::new();
-store: [
-    accounts_crud,
-    domains_crud,
-    body_round_trip_multi_chunk,
-    small_and_empty_bodies,
-    batched_reads_and_records,
-    uncommitted_messages_are_invisible,
-    pending_filters_by_domain_and_pages,
-    lease_exclusivity,
-    record_transitions,
-    concurrent_sessions,
-    credentials_put_and_reverse_lookup,
-    etrn_settings_and_pending_count,
-    domain_policy_and_usage,
-    expiry_and_failure_notices,
-    delay_notices,
-    operator_commands,
-    lease_break_is_told_to_the_holder,
-];
-clock: [
-    lease_expiry_takeover,
-    lease_listing,
-    record_fencing,
-];
-backend: [
-    second_handle_sees_changes,
-    concurrent_handles,
-    committed_data_survives_reopen,
-]);
+// The backends the suite runs against: one line each (and a `Backend` for its fresh storage).
+suite!(sqlite, super::SqliteBackend::new());

@@ -1,7 +1,7 @@
 //! Operators' control of the queue in the SQLite backend: finding messages, and deleting,
 //! bouncing, holding and releasing them. Every change is one `BEGIN IMMEDIATE` transaction, so a
 //! command that races a delivery is ordered with it; deliveries record outcomes only for
-//! recipients still waiting ([`SqliteStore::record`]), so an operator's decision is never
+//! recipients still waiting ([`Store::record`](crate::Store::record)), so an operator's decision is never
 //! overwritten by a late attempt. (Domain policy and ETRN settings are in `accounts.rs`, breaking
 //! a lease in `leases.rs`.)
 

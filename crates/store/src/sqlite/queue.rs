@@ -12,7 +12,7 @@ use super::{placeholders, size_of, SqliteStore, RELAXED_BEGIN};
 use crate::contract::Queue;
 use crate::{domain_set, now_secs, Lease, MessageId, Outcome, Pending, PendingRecipient, StoreError};
 
-/// The query of [`SqliteStore::pending`] for `n` domains. The inner select walks the
+/// The query of [`Store::pending`](crate::Store::pending) for `n` domains. The inner select walks the
 /// (domain, state, message) index and stops at the page's end, and `CROSS JOIN` (which SQLite
 /// never reorders) makes the rest look up only that page's messages, so the cost follows the
 /// mail of these domains, not the size of the queue.
@@ -243,7 +243,7 @@ const LIVE_DOMAINS: &str = concat!(
     db_now_ms!(2)
 );
 
-/// Outcomes (or message ids) per statement of [`SqliteStore::record`]: 4 variables each, far
+/// Outcomes (or message ids) per statement of [`Store::record`](crate::Store::record): 4 variables each, far
 /// below SQLite's limit of 32766.
 const RECORD_ROWS: usize = 500;
 

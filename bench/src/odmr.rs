@@ -9,7 +9,7 @@
 
 use crate::procs::{self, Finished, Proc};
 use anyhow::{anyhow, bail, Context, Result};
-use odmr_store::Store;
+use odmr_store::{Store, StoreConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -312,7 +312,7 @@ pub fn client_spawn(
 
 /// Open a store for a short read.
 pub async fn open_store(dir: &Path) -> Result<Store> {
-    Store::open_sqlite(dir)
+    Store::open(&StoreConfig::sqlite(dir))
         .await
         .with_context(|| format!("open the store in {}", dir.display()))
 }

@@ -7,6 +7,7 @@
 
 pub mod kind;
 
+use odmr_store::StoreConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -86,19 +87,12 @@ struct RawTls {
     self_signed: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `url` (`sqlite:DIR`), or `path` (a directory: SQLite there), not both.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
-    #[serde(default = "default_store_path")]
-    path: PathBuf,
-}
-
-impl Default for RawStore {
-    fn default() -> Self {
-        RawStore {
-            path: default_store_path(),
-        }
-    }
+    url: Option<String>,
+    path: Option<PathBuf>,
 }
 
 fn default_store_path() -> PathBuf {
@@ -214,7 +208,12 @@ enum Size {
 pub struct Config {
     pub path: PathBuf,
     pub hostname: String,
-    pub store_path: PathBuf,
+    /// `[store] url`, or `[store] path` (SQLite in that directory).
+    pub store: StoreConfig,
+    /// Which of the two set it (`"store.url"` or `"store.path"`), and its value as written: what
+    /// an error opening the store names.
+    store_key: &'static str,
+    store_value: String,
     pub smtp: SmtpConfig,
     pub odmr: OdmrConfig,
     /// Certificate and key (PEM) for STARTTLS and the implicit-TLS listener.
@@ -362,6 +361,33 @@ impl Config {
                           fully qualified name) at the top of the file"
                     .into(),
             });
+        };
+        let (store, store_key, store_value) = match (&raw.store.url, &raw.store.path) {
+            (Some(url), Some(path)) => {
+                return Err(invalid(
+                    "store.url",
+                    url,
+                    &format!("store.path = {:?} is set too", path.display().to_string()),
+                    "keep one of them: path = \"DIR\" means url = \"sqlite:DIR\"",
+                ))
+            }
+            (Some(url), None) => {
+                let store = StoreConfig::parse(url).map_err(|e| {
+                    invalid(
+                        "store.url",
+                        url,
+                        &e.to_string(),
+                        "write sqlite: and the store's directory, e.g. \"sqlite:/var/lib/odmr\" \
+                         (created if missing)",
+                    )
+                })?;
+                (store, "store.url", url.clone())
+            }
+            (None, path) => {
+                let path = path.clone().unwrap_or_else(default_store_path);
+                let value = path.display().to_string();
+                (StoreConfig::sqlite(path), "store.path", value)
+            }
         };
         let hostname = raw_hostname.trim().to_string();
         if hostname.is_empty() || hostname.contains(char::is_whitespace) {
@@ -605,7 +631,9 @@ impl Config {
             }),
             path: path.to_path_buf(),
             hostname,
-            store_path: raw.store.path.clone(),
+            store,
+            store_key,
+            store_value,
             smtp: SmtpConfig {
                 listen: addrs("smtp.listen", &raw.smtp.listen, "0.0.0.0:25")?,
                 max_message_size,
@@ -650,29 +678,40 @@ impl Config {
 
     /// The error for a store that cannot be opened, naming the key and the fix.
     pub fn store_error(&self, err: impl std::fmt::Display) -> ConfigError {
-        // A file where the store's directory (or one above it) should be is not a question of
-        // permissions: the system's "File exists" or "Not a directory" would send the reader
-        // after the wrong fix.
-        let (problem, fix) = match file_in_the_way(&self.store_path) {
-            Some(file) => (
-                if file == self.store_path {
-                    "that is a file, not a directory".to_string()
-                } else {
-                    format!("{} is a file, not a directory", file.display())
-                },
-                "point [store] path at a directory (it is created if missing)",
-            ),
+        // "[store] path" or "[store] url": the key the reader wrote.
+        let key = format!("[store] {}", self.store_key.trim_start_matches("store."));
+        let (problem, fix) = match self.store.local_dir() {
+            // A file where the store's directory (or one above it) should be is not a question
+            // of permissions: the system's "File exists" or "Not a directory" would send the
+            // reader after the wrong fix.
+            Some(dir) => match file_in_the_way(dir) {
+                Some(file) => (
+                    if file == dir {
+                        "that is a file, not a directory".to_string()
+                    } else {
+                        format!("{} is a file, not a directory", file.display())
+                    },
+                    format!("point {key} at a directory (it is created if missing)"),
+                ),
+                None => (
+                    format!("cannot open the store there ({err})"),
+                    format!(
+                        "make the directory writable by the user running odmr, or set {key} to another \
+                         directory"
+                    ),
+                ),
+            },
             None => (
-                format!("cannot open the store there ({err})"),
-                "make the directory writable by the user running odmr, or set [store] path to another directory",
+                format!("cannot open the store ({err})"),
+                format!("check that the store {key} names is reachable, and its credentials"),
             ),
         };
         ConfigError::Invalid {
             path: self.path.clone(),
-            key: "store.path".into(),
-            value: self.store_path.display().to_string(),
+            key: self.store_key.into(),
+            value: self.store_value.clone(),
             problem,
-            fix: fix.into(),
+            fix,
         }
     }
 }
@@ -886,6 +925,81 @@ listen = ["0.0.0.0:366"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("queue.delay_warning") && e.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn the_store_is_a_url_or_a_path_not_both() {
+        let c = parse("hostname = \"h.example\"\n").unwrap();
+        assert_eq!(c.store, StoreConfig::sqlite("/var/lib/odmr"));
+        let c = parse("hostname = \"h.example\"\n[store]\npath = \"/srv/odmr\"\n").unwrap();
+        assert_eq!(c.store, StoreConfig::sqlite("/srv/odmr"));
+        let c = parse("hostname = \"h.example\"\n[store]\nurl = \"sqlite:./odmr-data\"\n").unwrap();
+        assert_eq!(c.store, StoreConfig::sqlite("./odmr-data"));
+        assert_eq!(c.store.to_string(), "sqlite:./odmr-data");
+
+        let e = parse("hostname = \"h.example\"\n[store]\nurl = \"sqlite:/a\"\npath = \"/b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config file odmr.toml: store.url = \"sqlite:/a\": store.path = \"/b\" is set too; keep one \
+             of them: path = \"DIR\" means url = \"sqlite:DIR\""
+        );
+        let e = parse("hostname = \"h.example\"\n[store]\nurl = \"postgres://db/odmr\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config file odmr.toml: store.url = \"postgres://db/odmr\": unknown scheme \"postgres\": the \
+             supported ones are sqlite; write sqlite: and the store's directory, e.g. \
+             \"sqlite:/var/lib/odmr\" (created if missing)"
+        );
+        for (url, why) in [
+            ("/var/lib/odmr", "no scheme"),
+            ("sqlite:", "no directory"),
+            ("sqlite:///var/lib/odmr", "write \"sqlite:/var/lib/odmr\""),
+        ] {
+            let e = parse(&format!("hostname = \"h.example\"\n[store]\nurl = \"{url}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("store.url = {url:?}: ")) && e.contains(why),
+                "{url}: {e}"
+            );
+        }
+    }
+
+    /// An error opening the store names the key that was set, with its value as written.
+    #[test]
+    fn an_unopenable_store_is_named_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let c = parse(&format!(
+            "hostname = \"h.example\"\n[store]\nurl = \"sqlite:{}\"\n",
+            file.display()
+        ))
+        .unwrap();
+        let e = c.store_error("whatever").to_string();
+        assert!(
+            e.contains(&format!(
+                "store.url = \"sqlite:{}\": that is a file",
+                file.display()
+            )) && e.ends_with("point [store] url at a directory (it is created if missing)"),
+            "{e}"
+        );
+        let c = parse(&format!(
+            "hostname = \"h.example\"\n[store]\npath = \"{}\"\n",
+            dir.path().join("new").display()
+        ))
+        .unwrap();
+        let e = c.store_error("disk on fire").to_string();
+        assert!(
+            e.contains("store.path = ")
+                && e.contains("cannot open the store there (disk on fire)")
+                && e.ends_with("or set [store] path to another directory"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -152,7 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             // with which files. The operators' commands say nothing: their stderr is for errors.
             tracing::info!(
                 config = %cfg.path.display(),
-                store = %cfg.store_path.display(),
+                store = %cfg.store,
                 "odmr {VERSION} starting"
             );
             server::run(cfg).await?

@@ -79,7 +79,7 @@ fn the_first_line_names_the_version_and_the_files() {
         first.contains("INFO")
             && first.contains(&format!("odmr {VERSION} starting"))
             && first.contains(&format!("config={}", s.config.display()))
-            && first.contains(&format!("store={}", s.dir.path().join("store").display())),
+            && first.contains(&format!("store=sqlite:{}", s.dir.path().join("store").display())),
         "{log}"
     );
 

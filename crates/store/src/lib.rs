@@ -1,14 +1,16 @@
 //! The store: accounts, domains, the held-mail queue and per-domain leases.
 //!
-//! One narrow contract (the methods of [`Store`]), one folder per backend, and one conformance
-//! suite (`tests/conformance.rs`) run against every backend. Dispatch is an `enum`, not `dyn`, so
-//! the async methods stay plain `async fn`s.
+//! One narrow contract (the methods of [`Store`], declared once in `contract.rs` as one trait per
+//! concern), one folder per backend implementing those traits, and one conformance suite
+//! (`tests/conformance.rs`) run against every backend. Dispatch is an `enum`, not `dyn`, so the
+//! async methods stay plain `async fn`s; its variants, and every `match` on them, come from the
+//! one list of backends in `dispatch.rs`.
 //!
 //! Invariants every backend keeps:
 //! - **Durable before acknowledged.** [`MessageWriter::commit`] returns only once the message, its
 //!   envelope and its whole body are on stable storage (SQLite: WAL with `synchronous=FULL`).
 //!   Until then the message is invisible to delivery; a crash before commit leaves only garbage
-//!   that [`Store::open_sqlite`] removes.
+//!   that [`Store::open`] removes.
 //! - **Per-recipient state.** A message has one row per recipient, indexed by the recipient's
 //!   domain, so the cost of an ATRN grows with that domain's mail, not with the whole queue.
 //! - **A lease row per domain is the only lock.** Delivery for a domain happens only under a lease;
@@ -22,6 +24,20 @@
 //! - **A message leaves the queue only after every recipient is delivered.** Failed recipients stay
 //!   visible (with the peer's reply) until a later job bounces them.
 //!
+//! Clocks:
+//! - **Lease times are the database's.** Acquiring, renewing, taking over an expired lease,
+//!   fencing a write, listing leases and the "is this domain being delivered?" test of expiry all
+//!   read "now" from the database, in the statement that uses it; the application only supplies
+//!   durations. Nodes of a fleet whose clocks disagree still agree on when a lease expires, so
+//!   exclusivity and fencing rest on one clock. (With SQLite that is the clock of the machine
+//!   holding the file, which every process sharing the file runs on.) A test moves that clock
+//!   with a [`ClockOffset`] instead of sleeping.
+//! - **Message times are the application's**, in unix seconds: when a message arrived (expiry by
+//!   `max_age`, delay warnings, the purge of abandoned messages), when a recipient or an account
+//!   last changed, and the retry times of the server's jobs. They are measured in minutes to
+//!   days, nothing exclusive depends on them, and a skew of seconds between nodes moves a
+//!   deadline by as much.
+//!
 //! Further rules of this implementation:
 //! - Nothing about accounts, domains or leases is cached in memory: every call reads the database,
 //!   so changes made by another process (the CLI while the server runs, or another node) are seen
@@ -31,16 +47,21 @@
 //! - A body is stored as chunks of exactly [`CHUNK_SIZE`] bytes (the last one may be shorter; an
 //!   empty body has no chunk), numbered from 0.
 //! - Garbage of a crash mid-DATA (a message still `receiving`) is removed by
-//!   [`Store::open_sqlite`] once it has been idle for [`STALE_RECEIVING`], so opening the store
+//!   [`Store::open`] once it has been idle for [`STALE_RECEIVING`], so opening the store
 //!   from a second process never removes a message that another process is still receiving;
 //!   [`Store::purge_incomplete`] does the same with any age, for housekeeping.
 
 use odmr_proto::domain::Domain;
 use std::fmt;
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod config;
+mod contract;
+mod dispatch;
 pub mod sqlite;
+
+pub use config::{ClockOffset, StoreConfig, StoreUrlError};
+pub use dispatch::{MessageWriter, Store};
 
 /// The id of a message in the queue; ids only grow and are never reused.
 pub type MessageId = i64;
@@ -236,8 +257,11 @@ pub struct LeaseRow {
     pub domain: String,
     pub token: String,
     pub holder: String,
-    /// Unix milliseconds.
+    /// Unix milliseconds, by the database's clock.
     pub expires_at: i64,
+    /// Milliseconds left when listed, by the database's clock: what to show, rather than
+    /// `expires_at` minus this machine's time.
+    pub expires_in_ms: i64,
 }
 
 impl LeaseRow {
@@ -382,431 +406,6 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
-/// The store, one variant per backend. Cheap to clone (clones share the connections).
-#[derive(Clone)]
-pub enum Store {
-    Sqlite(sqlite::SqliteStore),
-}
-
-impl fmt::Debug for Store {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Store::Sqlite(s) => fmt::Debug::fmt(s, f),
-        }
-    }
-}
-
-impl Store {
-    /// Opens (creating if missing) the SQLite store `<dir>/odmr.db`, creating `dir` if missing,
-    /// brings its schema up to date, and removes messages whose receiving was abandoned (idle for
-    /// [`STALE_RECEIVING`]).
-    pub async fn open_sqlite(dir: &Path) -> Result<Store, StoreError> {
-        Ok(Store::Sqlite(sqlite::SqliteStore::open(dir).await?))
-    }
-
-    /// Clean shutdown: checkpoints what it can and closes the connections. Other clones of this
-    /// store can no longer be used afterwards.
-    pub async fn close(&self) {
-        match self {
-            Store::Sqlite(s) => s.close().await,
-        }
-    }
-
-    // ----- accounts and domains -----
-
-    /// Creates an account with its credentials and domains, all or nothing.
-    pub async fn account_add(
-        &self,
-        name: &str,
-        credentials: &[Credential],
-        domains: &[String],
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.account_add(name, credentials, domains).await,
-        }
-    }
-
-    /// Removes an account, its credentials and its domains. Held mail stays in the queue.
-    pub async fn account_remove(&self, name: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.account_remove(name).await,
-        }
-    }
-
-    /// Replaces all credentials of an account.
-    pub async fn account_set_credentials(
-        &self,
-        name: &str,
-        credentials: &[Credential],
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.account_set_credentials(name, credentials).await,
-        }
-    }
-
-    /// The credential of `scheme` of an account; `None` if the account or the credential does not
-    /// exist.
-    pub async fn account_credential(&self, name: &str, scheme: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.account_credential(name, scheme).await,
-        }
-    }
-
-    /// The account holding a credential with exactly these bytes (e.g. a client certificate's
-    /// fingerprint for SASL EXTERNAL).
-    pub async fn account_by_credential(
-        &self,
-        scheme: &str,
-        data: &[u8],
-    ) -> Result<Option<String>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.account_by_credential(scheme, data).await,
-        }
-    }
-
-    /// Add or replace one credential of an account, keeping its others.
-    pub async fn account_put_credential(
-        &self,
-        name: &str,
-        credential: &Credential,
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.account_put_credential(name, credential).await,
-        }
-    }
-
-    pub async fn account_get(&self, name: &str) -> Result<Option<Account>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.account_get(name).await,
-        }
-    }
-
-    /// All accounts, sorted by name, each with its domains sorted.
-    pub async fn account_list(&self) -> Result<Vec<Account>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.account_list().await,
-        }
-    }
-
-    /// Gives `domain` (case-insensitive, stored lower-case) to `account`.
-    pub async fn domain_add(&self, account: &str, domain: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.domain_add(account, domain).await,
-        }
-    }
-
-    pub async fn domain_remove(&self, domain: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.domain_remove(domain).await,
-        }
-    }
-
-    /// The account that owns `domain` (case-insensitive).
-    pub async fn domain_owner(&self, domain: &str) -> Result<Option<String>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.domain_owner(domain).await,
-        }
-    }
-
-    // ----- receiving -----
-
-    /// Starts receiving a message. The body is then streamed through the returned writer, so
-    /// memory stays bounded whatever the size of the message.
-    pub async fn receive(&self, envelope: Envelope) -> Result<MessageWriter, StoreError> {
-        let recipients = prepare_recipients(&envelope)?;
-        match self {
-            Store::Sqlite(s) => Ok(MessageWriter {
-                inner: WriterImpl::Sqlite(s.receive(envelope, recipients)),
-            }),
-        }
-    }
-
-    /// Removes the messages that are still being received and have been idle for at least
-    /// `older_than`, with their bodies; returns how many. Only for housekeeping and tests:
-    /// a message removed this way while still being received fails its commit.
-    pub async fn purge_incomplete(&self, older_than: Duration) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.purge_incomplete(older_than).await,
-        }
-    }
-
-    // ----- delivery -----
-
-    /// Leases all `domains` for `ttl`, all or nothing: `None` if any of them has an unexpired
-    /// lease; an expired lease is taken over.
-    pub async fn lease_acquire(
-        &self,
-        domains: &[String],
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<Option<Lease>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.lease_acquire(domains, holder, ttl).await,
-        }
-    }
-
-    /// Extends a lease to `ttl` from now; [`StoreError::LeaseLost`] (and nothing changed) if any
-    /// of its domains no longer carries its token, [`StoreError::LeaseBroken`] if that is because
-    /// the operator broke it.
-    pub async fn lease_renew(&self, lease: &Lease, ttl: Duration) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.lease_renew(lease, ttl).await,
-        }
-    }
-
-    /// Ends a lease; only rows still carrying its token are removed.
-    pub async fn lease_release(&self, lease: &Lease) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.lease_release(lease).await,
-        }
-    }
-
-    /// Every unexpired lease, one row per domain, ordered by domain. For operators, and for a
-    /// node that looks for its own dead sessions' leases at startup.
-    pub async fn lease_list(&self) -> Result<Vec<LeaseRow>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.lease_list().await,
-        }
-    }
-
-    /// Committed messages with id > `after` (ordered by id, at most `limit`) that have at least one
-    /// queued recipient in `domains`; each with only its queued recipients in those domains.
-    pub async fn pending(
-        &self,
-        domains: &[String],
-        after: Option<MessageId>,
-        limit: usize,
-    ) -> Result<Vec<Pending>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.pending(domains, after, limit).await,
-        }
-    }
-
-    /// Whether any queued recipient is in `domains`.
-    pub async fn has_pending(&self, domains: &[String]) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.has_pending(domains).await,
-        }
-    }
-
-    /// Chunk `chunk` (0, 1, …) of a body; `None` past the end (an empty body has no chunk) or if
-    /// the message does not exist.
-    pub async fn read_body(&self, id: MessageId, chunk: u32) -> Result<Option<bytes::Bytes>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.read_body(id, chunk).await,
-        }
-    }
-
-    /// Chunk 0 of each listed message that has one, in one round trip (in no particular order):
-    /// the delivery prefetches the bodies of small messages (one chunk) a batch at a time
-    /// instead of asking for each.
-    pub async fn read_first_chunks(
-        &self,
-        ids: &[MessageId],
-    ) -> Result<Vec<(MessageId, bytes::Bytes)>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.read_first_chunks(ids).await,
-        }
-    }
-
-    /// Records delivery outcomes in one transaction (of any number of messages: the statements
-    /// are batched). Fencing: [`StoreError::LeaseLost`] (and
-    /// nothing written) unless every recipient's domain is leased with `lease.token` and the lease
-    /// is unexpired; [`StoreError::LeaseBroken`] instead if the operator broke the lease. Sets state, last reply, `attempts += 1` and `updated_at`; removes a message
-    /// (and its body) once all its recipients are delivered or bounced. A recipient the operator
-    /// removed meanwhile is skipped; one the operator held still gets its outcome (the delivery
-    /// happened).
-    pub async fn record(&self, lease: &Lease, outcomes: &[Outcome]) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.record(lease, outcomes).await,
-        }
-    }
-
-    /// How many committed messages have at least one queued recipient in `domains`.
-    pub async fn pending_count(&self, domains: &[String]) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.pending_count(domains).await,
-        }
-    }
-
-    // ----- ETRN and domain policy -----
-
-    /// Sets (replaces) an account's ETRN destination and the networks allowed to ask without
-    /// authenticating.
-    pub async fn account_set_etrn(
-        &self,
-        name: &str,
-        destination: Option<&str>,
-        from: &[String],
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.account_set_etrn(name, destination, from).await,
-        }
-    }
-
-    /// A domain (case-insensitive) with its owner and policy.
-    pub async fn domain_get(&self, domain: &str) -> Result<Option<DomainInfo>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.domain_get(domain).await,
-        }
-    }
-
-    /// Replaces a domain's policy (local parts are lower-cased and deduplicated).
-    pub async fn domain_set_policy(&self, domain: &str, policy: &DomainPolicy) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.domain_set_policy(domain, policy).await,
-        }
-    }
-
-    /// Whether `domain` takes mail for `local_part` (case-insensitive), with its quotas; `None`
-    /// if nobody owns the domain. Cheap: one indexed lookup, whatever the length of the list.
-    pub async fn domain_accepts(
-        &self,
-        domain: &str,
-        local_part: &str,
-    ) -> Result<Option<DomainCheck>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.domain_accepts(domain, local_part).await,
-        }
-    }
-
-    /// What a domain holds now (see [`DomainUsage`]). Its cost follows the domain's mail.
-    pub async fn domain_usage(&self, domain: &str) -> Result<DomainUsage, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.domain_usage(domain).await,
-        }
-    }
-
-    // ----- the queue's end: expiry and notices -----
-
-    /// Turns queued recipients held longer than their domain's `max_age` (else `default_max_age`)
-    /// into `failed` with status `4.4.7`; returns how many. Domains with a live lease are left
-    /// for the next run, so a running delivery never sees its recipients change under it. Held
-    /// recipients do not expire. The cost follows the number of old messages.
-    pub async fn expire(&self, default_max_age: Duration) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.expire(default_max_age).await,
-        }
-    }
-
-    /// Messages with `failed` recipients (oldest first, at most `limit`), each listing only those.
-    pub async fn notices_failed(&self, limit: usize) -> Result<Vec<Notice>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.notices_failed(limit).await,
-        }
-    }
-
-    /// Messages received at or before `until` (unix seconds) with queued recipients whose delay
-    /// warning was not handled yet, each listing only those (never a message from the null
-    /// sender: nobody to warn); ordered by (received_at, id), after
-    /// the cursor `after` (such a pair), at most `limit`. A caller walks forward with the cursor so
-    /// each old message is looked at once, not at every run: the cost follows new work.
-    pub async fn notices_delayed(
-        &self,
-        until: i64,
-        after: (i64, MessageId),
-        limit: usize,
-    ) -> Result<Vec<Notice>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.notices_delayed(until, after, limit).await,
-        }
-    }
-
-    /// In one transaction: queues `notice` (if any) for the bounce relay and turns `recipients`
-    /// that are still `failed` into `bounced`, removing messages that are then done. So a crash
-    /// never loses a notice nor sends one twice.
-    pub async fn settle_failed(
-        &self,
-        recipients: &[RecipientId],
-        notice: Option<&OutboundMessage>,
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.settle(recipients, notice, Settle::Failed).await,
-        }
-    }
-
-    /// Like [`Store::settle_failed`] for delay warnings: marks `recipients` as warned.
-    pub async fn settle_delayed(
-        &self,
-        recipients: &[RecipientId],
-        notice: Option<&OutboundMessage>,
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.settle(recipients, notice, Settle::Delayed).await,
-        }
-    }
-
-    /// Queues a notice that settles nothing (a "relayed" notice after a delivery to a customer
-    /// that does not offer DSN). Unlike failure notices, such a courtesy notice may be lost if
-    /// the process dies between the delivery's record and this call.
-    pub async fn queue_notice(&self, notice: &OutboundMessage) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.queue_notice(notice).await,
-        }
-    }
-
-    // ----- operators -----
-
-    /// Every committed message, oldest first, with all its recipients.
-    pub async fn queue_list(&self) -> Result<Vec<QueuedMessage>, StoreError> {
-        self.queue_find(&QueueFilter::default()).await
-    }
-
-    /// The committed messages a filter selects, oldest first, with all their recipients.
-    pub async fn queue_find(&self, filter: &QueueFilter) -> Result<Vec<QueuedMessage>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.queue_find(filter).await,
-        }
-    }
-
-    /// The ids of the committed messages a filter selects, ascending.
-    pub async fn queue_ids(&self, filter: &QueueFilter) -> Result<Vec<MessageId>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.queue_ids(filter).await,
-        }
-    }
-
-    /// Removes the selected messages without any notice; returns how many. With a domain
-    /// filter, only that domain's recipients go (as `bounced` without a notice), and a message
-    /// is removed once nothing is left to do for it.
-    pub async fn queue_delete(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.queue_operate(filter, Operation::Delete).await,
-        }
-    }
-
-    /// Gives up on the selected queued or held recipients: `failed` with status `5.0.0`, so the
-    /// bounce job sends their senders a notice. Returns how many recipients changed.
-    pub async fn queue_bounce(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.queue_operate(filter, Operation::Bounce).await,
-        }
-    }
-
-    /// Holds the selected queued recipients; returns how many changed.
-    pub async fn queue_hold(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.queue_operate(filter, Operation::Hold).await,
-        }
-    }
-
-    /// Releases the selected held recipients; returns how many changed.
-    pub async fn queue_release(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.queue_operate(filter, Operation::Release).await,
-        }
-    }
-
-    /// Removes the lease of `domain`; returns whether there was one. The domain is free at once;
-    /// the holder's next write or renewal is refused with [`StoreError::LeaseBroken`] (fencing),
-    /// so breaking a live lease is safe, only wasteful.
-    pub async fn lease_break(&self, domain: &str) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.lease_break(domain).await,
-        }
-    }
-}
-
 /// Which of the two notice kinds [`Store::settle_failed`]/[`Store::settle_delayed`] settles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Settle {
@@ -821,50 +420,6 @@ pub(crate) enum Operation {
     Bounce,
     Hold,
     Release,
-}
-
-/// Receives the body of one message: [`write`](MessageWriter::write) it in pieces of any size,
-/// then [`commit`](MessageWriter::commit) or [`abort`](MessageWriter::abort). Dropping a writer
-/// without either removes what was written (in the background).
-#[derive(Debug)]
-pub struct MessageWriter {
-    inner: WriterImpl,
-}
-
-#[derive(Debug)]
-enum WriterImpl {
-    Sqlite(sqlite::SqliteMessageWriter),
-}
-
-impl MessageWriter {
-    /// Appends to the body. Buffers up to [`CHUNK_SIZE`], then stores a chunk; the message stays
-    /// invisible to delivery and to [`Store::queue_list`] until committed.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        match &mut self.inner {
-            WriterImpl::Sqlite(w) => w.write(data).await,
-        }
-    }
-
-    /// Bytes written so far.
-    pub fn size(&self) -> u64 {
-        match &self.inner {
-            WriterImpl::Sqlite(w) => w.size(),
-        }
-    }
-
-    /// Queues the message. It is durable when this returns; its size is the total written.
-    pub async fn commit(self, info: CommitInfo) -> Result<MessageId, StoreError> {
-        match self.inner {
-            WriterImpl::Sqlite(w) => w.commit(info).await,
-        }
-    }
-
-    /// Removes what was written.
-    pub async fn abort(self) -> Result<(), StoreError> {
-        match self.inner {
-            WriterImpl::Sqlite(w) => w.abort().await,
-        }
-    }
 }
 
 // ----- helpers shared by the backends -----
@@ -943,13 +498,6 @@ pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-pub(crate) fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 

@@ -1,40 +1,18 @@
 //! The conformance suite of the store contract.
 //!
-//! Every check is a generic async function taking a `&Store` (or, when it needs to open the same
-//! storage again as another process would, a `&impl Backend`). The `suite!` macro at the bottom
-//! runs all of them against each backend, each on fresh storage; a new backend adds one
-//! `Backend` impl and one `suite!` line.
+//! Every check is an async function taking a `&Store` (with the [`ClockOffset`] its handles share
+//! when it tests lease time, which it moves instead of sleeping; or a `&impl Backend` when it
+//! needs to open the same storage again, as another process would). The `suite!` macro at the
+//! bottom lists them once and runs all of them against a backend, each on fresh storage; a new
+//! backend adds a `Backend` (fresh storage) and one `suite!` line.
 
 use std::time::Duration;
 
 use odmr_store::{
-    CommitInfo, Credential, DomainPolicy, DomainUsage, Envelope, EnvelopeRecipient, Lease, MessageId,
-    OutboundMessage, Outcome, Pending, QueueFilter, RecipientState, Store, StoreError, CHUNK_SIZE,
-    OUTBOUND_QUEUE,
+    ClockOffset, CommitInfo, Credential, DomainPolicy, DomainUsage, Envelope, EnvelopeRecipient, Lease,
+    MessageId, OutboundMessage, Outcome, Pending, QueueFilter, RecipientState, Store, StoreConfig,
+    StoreError, CHUNK_SIZE, OUTBOUND_QUEUE,
 };
-
-/// Fresh storage for one test, which can be opened several times (as several processes would).
-trait Backend {
-    async fn open(&self) -> Store;
-}
-
-struct SqliteBackend {
-    dir: tempfile::TempDir,
-}
-
-impl SqliteBackend {
-    fn new() -> Self {
-        SqliteBackend {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-}
-
-impl Backend for SqliteBackend {
-    async fn open(&self) -> Store {
-        Store::open_sqlite(self.dir.path()).await.expect("open")
-    }
-}
 
 // ----- helpers -----
 
@@ -699,23 +677,33 @@ async fn lease_exclusivity(store: &Store) {
     store.lease_release(&l2).await.unwrap();
 }
 
-async fn lease_expiry_takeover(store: &Store) {
-    // (Exclusivity while unexpired is checked by lease_exclusivity with long leases; checking it
-    // here against a short one would depend on the machine's speed.)
-    let short = Duration::from_millis(80);
+/// Lease time is moved with the test's clock (added to the database's), never slept: a lease is
+/// live until its time to live has passed by the database's clock, and only then taken over.
+/// Real time keeps running too, so each step checks with a margin of seconds on the safe side.
+async fn lease_expiry_takeover(store: &Store, clock: &ClockOffset) {
+    let ttl = Duration::from_secs(60);
     let old = store
-        .lease_acquire(&strings(&["x.example", "y.example"]), "slow-node", short)
+        .lease_acquire(&strings(&["x.example", "y.example"]), "slow-node", ttl)
         .await
         .unwrap()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.advance(Duration::from_secs(50));
+    assert_eq!(
+        store
+            .lease_acquire(&strings(&["x.example"]), "node-2", ttl)
+            .await
+            .unwrap(),
+        None,
+        "still live 50 s into 60"
+    );
+    clock.advance(Duration::from_secs(11));
     let new = store
-        .lease_acquire(&strings(&["x.example"]), "node-2", Duration::from_secs(60))
+        .lease_acquire(&strings(&["x.example"]), "node-2", ttl)
         .await
         .unwrap()
         .expect("expired lease taken over");
     assert!(matches!(
-        store.lease_renew(&old, Duration::from_secs(60)).await,
+        store.lease_renew(&old, ttl).await,
         Err(StoreError::LeaseLost)
     ));
     // The failed renew changed nothing: y is still expired, hence free.
@@ -725,31 +713,39 @@ async fn lease_expiry_takeover(store: &Store) {
     store.lease_release(&old).await.unwrap();
     assert_eq!(
         store
-            .lease_acquire(&strings(&["x.example"]), "node-3", Duration::from_secs(60))
+            .lease_acquire(&strings(&["x.example"]), "node-3", ttl)
             .await
             .unwrap(),
         None
     );
-    store.lease_renew(&new, Duration::from_secs(60)).await.unwrap();
+    store.lease_renew(&new, ttl).await.unwrap();
 
-    // Renewal keeps a short lease alive.
+    // Renewal keeps a lease alive: renewed 50 s in, it lives 60 s from then, by the same clock.
     let kept = store
-        .lease_acquire(&strings(&["z.example"]), "node-1", short)
+        .lease_acquire(&strings(&["z.example"]), "node-1", ttl)
         .await
         .unwrap()
         .unwrap();
-    store.lease_renew(&kept, Duration::from_secs(60)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.advance(Duration::from_secs(50));
+    store.lease_renew(&kept, ttl).await.unwrap();
+    clock.advance(Duration::from_secs(50));
     assert_eq!(
         store
-            .lease_acquire(&strings(&["z.example"]), "node-2", Duration::from_secs(60))
+            .lease_acquire(&strings(&["z.example"]), "node-2", ttl)
             .await
             .unwrap(),
-        None
+        None,
+        "100 s after it was taken, 50 s after its renewal"
     );
+    clock.advance(Duration::from_secs(11));
+    assert!(store
+        .lease_acquire(&strings(&["z.example"]), "node-2", ttl)
+        .await
+        .unwrap()
+        .is_some());
 }
 
-async fn lease_listing(store: &Store) {
+async fn lease_listing(store: &Store, clock: &ClockOffset) {
     assert!(store.lease_list().await.unwrap().is_empty());
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -766,11 +762,11 @@ async fn lease_listing(store: &Store) {
         .unwrap();
     let c = lease(store, &["c.example"]).await;
     let short = store
-        .lease_acquire(&strings(&["d.example"]), "node-2", Duration::from_millis(50))
+        .lease_acquire(&strings(&["d.example"]), "node-2", Duration::from_secs(10))
         .await
         .unwrap()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    clock.advance(Duration::from_secs(20));
     let rows = store.lease_list().await.unwrap();
     let seen: Vec<(&str, &str, &str)> = rows
         .iter()
@@ -785,9 +781,15 @@ async fn lease_listing(store: &Store) {
         ],
         "live leases by domain; the expired one ({short:?}) is not listed"
     );
+    // Taken 60 s before the clock moved 20 s: about 40 s left, by the database's clock.
     assert!(rows
         .iter()
         .all(|r| r.expires_at >= before + 59_000 && r.expires_at <= before + 3_600_000));
+    assert!(
+        rows.iter()
+            .all(|r| r.expires_in_ms > 30_000 && r.expires_in_ms <= 40_000),
+        "{rows:?}"
+    );
     // Releasing through a row ends the whole lease it belongs to, and nothing else.
     store.lease_release(&rows[1].lease()).await.unwrap();
     let left: Vec<String> = store
@@ -971,7 +973,7 @@ async fn record_transitions(store: &Store) {
     store.record(&l, &[]).await.unwrap();
 }
 
-async fn record_fencing(store: &Store) {
+async fn record_fencing(store: &Store, clock: &ClockOffset) {
     let id = put(store, &["r1@f.example", "r2@g.example"], b"fenced").await;
     let stale = lease(store, &["f.example"]).await;
     let p = store.pending(&strings(&["f.example"]), None, 10).await.unwrap();
@@ -1014,11 +1016,11 @@ async fn record_fencing(store: &Store) {
     // Expired (not yet taken over): fenced too.
     store.lease_release(&stale).await.unwrap();
     let stale = store
-        .lease_acquire(&strings(&["f.example"]), "slow-node", Duration::from_millis(80))
+        .lease_acquire(&strings(&["f.example"]), "slow-node", Duration::from_secs(60))
         .await
         .unwrap()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.advance(Duration::from_secs(61));
     assert!(matches!(
         store
             .record(&stale, &[outcome(r1, RecipientState::Delivered, "250 ok")])
@@ -1249,8 +1251,6 @@ async fn committed_data_survives_reopen(backend: &impl Backend) {
     assert!(next > small_id);
     store.close().await;
 }
-
-// ----- running the suite -----
 
 /// One credential can be added or replaced without touching the others, and an account can be
 /// found by a credential's bytes (SASL EXTERNAL maps a certificate fingerprint to its account).
@@ -1872,9 +1872,80 @@ async fn lease_break_is_told_to_the_holder(store: &Store) {
     );
 }
 
+// ----- running the suite against every backend -----
+
+/// Fresh storage for one test, which can be opened several times (as several processes would).
+/// Every handle it opens sees the database's clock moved by the same [`ClockOffset`].
+trait Backend {
+    async fn open(&self) -> Store;
+    fn clock(&self) -> &ClockOffset;
+}
+
+struct SqliteBackend {
+    dir: tempfile::TempDir,
+    clock: ClockOffset,
+}
+
+impl SqliteBackend {
+    fn new() -> Self {
+        SqliteBackend {
+            dir: tempfile::tempdir().expect("tempdir"),
+            clock: ClockOffset::new(),
+        }
+    }
+}
+
+impl Backend for SqliteBackend {
+    async fn open(&self) -> Store {
+        let config = StoreConfig::sqlite(self.dir.path()).with_clock_offset(self.clock.clone());
+        Store::open(&config).await.expect("open")
+    }
+
+    fn clock(&self) -> &ClockOffset {
+        &self.clock
+    }
+}
+
+/// Every test of the suite, listed once, by what it takes: a store; a store and the clock its
+/// backend's handles share; or the backend itself, to open the same storage again as another
+/// process would. `suite!(module, fresh_backend)` runs all of them against one backend, each test
+/// on fresh storage.
 macro_rules! suite {
-    ($module:ident, $backend:expr;
+    ($module:ident, $backend:expr) => {
+        suite!(@run $module, $backend;
+        store: [
+            accounts_crud,
+            domains_crud,
+            body_round_trip_multi_chunk,
+            small_and_empty_bodies,
+            batched_reads_and_records,
+            uncommitted_messages_are_invisible,
+            pending_filters_by_domain_and_pages,
+            lease_exclusivity,
+            record_transitions,
+            concurrent_sessions,
+            credentials_put_and_reverse_lookup,
+            etrn_settings_and_pending_count,
+            domain_policy_and_usage,
+            expiry_and_failure_notices,
+            delay_notices,
+            operator_commands,
+            lease_break_is_told_to_the_holder,
+        ];
+        clock: [
+            lease_expiry_takeover,
+            lease_listing,
+            record_fencing,
+        ];
+        backend: [
+            second_handle_sees_changes,
+            concurrent_handles,
+            committed_data_survives_reopen,
+        ]);
+    };
+    (@run $module:ident, $backend:expr;
      store: [$($store_test:ident),* $(,)?];
+     clock: [$($clock_test:ident),* $(,)?];
      backend: [$($backend_test:ident),* $(,)?]) => {
         mod $module {
             use super::Backend as _;
@@ -1889,6 +1960,15 @@ macro_rules! suite {
             )*
             $(
                 #[tokio::test]
+                async fn $clock_test() {
+                    let backend = $backend;
+                    let store = backend.open().await;
+                    super::$clock_test(&store, backend.clock()).await;
+                    store.close().await;
+                }
+            )*
+            $(
+                #[tokio::test]
                 async fn $backend_test() {
                     let backend = $backend;
                     super::$backend_test(&backend).await;
@@ -1898,31 +1978,5 @@ macro_rules! suite {
     };
 }
 
-suite!(sqlite, super::SqliteBackend::new();
-store: [
-    accounts_crud,
-    domains_crud,
-    body_round_trip_multi_chunk,
-    small_and_empty_bodies,
-    batched_reads_and_records,
-    uncommitted_messages_are_invisible,
-    pending_filters_by_domain_and_pages,
-    lease_exclusivity,
-    lease_expiry_takeover,
-    lease_listing,
-    record_transitions,
-    record_fencing,
-    concurrent_sessions,
-    credentials_put_and_reverse_lookup,
-    etrn_settings_and_pending_count,
-    domain_policy_and_usage,
-    expiry_and_failure_notices,
-    delay_notices,
-    operator_commands,
-    lease_break_is_told_to_the_holder,
-];
-backend: [
-    second_handle_sees_changes,
-    concurrent_handles,
-    committed_data_survives_reopen,
-]);
+// The backends the suite runs against: one line each (and a `Backend` for its fresh storage).
+suite!(sqlite, super::SqliteBackend::new());

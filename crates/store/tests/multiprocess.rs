@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use odmr_store::{CommitInfo, Envelope, EnvelopeRecipient, Store, CHUNK_SIZE};
+use odmr_store::{CommitInfo, Envelope, EnvelopeRecipient, Store, StoreConfig, CHUNK_SIZE};
 
 const CHILD_DIR: &str = "ODMR_STORE_TEST_CHILD_DIR";
 const MESSAGES: usize = 15;
@@ -48,7 +48,7 @@ fn child_process() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = Store::open_sqlite(dir.as_ref()).await.unwrap();
+        let store = Store::open(&StoreConfig::sqlite(dir)).await.unwrap();
         store
             .account_add("child", &[], &["child.example".to_string()])
             .await
@@ -61,7 +61,7 @@ fn child_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn across_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(dir.path()).await.unwrap();
+    let store = Store::open(&StoreConfig::sqlite(dir.path())).await.unwrap();
     store
         .account_add("parent", &[], &["parent.example".to_string()])
         .await
@@ -115,7 +115,7 @@ async fn across_processes() {
         .await
         .unwrap()
         .unwrap();
-    let other = Store::open_sqlite(dir.path()).await.unwrap();
+    let other = Store::open(&StoreConfig::sqlite(dir.path())).await.unwrap();
     assert!(other
         .lease_acquire(&["child.example".to_string()], "x", Duration::from_secs(60))
         .await

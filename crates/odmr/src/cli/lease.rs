@@ -53,9 +53,9 @@ async fn run(store: &odmr_store::Store, cmd: LeaseCmd) -> anyhow::Result<()> {
             for l in &mut list {
                 l.holder = shown(&l.holder).to_string();
             }
-            let now = out::now_millis();
-            // Whole seconds left, rounded up so a live lease never shows 0.
-            let left = |expires_at: i64| (expires_at - now + 999).div_euclid(1000);
+            // Whole seconds left, rounded up so a live lease never shows 0; by the store's
+            // clock, which decides when the lease runs out.
+            let left = |expires_in_ms: i64| (expires_in_ms + 999).div_euclid(1000);
             if json {
                 let v: Vec<_> = list
                     .iter()
@@ -65,8 +65,8 @@ async fn run(store: &odmr_store::Store, cmd: LeaseCmd) -> anyhow::Result<()> {
                             "holder": l.holder,
                             "token": l.token,
                             "expires_at_ms": l.expires_at,
-                            "expires_in_seconds": left(l.expires_at),
-                            "expired": l.expires_at <= now,
+                            "expires_in_seconds": left(l.expires_in_ms),
+                            "expired": l.expires_in_ms <= 0,
                         })
                     })
                     .collect();
@@ -78,10 +78,10 @@ async fn run(store: &odmr_store::Store, cmd: LeaseCmd) -> anyhow::Result<()> {
                 let hw = list.iter().map(|l| l.holder.len()).max().unwrap_or(0).max(6);
                 println!("{:dw$}  {:hw$}  EXPIRES", "DOMAIN", "HOLDER");
                 for l in &list {
-                    let expires = if l.expires_at <= now {
-                        format!("expired {} ago", out::age((now - l.expires_at) / 1000))
+                    let expires = if l.expires_in_ms <= 0 {
+                        format!("expired {} ago", out::age(-l.expires_in_ms / 1000))
                     } else {
-                        format!("in {} s", left(l.expires_at))
+                        format!("in {} s", left(l.expires_in_ms))
                     };
                     let domain = if l.domain == odmr_store::OUTBOUND_QUEUE {
                         format!("{} (notices)", l.domain)

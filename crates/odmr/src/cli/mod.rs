@@ -12,7 +12,5 @@ use crate::config::Config;
 use odmr_store::Store;
 
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
-    Ok(Store::open_sqlite(&cfg.store_path)
-        .await
-        .map_err(|e| cfg.store_error(e))?)
+    Ok(Store::open(&cfg.store).await.map_err(|e| cfg.store_error(e))?)
 }

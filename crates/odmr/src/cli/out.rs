@@ -19,13 +19,6 @@ pub fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// `42s`, `5m`, `3h`, `2d`: the largest whole unit.
 pub fn age(secs: i64) -> String {
     match secs.max(0) {

@@ -149,7 +149,9 @@ mod tests {
     #[tokio::test]
     async fn the_store_is_asked_once_per_ttl_and_errors_are_not_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let store = Store::open(&odmr_store::StoreConfig::sqlite(dir.path()))
+            .await
+            .unwrap();
         store.account_add("acme", &[], &[]).await.unwrap();
         let c = LookupCache::new(TTL);
         assert_eq!(

@@ -102,9 +102,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.bounce.relay_tls_ca_file.as_deref(),
     )
     .with_context(in_config)?;
-    let store = Store::open_sqlite(&cfg.store_path)
-        .await
-        .map_err(|e| cfg.store_error(e))?;
+    let store = Store::open(&cfg.store).await.map_err(|e| cfg.store_error(e))?;
     // Before any session can take a lease: free those of this node's dead processes (a crash
     // before this start), so their customers need not wait for the leases to expire.
     let identity = lease::Identity::of_this_process();
@@ -326,7 +324,7 @@ async fn accept_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use odmr_store::{CommitInfo, Envelope, EnvelopeRecipient, CHUNK_SIZE};
+    use odmr_store::{CommitInfo, Envelope, EnvelopeRecipient, StoreConfig, CHUNK_SIZE};
 
     #[test]
     fn each_bind_failure_gets_its_own_hint() {
@@ -349,7 +347,7 @@ mod tests {
     #[tokio::test]
     async fn housekeeping_removes_messages_abandoned_mid_data() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let store = Store::open(&StoreConfig::sqlite(dir.path())).await.unwrap();
         let envelope = Envelope {
             mail_from: "a@sender.test".into(),
             mail_params: String::new(),

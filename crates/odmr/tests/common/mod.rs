@@ -110,7 +110,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "hostname = \"{HOSTNAME}\"\n[store]\npath = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n{smtp_extra}\n[odmr]\nlisten = [\"127.0.0.1:0\"]\n{odmr_extra}\n",
+                "hostname = \"{HOSTNAME}\"\n[store]\nurl = \"sqlite:{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n{smtp_extra}\n[odmr]\nlisten = [\"127.0.0.1:0\"]\n{odmr_extra}\n",
                 store.display()
             ),
         )

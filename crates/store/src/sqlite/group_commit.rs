@@ -25,7 +25,8 @@ use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{insert_chunk, DURABLE_BEGIN};
+use super::writer::insert_chunk;
+use super::DURABLE_BEGIN;
 use crate::{now_secs, Envelope, MessageId, NewRecipient, StoreError};
 
 /// Most messages committed in one transaction.
@@ -346,8 +347,9 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::Backend;
     use crate::sqlite::SqliteStore;
-    use crate::{Envelope, EnvelopeRecipient, NewRecipient};
+    use crate::{ClockOffset, Envelope, EnvelopeRecipient, NewRecipient};
 
     fn job(rcpts: usize, body: &[u8]) -> (CommitJob, oneshot::Receiver<Result<MessageId, StoreError>>) {
         let (done, rx) = oneshot::channel();
@@ -390,7 +392,9 @@ mod tests {
     #[tokio::test]
     async fn a_batch_larger_than_one_statement_keeps_rows_with_their_messages() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = SqliteStore::open(dir.path(), ClockOffset::default())
+            .await
+            .unwrap();
         let mut jobs = Vec::new();
         let shapes = [
             (ROWS_PER_INSERT + 7, 3usize),
@@ -445,7 +449,9 @@ mod tests {
     #[tokio::test]
     async fn a_batch_of_many_recipients_is_stored_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = SqliteStore::open(dir.path(), ClockOffset::default())
+            .await
+            .unwrap();
         let mut jobs: Vec<CommitJob> = (0..100).map(|_| job(400, b"x").0).collect();
         let ids: Vec<MessageId> = commit_batch(&store.write, &mut jobs)
             .await
@@ -462,7 +468,9 @@ mod tests {
     #[tokio::test]
     async fn batch_ids_are_never_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = SqliteStore::open(dir.path(), ClockOffset::default())
+            .await
+            .unwrap();
         let mut first = vec![job(1, b"x").0, job(1, b"y").0];
         let first: Vec<MessageId> = commit_batch(&store.write, &mut first)
             .await

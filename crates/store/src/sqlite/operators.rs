@@ -1,16 +1,17 @@
-//! Operators' side of the SQLite backend: domain policy, ETRN settings, queue control and
-//! leases. Every change is one `BEGIN IMMEDIATE` transaction, so a command that races a delivery
-//! is ordered with it; deliveries record outcomes only for recipients still waiting
-//! ([`SqliteStore::record`]), so an operator's decision is never overwritten by a late attempt.
+//! Operators' control of the queue in the SQLite backend: finding messages, and deleting,
+//! bouncing, holding and releasing them. Every change is one `BEGIN IMMEDIATE` transaction, so a
+//! command that races a delivery is ordered with it; deliveries record outcomes only for
+//! recipients still waiting ([`Store::record`](crate::Store::record)), so an operator's decision is never
+//! overwritten by a late attempt. (Domain policy and ETRN settings are in `accounts.rs`, breaking
+//! a lease in `leases.rs`.)
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{placeholders, remove_if_done, size_of, state_of, SqliteStore};
-use crate::{
-    now_millis, now_secs, DomainCheck, DomainInfo, DomainPolicy, DomainUsage, MessageId, Operation,
-    QueueFilter, QueuedMessage, RecipientStatus, StoreError,
-};
+use super::queue::remove_if_done;
+use super::{placeholders, size_of, state_of, SqliteStore};
+use crate::contract::Operators;
+use crate::{now_secs, MessageId, Operation, QueueFilter, QueuedMessage, RecipientStatus, StoreError};
 
 /// The `WHERE` clause (over `recipient r`) and its bindings selecting what a filter selects.
 struct Selection {
@@ -99,141 +100,8 @@ pub(super) fn messages_of(rows: &[SqliteRow]) -> Result<Vec<QueuedMessage>, Stor
     Ok(out)
 }
 
-fn opt_i64(v: Option<u64>) -> Option<i64> {
-    v.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
-}
-
-impl SqliteStore {
-    pub async fn account_set_etrn(
-        &self,
-        name: &str,
-        destination: Option<&str>,
-        from: &[String],
-    ) -> Result<(), StoreError> {
-        let changed = sqlx::query("UPDATE account SET etrn_destination = ?, etrn_from = ? WHERE name = ?")
-            .bind(destination)
-            .bind(from.join(" "))
-            .bind(name)
-            .execute(&self.write)
-            .await?
-            .rows_affected();
-        if changed == 0 {
-            return Err(StoreError::AccountNotFound(name.to_string()));
-        }
-        Ok(())
-    }
-
-    pub async fn domain_get(&self, domain: &str) -> Result<Option<DomainInfo>, StoreError> {
-        let domain = domain.to_lowercase();
-        let Some(row) = sqlx::query(
-            "SELECT name, account, max_messages, max_bytes, max_age, catch_all FROM domain WHERE name = ?",
-        )
-        .bind(&domain)
-        .fetch_optional(&self.read)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let catch_all: bool = row.try_get("catch_all")?;
-        let local_parts = if catch_all {
-            None
-        } else {
-            Some(
-                sqlx::query_scalar("SELECT name FROM local_part WHERE domain = ? ORDER BY name")
-                    .bind(&domain)
-                    .fetch_all(&self.read)
-                    .await?,
-            )
-        };
-        let num = |k: &str| -> Result<Option<u64>, StoreError> {
-            Ok(row.try_get::<Option<i64>, _>(k)?.map(size_of))
-        };
-        Ok(Some(DomainInfo {
-            name: row.try_get("name")?,
-            account: row.try_get("account")?,
-            policy: DomainPolicy {
-                max_messages: num("max_messages")?,
-                max_bytes: num("max_bytes")?,
-                max_age: num("max_age")?,
-                local_parts,
-            },
-        }))
-    }
-
-    pub async fn domain_set_policy(&self, domain: &str, policy: &DomainPolicy) -> Result<(), StoreError> {
-        let domain = domain.to_lowercase();
-        let mut tx = self.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE domain SET max_messages = ?, max_bytes = ?, max_age = ?, catch_all = ? WHERE name = ?",
-        )
-        .bind(opt_i64(policy.max_messages))
-        .bind(opt_i64(policy.max_bytes))
-        .bind(opt_i64(policy.max_age))
-        .bind(policy.local_parts.is_none())
-        .bind(&domain)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 0 {
-            return Err(StoreError::DomainNotFound(domain));
-        }
-        sqlx::query("DELETE FROM local_part WHERE domain = ?")
-            .bind(&domain)
-            .execute(&mut *tx)
-            .await?;
-        for name in policy.local_parts.iter().flatten() {
-            sqlx::query("INSERT INTO local_part (domain, name) VALUES (?, ?) ON CONFLICT DO NOTHING")
-                .bind(&domain)
-                .bind(name.to_lowercase())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn domain_accepts(
-        &self,
-        domain: &str,
-        local_part: &str,
-    ) -> Result<Option<DomainCheck>, StoreError> {
-        let row: Option<(bool, bool, Option<i64>, Option<i64>)> = sqlx::query_as(
-            "SELECT d.catch_all,
-                    EXISTS (SELECT 1 FROM local_part l WHERE l.domain = d.name AND l.name = ?),
-                    d.max_messages, d.max_bytes
-             FROM domain d WHERE d.name = ?",
-        )
-        .bind(local_part.to_lowercase())
-        .bind(domain.to_lowercase())
-        .fetch_optional(&self.read)
-        .await?;
-        Ok(
-            row.map(|(catch_all, listed, max_messages, max_bytes)| DomainCheck {
-                accepted: catch_all || listed,
-                max_messages: max_messages.map(size_of),
-                max_bytes: max_bytes.map(size_of),
-            }),
-        )
-    }
-
-    pub async fn domain_usage(&self, domain: &str) -> Result<DomainUsage, StoreError> {
-        let (messages, bytes): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), coalesce(sum(m.size), 0)
-             FROM (SELECT DISTINCT message FROM recipient
-                   WHERE domain = ? AND state IN ('queued', 'held', 'failed')) AS sel
-             CROSS JOIN message m
-             WHERE m.id = sel.message",
-        )
-        .bind(domain.to_lowercase())
-        .fetch_one(&self.read)
-        .await?;
-        Ok(DomainUsage {
-            messages: size_of(messages),
-            bytes: size_of(bytes),
-        })
-    }
-
-    pub async fn queue_ids(&self, filter: &QueueFilter) -> Result<Vec<MessageId>, StoreError> {
+impl Operators for SqliteStore {
+    async fn queue_ids(&self, filter: &QueueFilter) -> Result<Vec<MessageId>, StoreError> {
         let sel = Selection::of(filter, "r.");
         let sql = format!(
             "SELECT DISTINCT r.message FROM recipient r
@@ -244,7 +112,7 @@ impl SqliteStore {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    pub async fn queue_find(&self, filter: &QueueFilter) -> Result<Vec<QueuedMessage>, StoreError> {
+    async fn queue_find(&self, filter: &QueueFilter) -> Result<Vec<QueuedMessage>, StoreError> {
         let sel = Selection::of(filter, "r.");
         // Messages with something left to do in the selection; all their recipients are shown.
         let sql = format!(
@@ -266,7 +134,25 @@ impl SqliteStore {
         messages_of(&q.fetch_all(&self.read).await?)
     }
 
-    pub(crate) async fn queue_operate(&self, filter: &QueueFilter, op: Operation) -> Result<u64, StoreError> {
+    async fn queue_delete(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        self.queue_operate(filter, Operation::Delete).await
+    }
+
+    async fn queue_bounce(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        self.queue_operate(filter, Operation::Bounce).await
+    }
+
+    async fn queue_hold(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        self.queue_operate(filter, Operation::Hold).await
+    }
+
+    async fn queue_release(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        self.queue_operate(filter, Operation::Release).await
+    }
+}
+
+impl SqliteStore {
+    async fn queue_operate(&self, filter: &QueueFilter, op: Operation) -> Result<u64, StoreError> {
         let sel = Selection::of(filter, "");
         let (set, from) = match op {
             Operation::Delete => (
@@ -297,34 +183,4 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(touched.len() as u64)
     }
-
-    pub async fn lease_break(&self, domain: &str) -> Result<bool, StoreError> {
-        let now = now_millis();
-        let mut tx = self.begin().await?;
-        let token: Option<String> = sqlx::query_scalar("DELETE FROM lease WHERE domain = ? RETURNING token")
-            .bind(domain.to_lowercase())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(token) = &token {
-            // Noted for the holder's next write (see the lease_broken table), which must not
-            // wait for the broken lease to expire.
-            sqlx::query(
-                "INSERT INTO lease_broken (token, broken_at) VALUES (?, ?) ON CONFLICT (token) DO NOTHING",
-            )
-            .bind(token)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM lease_broken WHERE broken_at < ?")
-                .bind(now.saturating_sub(BROKEN_KEPT_MS))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(token.is_some())
-    }
 }
-
-/// How long a broken lease's token is remembered: far longer than any holder takes to notice
-/// (a third of the longest lease time to live, an hour).
-const BROKEN_KEPT_MS: i64 = 24 * 3600 * 1000;

@@ -10,17 +10,22 @@ use std::time::Duration;
 
 use sqlx::Row;
 
+use super::leases::db_now_ms;
 use super::operators::{messages_of, MESSAGE_COLUMNS};
-use super::{insert_chunk, remove_if_done, SqliteStore};
+use super::queue::remove_if_done;
+use super::writer::insert_chunk;
+use super::SqliteStore;
+use crate::contract::QueueEnd;
 use crate::{
-    now_millis, now_secs, MessageId, Notice, OutboundMessage, RecipientId, Settle, StoreError, CHUNK_SIZE,
-    OUTBOUND_QUEUE,
+    now_secs, MessageId, Notice, OutboundMessage, RecipientId, Settle, StoreError, CHUNK_SIZE, OUTBOUND_QUEUE,
 };
 
-/// Expiry: ?1 now (s), ?2 the shortest hold time, ?3 the default one, ?4 now (ms). Only messages
-/// older than the shortest hold time can expire: the (state, received_at) index bounds the walk
-/// to them.
-pub(super) const EXPIRE_SQL: &str = "UPDATE recipient SET state = 'failed', status = '4.4.7', updated_at = ?1
+/// Expiry: ?1 now (s, the application's clock, as `received_at`), ?2 the shortest hold time,
+/// ?3 the default one, ?4 the clock offset (ms) for the database's clock, which says whether a
+/// lease is live. Only messages older than the shortest hold time can expire: the (state,
+/// received_at) index bounds the walk to them.
+pub(super) const EXPIRE_SQL: &str = concat!(
+    "UPDATE recipient SET state = 'failed', status = '4.4.7', updated_at = ?1
      WHERE id IN (
         SELECT r.id FROM message m
         CROSS JOIN recipient r
@@ -29,14 +34,17 @@ pub(super) const EXPIRE_SQL: &str = "UPDATE recipient SET state = 'failed', stat
           AND r.message = m.id AND r.state = 'queued'
           AND m.received_at <= ?1 - coalesce(d.max_age, ?3)
           AND NOT EXISTS
-              (SELECT 1 FROM lease l WHERE l.domain = r.domain AND l.expires_at > ?4))";
+              (SELECT 1 FROM lease l WHERE l.domain = r.domain AND l.expires_at > ",
+    db_now_ms!(4),
+    "))"
+);
 
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
 }
 
-impl SqliteStore {
-    pub async fn expire(&self, default_max_age: Duration) -> Result<u64, StoreError> {
+impl QueueEnd for SqliteStore {
+    async fn expire(&self, default_max_age: Duration) -> Result<u64, StoreError> {
         let now = now_secs();
         let default = secs(default_max_age);
         let mut tx = self.begin().await?;
@@ -48,7 +56,7 @@ impl SqliteStore {
             .bind(now)
             .bind(shortest)
             .bind(default)
-            .bind(now_millis())
+            .bind(self.clock.millis())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -56,7 +64,7 @@ impl SqliteStore {
         Ok(expired)
     }
 
-    pub async fn notices_failed(&self, limit: usize) -> Result<Vec<Notice>, StoreError> {
+    async fn notices_failed(&self, limit: usize) -> Result<Vec<Notice>, StoreError> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS}
              FROM (SELECT DISTINCT message FROM recipient WHERE state = 'failed'
@@ -73,7 +81,7 @@ impl SqliteStore {
         messages_of(&rows)
     }
 
-    pub async fn notices_delayed(
+    async fn notices_delayed(
         &self,
         until: i64,
         after: (i64, MessageId),
@@ -103,7 +111,32 @@ impl SqliteStore {
         messages_of(&rows)
     }
 
-    pub(crate) async fn settle(
+    async fn settle_failed(
+        &self,
+        recipients: &[RecipientId],
+        notice: Option<&OutboundMessage>,
+    ) -> Result<(), StoreError> {
+        self.settle(recipients, notice, Settle::Failed).await
+    }
+
+    async fn settle_delayed(
+        &self,
+        recipients: &[RecipientId],
+        notice: Option<&OutboundMessage>,
+    ) -> Result<(), StoreError> {
+        self.settle(recipients, notice, Settle::Delayed).await
+    }
+
+    async fn queue_notice(&self, notice: &OutboundMessage) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        queue_outbound(&mut tx, notice, now_secs()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    async fn settle(
         &self,
         recipients: &[RecipientId],
         notice: Option<&OutboundMessage>,
@@ -152,15 +185,6 @@ impl SqliteStore {
                 remove_if_done(&mut tx, &[m]).await?;
             }
         }
-        tx.commit().await?;
-        Ok(())
-    }
-}
-
-impl SqliteStore {
-    pub async fn queue_notice(&self, notice: &OutboundMessage) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        queue_outbound(&mut tx, notice, now_secs()).await?;
         tx.commit().await?;
         Ok(())
     }

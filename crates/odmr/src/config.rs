@@ -346,13 +346,7 @@ impl Config {
                 message: e.to_string().trim_end().to_string(),
             })
         })?;
-        let invalid = |key: &str, value: &str, problem: &str, fix: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            value: value.to_string(),
-            problem: problem.to_string(),
-            fix: fix.to_string(),
-        };
+        let c = Check { path };
         let Some(raw_hostname) = raw.hostname.as_deref() else {
             return Err(ConfigError::Parse {
                 path: path.to_path_buf(),
@@ -362,161 +356,14 @@ impl Config {
                     .into(),
             });
         };
-        let (store, store_key, store_value) = match (&raw.store.url, &raw.store.path) {
-            (Some(url), Some(path)) => {
-                return Err(invalid(
-                    "store.url",
-                    url,
-                    &format!("store.path = {:?} is set too", path.display().to_string()),
-                    "keep one of them: path = \"DIR\" means url = \"sqlite:DIR\"",
-                ))
-            }
-            (Some(url), None) => {
-                let store = StoreConfig::parse(url).map_err(|e| {
-                    invalid(
-                        "store.url",
-                        url,
-                        &e.to_string(),
-                        "write sqlite: and the store's directory, e.g. \"sqlite:/var/lib/odmr\" \
-                         (created if missing)",
-                    )
-                })?;
-                (store, "store.url", url.clone())
-            }
-            (None, path) => {
-                let path = path.clone().unwrap_or_else(default_store_path);
-                let value = path.display().to_string();
-                (StoreConfig::sqlite(path), "store.path", value)
-            }
-        };
+        let (store, store_key, store_value) = c.store(&raw.store)?;
         let hostname = raw_hostname.trim().to_string();
         if hostname.is_empty() || hostname.contains(char::is_whitespace) {
-            return Err(invalid(
+            return Err(c.invalid(
                 "hostname",
                 raw_hostname,
                 "not a host name",
                 "set it to this server's fully qualified name, e.g. \"odmr.example.net\"",
-            ));
-        }
-        let addrs = |key: &str, list: &[String], example: &str| -> Result<Vec<SocketAddr>, ConfigError> {
-            list.iter()
-                .map(|a| {
-                    a.parse::<SocketAddr>().map_err(|_| {
-                        invalid(
-                            key,
-                            a,
-                            "not an IP:port address",
-                            &format!("write it as IP:PORT, e.g. \"{example}\" (or \"[::]:PORT\" for IPv6)"),
-                        )
-                    })
-                })
-                .collect()
-        };
-        let dur = |key: &str,
-                   v: &Option<String>,
-                   default: Duration,
-                   min: Duration|
-         -> Result<Duration, ConfigError> {
-            let Some(s) = v else { return Ok(default) };
-            let d = humantime::parse_duration(s).map_err(|e| {
-                invalid(
-                    key,
-                    s,
-                    &e.to_string(),
-                    "write a duration such as \"5m\" or \"30s\"",
-                )
-            })?;
-            if d < min {
-                return Err(invalid(
-                    key,
-                    s,
-                    "too short",
-                    &format!("use at least {}", humantime::format_duration(min)),
-                ));
-            }
-            Ok(d)
-        };
-        // A TLS level and its CA file (only with "verify").
-        let tls_level = |key: &str,
-                         v: &Option<String>,
-                         ca_key: &str,
-                         ca: &Option<PathBuf>|
-         -> Result<TlsLevel, ConfigError> {
-            let level = match v.as_deref().unwrap_or("may") {
-                "none" => TlsLevel::None,
-                "may" => TlsLevel::May,
-                "encrypt" => TlsLevel::Encrypt,
-                "verify" => TlsLevel::Verify,
-                t => {
-                    return Err(invalid(
-                        key,
-                        t,
-                        "unknown TLS level",
-                        "use \"may\" (the default), \"encrypt\", \"verify\" or \"none\"",
-                    ))
-                }
-            };
-            if let Some(ca) = ca {
-                if level != TlsLevel::Verify {
-                    return Err(invalid(
-                        ca_key,
-                        &ca.display().to_string(),
-                        &format!("only used with {key} = \"verify\""),
-                        &format!("set {key} = \"verify\", or remove {ca_key}"),
-                    ));
-                }
-            }
-            Ok(level)
-        };
-        let etrn_tls = tls_level(
-            "smtp.etrn_tls",
-            &raw.smtp.etrn_tls,
-            "smtp.etrn_tls_ca_file",
-            &raw.smtp.etrn_tls_ca_file,
-        )?;
-        let relay_tls = tls_level(
-            "bounce.relay_tls",
-            &raw.bounce.relay_tls,
-            "bounce.relay_tls_ca_file",
-            &raw.bounce.relay_tls_ca_file,
-        )?;
-        let max_message_size = match &raw.smtp.max_message_size {
-            None => 50 * 1024 * 1024,
-            Some(Size::Octets(n)) => *n,
-            Some(Size::Text(t)) => parse_size(t).ok_or_else(|| {
-                invalid(
-                    "smtp.max_message_size",
-                    t,
-                    "not a size",
-                    "write a number of octets or a size such as \"50MiB\"",
-                )
-            })?,
-        };
-        if max_message_size < 65536 {
-            return Err(invalid(
-                "smtp.max_message_size",
-                &max_message_size.to_string(),
-                "below the 64 KiB RFC 5321 §4.5.3.1.7 requires",
-                "use at least 65536",
-            ));
-        }
-        let max_recipients = raw.smtp.max_recipients.unwrap_or(100);
-        if max_recipients < 100 {
-            return Err(invalid(
-                "smtp.max_recipients",
-                &max_recipients.to_string(),
-                "below the 100 recipients RFC 5321 §4.5.3.1.8 requires",
-                "use at least 100",
-            ));
-        }
-        let sec = Duration::from_secs;
-        let lookup_cache = dur("smtp.lookup_cache", &raw.smtp.lookup_cache, sec(1), sec(0))?;
-        if lookup_cache > LOOKUP_CACHE_MAX {
-            return Err(invalid(
-                "smtp.lookup_cache",
-                raw.smtp.lookup_cache.as_deref().unwrap_or_default(),
-                "too long: a removed domain would still be accepted for that long",
-                &format!("use at most {}", humantime::format_duration(LOOKUP_CACHE_MAX)),
             ));
         }
         if raw.tls.is_none() && (!raw.odmr.listen_tls.is_empty() || raw.odmr.require_tls) {
@@ -525,104 +372,17 @@ impl Config {
             } else {
                 "odmr.listen_tls"
             };
-            return Err(invalid(
+            return Err(c.invalid(
                 key,
                 "set",
                 "needs a certificate",
                 "add a [tls] table with cert = \"/path/fullchain.pem\" and key = \"/path/key.pem\"",
             ));
         }
-        let lease_ttl = dur(
-            "odmr.lease_ttl",
-            &raw.odmr.lease_ttl,
-            DEFAULT_LEASE_TTL,
-            LEASE_TTL_MIN,
-        )?;
-        if lease_ttl > LEASE_TTL_MAX {
-            return Err(invalid(
-                "odmr.lease_ttl",
-                raw.odmr.lease_ttl.as_deref().unwrap_or_default(),
-                "too long: a crashed node would lock its domains out for that long",
-                &format!("use at most {}", humantime::format_duration(LEASE_TTL_MAX)),
-            ));
-        }
-        let size = |key: &str, v: &Option<Size>, default: u64| -> Result<u64, ConfigError> {
-            match v {
-                None => Ok(default),
-                Some(Size::Octets(n)) => Ok(*n),
-                Some(Size::Text(t)) => parse_size(t).ok_or_else(|| {
-                    invalid(
-                        key,
-                        t,
-                        "not a size",
-                        "write a number of octets or a size such as \"50MiB\"",
-                    )
-                }),
-            }
-        };
-        let delay_warning = match raw.queue.delay_warning.as_deref() {
-            Some("off") | Some("never") => None,
-            _ => Some(dur(
-                "queue.delay_warning",
-                &raw.queue.delay_warning,
-                sec(24 * 3600),
-                sec(1),
-            )?),
-        };
-        if let Some(relay) = &raw.bounce.relay {
-            let ok = relay
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if !ok {
-                return Err(invalid(
-                    "bounce.relay",
-                    relay,
-                    "not a host:port",
-                    "write the outbound MTA as HOST:PORT, e.g. \"127.0.0.1:25\" or \"smtp.example.net:587\"",
-                ));
-            }
-        }
-        let queue = QueueConfig {
-            max_age: dur("queue.max_age", &raw.queue.max_age, sec(7 * 86400), sec(1))?,
-            delay_warning,
-            scan_interval: dur(
-                "queue.scan_interval",
-                &raw.queue.scan_interval,
-                sec(15),
-                Duration::from_millis(200),
-            )?,
-        };
-        let bounce = BounceConfig {
-            relay: raw.bounce.relay.clone(),
-            retry: dur(
-                "bounce.retry",
-                &raw.bounce.retry,
-                sec(60),
-                Duration::from_millis(200),
-            )?,
-            max_return: size("bounce.max_return", &raw.bounce.max_return, 10 << 20)?,
-            relay_tls,
-            relay_tls_ca_file: raw.bounce.relay_tls_ca_file.clone(),
-        };
-        let d = crate::server::limits::Limits::default();
-        let limits = crate::server::limits::Limits {
-            max_connections: raw.limits.max_connections.unwrap_or(d.max_connections).max(1),
-            max_connections_per_ip: raw
-                .limits
-                .max_connections_per_ip
-                .unwrap_or(d.max_connections_per_ip)
-                .max(1),
-            auth_lockout_after: raw
-                .limits
-                .auth_lockout_after
-                .unwrap_or(d.auth_lockout_after)
-                .max(3),
-            lockout: dur("limits.auth_lockout", &raw.limits.auth_lockout, d.lockout, sec(1))?,
-        };
         Ok(Config {
-            limits,
-            queue,
-            bounce,
+            limits: c.limits(&raw.limits)?,
+            queue: c.queue(&raw.queue)?,
+            bounce: c.bounce(&raw.bounce)?,
             tls: raw.tls.as_ref().map(|t| TlsFiles {
                 cert: t.cert.clone(),
                 key: t.key.clone(),
@@ -634,45 +394,8 @@ impl Config {
             store,
             store_key,
             store_value,
-            smtp: SmtpConfig {
-                listen: addrs("smtp.listen", &raw.smtp.listen, "0.0.0.0:25")?,
-                max_message_size,
-                max_recipients,
-                max_received_headers: raw.smtp.max_received_headers.unwrap_or(100).max(1),
-                max_messages_per_session: raw.smtp.max_messages_per_session.unwrap_or(10_000).max(1),
-                command_timeout: dur(
-                    "smtp.command_timeout",
-                    &raw.smtp.command_timeout,
-                    sec(300),
-                    sec(1),
-                )?,
-                auth: raw.smtp.auth,
-                etrn: raw.smtp.etrn,
-                etrn_connect_timeout: dur(
-                    "smtp.etrn_connect_timeout",
-                    &raw.smtp.etrn_connect_timeout,
-                    sec(30),
-                    sec(1),
-                )?,
-                lookup_cache,
-                etrn_tls,
-                etrn_tls_ca_file: raw.smtp.etrn_tls_ca_file.clone(),
-            },
-            odmr: OdmrConfig {
-                listen: addrs("odmr.listen", &raw.odmr.listen, "0.0.0.0:366")?,
-                listen_tls: addrs("odmr.listen_tls", &raw.odmr.listen_tls, "0.0.0.0:2366")?,
-                require_tls: raw.odmr.require_tls,
-                cram_md5: raw.odmr.cram_md5,
-                command_timeout: dur(
-                    "odmr.command_timeout",
-                    &raw.odmr.command_timeout,
-                    sec(300),
-                    sec(1),
-                )?,
-                reply_timeout: dur("odmr.reply_timeout", &raw.odmr.reply_timeout, sec(300), sec(1))?,
-                data_timeout: dur("odmr.data_timeout", &raw.odmr.data_timeout, sec(600), sec(1))?,
-                lease_ttl,
-            },
+            smtp: c.smtp(&raw.smtp)?,
+            odmr: c.odmr(&raw.odmr)?,
         })
     }
 
@@ -713,6 +436,295 @@ impl Config {
             problem,
             fix,
         }
+    }
+}
+
+fn sec(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Checks the raw settings of one file, section by section; every error names the file, the
+/// key, the value and the fix.
+struct Check<'a> {
+    path: &'a Path,
+}
+
+impl Check<'_> {
+    fn invalid(&self, key: &str, value: &str, problem: &str, fix: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            value: value.to_string(),
+            problem: problem.to_string(),
+            fix: fix.to_string(),
+        }
+    }
+
+    fn addrs(&self, key: &str, list: &[String], example: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+        list.iter()
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|_| {
+                    self.invalid(
+                        key,
+                        a,
+                        "not an IP:port address",
+                        &format!("write it as IP:PORT, e.g. \"{example}\" (or \"[::]:PORT\" for IPv6)"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn dur(
+        &self,
+        key: &str,
+        v: &Option<String>,
+        default: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(s) = v else { return Ok(default) };
+        let d = humantime::parse_duration(s).map_err(|e| {
+            self.invalid(
+                key,
+                s,
+                &e.to_string(),
+                "write a duration such as \"5m\" or \"30s\"",
+            )
+        })?;
+        if d < min {
+            return Err(self.invalid(
+                key,
+                s,
+                "too short",
+                &format!("use at least {}", humantime::format_duration(min)),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// A duration that may also be no longer than `max` (`why` says what a longer one costs).
+    fn dur_within(
+        &self,
+        key: &str,
+        v: &Option<String>,
+        (default, min, max): (Duration, Duration, Duration),
+        why: &str,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.dur(key, v, default, min)?;
+        if d > max {
+            return Err(self.invalid(
+                key,
+                v.as_deref().unwrap_or_default(),
+                &format!("too long: {why}"),
+                &format!("use at most {}", humantime::format_duration(max)),
+            ));
+        }
+        Ok(d)
+    }
+
+    fn size(&self, key: &str, v: &Option<Size>, default: u64) -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(Size::Octets(n)) => Ok(*n),
+            Some(Size::Text(t)) => parse_size(t).ok_or_else(|| {
+                self.invalid(
+                    key,
+                    t,
+                    "not a size",
+                    "write a number of octets or a size such as \"50MiB\"",
+                )
+            }),
+        }
+    }
+
+    /// A TLS level and its CA file (only with "verify").
+    fn tls_level(
+        &self,
+        key: &str,
+        v: &Option<String>,
+        ca_key: &str,
+        ca: &Option<PathBuf>,
+    ) -> Result<TlsLevel, ConfigError> {
+        let level = match v.as_deref().unwrap_or("may") {
+            "none" => TlsLevel::None,
+            "may" => TlsLevel::May,
+            "encrypt" => TlsLevel::Encrypt,
+            "verify" => TlsLevel::Verify,
+            t => {
+                return Err(self.invalid(
+                    key,
+                    t,
+                    "unknown TLS level",
+                    "use \"may\" (the default), \"encrypt\", \"verify\" or \"none\"",
+                ))
+            }
+        };
+        if let Some(ca) = ca {
+            if level != TlsLevel::Verify {
+                return Err(self.invalid(
+                    ca_key,
+                    &ca.display().to_string(),
+                    &format!("only used with {key} = \"verify\""),
+                    &format!("set {key} = \"verify\", or remove {ca_key}"),
+                ));
+            }
+        }
+        Ok(level)
+    }
+
+    /// `[store]`: the store's setting, the key it came from and its value (for errors).
+    fn store(&self, raw: &RawStore) -> Result<(StoreConfig, &'static str, String), ConfigError> {
+        match (&raw.url, &raw.path) {
+            (Some(url), Some(path)) => Err(self.invalid(
+                "store.url",
+                url,
+                &format!("store.path = {:?} is set too", path.display().to_string()),
+                "keep one of them: path = \"DIR\" means url = \"sqlite:DIR\"",
+            )),
+            (Some(url), None) => {
+                let store = StoreConfig::parse(url).map_err(|e| {
+                    self.invalid(
+                        "store.url",
+                        url,
+                        &e.to_string(),
+                        "write sqlite: and the store's directory, e.g. \"sqlite:/var/lib/odmr\" \
+                         (created if missing)",
+                    )
+                })?;
+                Ok((store, "store.url", url.clone()))
+            }
+            (None, path) => {
+                let path = path.clone().unwrap_or_else(default_store_path);
+                let value = path.display().to_string();
+                Ok((StoreConfig::sqlite(path), "store.path", value))
+            }
+        }
+    }
+
+    fn smtp(&self, raw: &RawSmtp) -> Result<SmtpConfig, ConfigError> {
+        let max_message_size = self.size("smtp.max_message_size", &raw.max_message_size, 50 << 20)?;
+        if max_message_size < 65536 {
+            return Err(self.invalid(
+                "smtp.max_message_size",
+                &max_message_size.to_string(),
+                "below the 64 KiB RFC 5321 §4.5.3.1.7 requires",
+                "use at least 65536",
+            ));
+        }
+        let max_recipients = raw.max_recipients.unwrap_or(100);
+        if max_recipients < 100 {
+            return Err(self.invalid(
+                "smtp.max_recipients",
+                &max_recipients.to_string(),
+                "below the 100 recipients RFC 5321 §4.5.3.1.8 requires",
+                "use at least 100",
+            ));
+        }
+        Ok(SmtpConfig {
+            listen: self.addrs("smtp.listen", &raw.listen, "0.0.0.0:25")?,
+            max_message_size,
+            max_recipients,
+            max_received_headers: raw.max_received_headers.unwrap_or(100).max(1),
+            max_messages_per_session: raw.max_messages_per_session.unwrap_or(10_000).max(1),
+            command_timeout: self.dur("smtp.command_timeout", &raw.command_timeout, sec(300), sec(1))?,
+            auth: raw.auth,
+            etrn: raw.etrn,
+            etrn_connect_timeout: self.dur(
+                "smtp.etrn_connect_timeout",
+                &raw.etrn_connect_timeout,
+                sec(30),
+                sec(1),
+            )?,
+            lookup_cache: self.dur_within(
+                "smtp.lookup_cache",
+                &raw.lookup_cache,
+                (sec(1), sec(0), LOOKUP_CACHE_MAX),
+                "a removed domain would still be accepted for that long",
+            )?,
+            etrn_tls: self.tls_level(
+                "smtp.etrn_tls",
+                &raw.etrn_tls,
+                "smtp.etrn_tls_ca_file",
+                &raw.etrn_tls_ca_file,
+            )?,
+            etrn_tls_ca_file: raw.etrn_tls_ca_file.clone(),
+        })
+    }
+
+    fn odmr(&self, raw: &RawOdmr) -> Result<OdmrConfig, ConfigError> {
+        Ok(OdmrConfig {
+            listen: self.addrs("odmr.listen", &raw.listen, "0.0.0.0:366")?,
+            listen_tls: self.addrs("odmr.listen_tls", &raw.listen_tls, "0.0.0.0:2366")?,
+            require_tls: raw.require_tls,
+            cram_md5: raw.cram_md5,
+            command_timeout: self.dur("odmr.command_timeout", &raw.command_timeout, sec(300), sec(1))?,
+            reply_timeout: self.dur("odmr.reply_timeout", &raw.reply_timeout, sec(300), sec(1))?,
+            data_timeout: self.dur("odmr.data_timeout", &raw.data_timeout, sec(600), sec(1))?,
+            lease_ttl: self.dur_within(
+                "odmr.lease_ttl",
+                &raw.lease_ttl,
+                (DEFAULT_LEASE_TTL, LEASE_TTL_MIN, LEASE_TTL_MAX),
+                "a crashed node would lock its domains out for that long",
+            )?,
+        })
+    }
+
+    fn queue(&self, raw: &RawQueue) -> Result<QueueConfig, ConfigError> {
+        let delay_warning = match raw.delay_warning.as_deref() {
+            Some("off") | Some("never") => None,
+            _ => Some(self.dur("queue.delay_warning", &raw.delay_warning, sec(24 * 3600), sec(1))?),
+        };
+        Ok(QueueConfig {
+            max_age: self.dur("queue.max_age", &raw.max_age, sec(7 * 86400), sec(1))?,
+            delay_warning,
+            scan_interval: self.dur(
+                "queue.scan_interval",
+                &raw.scan_interval,
+                sec(15),
+                Duration::from_millis(200),
+            )?,
+        })
+    }
+
+    fn bounce(&self, raw: &RawBounce) -> Result<BounceConfig, ConfigError> {
+        if let Some(relay) = &raw.relay {
+            let ok = relay
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(self.invalid(
+                    "bounce.relay",
+                    relay,
+                    "not a host:port",
+                    "write the outbound MTA as HOST:PORT, e.g. \"127.0.0.1:25\" or \"smtp.example.net:587\"",
+                ));
+            }
+        }
+        Ok(BounceConfig {
+            relay: raw.relay.clone(),
+            retry: self.dur("bounce.retry", &raw.retry, sec(60), Duration::from_millis(200))?,
+            max_return: self.size("bounce.max_return", &raw.max_return, 10 << 20)?,
+            relay_tls: self.tls_level(
+                "bounce.relay_tls",
+                &raw.relay_tls,
+                "bounce.relay_tls_ca_file",
+                &raw.relay_tls_ca_file,
+            )?,
+            relay_tls_ca_file: raw.relay_tls_ca_file.clone(),
+        })
+    }
+
+    fn limits(&self, raw: &RawLimits) -> Result<crate::server::limits::Limits, ConfigError> {
+        let d = crate::server::limits::Limits::default();
+        Ok(crate::server::limits::Limits {
+            max_connections: raw.max_connections.unwrap_or(d.max_connections).max(1),
+            max_connections_per_ip: raw
+                .max_connections_per_ip
+                .unwrap_or(d.max_connections_per_ip)
+                .max(1),
+            auth_lockout_after: raw.auth_lockout_after.unwrap_or(d.auth_lockout_after).max(3),
+            lockout: self.dur("limits.auth_lockout", &raw.auth_lockout, d.lockout, sec(1))?,
+        })
     }
 }
 

@@ -17,6 +17,7 @@ pub mod dsn;
 pub mod envelope;
 pub mod line;
 pub mod odmr;
+pub mod relay;
 pub mod reply;
 pub mod sasl;
 pub mod smtp_server;

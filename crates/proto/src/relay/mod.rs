@@ -11,7 +11,9 @@
 //!   dot.** Every [`Relay::end`] gets exactly one [`RelayStep::Verdict`], either during that
 //!   call or later (read ahead of a later command's replies, or by [`Relay::settle`],
 //!   [`Relay::reset`], [`Relay::close`]); verdicts come in the order of the ends. A verdict
-//!   the connection took with it is `451 4.4.0`, never a 2xx.
+//!   the connection took with it is `451 4.4.0`, never a 2xx; so is a reply to DATA that is
+//!   neither 354 nor a refusal (a local MTA answering DATA with 250 would otherwise have the
+//!   provider count as delivered a message that never left, or read its body as commands).
 //! - **Replies are paired with commands by counting** (RFC 2920 §3.1): `expect` holds one entry
 //!   per command written whose reply is not read yet, in order. Replies are read only when the
 //!   event in hand needs one: octets the local MTA sends unasked wait in the buffer.
@@ -63,6 +65,17 @@ const CLOSED: &str = "connection closed";
 /// The temporary failure given for a command or a message the local MTA could not answer.
 pub fn unavailable(why: impl Display) -> Reply {
     Reply::new(451, "4.4.0", format!("local mail system unavailable: {why}"))
+}
+
+/// The provider's reply when the local MTA did not say 354 to DATA: its refusal, or, for a
+/// reply that is no refusal (a 2xx, a 3xx other than 354), a temporary failure. A 2xx passed on
+/// would make the provider count the message delivered though no octet of it was sent.
+fn data_refusal(r: Reply) -> Reply {
+    if r.is_transient() || r.is_permanent() {
+        r
+    } else {
+        Reply::new(451, "4.5.0", format!("local mail system answered DATA with {r}"))
+    }
 }
 
 /// What the local MTA can carry, from its EHLO (or LHLO) reply.
@@ -376,7 +389,11 @@ impl Relay {
         self.stuffer = DotStuffer::new();
         if let Some(r) = self.early_data.take() {
             // DATA went out with the last RCPT.
-            let a = if r.code == 354 { Ok(()) } else { Err(r) };
+            let a = if r.code == 354 {
+                Ok(())
+            } else {
+                Err(data_refusal(r))
+            };
             self.answer(a);
         } else if self.caps.pipelining {
             // DATA waits for the body: it goes out before its first octet.
@@ -691,7 +708,11 @@ impl Relay {
                 }
             }
             Op::Data => {
-                let a = asked(&reply);
+                let a = match reply {
+                    Ok(r) if r.code == 354 => Ok(()),
+                    Ok(r) => Err(data_refusal(r)),
+                    Err(why) => Err(unavailable(why)),
+                };
                 self.in_data = a.is_ok();
                 self.answer(a);
             }
@@ -702,7 +723,8 @@ impl Relay {
                         // Still in the transaction locally: RSET it; no octet of the body was
                         // sent, so the connection stays usable for the next message.
                         self.held.clear();
-                        self.ask("RSET", Op::RsetAfterData { then, refusal: r });
+                        let refusal = data_refusal(r);
+                        self.ask("RSET", Op::RsetAfterData { then, refusal });
                         return;
                     }
                     Err(why) => {

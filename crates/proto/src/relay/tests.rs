@@ -1000,3 +1000,72 @@ fn a_write_failure_in_the_body_is_the_verdict() {
     assert!(r.is_closed());
     assert!(!r.verdict_owed());
 }
+
+#[test]
+fn a_2xx_to_data_is_never_passed_on_as_a_verdict_or_a_go_ahead() {
+    // DATA before the body: no octet of it was sent, so the provider must not count it
+    // delivered.
+    check(
+        false,
+        &with_ehlo(
+            EHLO_PIPELINING,
+            "
+            mail alice@a.example
+            = ok
+            rcpt bob@b.example
+            C: MAIL FROM:<alice@a.example>
+            C: RCPT TO:<bob@b.example>
+            S: 250 ok
+            S: 250 ok
+            = ok
+            data
+            = ok
+            body x
+            end
+            C: DATA
+            S: 250 2.0.0 ok
+            C: RSET
+            S: 250 ok
+            ! 451 4.5.0 local mail system answered DATA with 250 2.0.0 ok
+            # With the last RCPT: the provider's DATA is refused.
+            mail alice@a.example
+            = ok
+            expect-data
+            rcpt bob@b.example
+            C: MAIL FROM:<alice@a.example>
+            C: RCPT TO:<bob@b.example>
+            C: DATA
+            S: 250 ok
+            S: 250 ok
+            S: 250 ok
+            = ok
+            data
+            = 451 4.5.0 local mail system answered DATA with 250 ok
+            ",
+        ),
+    );
+    // In lockstep the body would otherwise be read as commands.
+    check(
+        false,
+        "
+        S: 220 mta
+        C: EHLO relay.example
+        S: 250 mta
+        mail alice@a.example
+        C: MAIL FROM:<alice@a.example>
+        S: 250 ok
+        = ok
+        rcpt bob@b.example
+        C: RCPT TO:<bob@b.example>
+        S: 250 ok
+        = ok
+        data
+        C: DATA
+        S: 250 ok
+        = 451 4.5.0 local mail system answered DATA with 250 ok
+        reset
+        C: RSET
+        S: 250 ok
+        ",
+    );
+}

@@ -440,6 +440,14 @@ write(
     "regress-data-250",
     header(0, decisions=(1, 7)) + crlf(b"220 c", b"250 c", b"250 ok", b"250 ok", b"250 ok", b"221 bye"),
 )
+# A 250 (not 354) to a DATA sent before the body became a 2xx verdict: the provider would have
+# counted as delivered a message that never left (relay).
+write(
+    "relay",
+    "regress-data-250",
+    header(0, (), (0x00, 0x00, 0x04, 0x02, 0x07))
+    + crlf(b"220 m", b"250-m", b"250 PIPELINING", b"250 ok", b"250 ok", b"250 ok", b"250 reset", b"221 bye"),
+)
 write(
     "splice_observer",
     "bdat",

@@ -272,6 +272,9 @@ impl Relay {
         self.closed
     }
 
+    /// The next step, with the local MTA's octets read so far in `input` (a reply is taken
+    /// off its front only when the event in hand needs one). Poll after every event until
+    /// [`RelayStep::Idle`].
     pub fn poll(&mut self, input: &mut BytesMut) -> RelayStep {
         loop {
             if let Some(s) = self.steps.pop_front() {

@@ -366,6 +366,56 @@ write(
     ),
 )
 
+# relay: flags bit 0 LMTP, bit 1 large body pieces, bit 2 a write fails (the one numbered by the
+# top bits). Decisions, per phase: no transaction d % 8 0-4 MAIL, 5 settle, 6 RSET, 7 QUIT; in a
+# transaction 0-3 RCPT (bit 4: the provider's DATA already read), 4-5 DATA, 6 RSET, 7 settle;
+# in DATA d % 4 0-1 a body piece of (d >> 2) octets, 2 the end, 3 abandon.
+RELAY_TAPE = (0x00, 0x10, 0x04, 0x40, 0x02, 0x00, 0x11, 0x05)
+RELAY_REPLIES = crlf(b"250 2.1.0 ok", b"250 2.1.5 ok", b"354 go", b"250 2.0.0 queued as 1", b"250 ok", b"250 ok", b"354 go")
+write(
+    "relay",
+    "pipelined",
+    header(0, (9, 3), RELAY_TAPE)
+    + crlf(b"220 mta.example ESMTP", b"250-mta.example", b"250-PIPELINING", b"250-8BITMIME", b"250 SIZE 10000")
+    + RELAY_REPLIES
+    + crlf(b"250 2.0.0 queued as 2", b"221 bye"),
+)
+write(
+    "relay",
+    "lockstep",
+    header(0, (5,), RELAY_TAPE)
+    + crlf(b"220 mta.example", b"500 what", b"250 mta.example")
+    + RELAY_REPLIES
+    + crlf(b"250 2.0.0 queued as 2", b"221 bye"),
+)
+write(
+    "relay",
+    "lmtp",
+    header(1, (), (0x00, 0x10, 0x00, 0x04, 0x40, 0x02, 0x00, 0x11))
+    + crlf(b"220 lmtp.example LMTP", b"250-lmtp.example", b"250 PIPELINING")
+    + crlf(b"250 ok", b"250 ok", b"354 go", b"452 4.2.2 mailbox full", b"250 ok", b"550 5.1.1 unknown", b"554 5.5.1 no valid recipients", b"250 reset"),
+)
+write(
+    "relay",
+    "refusals",
+    header(0, (), (0x00, 0x10, 0x00, 0x12, 0x05, 0x06, 0x05, 0x42))
+    + crlf(b"220 m", b"250-m", b"250 PIPELINING")
+    + crlf(b"550 5.7.1 not from you", b"503 need MAIL", b"250 ok", b"250 ok", b"452 4.3.1 full", b"250 reset", b"421 4.3.2 bye"),
+)
+write(
+    "relay",
+    "big_body",
+    header(2, (), (0x00, 0x00, 0x04, 0x00, 0x01, 0x00, 0x02, 0x07))
+    + crlf(b"220 m", b"250-m", b"250 PIPELINING", b"250 ok", b"250 ok", b"354 go", b"250 queued", b"221 bye"),
+)
+write(
+    "relay",
+    "write_fails",
+    header(4 | (4 << 3), (), (0x00, 0x10, 0x04, 0x00, 0x00, 0x02, 0x00, 0x07))
+    + crlf(b"220 m", b"250 m", b"250 ok", b"250 ok", b"354 go", b"250 queued", b"221 bye"),
+)
+write("relay", "garbage", header(0, (3,), RELAY_TAPE) + crlf(b"220 m", b"250-m", b"250 PIPELINING", b"250 ok", b"not a reply"))
+
 # Regression seeds: inputs that made a target fail once. They stay, so that a fix is checked on
 # every run (libFuzzer runs the seeds first).
 # parse_reply sliced the reply text at octet 4 inside a multi-octet character (reply.rs).
@@ -389,6 +439,14 @@ write(
     "deliverer",
     "regress-data-250",
     header(0, decisions=(1, 7)) + crlf(b"220 c", b"250 c", b"250 ok", b"250 ok", b"250 ok", b"221 bye"),
+)
+# A 250 (not 354) to a DATA sent before the body became a 2xx verdict: the provider would have
+# counted as delivered a message that never left (relay).
+write(
+    "relay",
+    "regress-data-250",
+    header(0, (), (0x00, 0x00, 0x04, 0x02, 0x07))
+    + crlf(b"220 m", b"250-m", b"250 PIPELINING", b"250 ok", b"250 ok", b"250 ok", b"250 reset", b"221 bye"),
 )
 write(
     "splice_observer",

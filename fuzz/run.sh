@@ -41,7 +41,7 @@ cd "$(dirname "$0")"
 export PATH="$HOME/.cargo/bin:$PATH"
 export RUSTC_BOOTSTRAP=1
 
-targets=(data_receiver dot_roundtrip parsers dsn smtp_server odmr_session customer deliverer splice_observer)
+targets=(data_receiver dot_roundtrip parsers dsn smtp_server odmr_session customer deliverer relay splice_observer)
 sanitizer="${ODMR_FUZZ_SANITIZER:-address}"
 start=$(date +%s)
 

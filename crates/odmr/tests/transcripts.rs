@@ -37,6 +37,7 @@ fn replay(kind: &str) {
         for (i, step) in t.steps.iter().enumerate() {
             match step {
                 Step::Send(b) => c.send(b),
+                Step::Local(_) | Step::Relayed(_) => panic!("{name}: L: and R: belong to reversed sessions"),
                 Step::Cram { user, password } => {
                     let r = cram_md5::client_response(user, password.as_bytes(), &challenge);
                     c.cmd(&base64::engine::general_purpose::STANDARD.encode(r));

@@ -19,6 +19,7 @@ pub mod envelope;
 mod esmtp;
 pub mod line;
 pub mod odmr;
+pub mod relay;
 pub mod reply;
 pub mod sasl;
 pub mod smtp_server;

@@ -21,12 +21,18 @@ pub enum Step {
     Cram { user: String, password: String },
     /// The server's next line (without CRLF) must match.
     Expect(String),
+    /// Reversed session: the local MTA sends these bytes to the customer's relay.
+    Local(Vec<u8>),
+    /// Reversed session: the relay's next line to the local MTA (without CRLF) must match.
+    Relayed(String),
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Transcript {
     pub accounts: Vec<Account>,
     pub steps: Vec<Step>,
+    /// Reversed session: the local MTA speaks LMTP (`@lmtp`), not SMTP.
+    pub lmtp: bool,
 }
 
 impl Transcript {
@@ -74,6 +80,15 @@ impl Transcript {
                 t.steps.push(Step::Send(unescape(&expand(rest))));
             } else if let Some(rest) = line.strip_prefix("S: ") {
                 t.steps.push(Step::Expect(rest.to_string()));
+            } else if line == "@lmtp" {
+                t.lmtp = true;
+            } else if let Some(rest) = line.strip_prefix("L: ") {
+                let mut b = rest.as_bytes().to_vec();
+                b.extend_from_slice(b"\r\n");
+                t.steps.push(Step::Local(b));
+            } else if let Some(rest) = line.strip_prefix("R:") {
+                t.steps
+                    .push(Step::Relayed(rest.strip_prefix(' ').unwrap_or(rest).to_string()));
             } else {
                 return Err(err("unknown directive"));
             }
@@ -180,5 +195,10 @@ mod tests {
         assert!(matches("220 * ready", "220 host ready"));
         assert!(!matches("220 * ready", "220 host ready now"));
         assert!(matches("250-* greets *", "250-h greets c"));
+        let t = Transcript::parse("@lmtp\nL: 220 l\nR: LHLO *\nR:\n").unwrap();
+        assert!(t.lmtp);
+        assert_eq!(t.steps[0], Step::Local(b"220 l\r\n".to_vec()));
+        assert_eq!(t.steps[1], Step::Relayed("LHLO *".into()));
+        assert_eq!(t.steps[2], Step::Relayed(String::new()));
     }
 }

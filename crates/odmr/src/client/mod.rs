@@ -15,6 +15,8 @@
 pub mod config;
 mod poll;
 mod receive;
+#[cfg(test)]
+mod reversed_transcripts;
 mod sink;
 mod splice;
 

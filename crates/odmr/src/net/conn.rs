@@ -354,6 +354,12 @@ impl Conn {
         }
     }
 
+    /// Drop the output not yet written: after a failed write, nothing more reaches the peer.
+    pub fn discard_unsent(&mut self) {
+        self.unsent.clear();
+        self.unflushed = false;
+    }
+
     /// Write (or flush) some of the unsent output: `Ok(true)` on progress, `Ok(false)` once
     /// everything is written and flushed.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, ConnError>> {

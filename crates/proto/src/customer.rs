@@ -18,6 +18,9 @@
 //! - **A refused ATRN ends politely with QUIT** (RFC 5321 §4.1.1.10; RFC 2645 does not say what
 //!   follows a refusal, see docs/protocol-decisions.md).
 //! - A challenge we cannot decode is cancelled with `*` (RFC 4954 §4).
+//! - **A 250 before ATRN is sent is no turnaround.** A 250 read in the same poll that queued
+//!   ATRN came with the replies before it: the session ends with [`FrontEnd::Failed`] and
+//!   nothing more is sent.
 
 use crate::reply::{parse_reply, Reply};
 use crate::sasl::cram_md5;
@@ -393,6 +396,17 @@ impl Customer {
                 self.state = State::Atrn;
             }
             State::Atrn => match r.code {
+                // A 250 read while our ATRN is still in the output (it came with the replies
+                // before it) answers nothing we asked: end, sending nothing more (not even the
+                // ATRN, which the provider would take as a request).
+                250 if !self.out.is_empty() => {
+                    self.out.clear();
+                    self.ended = Some(FrontEnd::Failed(
+                        "provider sent replies ahead of our commands (a 250 before ATRN); not turning around"
+                            .into(),
+                    ));
+                    self.state = State::Done;
+                }
                 250 => {
                     self.ended = None;
                     self.state = State::Done;
@@ -483,6 +497,19 @@ mod tests {
             "334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+\r\n",
         );
         assert_eq!(out, "dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw\r\n");
+    }
+
+    #[test]
+    fn a_250_read_with_the_replies_before_atrn_is_no_turnaround() {
+        let mut c = customer(&["example.org"]);
+        through_auth(&mut c);
+        // The 235 and a 250 in one read: the ATRN is still unsent when the 250 is read.
+        let (out, s) = step(&mut c, "235 ok\r\n250 OK now reversing the connection\r\n");
+        assert_eq!(out, "", "nothing more is sent, not even the ATRN");
+        assert!(
+            matches!(&s, CustomerStep::Ended(FrontEnd::Failed(m)) if m.contains("before ATRN")),
+            "{s:?}"
+        );
     }
 
     #[test]

@@ -76,6 +76,21 @@ macro_rules! esmtp_accessors {
         pub fn is_tls(&self) -> bool {
             self.esmtp.is_tls()
         }
+
+        /// The server is shutting down: queue the 421 that tells the client so (RFC 5321
+        /// §3.8), in this listener's form (with an enhanced status code only where
+        /// ENHANCEDSTATUSCODES is offered), ahead of any reply held behind a verdict. The
+        /// session is over: the driver writes it and closes.
+        pub fn shutdown(&mut self) {
+            self.esmtp.shutdown();
+        }
+
+        /// The connection failed (`why`: a read timed out): queue the 421 that tells the
+        /// client why before closing (RFC 5321 §4.5.3.2.7). The session is over, as with
+        /// [`Self::shutdown`].
+        pub fn abort(&mut self, why: &str) {
+            self.esmtp.abort(why);
+        }
     };
 }
 pub(crate) use esmtp_accessors;
@@ -198,6 +213,18 @@ impl Esmtp {
             &mut self.out
         };
         r.write(out, self.listener.enhanced);
+    }
+
+    /// The 421 of a server shutting down, ahead of any held reply.
+    pub fn shutdown(&mut self) {
+        let text = format!("{} shutting down, try again later", self.listener.hostname);
+        Reply::new(421, "4.3.2", text).write(&mut self.out, self.listener.enhanced);
+    }
+
+    /// The 421 of a connection that failed (`why`), ahead of any held reply.
+    pub fn abort(&mut self, why: &str) {
+        let text = format!("{} {why}, closing", self.listener.hostname);
+        Reply::new(421, "4.4.2", text).write(&mut self.out, self.listener.enhanced);
     }
 
     /// From now on replies wait behind a verdict still to come ([`Esmtp::release`]).

@@ -361,6 +361,19 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_and_abort_421s_carry_no_enhanced_status() {
+        // The ODMR listener does not offer ENHANCEDSTATUSCODES (RFC 2034 §4).
+        let (mut s, _) = authed();
+        s.shutdown();
+        s.abort("timed out");
+        assert_eq!(
+            s.output().as_slice(),
+            b"421 odmr.example.net shutting down, try again later\r\n\
+              421 odmr.example.net timed out, closing\r\n"
+        );
+    }
+
+    #[test]
     fn turnaround_keeps_the_bytes_already_buffered() {
         let (mut s, mut input) = authed();
         input.extend_from_slice(b"ATRN example.org\r\n220 customer ready\r\n");

@@ -19,6 +19,7 @@ use super::receive::{receive, Received, Session};
 use super::sink::{command, maildir, relay, Sink};
 use super::splice::splice;
 use crate::net::conn::{Conn, ConnError};
+use crate::net::driver::{Driver, Input, Stop};
 use crate::net::tls::client_connector;
 use odmr_proto::customer::{Customer, CustomerConfig, CustomerStep, EtrnOutcome, FrontEnd, Request, Wait};
 use rustls_pki_types::ServerName;
@@ -158,51 +159,50 @@ async fn connect(p: &Provider, target: &str) -> Result<Conn, PollError> {
 
 /// Drive the front half until it turns around (`None`) or ends (`Some`).
 async fn front_half(p: &Provider, conn: &mut Conn, front: &mut Customer, target: &str) -> Option<FrontEnd> {
+    let mut driver = Driver::new(p.timeout);
     loop {
         match front.poll(&mut conn.buf) {
             CustomerStep::NeedInput => {
-                if let Err(e) = conn.send(front.output(), p.timeout).await {
-                    break Some(FrontEnd::Failed(format!("connection to {target} failed: {e}")));
-                }
                 let timeout = match front.waiting_for() {
                     Wait::Atrn => p.atrn_timeout,
                     Wait::Command => p.timeout,
                 };
-                match conn.fill(timeout).await {
-                    Ok(n) if n > 0 => {}
-                    Ok(_) => {
-                        break Some(
-                            front
-                                .closed()
-                                .unwrap_or(FrontEnd::Failed(format!("{target} closed the connection"))),
-                        )
-                    }
-                    Err(e) => {
-                        break Some(
-                            front
-                                .closed()
-                                .unwrap_or(FrontEnd::Failed(format!("{target}: {e}"))),
-                        )
+                match driver
+                    .need_input_within(conn, front, Input::Replies, timeout)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(stop) => {
+                        let why = match stop {
+                            Stop::Closed => format!("{target} closed the connection"),
+                            Stop::WriteFailed(e) => format!("connection to {target} failed: {e}"),
+                            Stop::ReadFailed(e) => format!("{target}: {e}"),
+                            Stop::Shutdown => format!("{target}: shutting down"),
+                        };
+                        break Some(front.closed().unwrap_or(FrontEnd::Failed(why)));
                     }
                 }
             }
             CustomerStep::Ended(e) => {
-                let _ = conn.send(front.output(), p.timeout).await;
+                let _ = driver.flush(conn, front).await;
                 break Some(e);
             }
             CustomerStep::StartTls => {
+                if let Err(e) = driver.flush(conn, front).await {
+                    break Some(FrontEnd::Failed(format!("connection to {target} failed: {e}")));
+                }
                 if let Err(e) = start_tls(p, conn, "STARTTLS").await {
                     break Some(FrontEnd::Failed(e.to_string()));
                 }
                 front.tls_started();
             }
-            // A 250 that arrived before our ATRN was even sent answers nothing we asked.
-            CustomerStep::Turnaround if !front.output().is_empty() => {
-                break Some(FrontEnd::Failed(format!(
-                    "{target} sent replies ahead of our commands (a 250 before ATRN); not turning around"
-                )));
+            // The machine's output is empty here: everything we sent is out once it is flushed.
+            CustomerStep::Turnaround => {
+                if let Err(e) = driver.flush(conn, front).await {
+                    break Some(FrontEnd::Failed(format!("connection to {target} failed: {e}")));
+                }
+                break None;
             }
-            CustomerStep::Turnaround => break None,
         }
     }
 }

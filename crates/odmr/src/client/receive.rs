@@ -9,6 +9,7 @@
 
 use super::sink::Sink;
 use crate::net::conn::Conn;
+use crate::net::driver::{Driver, Input, Stop};
 use odmr_proto::reply::Reply;
 use odmr_proto::smtp_server::{PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer};
 use std::time::Duration;
@@ -65,36 +66,31 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
     // The message whose verdict the sink gives later (the relay reads it with the next
     // transaction's replies; see `SmtpServer::defer_commit`).
     let mut awaiting: Option<Ended> = None;
+    let mut driver = Driver::new(s.timeout);
     loop {
         if awaiting.is_some() {
             if let Some(reply) = sink.take_final() {
                 let ended = awaiting.take().unwrap_or_default();
-                if !give_verdict(conn, &mut m, &mut got, &mut s, ended, reply).await {
+                if !give_verdict(conn, &mut driver, &mut m, &mut got, &mut s, ended, reply).await {
                     break;
                 }
             }
         }
         match m.poll(&mut conn.buf) {
             ServerStep::NeedInput => {
-                if let Err(e) = conn.send(m.output(), s.timeout).await {
-                    got.error = Some(format!("provider connection failed: {e}"));
-                    break;
-                }
-                let read = if m.in_data() {
-                    conn.fill(s.timeout).await
-                } else {
-                    conn.fill_commands(s.timeout).await
-                };
-                match read {
-                    Ok(0) => {
+                let input = if m.in_data() { Input::Data } else { Input::Commands };
+                match driver.need_input(conn, &mut m, input).await {
+                    Ok(_) => {}
+                    Err(Stop::Closed) => {
                         got.error = Some("provider closed the connection without QUIT".into());
                         break;
                     }
-                    Ok(_) => {}
-                    Err(e) => {
+                    Err(Stop::WriteFailed(e) | Stop::ReadFailed(e)) => {
                         got.error = Some(format!("provider connection failed: {e}"));
                         break;
                     }
+                    // The client listens for no shutdown.
+                    Err(Stop::Shutdown) => break,
                 }
             }
             ServerStep::CheckSender { from, params } => {
@@ -104,7 +100,7 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
                 m.sender_verdict(v.map_err(Reply::with_class_status));
             }
             ServerStep::CheckRecipient { address, .. } => {
-                if data_is_next(&conn.buf) {
+                if m.data_follows(&conn.buf) {
                     sink.expect_data();
                 }
                 let v = match sink.rcpt(&address, "").await {
@@ -136,7 +132,7 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
                 let ended = Ended { from, rcpts, size };
                 match sink.end().await {
                     Some(reply) => {
-                        if !give_verdict(conn, &mut m, &mut got, &mut s, ended, reply).await {
+                        if !give_verdict(conn, &mut driver, &mut m, &mut got, &mut s, ended, reply).await {
                             break;
                         }
                     }
@@ -152,7 +148,7 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
                     .await
                     .unwrap_or_else(|| Reply::new(451, "4.4.0", "no verdict from the local mail system"));
                 let ended = awaiting.take().unwrap_or_default();
-                if !give_verdict(conn, &mut m, &mut got, &mut s, ended, reply).await {
+                if !give_verdict(conn, &mut driver, &mut m, &mut got, &mut s, ended, reply).await {
                     break;
                 }
             }
@@ -161,7 +157,7 @@ pub async fn receive(conn: &mut Conn, sink: &mut Sink, mut s: Session<'_>) -> Re
             // AUTH and ETRN are the provider's, never the customer's): unreachable here.
             ServerStep::StartTls | ServerStep::Auth(_) | ServerStep::Etrn { .. } => break,
             ServerStep::Close => {
-                let _ = conn.send(m.output(), s.timeout).await;
+                let _ = driver.flush(conn, &mut m).await;
                 break;
             }
         }
@@ -192,6 +188,7 @@ struct Ended {
 /// last flush. `false` if the provider connection failed (`got.error` says how).
 async fn give_verdict(
     conn: &mut Conn,
+    driver: &mut Driver,
     m: &mut SmtpServer,
     got: &mut Received,
     s: &mut Session<'_>,
@@ -216,16 +213,9 @@ async fn give_verdict(
         m.committed(Err(reply.with_class_status()));
     }
     (s.progress)(got);
-    if let Err(e) = conn.send(m.output(), s.timeout).await {
+    if let Err(e) = driver.flush(conn, m).await {
         got.error = Some(format!("provider connection failed: {e}"));
         return false;
     }
     true
-}
-
-/// Whether the provider's next command, already read, is DATA or BDAT: the recipient being
-/// checked is then the transaction's last, and the sink may start its DATA with it.
-fn data_is_next(input: &[u8]) -> bool {
-    let starts = |p: &[u8]| input.len() >= p.len() && input[..p.len()].eq_ignore_ascii_case(p);
-    starts(b"DATA\r\n") || starts(b"BDAT ")
 }

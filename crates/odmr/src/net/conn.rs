@@ -7,10 +7,16 @@
 //! - Every read and write has a deadline (RFC 5321 §4.5.3.2), so no peer can hang a session.
 //! - Reads are bounded in size per call; the machines consume or discard what they read, so the
 //!   buffer stays bounded too.
+//! - Output handed to [`Conn::exchange`] and not yet written waits in the connection, in order,
+//!   ahead of anything written later ([`Conn::send`] writes it first); the connection reads no
+//!   more input while more than [`UNSENT_MAX`] octets of it wait, so a peer that sends and never
+//!   reads is held to what one read can make us answer.
 
 use super::transcript::Transcript;
 use bytes::{BufMut, BytesMut};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,6 +24,8 @@ use tokio::net::TcpStream;
 const READ_CHUNK: usize = 64 * 1024;
 /// Most read at once while commands are expected ([`Conn::fill_commands`]).
 const COMMAND_CHUNK: usize = 1024;
+/// Most output left unsent while more input is read ([`Conn::exchange`]).
+pub const UNSENT_MAX: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -55,6 +63,43 @@ pub struct Conn {
     pub client_cert: Option<[u8; 32]>,
     /// The debug transcript of the dialogue, when debug logging asks for it.
     transcript: Option<Box<Transcript>>,
+    /// Output handed over and not yet written ([`Conn::exchange`]).
+    unsent: Vec<u8>,
+    /// Octets were written since the last flush.
+    unflushed: bool,
+}
+
+/// How much one read may bring ([`Conn::exchange`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadSize {
+    /// Where commands are expected: at most 1 KiB (see [`Conn::fill_commands`]).
+    Commands,
+    /// Message data or replies: up to 64 KiB.
+    Data,
+}
+
+impl ReadSize {
+    fn limit(self) -> usize {
+        match self {
+            ReadSize::Commands => COMMAND_CHUNK,
+            ReadSize::Data => READ_CHUNK,
+        }
+    }
+}
+
+/// A failed [`Conn::exchange`], by the direction that failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// Writing failed or made no progress within the timeout.
+    Write(ConnError),
+    /// Reading failed, or nothing arrived within the timeout.
+    Read(ConnError),
+}
+
+/// What one poll of [`Conn::poll_exchange`] achieved.
+enum Progress {
+    Wrote,
+    Read(usize),
 }
 
 impl Conn {
@@ -74,6 +119,8 @@ impl Conn {
             client_cert: None,
             // An accepted connection: the peer is the client (until an ODMR turnaround).
             transcript: Transcript::new(false),
+            unsent: Vec::new(),
+            unflushed: false,
         }
     }
 
@@ -101,8 +148,12 @@ impl Conn {
         }
     }
 
-    /// The stream and the bytes read but not yet consumed, for a byte-level splice.
+    /// The stream and the bytes read but not yet consumed, for a byte-level splice. `None`
+    /// also when output is still unsent (the caller must [`Conn::send`] first).
     pub fn into_parts(self) -> Option<(Box<dyn Stream>, BytesMut)> {
+        if !self.unsent.is_empty() {
+            return None;
+        }
         Some((self.stream?, self.buf))
     }
 
@@ -125,6 +176,9 @@ impl Conn {
     /// The plaintext stream, for a TLS handshake. Refuses (and the caller must close) when
     /// plaintext is still buffered: it arrived after STARTTLS and must never be executed.
     fn take_for_handshake(&mut self) -> Result<Box<dyn Stream>, ConnError> {
+        if !self.unsent.is_empty() {
+            return Err(ConnError::Closed);
+        }
         if !self.buf.is_empty() {
             self.buf.clear();
             return Err(ConnError::PlaintextAfterStartTls);
@@ -222,8 +276,21 @@ impl Conn {
         }
     }
 
-    /// Write `out` completely and clear it.
+    /// Write `out` (after the output still unsent, if any) completely and clear it.
     pub async fn send(&mut self, out: &mut Vec<u8>, timeout: Duration) -> Result<(), ConnError> {
+        if !self.unsent.is_empty() {
+            self.unsent.append(out);
+            loop {
+                let wrote =
+                    tokio::time::timeout(timeout, std::future::poll_fn(|cx| self.poll_write_out(cx))).await;
+                match wrote {
+                    Err(_) => return Err(ConnError::WriteTimeout(timeout)),
+                    Ok(Err(e)) => return Err(e),
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => return Ok(()),
+                }
+            }
+        }
         if out.is_empty() {
             return Ok(());
         }
@@ -250,6 +317,120 @@ impl Conn {
         match res {
             Ok(r) => Ok(r?),
             Err(_) => Err(ConnError::WriteTimeout(timeout)),
+        }
+    }
+
+    /// Hand `out` over to be written (after what is still unsent) and clear it; then write
+    /// while reading more input, at the same time, until a read brings something. `Ok(0)`: the
+    /// peer closed the connection (what was unsent is then written, if it can be). Output may
+    /// remain unsent when input arrives: a later exchange or [`Conn::send`] writes it. No read
+    /// is made while more than [`UNSENT_MAX`] octets wait. `timeout` is the longest time
+    /// without progress either way.
+    ///
+    /// Cancel-safe: what was written and read before it is dropped is accounted for.
+    pub async fn exchange(
+        &mut self,
+        out: &mut Vec<u8>,
+        size: ReadSize,
+        timeout: Duration,
+    ) -> Result<usize, ExchangeError> {
+        self.unsent.append(out);
+        loop {
+            let step = std::future::poll_fn(|cx| self.poll_exchange(cx, size.limit()));
+            match tokio::time::timeout(timeout, step).await {
+                Ok(Ok(Progress::Wrote)) => {}
+                Ok(Ok(Progress::Read(0))) => {
+                    // A peer that half-closed still gets the replies to what it sent.
+                    let _ = self.send(&mut Vec::new(), timeout).await;
+                    return Ok(0);
+                }
+                Ok(Ok(Progress::Read(n))) => return Ok(n),
+                Ok(Err(e)) => return Err(e),
+                Err(_) if self.unsent.is_empty() && !self.unflushed => {
+                    return Err(ExchangeError::Read(ConnError::ReadTimeout(timeout)))
+                }
+                Err(_) => return Err(ExchangeError::Write(ConnError::WriteTimeout(timeout))),
+            }
+        }
+    }
+
+    /// Drop the output not yet written: after a failed write, nothing more reaches the peer.
+    pub fn discard_unsent(&mut self) {
+        self.unsent.clear();
+        self.unflushed = false;
+    }
+
+    /// Write (or flush) some of the unsent output: `Ok(true)` on progress, `Ok(false)` once
+    /// everything is written and flushed.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, ConnError>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(Err(ConnError::Closed));
+        };
+        if self.unflushed {
+            // With one record per line, each line is flushed before the next is written.
+            match Pin::new(&mut **stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => return Poll::Pending,
+            }
+            self.unflushed = false;
+            return Poll::Ready(Ok(true));
+        }
+        if self.unsent.is_empty() {
+            return Poll::Ready(Ok(false));
+        }
+        let end = if self.line_records {
+            self.unsent
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.unsent.len(), |i| i + 1)
+        } else {
+            self.unsent.len()
+        };
+        let n = match Pin::new(&mut **stream).poll_write(cx, &self.unsent[..end]) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+            Poll::Pending => return Poll::Pending,
+        };
+        if n == 0 {
+            return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()));
+        }
+        if let Some(t) = self.transcript.as_mut() {
+            t.sent(&self.unsent[..n]);
+        }
+        self.unflushed = self.unsent[n - 1] == b'\n' && self.line_records || n == self.unsent.len();
+        self.unsent.drain(..n);
+        Poll::Ready(Ok(true))
+    }
+
+    fn poll_exchange(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Result<Progress, ExchangeError>> {
+        match self.poll_write_out(cx) {
+            Poll::Ready(Ok(true)) => return Poll::Ready(Ok(Progress::Wrote)),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Write(e))),
+            Poll::Ready(Ok(false)) | Poll::Pending => {}
+        }
+        if self.unsent.len() > UNSENT_MAX {
+            // Only the write can make room: its waker is registered.
+            return Poll::Pending;
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(Err(ExchangeError::Read(ConnError::Closed)));
+        };
+        let before = self.buf.len();
+        self.buf.resize(before + limit, 0);
+        let mut rb = tokio::io::ReadBuf::new(&mut self.buf[before..]);
+        let polled = Pin::new(&mut **stream).poll_read(cx, &mut rb);
+        let n = rb.filled().len();
+        self.buf.truncate(before + n);
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(ExchangeError::Read(e.into()))),
+            Poll::Ready(Ok(())) => {
+                if let Some(t) = self.transcript.as_mut() {
+                    t.received(&self.buf[before..]);
+                }
+                Poll::Ready(Ok(Progress::Read(n)))
+            }
         }
     }
 

@@ -23,6 +23,7 @@
 
 use super::Shared;
 use crate::net::conn::Conn;
+use crate::net::driver::{Driver, Input, Stop};
 use bytes::Bytes;
 use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, StartTls, Wait, MAX_IN_FLIGHT};
 use odmr_proto::envelope::RcptEntry;
@@ -266,33 +267,41 @@ async fn run(
     let (mut delivered, mut deferred, mut failed) = (0u64, 0u64, 0u64);
     let mut greeted = false;
     let mut write_failed = false;
+    let mut driver = Driver::new(c.reply_timeout);
     loop {
         match d.poll(&mut conn.buf) {
             DeliverStep::NeedInput => {
                 if write_failed {
                     d.output().clear();
-                } else if let Err(e) = conn.send(d.output(), c.reply_timeout).await {
-                    // The customer may have delivered messages whose replies are already here
-                    // (with BDAT up to a window of them): read those before giving up, or
-                    // they would be delivered again.
-                    tracing::warn!(error = %e, "customer connection failed; reading the replies already sent");
-                    write_failed = true;
                 }
                 let timeout = match d.waiting_for() {
                     _ if write_failed => WRITE_FAILED_READ,
                     Wait::DataFinal => c.data_timeout,
                     _ => c.reply_timeout,
                 };
-                match conn.fill(timeout).await {
-                    Ok(0) => {
+                match driver
+                    .need_input_within(conn, &mut d, Input::Replies, timeout)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(Stop::WriteFailed(e)) if !write_failed => {
+                        // The customer may have delivered messages whose replies are already
+                        // here (with BDAT up to a window of them): read those before giving
+                        // up, or they would be delivered again.
+                        tracing::warn!(error = %e, "customer connection failed; reading the replies already sent");
+                        write_failed = true;
+                        conn.discard_unsent();
+                    }
+                    Err(Stop::Closed) => {
                         tracing::warn!("customer closed the connection; undelivered mail stays queued");
                         break;
                     }
-                    Ok(_) => {}
-                    Err(e) => {
+                    Err(Stop::WriteFailed(e) | Stop::ReadFailed(e)) => {
                         tracing::warn!(error = %e, "customer connection failed; undelivered mail stays queued");
                         break;
                     }
+                    // A delivery does not listen for the shutdown.
+                    Err(Stop::Shutdown) => break,
                 }
             }
             DeliverStep::Ready if write_failed => {
@@ -352,7 +361,7 @@ async fn run(
                 let Some(p) = in_flight.back() else { break };
                 let (id, size) = (p.id, p.size);
                 let prefetched = source.bodies.remove(&id);
-                if let Err(e) = send_body(shared, conn, &mut d, id, size, prefetched).await {
+                if let Err(e) = send_body(shared, conn, &mut driver, &mut d, id, size, prefetched).await {
                     tracing::warn!(msg = id, error = %e, "body transfer failed; message stays queued");
                     // Nothing more goes out; the replies to the transactions before this one
                     // may already be here (see `write_failed`).
@@ -430,6 +439,11 @@ async fn run(
             }
             DeliverStep::StartTls => {
                 let Some(t) = tls else { break };
+                // Nothing of ours may be left unsent under the handshake.
+                if let Err(e) = driver.flush(conn, &mut d).await {
+                    tracing::warn!(error = %e, "customer connection failed before the TLS handshake");
+                    break;
+                }
                 match conn
                     .connect_tls(&t.connector, t.name.clone(), c.reply_timeout)
                     .await
@@ -447,7 +461,7 @@ async fn run(
             }
             DeliverStep::Done => {
                 if !write_failed {
-                    let _ = conn.send(d.output(), c.reply_timeout).await;
+                    let _ = driver.flush(conn, &mut d).await;
                 }
                 if let Some(e) = d.error() {
                     tracing::warn!(error = %e, "reversed session ended early; undelivered mail stays queued");
@@ -463,12 +477,12 @@ async fn run(
 async fn send_body(
     shared: &Shared,
     conn: &mut Conn,
+    driver: &mut Driver,
     d: &mut Deliverer,
     id: MessageId,
     size: u64,
     prefetched: Option<Bytes>,
 ) -> anyhow::Result<()> {
-    let timeout = shared.cfg.odmr.reply_timeout;
     let mut sent = 0u64;
     let mut chunk = 0u32;
     if let Some(first) = prefetched {
@@ -486,7 +500,7 @@ async fn send_body(
         d.body(&bytes);
         sent += bytes.len() as u64;
         if d.output().len() >= FLUSH_AT {
-            conn.send(d.output(), timeout).await?;
+            driver.flush(conn, d).await?;
         }
         chunk += 1;
     }

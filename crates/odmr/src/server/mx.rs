@@ -23,6 +23,7 @@
 
 use super::{auth, session_id, Shared};
 use crate::net::conn::Conn;
+use crate::net::driver::{Driver, Input};
 use odmr_proto::auth::AuthConfig;
 use odmr_proto::reply::Reply;
 use odmr_proto::smtp_server::{PeerInfo, RcptVerdict, ServerConfig, ServerStep, SmtpServer};
@@ -71,7 +72,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
         s.enable_auth(acfg, rand::random(), now);
     }
     let mut announced = false;
-    let mut shutdown = shared.shutdown.clone();
+    let mut driver = Driver::new(timeout).with_shutdown(shared.shutdown.clone());
     let mut writer: Option<MessageWriter> = None;
     let mut store_failed = false;
     let mut envelope_log = (String::new(), 0usize);
@@ -93,39 +94,10 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                         tracing::info!(account = %account, mechanism = %s.mechanism().unwrap_or("?"), "authenticated");
                     }
                 }
-                if let Err(e) = conn.send(s.output(), timeout).await {
-                    tracing::info!(error = %e, "write failed");
+                let input = if s.in_data() { Input::Data } else { Input::Commands };
+                if let Err(stop) = driver.need_input(&mut conn, &mut s, input).await {
+                    stop.log("client");
                     break;
-                }
-                let read = if s.in_data() {
-                    conn.fill(timeout).await
-                } else if *shutdown.borrow() {
-                    conn.fill_commands(timeout).await
-                } else {
-                    tokio::select! {
-                        r = conn.fill_commands(timeout) => r,
-                        _ = shutdown.changed() => {
-                            Reply::new(421, "4.3.2", format!("{} shutting down, try again later", c.hostname))
-                                .write(s.output(), true);
-                            let _ = conn.send(s.output(), timeout).await;
-                            break;
-                        }
-                    }
-                };
-                match read {
-                    Ok(0) => {
-                        tracing::debug!("client closed the connection");
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        // RFC 5321 §4.5.3.2.7: tell the client why before closing.
-                        Reply::new(421, "4.4.2", format!("{} {e}, closing", c.hostname))
-                            .write(s.output(), true);
-                        let _ = conn.send(s.output(), timeout).await;
-                        tracing::info!(error = %e, "session ended");
-                        break;
-                    }
                 }
             }
             ServerStep::Reset => {
@@ -260,7 +232,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                         // The 250 leaves at once, not with the replies to what the client
                         // pipelined behind the message: if we crash, it sends again only the
                         // message in hand.
-                        if let Err(e) = conn.send(s.output(), timeout).await {
+                        if let Err(e) = driver.flush(&mut conn, &mut s).await {
                             tracing::info!(error = %e, "client connection failed after a commit");
                             break;
                         }
@@ -282,16 +254,12 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String) {
                 }
                 tracing::info!(from = %envelope_log.0, "message refused");
             }
-            ServerStep::Close => {
-                let _ = conn.send(s.output(), timeout).await;
+            // The MX answers every commit at once and never defers one, so the machine never
+            // asks it to settle; if it did, closing loses nothing acknowledged.
+            ServerStep::Close | ServerStep::Settle => {
+                let _ = driver.flush(&mut conn, &mut s).await;
                 break;
             }
-            // Every commit above is answered at once; nothing is ever deferred here.
-            ServerStep::Settle => s.committed(Err(Reply::new(
-                451,
-                "4.3.0",
-                "Temporary failure, try again later",
-            ))),
         }
     }
     if let Some(w) = writer.take() {

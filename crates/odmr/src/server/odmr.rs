@@ -9,6 +9,7 @@
 
 use super::{auth, deliver, session_id, Shared};
 use crate::net::conn::Conn;
+use crate::net::driver::{Driver, Input};
 use odmr_proto::odmr::{AtrnDecision, OdmrConfig, OdmrSession, OdmrStep};
 use odmr_store::Lease;
 use std::net::SocketAddr;
@@ -54,7 +55,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
             s.set_client_cert();
         }
     }
-    let mut shutdown = shared.shutdown.clone();
+    let mut driver = Driver::new(timeout).with_shutdown(shared.shutdown.clone());
     let mut granted: Option<(Lease, Vec<String>, String)> = None;
     let mut announced = false;
     loop {
@@ -71,28 +72,9 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                         tracing::info!(account = %account, mechanism = %s.mechanism().unwrap_or("?"), "authenticated");
                     }
                 }
-                if let Err(e) = conn.send(s.output(), timeout).await {
-                    tracing::info!(error = %e, "write failed");
+                if let Err(stop) = driver.need_input(&mut conn, &mut s, Input::Commands).await {
+                    stop.log("client");
                     break;
-                }
-                let read = tokio::select! {
-                    r = conn.fill_commands(timeout) => r,
-                    _ = shutdown.changed() => {
-                        s.output().extend_from_slice(format!("421 {} shutting down, try again later\r\n", c.hostname).as_bytes());
-                        let _ = conn.send(s.output(), timeout).await;
-                        break;
-                    }
-                };
-                match read {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        s.output()
-                            .extend_from_slice(format!("421 {} {e}, closing\r\n", c.hostname).as_bytes());
-                        let _ = conn.send(s.output(), timeout).await;
-                        tracing::info!(error = %e, "session ended");
-                        break;
-                    }
                 }
             }
             OdmrStep::Auth(step) => {
@@ -126,7 +108,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                 }
             }
             OdmrStep::Turnaround => {
-                if let Err(e) = conn.send(s.output(), timeout).await {
+                if let Err(e) = driver.flush(&mut conn, &mut s).await {
                     tracing::info!(error = %e, "write failed at turnaround");
                     break;
                 }
@@ -146,7 +128,7 @@ async fn run(shared: Arc<Shared>, mut conn: Conn, id: String, implicit: bool) {
                 break;
             }
             OdmrStep::Close => {
-                let _ = conn.send(s.output(), timeout).await;
+                let _ = driver.flush(&mut conn, &mut s).await;
                 break;
             }
         }

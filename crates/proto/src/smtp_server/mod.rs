@@ -275,6 +275,15 @@ impl SmtpServer {
         ) || self.chunking == Chunking::Open
     }
 
+    /// While a recipient is checked ([`ServerStep::CheckRecipient`]): whether it is the
+    /// transaction's last, as far as the input already read shows: the client's next command
+    /// in `input` is DATA or BDAT. A driver that relays may then send its DATA with the
+    /// recipient.
+    pub fn data_follows(&self, input: &[u8]) -> bool {
+        let starts = |p: &[u8]| input.len() >= p.len() && input[..p.len()].eq_ignore_ascii_case(p);
+        matches!(self.state, State::AwaitRcpt { .. }) && (starts(b"DATA\r\n") || starts(b"BDAT "))
+    }
+
     /// Behind a deferred verdict, replies wait: they must follow it (RFC 2920 §3.2).
     fn reply(&mut self, r: Reply) {
         self.esmtp.reply(r);

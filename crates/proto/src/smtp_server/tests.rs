@@ -25,6 +25,32 @@ fn to_data(s: &mut SmtpServer, input: &mut BytesMut) {
 }
 
 #[test]
+fn shutdown_and_abort_421s_carry_enhanced_status_and_pass_held_replies() {
+    let mut s = session(0);
+    let mut input = BytesMut::new();
+    s.output().clear();
+    s.shutdown();
+    s.abort("timed out");
+    assert_eq!(
+        s.output().as_slice(),
+        b"421 4.3.2 mx.example.net shutting down, try again later\r\n\
+          421 4.4.2 mx.example.net timed out, closing\r\n"
+    );
+    // Behind a deferred verdict the 421 still goes out at once.
+    s.output().clear();
+    to_data(&mut s, &mut input);
+    input.extend_from_slice(b"x\r\n.\r\n");
+    while !matches!(s.poll(&mut input), ServerStep::EndData { .. }) {}
+    s.defer_commit();
+    s.shutdown();
+    assert!(
+        s.output().starts_with(b"421 4.3.2 "),
+        "{:?}",
+        String::from_utf8_lossy(s.output())
+    );
+}
+
+#[test]
 fn large_bodies_leave_in_bounded_chunks() {
     let mut s = session(64 << 20);
     let mut input = BytesMut::new();

@@ -20,7 +20,7 @@ use crate::server::bounce;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use odmr_proto::domain::Domain;
-use odmr_store::{MessageId, QueueFilter, QueuedMessage, RecipientState, RecipientStatus, Store};
+use odmr_store::{MessageId, QueueFilter, QueuedMessage, RecipientState, RecipientStatus, Reply, Store};
 use serde_json::json;
 use std::io::{self, BufWriter, Write};
 
@@ -154,12 +154,13 @@ fn recipient_label(r: &RecipientStatus) -> String {
     }
 }
 
-/// What the last-reply column says: the peer's reply, or why we gave up on our own.
+/// What the last-reply column says, on one line: the peer's reply, or why we gave up on our
+/// own.
 fn reply_text(r: &RecipientStatus) -> String {
     match (&r.status, &r.last_reply) {
-        (Some(s), Some(reply)) => format!("{} (last reply: {reply})", status_text(s)),
+        (Some(s), Some(reply)) => format!("{} (last reply: {})", status_text(s), reply.one_line()),
         (Some(s), None) => status_text(s),
-        (None, Some(reply)) => reply.clone(),
+        (None, Some(reply)) => reply.one_line(),
         (None, None) => "-".into(),
     }
 }
@@ -169,6 +170,7 @@ fn status_text(status: &str) -> String {
     match status {
         "5.0.0" => format!("{status} bounced by the operator"),
         "4.4.7" => format!("{status} held too long"),
+        odmr_store::DELETED => "deleted by the operator".into(),
         other => other.to_string(),
     }
 }
@@ -180,7 +182,7 @@ fn recipient_json(r: &RecipientStatus) -> serde_json::Value {
         "domain": r.domain,
         "params": r.params,
         "state": r.state.as_str(),
-        "last_reply": r.last_reply,
+        "last_reply": r.last_reply.as_ref().map(Reply::one_line),
         "remote_mta": r.remote_mta,
         "status": r.status,
         "attempts": r.attempts,
@@ -467,7 +469,7 @@ fn summary(w: &mut impl Write, m: &QueuedMessage, now: i64) -> io::Result<()> {
             out::timestamp(r.updated_at)
         )?;
         if let Some(reply) = &r.last_reply {
-            writeln!(w, "      last reply  {reply}")?;
+            writeln!(w, "      last reply  {}", reply.one_line())?;
         }
         if let Some(mta) = &r.remote_mta {
             writeln!(w, "      remote MTA  {mta}")?;

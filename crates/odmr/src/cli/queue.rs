@@ -175,6 +175,33 @@ fn status_text(status: &str) -> String {
     }
 }
 
+/// A reply for `queue show`: the code and status on the first line with its text, each further
+/// line of text under it (empty ones left out), indented by `indent`.
+fn reply_lines(reply: &Reply, indent: &str) -> String {
+    let head = match &reply.status {
+        Some(s) => format!("{} {s}", reply.code),
+        None => reply.code.to_string(),
+    };
+    let shown = |l: &String| {
+        let l = l.trim();
+        (!l.is_empty()).then(|| l.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
+    };
+    let mut lines: Vec<String> = reply.lines.iter().filter_map(shown).collect();
+    match lines.first_mut() {
+        Some(first) => *first = format!("{head} {first}"),
+        None => lines.push(head),
+    }
+    lines.join(&format!("\n{indent}"))
+}
+
+fn reply_json(reply: &Reply) -> serde_json::Value {
+    json!({
+        "code": reply.code,
+        "status": reply.status,
+        "lines": reply.lines,
+    })
+}
+
 fn recipient_json(r: &RecipientStatus) -> serde_json::Value {
     json!({
         "id": r.id,
@@ -182,6 +209,8 @@ fn recipient_json(r: &RecipientStatus) -> serde_json::Value {
         "domain": r.domain,
         "params": r.params,
         "state": r.state.as_str(),
+        // The reply as given, and (as before it was kept whole) on one line.
+        "reply": r.last_reply.as_ref().map(reply_json),
         "last_reply": r.last_reply.as_ref().map(Reply::one_line),
         "remote_mta": r.remote_mta,
         "status": r.status,
@@ -469,7 +498,7 @@ fn summary(w: &mut impl Write, m: &QueuedMessage, now: i64) -> io::Result<()> {
             out::timestamp(r.updated_at)
         )?;
         if let Some(reply) = &r.last_reply {
-            writeln!(w, "      last reply  {}", reply.one_line())?;
+            writeln!(w, "      last reply  {}", reply_lines(reply, &" ".repeat(18)))?;
         }
         if let Some(mta) = &r.remote_mta {
             writeln!(w, "      remote MTA  {mta}")?;
@@ -778,6 +807,18 @@ mod tests {
         }
         c.finish(&mut sink).unwrap();
         out
+    }
+
+    #[test]
+    fn show_puts_each_line_of_a_reply_under_the_first() {
+        let r = Reply {
+            code: 250,
+            status: Some("2.0.0".into()),
+            lines: vec!["first".into(), "".into(), "  361 byte chunk\x1b[0m ".into()],
+        };
+        assert_eq!(reply_lines(&r, "  "), "250 2.0.0 first\n  361 byte chunk?[0m");
+        assert_eq!(reply_lines(&Reply::multi(451, vec![]), "  "), "451");
+        assert_eq!(reply_lines(&Reply::new(550, "", "no"), "  "), "550 no");
     }
 
     #[test]

@@ -202,6 +202,54 @@ fn a_refusal_by_the_customer_returns_a_notice_with_its_reply() {
     assert!(wait_until(10, || queue_len(&server) == 0), "{}", server.queue());
 }
 
+/// A refusal of several lines reaches the notice whole, as the customer gave it: Status is the
+/// reply's enhanced code and Diagnostic-Code carries every line, each on a line of the field
+/// (RFC 3461 §9.2), so that unfolded they are joined by one space.
+#[test]
+fn a_multi_line_refusal_reaches_the_notice_line_by_line() {
+    let Some(relay) = LocalMta::start() else { return };
+    let Some(py) = common::python() else { return };
+    let server = provider(relay.peer.port, "");
+    send(
+        &server,
+        SENDER,
+        &["bob@example.org"],
+        &[],
+        &[],
+        "From: alice@sender.test\nSubject: lunch\n\nhello\n",
+    );
+    let wire = "550-5.1.1 <bob@example.org> unknown user\r\n550 5.1.1  please check the address";
+    let r = common::customer::run(
+        &py,
+        &server,
+        USER,
+        PASS,
+        Some("example.org"),
+        &["--rcpt-reply", &format!("bob@example.org={wire}")],
+    );
+    assert_eq!(r["atrn_code"], 250, "{r}");
+
+    let got = wait_notices(&relay, 1);
+    let (_, rcpts, dsn, raw) = &got[0];
+    assert_eq!(rcpts, &[SENDER]);
+    let r = &dsn["recipients"][0];
+    assert_eq!(r["status"], "5.1.1");
+    assert_eq!(r["remote-mta"], format!("dns; {CUSTOMER}"));
+    assert_eq!(
+        r["diagnostic-code"],
+        "smtp; 550-5.1.1 <bob@example.org> unknown user 550 5.1.1 please check the address"
+    );
+    let raw = String::from_utf8_lossy(raw);
+    assert!(
+        raw.contains(
+            "\r\nDiagnostic-Code: smtp; 550-5.1.1 <bob@example.org> unknown user\r\n 550 5.1.1 please \
+             check the address\r\n"
+        ),
+        "{raw}"
+    );
+    assert!(wait_until(10, || queue_len(&server) == 0), "{}", server.queue());
+}
+
 /// Mail not collected within its domain's hold time goes back to its sender with status 4.4.7
 /// and the whole message (no RET: our choice is FULL); mail for a domain with the default
 /// (7 days) stays.

@@ -176,6 +176,7 @@ fn list_filters_by_domain_and_state_and_json_has_every_field() {
         "domain",
         "params",
         "state",
+        "reply",
         "last_reply",
         "remote_mta",
         "status",
@@ -284,6 +285,55 @@ fn show_prints_the_envelope_the_headers_and_on_request_the_whole_message() {
     assert!(
         err.contains("no message 999") && err.contains("odmr queue list"),
         "{err}"
+    );
+}
+
+/// A customer's reply of several lines is kept whole and rendered where it is shown: on one
+/// line with single spaces in the list, the log and the JSON's `last_reply`, as code, status and
+/// lines in the JSON's `reply`, line by line in `show`.
+#[test]
+fn a_multi_line_reply_is_listed_on_one_line_and_shown_line_by_line() {
+    let Some(py) = common::python() else { return };
+    let s = Server::start();
+    s.account("acme", PW, &["example.org"]);
+    mail(&s, &["x@example.org"], "Subject: busy\r\n\r\nx\r\n");
+    let wire = "450-4.2.1 Mailbox busy,\r\n450-4.2.1\r\n450 4.2.1  try  again later";
+    let r = customer::run(
+        &py,
+        &s,
+        "acme",
+        PW,
+        Some("example.org"),
+        &["--rcpt-reply", &format!("x@example.org={wire}")],
+    );
+    assert_eq!(r["atrn_code"], 250, "{r}");
+    let one_line = "450 4.2.1 Mailbox busy, try again later";
+
+    let q = s.queue();
+    let id = ids(&q)[0].to_string();
+    let rcpt = &q[0]["recipients"][0];
+    assert_eq!(rcpt["state"], "queued", "{rcpt}");
+    assert_eq!(
+        rcpt["reply"],
+        serde_json::json!({
+            "code": 450,
+            "status": "4.2.1",
+            "lines": ["Mailbox busy,", "", "try  again later"],
+        })
+    );
+    assert_eq!(rcpt["last_reply"], one_line);
+
+    let table = ok(&s, &["queue", "list"]);
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.ends_with(&format!("  {one_line}")), "{table}");
+    assert!(s.logged(&format!("reply={one_line}")), "{}", s.log());
+
+    let out = ok(&s, &["queue", "show", &id]);
+    assert!(
+        out.contains(
+            "\n      last reply  450 4.2.1 Mailbox busy,\n                  try  again later\n      remote MTA  "
+        ),
+        "{out}"
     );
 }
 
@@ -438,7 +488,9 @@ fn delete_by_domain_leaves_the_other_recipients_and_by_id_removes_the_message() 
             ("d@example.net", "queued")
         ])
     );
-    assert_eq!(q[0]["recipients"][0]["last_reply"], "deleted by the operator");
+    // The operator's decision is the status; a reply is only ever what a peer said.
+    assert_eq!(q[0]["recipients"][0]["status"], "deleted");
+    assert_eq!(q[0]["recipients"][0]["last_reply"], Value::Null);
     assert_eq!(
         ids(&json(&s, &["queue", "list", "--domain", "example.org", "--json"])),
         Vec::<i64>::new()

@@ -97,18 +97,21 @@ impl Reply {
         self
     }
 
-    /// The reply on one line, for logs and the queue's `last_reply`.
+    /// The reply on one line, as logs and the queue listing show it: the code, the status and
+    /// the words of every text line, each separated by one space (a line's own runs of white
+    /// space too, so never a double space), and any other control character as `?`, so that a
+    /// peer's text can neither break a log line nor a listing's columns. Shown, never parsed:
+    /// the reply itself is kept as a [`Reply`].
     pub fn one_line(&self) -> String {
         let mut s = self.code.to_string();
-        if let Some(st) = &self.status {
+        let words = self
+            .status
+            .iter()
+            .chain(&self.lines)
+            .flat_map(|l| l.split_whitespace());
+        for w in words {
             s.push(' ');
-            s.push_str(st);
-        }
-        for l in &self.lines {
-            if !l.is_empty() {
-                s.push(' ');
-                s.push_str(l);
-            }
+            s.extend(w.chars().map(|c| if c.is_control() { '?' } else { c }));
         }
         s
     }
@@ -245,6 +248,19 @@ mod tests {
         out.clear();
         r.write(&mut out, false);
         assert_eq!(out, b"550 relay denied\r\n");
+    }
+
+    #[test]
+    fn one_line_joins_the_lines_with_single_spaces() {
+        let r = Reply::multi(
+            250,
+            vec!["".into(), " 361 byte chunk,".into(), "total  361 OK ".into()],
+        );
+        assert_eq!(r.one_line(), "250 361 byte chunk, total 361 OK");
+        let r = Reply::new(550, "5.7.1", "no\tthanks\x1b[31m\r\nX-Evil: 1");
+        assert_eq!(r.one_line(), "550 5.7.1 no thanks?[31m X-Evil: 1");
+        assert_eq!(Reply::multi(250, vec![]).one_line(), "250");
+        assert_eq!(Reply::new(221, "", "").to_string(), "221");
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! `tests/dsn/check_dsn.py`, must find the RFC 6522 structure and the per-recipient fields this
 //! test expects. Without python3 that part is skipped with a message, and fails under CI=true.
 
+use bytes::BytesMut;
 use odmr_proto::dsn::{
     self, Action, Composed, ReceivedFrom, Report, ReportedRecipient, Returned, ReturnedAs,
 };
 use odmr_proto::envelope::Ret;
+use odmr_proto::reply::parse_reply;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,12 +63,15 @@ fn recipient(addr: &str, action: Action, status: &str) -> ReportedRecipient {
     }
 }
 
-/// A refusal by the customer's server, as the bounce job builds it.
-fn refused(addr: &str, reply: &str) -> ReportedRecipient {
-    let status = dsn::enhanced_status(reply).unwrap_or_else(|| "5.0.0".into());
+/// A refusal by the customer's server, as the bounce job builds it from the reply the delivery
+/// parsed and the store kept (`wire`: its lines separated by CRLF, the last one's end left out).
+fn refused(addr: &str, wire: &str) -> ReportedRecipient {
+    let mut b = BytesMut::from(format!("{wire}\r\n").as_str());
+    let reply = parse_reply(&mut b).unwrap().unwrap();
+    let status = reply.status.clone().unwrap_or_else(|| "5.0.0".into());
     ReportedRecipient {
         remote_mta: Some("mail.example.org".into()),
-        diagnostic: Some(reply.into()),
+        diagnostic: Some(dsn::diagnostic_from_reply(&reply)),
         ..recipient(addr, Action::Failed, &status)
     }
 }

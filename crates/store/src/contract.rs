@@ -253,8 +253,9 @@ contract! {
         async fn queue_ids(&self, filter: &QueueFilter) -> Result<Vec<MessageId>, StoreError>;
 
         /// Removes the selected messages without any notice; returns how many. With a domain
-        /// filter, only that domain's recipients go (as `bounced` without a notice), and a message
-        /// is removed once nothing is left to do for it.
+        /// filter, only that domain's recipients go (as `bounced` without a notice, status
+        /// [`DELETED`](crate::DELETED), last reply kept), and a message is removed once nothing is
+        /// left to do for it.
         async fn queue_delete(&self, filter: &QueueFilter) -> Result<u64, StoreError>;
 
         /// Gives up on the selected queued or held recipients: `failed` with status `5.0.0`, so the

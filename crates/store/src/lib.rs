@@ -52,6 +52,7 @@
 //!   [`Store::purge_incomplete`] does the same with any age, for housekeeping.
 
 use odmr_proto::domain::Domain;
+pub use odmr_proto::reply::Reply;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -321,11 +322,15 @@ pub struct RecipientStatus {
     pub domain: String,
     pub params: String,
     pub state: RecipientState,
-    pub last_reply: Option<String>,
+    /// The last reply to a delivery attempt, as it was given: code, enhanced status and text
+    /// lines, to be rendered where it is shown (a reply recorded without lines comes back with
+    /// one empty line, the same reply on the wire).
+    pub last_reply: Option<Reply>,
     /// The peer that gave `last_reply` (e.g. the customer's EHLO name), if a peer did.
     pub remote_mta: Option<String>,
-    /// RFC 3463 status of a failure decided here (expiry `4.4.7`, the operator `5.0.0`); `None`
-    /// when the failure is the peer's reply.
+    /// Why the recipient was given up here rather than on a peer's reply: the RFC 3463 status
+    /// of a failure decided here (expiry `4.4.7`, the operator's bounce `5.0.0`), or
+    /// [`DELETED`] (the operator's delete, which sends no notice); `None` otherwise.
     pub status: Option<String>,
     pub attempts: u32,
     /// Unix seconds.
@@ -333,6 +338,9 @@ pub struct RecipientStatus {
     /// A delay warning was handled (sent, or not wanted).
     pub warned: bool,
 }
+
+/// The [`RecipientStatus::status`] of a recipient the operator deleted ([`Store::queue_delete`]).
+pub const DELETED: &str = "deleted";
 
 /// Which messages an operator's command is about. Empty `ids` means every message; `domain`
 /// narrows to messages with a recipient in it (and the command then touches only those
@@ -348,7 +356,8 @@ pub struct QueueFilter {
 pub struct Outcome {
     pub recipient: RecipientId,
     pub state: RecipientState,
-    pub reply: Option<String>,
+    /// The reply as given (recorded as is, see [`RecipientStatus::last_reply`]).
+    pub reply: Option<Reply>,
     /// Who gave the reply (the customer's EHLO name or `[ip]`), for the notice's Remote-MTA.
     pub remote_mta: Option<String>,
 }
@@ -462,6 +471,32 @@ pub fn normalize_domain(domain: &str) -> Result<String, StoreError> {
     Domain::parse(domain)
         .map(Domain::into_string)
         .map_err(|_| StoreError::InvalidDomain(domain.to_string()))
+}
+
+/// A reply's text lines as a backend stores them: one text, the lines joined by LF. No line of
+/// a reply holds an LF (it ends the line on the wire); one made here that did would come back as
+/// several lines.
+pub(crate) fn reply_text(reply: &Reply) -> String {
+    reply.lines.join("\n")
+}
+
+/// A reply from the three values a backend stores: code, enhanced status, [`reply_text`].
+/// `None` without a code (no reply recorded); a code that is not a reply code is corrupt.
+pub(crate) fn stored_reply(
+    code: Option<i64>,
+    status: Option<String>,
+    text: Option<String>,
+) -> Result<Option<Reply>, StoreError> {
+    let Some(code) = code else { return Ok(None) };
+    let code = u16::try_from(code)
+        .ok()
+        .filter(|c| (100..1000).contains(c))
+        .ok_or_else(|| StoreError::Corrupt(format!("reply code {code}")))?;
+    Ok(Some(Reply {
+        code,
+        status,
+        lines: text.unwrap_or_default().split('\n').map(str::to_string).collect(),
+    }))
 }
 
 /// Lower-cases, sorts and dedups a set of domains used to query or lease (no other check: a
@@ -588,6 +623,30 @@ mod tests {
             assert_eq!(RecipientState::parse(s.as_str()), Some(s));
         }
         assert_eq!(RecipientState::parse("x"), None);
+    }
+
+    #[test]
+    fn replies_are_stored_as_code_status_and_lines() {
+        let r = Reply {
+            code: 250,
+            status: Some("2.0.0".into()),
+            lines: vec!["first".into(), "".into(), "last".into()],
+        };
+        let text = reply_text(&r);
+        assert_eq!(text, "first\n\nlast");
+        let back = stored_reply(Some(250), Some("2.0.0".into()), Some(text)).unwrap();
+        assert_eq!(back, Some(r));
+        let bare = stored_reply(Some(550), None, Some(String::new()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(bare.lines, [""]);
+        assert_eq!(stored_reply(None, None, Some("a note".into())).unwrap(), None);
+        for bad in [0, 99, 1000, -250, i64::MAX] {
+            assert!(
+                matches!(stored_reply(Some(bad), None, None), Err(StoreError::Corrupt(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -8,10 +8,12 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
+use odmr_proto::reply::parse_reply;
 use odmr_store::{
     ClockOffset, CommitInfo, Credential, DomainPolicy, DomainUsage, Envelope, EnvelopeRecipient, Lease,
-    MessageId, OutboundMessage, Outcome, Pending, QueueFilter, RecipientState, Store, StoreConfig,
-    StoreError, CHUNK_SIZE, OUTBOUND_QUEUE,
+    MessageId, OutboundMessage, Outcome, Pending, QueueFilter, RecipientState, Reply, Store, StoreConfig,
+    StoreError, CHUNK_SIZE, DELETED, OUTBOUND_QUEUE,
 };
 
 // ----- helpers -----
@@ -89,11 +91,22 @@ fn rcpt_id(p: &Pending, address: &str) -> i64 {
         .id
 }
 
-fn outcome(recipient: i64, state: RecipientState, reply: &str) -> Outcome {
+/// A reply as a peer wrote it (lines separated by CRLF, the last one's end left out), parsed as
+/// the delivery parses it.
+fn reply(wire: &str) -> Reply {
+    let mut b = BytesMut::from(format!("{wire}\r\n").as_str());
+    let r = parse_reply(&mut b)
+        .expect("a valid reply")
+        .expect("a whole reply");
+    assert!(b.is_empty(), "one reply: {wire:?}");
+    r
+}
+
+fn outcome(recipient: i64, state: RecipientState, wire: &str) -> Outcome {
     Outcome {
         recipient,
         state,
-        reply: Some(reply.into()),
+        reply: Some(reply(wire)),
         remote_mta: Some("mx.customer.example".into()),
     }
 }
@@ -855,13 +868,13 @@ async fn record_transitions(store: &Store) {
     };
     let ok = by("ok@d.example");
     assert_eq!((ok.state, ok.attempts), (RecipientState::Delivered, 1));
-    assert_eq!(ok.last_reply.as_deref(), Some("250 2.0.0 ok"));
+    assert_eq!(ok.last_reply, Some(reply("250 2.0.0 ok")));
     let later = by("later@d.example");
     assert_eq!((later.state, later.attempts), (RecipientState::Queued, 1));
-    assert_eq!(later.last_reply.as_deref(), Some("451 4.3.0 later"));
+    assert_eq!(later.last_reply, Some(reply("451 4.3.0 later")));
     let bad = by("bad@d.example");
     assert_eq!((bad.state, bad.attempts), (RecipientState::Failed, 1));
-    assert_eq!(bad.last_reply.as_deref(), Some("550 5.1.1 no such user"));
+    assert_eq!(bad.last_reply, Some(reply("550 5.1.1 no such user")));
     assert!(bad.updated_at > 0);
     let other = by("other@e.example");
     assert_eq!((other.state, other.attempts), (RecipientState::Queued, 0));
@@ -1051,7 +1064,7 @@ async fn record_fencing(store: &Store, clock: &ClockOffset) {
     ));
     let q = store.queue_list().await.unwrap();
     assert_eq!(q[0].recipients[0].attempts, 1);
-    assert_eq!(q[0].recipients[0].last_reply.as_deref(), Some("421 try again"));
+    assert_eq!(q[0].recipients[0].last_reply, Some(reply("421 try again")));
     assert_eq!(q[0].recipients[0].state, RecipientState::Queued);
 }
 
@@ -1233,7 +1246,7 @@ async fn committed_data_survives_reopen(backend: &impl Backend) {
     let q = store.queue_list().await.unwrap();
     assert_eq!(q.iter().map(|m| m.id).collect::<Vec<_>>(), [big_id, small_id]);
     assert_eq!(q[0].recipients[1].state, RecipientState::Failed);
-    assert_eq!(q[0].recipients[1].last_reply.as_deref(), Some("550 no"));
+    assert_eq!(q[0].recipients[1].last_reply, Some(reply("550 no")));
     assert!(read_all(&store, big_id).await == big);
     assert_eq!(read_all(&store, small_id).await, b"small");
     let p = store
@@ -1866,10 +1879,104 @@ async fn lease_break_is_told_to_the_holder(store: &Store) {
     assert_eq!(
         got,
         [
-            (RecipientState::Queued, 1, Some("421 later".to_string())),
+            (RecipientState::Queued, 1, Some(reply("421 later"))),
             (RecipientState::Queued, 0, None)
         ]
     );
+}
+
+/// A reply comes back as it was recorded: code, enhanced status (or none) and every text line,
+/// in the listing and in the notices; the operator's delete keeps it and says so in the status.
+async fn replies_are_kept_as_given(store: &Store) {
+    store
+        .account_add("acme", &[], &strings(&["d.example", "e.example"]))
+        .await
+        .unwrap();
+    let rcpts = [
+        "multi@d.example",
+        "refused@d.example",
+        "bare@d.example",
+        "empty@d.example",
+        "other@e.example",
+    ];
+    let id = put(store, &rcpts, b"x").await;
+    let l = lease(store, &["d.example"]).await;
+    let p = &store.pending(&strings(&["d.example"]), None, 10).await.unwrap()[0];
+    let multi = reply("250-2.0.0 first line\r\n250-\r\n250 2.0.0  361 byte chunk, total 361 OK");
+    assert_eq!(multi.lines, ["first line", "", "361 byte chunk, total 361 OK"]);
+    let refused = reply("550-5.1.1 <refused@d.example> unknown user\r\n550 5.1.1 try another");
+    let bare = reply("451 no status here");
+    let empty = Reply {
+        code: 452,
+        status: Some("4.3.1".into()),
+        lines: vec![],
+    };
+    let with = |address: &str, state, reply: &Reply| Outcome {
+        recipient: rcpt_id(p, address),
+        state,
+        reply: Some(reply.clone()),
+        remote_mta: Some("mx.customer.example".into()),
+    };
+    store
+        .record(
+            &l,
+            &[
+                with("multi@d.example", RecipientState::Delivered, &multi),
+                with("refused@d.example", RecipientState::Failed, &refused),
+                with("bare@d.example", RecipientState::Queued, &bare),
+                with("empty@d.example", RecipientState::Queued, &empty),
+            ],
+        )
+        .await
+        .unwrap();
+    store.lease_release(&l).await.unwrap();
+
+    let q = store.queue_list().await.unwrap();
+    let got: Vec<_> = q[0]
+        .recipients
+        .iter()
+        .map(|r| (r.address.as_str(), r.last_reply.clone()))
+        .collect();
+    let no_lines = Reply {
+        lines: vec![String::new()],
+        ..empty.clone()
+    };
+    assert_eq!(
+        got,
+        [
+            ("multi@d.example", Some(multi.clone())),
+            ("refused@d.example", Some(refused.clone())),
+            ("bare@d.example", Some(bare.clone())),
+            ("empty@d.example", Some(no_lines)),
+            ("other@e.example", None),
+        ]
+    );
+    assert_eq!(q[0].recipients[2].last_reply.as_ref().unwrap().status, None);
+    let n = store.notices_failed(10).await.unwrap();
+    assert_eq!(n[0].recipients.len(), 1);
+    assert_eq!(n[0].recipients[0].last_reply, Some(refused.clone()));
+    assert_eq!(
+        n[0].recipients[0].remote_mta.as_deref(),
+        Some("mx.customer.example")
+    );
+
+    // The operator's delete is its decision, not a reply: the customer's last reply stays.
+    let d = QueueFilter {
+        ids: vec![id],
+        domain: Some("d.example".into()),
+    };
+    assert_eq!(store.queue_delete(&d).await.unwrap(), 3);
+    let q = store.queue_list().await.unwrap();
+    let bare_now = q[0]
+        .recipients
+        .iter()
+        .find(|r| r.address == "bare@d.example")
+        .unwrap();
+    assert_eq!(bare_now.state, RecipientState::Bounced);
+    assert_eq!(bare_now.status.as_deref(), Some(DELETED));
+    assert_eq!(bare_now.last_reply, Some(bare));
+    assert_eq!(bare_now.remote_mta.as_deref(), Some("mx.customer.example"));
+    assert!(store.notices_failed(10).await.unwrap().is_empty(), "no notice");
 }
 
 // ----- running the suite against every backend -----
@@ -1930,6 +2037,7 @@ macro_rules! suite {
             expiry_and_failure_notices,
             delay_notices,
             operator_commands,
+            replies_are_kept_as_given,
             lease_break_is_told_to_the_holder,
         ];
         clock: [

@@ -20,7 +20,7 @@ use crate::server::bounce;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use odmr_proto::domain::Domain;
-use odmr_store::{MessageId, QueueFilter, QueuedMessage, RecipientState, RecipientStatus, Store};
+use odmr_store::{MessageId, QueueFilter, QueuedMessage, RecipientState, RecipientStatus, Reply, Store};
 use serde_json::json;
 use std::io::{self, BufWriter, Write};
 
@@ -154,12 +154,13 @@ fn recipient_label(r: &RecipientStatus) -> String {
     }
 }
 
-/// What the last-reply column says: the peer's reply, or why we gave up on our own.
+/// What the last-reply column says, on one line: the peer's reply, or why we gave up on our
+/// own.
 fn reply_text(r: &RecipientStatus) -> String {
     match (&r.status, &r.last_reply) {
-        (Some(s), Some(reply)) => format!("{} (last reply: {reply})", status_text(s)),
+        (Some(s), Some(reply)) => format!("{} (last reply: {})", status_text(s), reply.one_line()),
         (Some(s), None) => status_text(s),
-        (None, Some(reply)) => reply.clone(),
+        (None, Some(reply)) => reply.one_line(),
         (None, None) => "-".into(),
     }
 }
@@ -169,8 +170,36 @@ fn status_text(status: &str) -> String {
     match status {
         "5.0.0" => format!("{status} bounced by the operator"),
         "4.4.7" => format!("{status} held too long"),
+        odmr_store::DELETED => "deleted by the operator".into(),
         other => other.to_string(),
     }
+}
+
+/// A reply for `queue show`: the code and status on the first line with its text, each further
+/// line of text under it (empty ones left out), indented by `indent`.
+fn reply_lines(reply: &Reply, indent: &str) -> String {
+    let head = match &reply.status {
+        Some(s) => format!("{} {s}", reply.code),
+        None => reply.code.to_string(),
+    };
+    let shown = |l: &String| {
+        let l = l.trim();
+        (!l.is_empty()).then(|| l.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
+    };
+    let mut lines: Vec<String> = reply.lines.iter().filter_map(shown).collect();
+    match lines.first_mut() {
+        Some(first) => *first = format!("{head} {first}"),
+        None => lines.push(head),
+    }
+    lines.join(&format!("\n{indent}"))
+}
+
+fn reply_json(reply: &Reply) -> serde_json::Value {
+    json!({
+        "code": reply.code,
+        "status": reply.status,
+        "lines": reply.lines,
+    })
 }
 
 fn recipient_json(r: &RecipientStatus) -> serde_json::Value {
@@ -180,7 +209,9 @@ fn recipient_json(r: &RecipientStatus) -> serde_json::Value {
         "domain": r.domain,
         "params": r.params,
         "state": r.state.as_str(),
-        "last_reply": r.last_reply,
+        // The reply as given, and (as before it was kept whole) on one line.
+        "reply": r.last_reply.as_ref().map(reply_json),
+        "last_reply": r.last_reply.as_ref().map(Reply::one_line),
         "remote_mta": r.remote_mta,
         "status": r.status,
         "attempts": r.attempts,
@@ -467,7 +498,7 @@ fn summary(w: &mut impl Write, m: &QueuedMessage, now: i64) -> io::Result<()> {
             out::timestamp(r.updated_at)
         )?;
         if let Some(reply) = &r.last_reply {
-            writeln!(w, "      last reply  {reply}")?;
+            writeln!(w, "      last reply  {}", reply_lines(reply, &" ".repeat(18)))?;
         }
         if let Some(mta) = &r.remote_mta {
             writeln!(w, "      remote MTA  {mta}")?;
@@ -776,6 +807,18 @@ mod tests {
         }
         c.finish(&mut sink).unwrap();
         out
+    }
+
+    #[test]
+    fn show_puts_each_line_of_a_reply_under_the_first() {
+        let r = Reply {
+            code: 250,
+            status: Some("2.0.0".into()),
+            lines: vec!["first".into(), "".into(), "  361 byte chunk\x1b[0m ".into()],
+        };
+        assert_eq!(reply_lines(&r, "  "), "250 2.0.0 first\n  361 byte chunk?[0m");
+        assert_eq!(reply_lines(&Reply::multi(451, vec![]), "  "), "451");
+        assert_eq!(reply_lines(&Reply::new(550, "", "no"), "  "), "550 no");
     }
 
     #[test]

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use odmr_proto::dsn::{self, Action, ReceivedFrom, Report, ReportedRecipient, Returned};
 use odmr_store::{
-    Notice, OutboundMessage, Pending, PendingRecipient, RecipientStatus, Store, StoreError, OUTBOUND_QUEUE,
+    Notice, OutboundMessage, Pending, PendingRecipient, RecipientStatus, Reply, Store, StoreError,
+    OUTBOUND_QUEUE,
 };
 
 use super::Shared;
@@ -158,7 +159,7 @@ fn log_failed(n: &Notice, settled: &Settled) {
         }
         Settled::Silent => {
             for r in &n.recipients {
-                tracing::warn!(msg = n.id, rcpt = %r.address, reply = r.last_reply.as_deref().unwrap_or(""),
+                tracing::warn!(msg = n.id, rcpt = %r.address, reply = r.last_reply.as_ref().map(Reply::one_line).unwrap_or_default(),
                     "undeliverable; no notice (null sender or NOTIFY without FAILURE)");
             }
         }
@@ -182,7 +183,7 @@ async fn notify_failed(ctx: Ctx<'_>, n: &Notice) -> anyhow::Result<Settled> {
         let status = r
             .status
             .clone()
-            .or_else(|| r.last_reply.as_deref().and_then(dsn::enhanced_status))
+            .or_else(|| r.last_reply.as_ref().and_then(|reply| reply.status.clone()))
             .unwrap_or_else(|| "5.0.0".into());
         recipients.push(reported(r, Action::Failed, status, None));
     }
@@ -211,8 +212,8 @@ async fn notify_delayed(ctx: Ctx<'_>, n: &Notice) -> anyhow::Result<()> {
         // A customer's 4xx explains the wait better than the generic 4.0.0 ("waiting").
         let status = r
             .last_reply
-            .as_deref()
-            .and_then(dsn::enhanced_status)
+            .as_ref()
+            .and_then(|reply| reply.status.clone())
             .filter(|s| s.starts_with('4'))
             .unwrap_or_else(|| "4.0.0".into());
         recipients.push(reported(r, Action::Delayed, status, Some(until)));
@@ -232,7 +233,7 @@ async fn notify_delayed(ctx: Ctx<'_>, n: &Notice) -> anyhow::Result<()> {
 pub async fn notify_relayed(
     shared: &Shared,
     p: &Pending,
-    delivered: &[(PendingRecipient, String)],
+    delivered: &[(PendingRecipient, Reply)],
     remote: &str,
 ) -> anyhow::Result<()> {
     if p.mail_from.is_empty() || delivered.is_empty() {
@@ -245,11 +246,13 @@ pub async fn notify_relayed(
             original_recipient: dsn::orcpt(&r.params),
             final_recipient: r.address.clone(),
             action: Action::Relayed,
-            status: dsn::enhanced_status(reply)
+            status: reply
+                .status
+                .clone()
                 .filter(|s| s.starts_with('2'))
                 .unwrap_or_else(|| "2.0.0".into()),
             remote_mta: Some(remote.to_string()),
-            diagnostic: Some(reply.clone()),
+            diagnostic: Some(dsn::diagnostic_from_reply(reply)),
             last_attempt: Some(now()),
             will_retry_until: None,
         })
@@ -277,9 +280,9 @@ pub async fn notify_relayed(
 
 fn reported(r: &RecipientStatus, action: Action, status: String, until: Option<i64>) -> ReportedRecipient {
     // Remote-MTA and Diagnostic-Code only when a peer's reply is what we report (RFC 3464
-    // §2.3.5–6).
+    // §2.3.5–6); the reply in its wire form, each line on a line of the field (RFC 3461 §9.2).
     let (remote_mta, diagnostic) = match (&r.remote_mta, &r.last_reply) {
-        (Some(m), Some(reply)) => (Some(m.clone()), Some(reply.clone())),
+        (Some(m), Some(reply)) => (Some(m.clone()), Some(dsn::diagnostic_from_reply(reply))),
         _ => (None, None),
     };
     ReportedRecipient {

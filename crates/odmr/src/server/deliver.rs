@@ -28,7 +28,7 @@ use bytes::Bytes;
 use odmr_proto::deliver::{DeliverStep, Deliverer, OutMessage, RcptOutcome, StartTls, Wait, MAX_IN_FLIGHT};
 use odmr_proto::envelope::RcptEntry;
 use odmr_store::{
-    Lease, MessageId, Outcome, Pending, PendingRecipient, RecipientState, StoreError, CHUNK_SIZE,
+    Lease, MessageId, Outcome, Pending, PendingRecipient, RecipientState, Reply, StoreError, CHUNK_SIZE,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,7 +135,7 @@ struct RecordJob {
 struct Relayed {
     message: Pending,
     /// Each with the customer's reply.
-    recipients: Vec<(PendingRecipient, String)>,
+    recipients: Vec<(PendingRecipient, Reply)>,
     /// The customer's name, for the notice.
     peer: String,
 }
@@ -392,7 +392,7 @@ async fn run(
                         RcptOutcome::Delivered(reply) => {
                             delivered += 1;
                             if !d.caps().dsn && odmr_proto::dsn::wants_success(&r.params) {
-                                relayed.push((r.clone(), reply.one_line()));
+                                relayed.push((r.clone(), reply.clone()));
                             }
                             RecipientState::Delivered
                         }
@@ -405,11 +405,12 @@ async fn run(
                             RecipientState::Failed
                         }
                     };
-                    tracing::info!(msg = p.id, rcpt = %r.address, domain = %r.domain, result = state.as_str(), reply = %o.reply(), "recipient");
+                    // The reply is recorded as given; the log shows it on one line.
+                    tracing::info!(msg = p.id, rcpt = %r.address, domain = %r.domain, result = state.as_str(), reply = %o.reply().one_line(), "recipient");
                     rec.push(Outcome {
                         recipient: r.id,
                         state,
-                        reply: Some(o.reply().one_line()),
+                        reply: Some(o.reply().clone()),
                         remote_mta: remote_mta.clone(),
                     });
                 }

@@ -149,6 +149,7 @@ def parse_args(argv):
     p.add_argument("--no-8bitmime", action="store_true")
     p.add_argument("--size", type=int, help="advertise SIZE N and enforce it on MAIL")
     p.add_argument("--reject-ehlo", action="store_true", help="answer EHLO with 502")
+    # A reply of several lines is given whole, its lines separated by CRLF ("550-a\r\n550 b").
     p.add_argument("--rcpt-reply", action="append", default=[], metavar="ADDR=CODE TEXT")
     p.add_argument("--mail-reply", metavar="CODE TEXT")
     p.add_argument("--data-reply", metavar="CODE TEXT", help="reply to the final dot")
@@ -160,12 +161,12 @@ def parse_args(argv):
     a.rcpt_replies = {}
     for spec in a.rcpt_reply:
         addr, _, reply = spec.partition("=")
-        if not re.match(r"^[2-5]\d\d( |$)", reply):
+        if not re.match(r"^[2-5]\d\d([ -]|$)", reply):
             p.error("--rcpt-reply wants ADDR=CODE TEXT, got %r" % spec)
         a.rcpt_replies[addr.lower()] = reply
     for name in ("mail_reply", "data_reply"):
         v = getattr(a, name)
-        if v is not None and not re.match(r"^[2-5]\d\d( |$)", v):
+        if v is not None and not re.match(r"^[2-5]\d\d([ -]|$)", v):
             p.error("--%s wants CODE TEXT, got %r" % (name.replace("_", "-"), v))
     return a
 

@@ -64,6 +64,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_queue_life.sql"),
     include_str!("../../migrations/sqlite/0003_lease_broken.sql"),
     include_str!("../../migrations/sqlite/0004_domain_spelling.sql"),
+    include_str!("../../migrations/sqlite/0005_structured_reply.sql"),
 ];
 
 /// How long a statement waits for another process's write lock.

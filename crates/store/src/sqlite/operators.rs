@@ -11,7 +11,10 @@ use sqlx::Row;
 use super::queue::remove_if_done;
 use super::{placeholders, size_of, state_of, SqliteStore};
 use crate::contract::Operators;
-use crate::{now_secs, MessageId, Operation, QueueFilter, QueuedMessage, RecipientStatus, StoreError};
+use crate::{
+    now_secs, stored_reply, MessageId, Operation, QueueFilter, QueuedMessage, RecipientStatus, StoreError,
+    DELETED,
+};
 
 /// The `WHERE` clause (over `recipient r`) and its bindings selecting what a filter selects.
 struct Selection {
@@ -57,7 +60,8 @@ impl Selection {
 /// The columns [`messages_of`] reads, over `message m` and `recipient r`.
 pub(super) const MESSAGE_COLUMNS: &str =
     "m.id, m.received_at, m.size, m.mail_from, m.mail_params, m.eight_bit, m.helo, m.client_addr,
-     r.id AS rid, r.address, r.domain, r.params, r.state, r.last_reply, r.remote_mta, r.status,
+     r.id AS rid, r.address, r.domain, r.params, r.state, r.last_code, r.last_status, r.last_text,
+     r.remote_mta, r.status,
      r.attempts, r.updated_at, r.warned";
 
 /// Messages from rows of [`MESSAGE_COLUMNS`] ordered by message, then recipient.
@@ -89,7 +93,11 @@ pub(super) fn messages_of(rows: &[SqliteRow]) -> Result<Vec<QueuedMessage>, Stor
                 domain: row.try_get("domain")?,
                 params: row.try_get("params")?,
                 state: state_of(&state)?,
-                last_reply: row.try_get("last_reply")?,
+                last_reply: stored_reply(
+                    row.try_get("last_code")?,
+                    row.try_get("last_status")?,
+                    row.try_get("last_text")?,
+                )?,
                 remote_mta: row.try_get("remote_mta")?,
                 status: row.try_get("status")?,
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
@@ -154,11 +162,10 @@ impl Operators for SqliteStore {
 impl SqliteStore {
     async fn queue_operate(&self, filter: &QueueFilter, op: Operation) -> Result<u64, StoreError> {
         let sel = Selection::of(filter, "");
+        // The last reply stays: it is what the customer said, whatever the operator decided.
+        let deleted = format!("state = 'bounced', status = '{DELETED}'");
         let (set, from) = match op {
-            Operation::Delete => (
-                "state = 'bounced', last_reply = 'deleted by the operator', remote_mta = NULL",
-                "'queued', 'held', 'failed'",
-            ),
+            Operation::Delete => (deleted.as_str(), "'queued', 'held', 'failed'"),
             Operation::Bounce => ("state = 'failed', status = '5.0.0'", "'queued', 'held'"),
             Operation::Hold => ("state = 'held'", "'queued'"),
             Operation::Release => ("state = 'queued'", "'held'"),

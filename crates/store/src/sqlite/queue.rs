@@ -10,7 +10,9 @@ use sqlx::{Row, Sqlite, Transaction};
 use super::leases::{db_now_ms, lease_lost};
 use super::{placeholders, size_of, SqliteStore, RELAXED_BEGIN};
 use crate::contract::Queue;
-use crate::{domain_set, now_secs, Lease, MessageId, Outcome, Pending, PendingRecipient, StoreError};
+use crate::{
+    domain_set, now_secs, reply_text, Lease, MessageId, Outcome, Pending, PendingRecipient, StoreError,
+};
 
 /// The query of [`Store::pending`](crate::Store::pending) for `n` domains. The inner select walks the
 /// (domain, state, message) index and stops at the page's end, and `CROSS JOIN` (which SQLite
@@ -172,20 +174,24 @@ impl Queue for SqliteStore {
             }
             // Only a recipient still waiting for delivery takes an outcome: one the operator (or
             // expiry) gave up on meanwhile keeps that decision.
-            let values = vec!["(?, ?, ?, ?)"; part.len()].join(", ");
+            let values = vec!["(?, ?, ?, ?, ?, ?)"; part.len()].join(", ");
             let sql = format!(
-                "WITH v (id, state, reply, mta) AS (VALUES {values})
+                "WITH v (id, state, code, status, text, mta) AS (VALUES {values})
                  UPDATE recipient
-                 SET state = v.state, last_reply = v.reply, remote_mta = v.mta,
+                 SET state = v.state, last_code = v.code, last_status = v.status,
+                     last_text = v.text, remote_mta = v.mta,
                      attempts = attempts + 1, updated_at = ?
                  FROM v WHERE recipient.id = v.id AND recipient.state IN ('queued', 'held')"
             );
             let mut q = sqlx::query(&sql);
             for o in part {
+                let reply = o.reply.as_ref();
                 q = q
                     .bind(o.recipient)
                     .bind(o.state.as_str())
-                    .bind(o.reply.as_deref())
+                    .bind(reply.map(|r| i64::from(r.code)))
+                    .bind(reply.and_then(|r| r.status.as_deref()))
+                    .bind(reply.map(reply_text))
                     .bind(o.remote_mta.as_deref());
             }
             q.bind(now).execute(&mut *tx).await?;
@@ -243,7 +249,7 @@ const LIVE_DOMAINS: &str = concat!(
     db_now_ms!(2)
 );
 
-/// Outcomes (or message ids) per statement of [`Store::record`](crate::Store::record): 4 variables each, far
+/// Outcomes (or message ids) per statement of [`Store::record`](crate::Store::record): 6 variables each, far
 /// below SQLite's limit of 32766.
 const RECORD_ROWS: usize = 500;
 

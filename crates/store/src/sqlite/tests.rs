@@ -10,7 +10,9 @@ use super::queue::pending_sql;
 use super::queue_end;
 use super::*;
 use crate::dispatch::Backend;
-use crate::{CommitInfo, Envelope, EnvelopeRecipient, RecipientState, Store, StoreConfig, CHUNK_SIZE};
+use crate::{
+    CommitInfo, Envelope, EnvelopeRecipient, RecipientState, Reply, Store, StoreConfig, CHUNK_SIZE, DELETED,
+};
 
 fn envelope(rcpt: &str) -> Envelope {
     Envelope {
@@ -275,6 +277,97 @@ async fn schema_4_repairs_domains_stored_in_another_spelling() {
     Store::Sqlite(inner).close().await;
 }
 
+/// Schema 5 keeps a reply as code, status and text: the one-line replies of schema 4 are parsed
+/// once, in the migration (the status only where the reply parser found one), and the
+/// operator's note that took the place of a reply becomes the recipient's status.
+#[tokio::test]
+async fn schema_5_structures_the_one_line_replies_of_schema_4() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(dir.path().join(DB_FILE))
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        for m in &MIGRATIONS[..4] {
+            sqlx::raw_sql(m).execute(&pool).await.unwrap();
+        }
+        sqlx::raw_sql(
+            "PRAGMA user_version = 4;
+             INSERT INTO message (id, state, received_at, size, mail_from, mail_params, helo, client_addr)
+                 VALUES (7, 'queued', 1, 4, 'a@b.example', '', 'h', '192.0.2.1:1');
+             INSERT INTO body_chunk (message, seq, data) VALUES (7, 0, x'61626364');
+             INSERT INTO recipient (id, message, address, domain, params, state, last_reply, attempts,
+                                    updated_at, remote_mta)
+                 VALUES (41, 7, 'a@y.example', 'y.example', '', 'queued', '451 4.3.0 try later', 1, 1, 'mx.y'),
+                        (42, 7, 'b@y.example', 'y.example', '', 'failed', '550 no such user', 1, 1, 'mx.y'),
+                        (43, 7, 'c@y.example', 'y.example', '', 'delivered',
+                         '250  361 byte chunk, total 361 OK', 1, 1, 'mx.y'),
+                        (44, 7, 'd@y.example', 'y.example', '', 'failed', '550 4.1.1 class mismatch', 1, 1, NULL),
+                        (45, 7, 'e@y.example', 'y.example', '', 'queued', '452 4.02.002 full', 1, 1, NULL),
+                        (46, 7, 'f@y.example', 'y.example', '', 'failed', '550 5.1.1.1 x', 1, 1, NULL),
+                        (47, 7, 'g@y.example', 'y.example', '', 'delivered', '250', 1, 1, NULL),
+                        (48, 7, 'h@y.example', 'y.example', '', 'failed', '550 5.1.1', 1, 1, NULL),
+                        (49, 7, 'i@y.example', 'y.example', '', 'bounced', 'deleted by the operator', 0, 1, NULL),
+                        (50, 7, 'j@y.example', 'y.example', '', 'queued', NULL, 0, 1, NULL),
+                        (51, 7, 'k@y.example', 'y.example', '', 'queued', 'no code', 0, 1, NULL);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let (inner, schema) = SqliteStore::open_migrated(dir.path(), ClockOffset::default())
+        .await
+        .unwrap();
+    assert_eq!(schema, Schema::Upgraded { from: 4, to: 5 });
+    let kept: Option<String> = sqlx::query_scalar("SELECT last_text FROM recipient WHERE id = 51")
+        .fetch_one(&inner.read)
+        .await
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some("no code"), "a text without a code is kept");
+    let store = Store::Sqlite(inner);
+    let q = store.queue_list().await.unwrap();
+    let got: Vec<_> = q[0]
+        .recipients
+        .iter()
+        .map(|r| (r.id, r.last_reply.clone(), r.status.clone(), r.remote_mta.clone()))
+        .collect();
+    let reply = |code, status: Option<&str>, text: &str| {
+        Some(Reply {
+            code,
+            status: status.map(str::to_string),
+            lines: vec![text.to_string()],
+        })
+    };
+    let mx = || Some("mx.y".to_string());
+    assert_eq!(
+        got,
+        [
+            (41, reply(451, Some("4.3.0"), "try later"), None, mx()),
+            (42, reply(550, None, "no such user"), None, mx()),
+            (43, reply(250, None, "361 byte chunk, total 361 OK"), None, mx()),
+            (44, reply(550, None, "4.1.1 class mismatch"), None, None),
+            (45, reply(452, Some("4.02.002"), "full"), None, None),
+            (46, reply(550, None, "5.1.1.1 x"), None, None),
+            (47, reply(250, None, ""), None, None),
+            (48, reply(550, Some("5.1.1"), ""), None, None),
+            (49, None, Some(DELETED.to_string()), None),
+            (50, None, None, None),
+            (51, None, None, None),
+        ]
+    );
+    assert_eq!(
+        q[0].recipients[2].last_reply.as_ref().unwrap().one_line(),
+        "250 361 byte chunk, total 361 OK"
+    );
+    store.close().await;
+}
+
 /// A store of schema 1 with mail in it is upgraded in place: recipients keep their ids and
 /// states, and new ids continue above the old ones.
 #[tokio::test]
@@ -328,7 +421,7 @@ async fn schema_1_is_upgraded_keeping_the_queue() {
     assert_eq!(
         r,
         [
-            (41, RecipientState::Failed, Some("550 no".to_string())),
+            (41, RecipientState::Failed, Some(Reply::new(550, "", "no"))),
             (42, RecipientState::Queued, None)
         ]
     );
@@ -441,7 +534,7 @@ async fn relaxed_outcome_records_leave_the_writer_durable() {
             &[crate::Outcome {
                 recipient: p[0].recipients[0].id,
                 state: RecipientState::Queued,
-                reply: Some("451 later".into()),
+                reply: Some(Reply::new(451, "", "later")),
                 remote_mta: None,
             }],
         )

@@ -103,6 +103,18 @@ pub struct Once {
     pub elapsed: Duration,
 }
 
+/// That the run exited `code` (0 delivered, 1 no mail, 2 error, 3 authentication failed);
+/// `what` names the run in the failure, with its exit and its logs.
+pub fn expect_code(run: &Once, code: i32, what: &str) {
+    assert_eq!(
+        run.code,
+        Some(code),
+        "{what}: odmr client --once exited {:?}:\n{}",
+        run.code,
+        run.stderr
+    );
+}
+
 /// `odmr client --config CONFIG --once`, under `timeout 60` (a hang fails the test), with
 /// debug logs on stderr.
 pub fn client_once(config: &Path) -> Once {

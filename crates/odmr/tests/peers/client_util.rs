@@ -748,6 +748,18 @@ pub struct PyPeer {
     stderr: Arc<Mutex<String>>,
 }
 
+/// `timeout 120 PYTHON peers/SCRIPT`, as every Python peer runs (a hang cannot outlive the test
+/// by much), talking over its stdin and stdout.
+pub fn python_peer(python: &Path, script: &str) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=5", "120"])
+        .arg(python)
+        .arg(common::peers_dir().join(script))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    cmd
+}
+
 impl PyPeer {
     /// `None` (test skipped) without Debian's python3 (and, with `aiosmtpd`, its aiosmtpd).
     pub fn start(script: &str, args: &[&str], aiosmtpd: bool) -> Option<PyPeer> {
@@ -756,13 +768,8 @@ impl PyPeer {
         } else {
             common::peer("python3", "python3")?
         };
-        let mut child = Command::new("timeout")
-            .args(["--kill-after=5", "120"])
-            .arg(python)
-            .arg(common::peers_dir().join(script))
+        let mut child = python_peer(&python, script)
             .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start python3");

@@ -43,16 +43,6 @@ fn inject(server: &Server, from: &str, to: &[&str], body: &str) {
     );
 }
 
-fn expect_code(run: &Once, code: i32, what: &str) {
-    assert_eq!(
-        run.code,
-        Some(code),
-        "{what}: odmr client --once exited {:?}:\n{}",
-        run.code,
-        run.stderr
-    );
-}
-
 /// After a delivering run: the provider's queue is empty, and a second `--once` finds no mail
 /// (exit 1) and delivers nothing.
 fn expect_drained(server: &Server, config: &Path) {

@@ -84,16 +84,6 @@ fn messages_file(dir: &Path, messages: Value) -> String {
     f.to_str().unwrap().to_string()
 }
 
-fn expect_code(run: &Once, code: i32, what: &str) {
-    assert_eq!(
-        run.code,
-        Some(code),
-        "{what}: odmr client --once exited {:?}:\n{}",
-        run.code,
-        run.stderr
-    );
-}
-
 /// The EHLO keywords in the client's reply after the turnaround.
 fn ehlo_keywords(ev: &[Value]) -> Vec<String> {
     let e = of(ev, "ehlo");

@@ -38,6 +38,14 @@ fn set(server: &Server, name: &str, args: &[&str]) {
     assert_eq!(st, 0, "account set {args:?}: {out}{err}");
 }
 
+/// `odmr account set acme --etrn-destination 127.0.0.1:PORT MORE…`.
+fn set_destination(server: &Server, port: u16, more: &[&str]) {
+    let dest = format!("127.0.0.1:{port}");
+    let mut args = vec!["--etrn-destination", &dest];
+    args.extend(more);
+    set(server, USER, &args);
+}
+
 fn inject(server: &Server, to: &[&str], subject: &str) {
     let body = format!("From: alice@sender.test\nSubject: {subject}\n\nbody of {subject}\n");
     let r = send_mail(server.smtp, "alice@sender.test", to, &body);
@@ -130,11 +138,7 @@ fn authenticated_etrn_delivers_to_the_destination_and_drains_the_queue() {
         return;
     };
     let server = provider();
-    set(
-        &server,
-        USER,
-        &["--etrn-destination", &format!("127.0.0.1:{}", sink.port)],
-    );
+    set_destination(&server, sink.port, &[]);
     inject(&server, &["bob@example.org", "carol@example.org"], "one");
     inject(&server, &["dave@example.org", "erin@example.com"], "two");
     inject(&server, &["frank@example.com"], "other's");
@@ -195,12 +199,7 @@ fn unauthenticated_etrn_from_an_allowed_network_and_at_node() {
         return;
     };
     let server = provider();
-    let dest = format!("127.0.0.1:{}", sink.port);
-    set(
-        &server,
-        USER,
-        &["--etrn-destination", &dest, "--etrn-from", "127.0.0.0/8"],
-    );
+    set_destination(&server, sink.port, &["--etrn-from", "127.0.0.0/8"]);
     inject(&server, &["bob@example.org"], "apex");
     inject(&server, &["sue@sub.example.org"], "sub");
     inject(&server, &["bad@badexample.org"], "not a subdomain");
@@ -261,11 +260,7 @@ fn etrn_is_refused_459_unless_allowed() {
     );
     // Authenticated, but as another customer: still 459, same text. A wrong password: 535,
     // and ETRN stays refused.
-    set(
-        &server,
-        USER,
-        &["--etrn-destination", &format!("127.0.0.1:{}", sink.port)],
-    );
+    set_destination(&server, sink.port, &[]);
     let Some(v) = etrn(&server, Some(("other", "other-secret")), &["example.org"]) else {
         return;
     };
@@ -313,11 +308,7 @@ fn unreachable_destination_keeps_the_mail_queued() {
         return;
     };
     let server = provider();
-    set(
-        &server,
-        USER,
-        &["--etrn-destination", &format!("127.0.0.1:{}", closed_port())],
-    );
+    set_destination(&server, closed_port(), &[]);
     inject(&server, &["bob@example.org"], "held");
     let Some(v) = etrn(&server, Some((USER, PASS)), &["example.org"]) else {
         return;
@@ -344,11 +335,7 @@ fn unreachable_destination_keeps_the_mail_queued() {
 
     // The lease was given back after the failed connection: the next ETRN runs the queue.
     wait_runs(&server, 1);
-    set(
-        &server,
-        USER,
-        &["--etrn-destination", &format!("127.0.0.1:{}", sink.port)],
-    );
+    set_destination(&server, sink.port, &[]);
     let Some(v) = etrn(&server, Some((USER, PASS)), &["example.org"]) else {
         return;
     };
@@ -364,11 +351,7 @@ fn etrn_while_the_domain_is_being_delivered_gets_458() {
         return;
     };
     let server = provider();
-    set(
-        &server,
-        USER,
-        &["--etrn-destination", &format!("127.0.0.1:{}", sink.port)],
-    );
+    set_destination(&server, sink.port, &[]);
     inject(&server, &["bob@example.org"], "held");
 
     // An ODMR customer takes the lease with ATRN and then says nothing.
@@ -427,11 +410,7 @@ fn odmr_client_in_etrn_mode() {
         return;
     };
     let server = provider();
-    set(
-        &server,
-        USER,
-        &["--etrn-destination", &format!("127.0.0.1:{}", sink.port)],
-    );
+    set_destination(&server, sink.port, &[]);
     inject(&server, &["bob@example.org", "sue@sub.example.org"], "one");
     inject(&server, &["ann@sub.example.org"], "two");
     let dir = tempfile::tempdir().unwrap();
@@ -494,12 +473,7 @@ fn fetchmail_etrn() {
         return;
     };
     let server = provider();
-    let dest = format!("127.0.0.1:{}", sink.port);
-    set(
-        &server,
-        USER,
-        &["--etrn-destination", &dest, "--etrn-from", "127.0.0.1"],
-    );
+    set_destination(&server, sink.port, &["--etrn-from", "127.0.0.1"]);
     inject(&server, &["bob@example.org"], "one");
     inject(&server, &["sue@sub.example.org"], "two");
 

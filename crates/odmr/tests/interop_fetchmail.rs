@@ -13,7 +13,7 @@ mod interop_util;
 
 use client_util::{pair, states, SmtpSink};
 use common::Server;
-use interop_util::{odmr_rc, swaks_replies, Fetchmail, Run};
+use interop_util::{atrn_reply, odmr_rc, swaks_replies, Fetchmail, Run};
 
 // ----- what smtp-sink received -----
 
@@ -65,21 +65,6 @@ fn provider_lines(run: &Run) -> Vec<String> {
 /// Whether the provider sent a reply starting with `code` (e.g. "535 ") before any turnaround.
 fn provider_said(run: &Run, code: &str) -> bool {
     provider_lines(run).iter().any(|l| l.starts_with(code))
-}
-
-/// The provider's reply to fetchmail's ATRN command, if it sent one.
-fn atrn_reply(run: &Run) -> Option<String> {
-    let all = run.all();
-    let mut lines = all
-        .lines()
-        .skip_while(|l| !l.starts_with("fetchmail: ODMR> ATRN "));
-    lines.next()?;
-    lines
-        .find_map(|l| {
-            l.strip_prefix("fetchmail: ODMR< ")
-                .or_else(|| l.strip_prefix("fetchmail: SMTP< "))
-        })
-        .map(str::to_string)
 }
 
 fn turned_around(run: &Run) -> bool {

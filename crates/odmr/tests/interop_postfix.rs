@@ -31,7 +31,7 @@ use client_util::{
     ProviderCfg, CUSTOMER,
 };
 use common::{Server, HOSTNAME};
-use interop_util::{odmr_rc, Fetchmail, Run};
+use interop_util::{atrn_reply, odmr_rc, Fetchmail, Run};
 use postfix_util::{Held, Postfix};
 
 const USER: &str = "acme";
@@ -60,18 +60,6 @@ fn swaks_send(server: &Server, from: &str, to: &[&str], message: &[u8]) -> Run {
 fn fetchmail(server: &Server, domains: &[&str], postfix: &Postfix) -> Run {
     let rc = odmr_rc(server.odmr.port(), USER, PASS, domains, postfix.port);
     Fetchmail::find().expect("checked by have_peers").run(&rc)
-}
-
-/// The provider's reply to fetchmail's ATRN, if any.
-fn atrn_reply(run: &Run) -> Option<String> {
-    let all = run.all();
-    let mut lines = all
-        .lines()
-        .skip_while(|l| !l.starts_with("fetchmail: ODMR> ATRN "));
-    lines.next()?;
-    lines
-        .find_map(|l| l.strip_prefix("fetchmail: ODMR< "))
-        .map(str::to_string)
 }
 
 /// The three messages of the relaying stories: one for two recipients exercising transparency
@@ -330,29 +318,28 @@ fn postfix_refusals_reach_our_queue_with_postfix_replies() {
         };
 
         let st = server.recipient_states();
-        let find = |a: &str| st.iter().find(|s| s.0 == a).cloned().unwrap_or_default();
-        let busy = find("busy@example.org");
-        assert!(
-            busy.1 == "queued"
-                && busy.2.starts_with("450 4.2.1 ")
-                && busy.2.contains("mailbox busy, try later"),
-            "{via}: {busy:?}\n{transcript}\nPostfix:\n{}",
-            postfix.log_tail(20)
+        // The recipient `rcpt` is in `state`, with a reply starting with `code` and saying `text`.
+        let expect = |rcpt: &str, state: &str, code: &str, text: &str| {
+            let r = st.iter().find(|s| s.0 == rcpt).cloned().unwrap_or_default();
+            assert!(
+                r.1 == state && r.2.starts_with(code) && r.2.contains(text),
+                "{via}: {r:?}\n{transcript}\nPostfix:\n{}",
+                postfix.log_tail(20)
+            );
+        };
+        expect(
+            "busy@example.org",
+            "queued",
+            "450 4.2.1 ",
+            "mailbox busy, try later",
         );
-        let nobody = find("nobody@elsewhere.example");
-        assert!(
-            nobody.1 == "failed"
-                && nobody.2.starts_with("554 5.7.1 ")
-                && nobody.2.contains("Relay access denied"),
-            "{via}: {nobody:?}\n{transcript}\nPostfix:\n{}",
-            postfix.log_tail(20)
+        expect(
+            "nobody@elsewhere.example",
+            "failed",
+            "554 5.7.1 ",
+            "Relay access denied",
         );
-        let ok = find("ok@example.org");
-        assert!(
-            ok.1 == "delivered" && ok.2.starts_with("250 "),
-            "{via}: {ok:?}\n{transcript}\nPostfix:\n{}",
-            postfix.log_tail(20)
-        );
+        expect("ok@example.org", "delivered", "250 ", "");
 
         let held: Vec<Held> = postfix.held().into_iter().filter(|m| m.sender == from).collect();
         assert_eq!(held.len(), 1, "{via}: Postfix holds {held:#?}");

@@ -16,7 +16,9 @@ mod common;
 #[path = "peers/interop_util.rs"]
 mod interop_util;
 
-use client_util::{client_once, split_received, states, Dumped, Once, PyPeer, SmtpSink, CUSTOMER};
+use client_util::{
+    client_once, python_peer, split_received, states, Dumped, Once, PyPeer, SmtpSink, CUSTOMER,
+};
 use common::{send_mail, wait_until, Line, Server};
 use interop_util::{random_u64, run_timeout, swaks, Fetchmail, Run};
 use rcgen::{
@@ -303,14 +305,9 @@ impl Py {
     /// `None` (test skipped) when python3 is not installed.
     fn start(ca: &Path) -> Option<Py> {
         let python = common::peer("python3", "python3")?;
-        let mut child = Command::new("timeout")
-            .args(["--kill-after=5", "120"])
-            .arg(python)
-            .arg(common::peers_dir().join("tls_peer.py"))
+        let mut child = python_peer(&python, "tls_peer.py")
             .arg("repl")
             .arg(ca)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start tls_peer.py");

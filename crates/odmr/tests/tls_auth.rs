@@ -95,15 +95,39 @@ fn client(s: &Server, dir: &Path, extra: &str) -> (i32, String) {
         ),
     )
     .unwrap();
+    client_with(&cfg)
+}
+
+/// Run `odmr client --once --config CFG`; returns (exit code, stderr).
+fn client_with(cfg: &Path) -> (i32, String) {
     let out = Command::new(BIN)
         .args(["client", "--once", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .output()
         .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The client's keys for TLS with the client certificate `cert` (and its `key`).
+fn with_cert(p: &Pki, cert: &Path, key: &Path) -> String {
+    format!(
+        "ca_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+        p.ca.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
+/// Queue a message for bob@example.org at the provider's MX.
+fn queue_for_bob(s: &Server, message: &str) {
+    let r = send_mail(s.smtp, "a@sender.test", &["bob@example.org"], message);
+    assert!(
+        r.starts_with("250"),
+        "the provider did not accept the message: {r}"
+    );
 }
 
 fn delivered(dir: &Path) -> usize {
@@ -117,25 +141,13 @@ fn scram_sha_256_over_starttls() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path());
     let s = server(&p);
-    assert!(send_mail(
-        s.smtp,
-        "a@sender.test",
-        &["bob@example.org"],
-        "Subject: x\n\nscram\n"
-    )
-    .starts_with("250"));
+    queue_for_bob(&s, "Subject: x\n\nscram\n");
     let (code, err) = client(&s, dir.path(), &format!("ca_file = \"{}\"", p.ca.display()));
     assert_eq!(code, 0, "{err}\n{}", s.log());
     assert_eq!(delivered(dir.path()), 1);
     assert!(s.logged("mechanism=SCRAM-SHA-256"), "{}", s.log());
     // A wrong password is an authentication failure (exit 3), and nothing moves.
-    assert!(send_mail(
-        s.smtp,
-        "a@sender.test",
-        &["bob@example.org"],
-        "Subject: y\n\nagain\n"
-    )
-    .starts_with("250"));
+    queue_for_bob(&s, "Subject: y\n\nagain\n");
     let cfg_extra = format!("ca_file = \"{}\"", p.ca.display());
     let cfg = dir.path().join("client.toml");
     let (code, _) = client(&s, dir.path(), &cfg_extra);
@@ -145,17 +157,8 @@ fn scram_sha_256_over_starttls() {
         std::fs::read_to_string(&cfg).unwrap().replace("s3cret", "wrong"),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["client", "--once", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = client_with(&cfg);
+    assert_eq!(code, 3, "{err}");
 }
 
 #[test]
@@ -169,39 +172,15 @@ fn external_with_a_client_certificate_mapped_to_the_account() {
     );
     assert_eq!(st, 0, "{err}");
     assert!(out.contains("sha256:"), "{out}");
-    assert!(send_mail(
-        s.smtp,
-        "a@sender.test",
-        &["bob@example.org"],
-        "Subject: x\n\nexternal\n"
-    )
-    .starts_with("250"));
+    queue_for_bob(&s, "Subject: x\n\nexternal\n");
 
     // A certificate the CA signed but no account claims: EXTERNAL fails (exit 3), mail stays.
-    let (code, err) = client(
-        &s,
-        dir.path(),
-        &format!(
-            "ca_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
-            p.ca.display(),
-            p.stranger_cert.display(),
-            p.stranger_key.display()
-        ),
-    );
+    let (code, err) = client(&s, dir.path(), &with_cert(&p, &p.stranger_cert, &p.stranger_key));
     assert_eq!(code, 3, "{err}");
     assert_eq!(delivered(dir.path()), 0);
 
     // The customer's own certificate logs in as acme without a password exchange.
-    let (code, err) = client(
-        &s,
-        dir.path(),
-        &format!(
-            "ca_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
-            p.ca.display(),
-            p.client_cert.display(),
-            p.client_key.display()
-        ),
-    );
+    let (code, err) = client(&s, dir.path(), &with_cert(&p, &p.client_cert, &p.client_key));
     assert_eq!(code, 0, "{err}\n{}", s.log());
     assert_eq!(delivered(dir.path()), 1);
     assert!(s.logged("mechanism=EXTERNAL"), "{}", s.log());

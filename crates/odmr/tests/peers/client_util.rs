@@ -103,22 +103,23 @@ pub struct Once {
     pub elapsed: Duration,
 }
 
+/// That the run exited `code` (0 delivered, 1 no mail, 2 error, 3 authentication failed);
+/// `what` names the run in the failure, with its exit and its logs.
+pub fn expect_code(run: &Once, code: i32, what: &str) {
+    assert_eq!(
+        run.code,
+        Some(code),
+        "{what}: odmr client --once exited {:?}:\n{}",
+        run.code,
+        run.stderr
+    );
+}
+
 /// `odmr client --config CONFIG --once`, under `timeout 60` (a hang fails the test), with
 /// debug logs on stderr.
 pub fn client_once(config: &Path) -> Once {
     let start = Instant::now();
-    let out = Command::new("timeout")
-        .args([
-            "--kill-after=5",
-            "60",
-            common::BIN,
-            "client",
-            "--once",
-            "--config",
-        ])
-        .arg(config)
-        .env("ODMR_LOG", "info,odmr=debug")
-        .stdin(Stdio::null())
+    let out = client_command("60", &["--once"], config)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
@@ -140,6 +141,18 @@ pub fn client_once(config: &Path) -> Once {
     once
 }
 
+/// `odmr client ARGS… --config CONFIG` under `timeout SECS`, with debug logs and stdin closed.
+fn client_command(secs: &str, args: &[&str], config: &Path) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=5", secs, common::BIN, "client"])
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("ODMR_LOG", "info,odmr=debug")
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// `odmr client --config CONFIG` running as a daemon (under `timeout 180`), its stderr
 /// collected as it comes.
 pub struct Daemon {
@@ -149,11 +162,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path) -> Daemon {
-        let mut child = Command::new("timeout")
-            .args(["--kill-after=5", "180", common::BIN, "client", "--config"])
-            .arg(config)
-            .env("ODMR_LOG", "info,odmr=debug")
-            .stdin(Stdio::null())
+        let mut child = client_command("180", &[], config)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -285,24 +294,8 @@ impl SmtpSink {
             let dir = tempfile::tempdir().unwrap();
             std::fs::create_dir(dir.path().join("dump")).unwrap();
             let name = format!("sink{}.test", random_u64() % 1_000_000);
-            let mut cmd = Command::new("timeout");
-            // A safety net only: Drop stops it long before.
-            cmd.arg("300").arg(&program).args(["-h", &name]);
-            if is_root() {
-                cmd.args(["-u", "root"]);
-            }
-            if lmtp {
-                cmd.arg("-L");
-            }
-            cmd.args(options)
-                .arg("-d")
-                .arg(format!("{}/dump/%M.", dir.path().display()))
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("16")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let child = cmd.spawn().expect("start smtp-sink");
+            let listen = format!("127.0.0.1:{port}");
+            let child = Self::spawn(&program, &name, lmtp, options, dir.path(), &listen);
             let mut sink = SmtpSink {
                 port,
                 socket: None,
@@ -316,6 +309,28 @@ impl SmtpSink {
         panic!("smtp-sink could not be started on any of 10 random ports");
     }
 
+    /// smtp-sink greeting as `name`, listening on `listen`, dumping into `dir/dump`.
+    fn spawn(program: &Path, name: &str, lmtp: bool, options: &[&str], dir: &Path, listen: &str) -> Child {
+        let mut cmd = Command::new("timeout");
+        // A safety net only: Drop stops it long before.
+        cmd.arg("300").arg(program).args(["-h", name]);
+        if is_root() {
+            cmd.args(["-u", "root"]);
+        }
+        if lmtp {
+            cmd.arg("-L");
+        }
+        cmd.args(options)
+            .arg("-d")
+            .arg(format!("{}/dump/%M.", dir.display()))
+            .arg(listen)
+            .arg("16")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn().expect("start smtp-sink")
+    }
+
     /// smtp-sink on a Unix socket (`unix:PATH`) in its own directory.
     pub fn start_unix(lmtp: bool) -> Option<SmtpSink> {
         let program = common::peer("smtp-sink", "postfix")?;
@@ -323,22 +338,8 @@ impl SmtpSink {
         std::fs::create_dir(dir.path().join("dump")).unwrap();
         let socket = dir.path().join("sink.sock");
         let name = format!("usink{}.test", random_u64() % 1_000_000);
-        let mut cmd = Command::new("timeout");
-        cmd.arg("300").arg(&program).args(["-h", &name]);
-        if is_root() {
-            cmd.args(["-u", "root"]);
-        }
-        if lmtp {
-            cmd.arg("-L");
-        }
-        cmd.arg("-d")
-            .arg(format!("{}/dump/%M.", dir.path().display()))
-            .arg(format!("unix:{}", socket.display()))
-            .arg("16")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().expect("start smtp-sink");
+        let listen = format!("unix:{}", socket.display());
+        let child = Self::spawn(&program, &name, lmtp, &[], dir.path(), &listen);
         let mut sink = SmtpSink {
             port: 0,
             socket: Some(socket.clone()),
@@ -747,6 +748,18 @@ pub struct PyPeer {
     stderr: Arc<Mutex<String>>,
 }
 
+/// `timeout 120 PYTHON peers/SCRIPT`, as every Python peer runs (a hang cannot outlive the test
+/// by much), talking over its stdin and stdout.
+pub fn python_peer(python: &Path, script: &str) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=5", "120"])
+        .arg(python)
+        .arg(common::peers_dir().join(script))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    cmd
+}
+
 impl PyPeer {
     /// `None` (test skipped) without Debian's python3 (and, with `aiosmtpd`, its aiosmtpd).
     pub fn start(script: &str, args: &[&str], aiosmtpd: bool) -> Option<PyPeer> {
@@ -755,13 +768,8 @@ impl PyPeer {
         } else {
             common::peer("python3", "python3")?
         };
-        let mut child = Command::new("timeout")
-            .args(["--kill-after=5", "120"])
-            .arg(python)
-            .arg(common::peers_dir().join(script))
+        let mut child = python_peer(&python, script)
             .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start python3");

@@ -197,3 +197,19 @@ pub fn swaks_send(smtp: std::net::SocketAddr, from: &str, to: &[&str], message: 
     swaks(&["--server", &smtp, "--from", from, "--to", &to, "--data", &at_file])
         .expect("swaks is checked by the caller")
 }
+
+/// The provider's reply to fetchmail's ATRN command, if it sent one: the first reply fetchmail
+/// logged after the command (as `ODMR<`, or `SMTP<`).
+pub fn atrn_reply(run: &Run) -> Option<String> {
+    let all = run.all();
+    let mut lines = all
+        .lines()
+        .skip_while(|l| !l.starts_with("fetchmail: ODMR> ATRN "));
+    lines.next()?;
+    lines
+        .find_map(|l| {
+            l.strip_prefix("fetchmail: ODMR< ")
+                .or_else(|| l.strip_prefix("fetchmail: SMTP< "))
+        })
+        .map(str::to_string)
+}

@@ -2,16 +2,28 @@ use super::*;
 
 mod chunking;
 
-fn session(max: u64) -> SmtpServer {
-    let mut cfg = ServerConfig::new("mx.example.net");
-    cfg.max_message_size = max;
+/// A session configured by `cfg`, with a client at `ip`, logged as session `id`.
+fn server(cfg: ServerConfig, ip: &str, id: &str) -> SmtpServer {
     SmtpServer::new(
         cfg,
         PeerInfo {
-            ip: "192.0.2.1".into(),
-            session: "s1".into(),
+            ip: ip.into(),
+            session: id.into(),
         },
     )
+}
+
+fn session(max: u64) -> SmtpServer {
+    let mut cfg = ServerConfig::new("mx.example.net");
+    cfg.max_message_size = max;
+    server(cfg, "192.0.2.1", "s1")
+}
+
+/// Poll until the session wants more input; returns what it sent meanwhile.
+#[track_caller]
+fn replies(s: &mut SmtpServer, input: &mut BytesMut) -> String {
+    assert_eq!(s.poll(input), ServerStep::NeedInput);
+    String::from_utf8(std::mem::take(s.output())).unwrap()
 }
 
 /// Run to the DATA phase with one accepted recipient.
@@ -121,8 +133,7 @@ fn oversized_body_is_refused_at_the_end_and_the_session_goes_on() {
         streamed <= 65536 + 1024,
         "kept streaming past the limit: {streamed}"
     );
-    assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
-    let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+    let out = replies(&mut s, &mut input);
     assert!(out.starts_with("552 5.3.4 "), "{out}");
     assert!(out.ends_with("250 2.0.0 OK\r\n"), "{out}");
 }
@@ -156,13 +167,7 @@ fn too_many_errors_closes_with_421() {
 fn too_many_recipients_gets_452() {
     let mut cfg = ServerConfig::new("mx");
     cfg.max_recipients = 100;
-    let mut s = SmtpServer::new(
-        cfg,
-        PeerInfo {
-            ip: "192.0.2.1".into(),
-            session: "s".into(),
-        },
-    );
+    let mut s = server(cfg, "192.0.2.1", "s");
     let mut input = BytesMut::from("HELO c\r\nMAIL FROM:<>\r\n");
     for i in 0..101 {
         input.extend_from_slice(format!("RCPT TO:<u{i}@example.org>\r\n").as_bytes());
@@ -190,16 +195,9 @@ fn customer_mode_asks_about_senders_and_offers_only_what_the_sink_carries() {
     cfg.eight_bit_mime = false;
     cfg.smtputf8 = false;
     cfg.max_recipients = 1;
-    let mut s = SmtpServer::new(
-        cfg,
-        PeerInfo {
-            ip: "192.0.2.9".into(),
-            session: "r".into(),
-        },
-    );
+    let mut s = server(cfg, "192.0.2.9", "r");
     let mut input = BytesMut::from("EHLO provider\r\n");
-    assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
-    let ehlo = String::from_utf8(std::mem::take(s.output())).unwrap();
+    let ehlo = replies(&mut s, &mut input);
     assert!(
         !ehlo.contains("8BITMIME") && !ehlo.contains("SMTPUTF8") && ehlo.contains("PIPELINING"),
         "{ehlo}"
@@ -229,8 +227,7 @@ fn customer_mode_asks_about_senders_and_offers_only_what_the_sink_carries() {
     s.recipient_verdict(RcptVerdict::Accept);
     // One recipient per transaction: the second gets 452, then RSET tells the driver.
     assert_eq!(s.poll(&mut input), ServerStep::Reset);
-    assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
-    let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+    let out = replies(&mut s, &mut input);
     assert!(
         out.contains("452 4.5.3") && out.ends_with("250 2.0.0 OK\r\n"),
         "{out}"
@@ -241,13 +238,7 @@ fn customer_mode_asks_about_senders_and_offers_only_what_the_sink_carries() {
 fn starttls_stops_consuming_and_forgets_the_session() {
     let mut cfg = ServerConfig::new("mx.example.net");
     cfg.starttls = true;
-    let mut s = SmtpServer::new(
-        cfg,
-        PeerInfo {
-            ip: "192.0.2.1".into(),
-            session: "t".into(),
-        },
-    );
+    let mut s = server(cfg, "192.0.2.1", "t");
     let mut input = BytesMut::from("EHLO c\r\nSTARTTLS\r\nHELP\r\n");
     assert_eq!(s.poll(&mut input), ServerStep::StartTls);
     // The injected HELP is still buffered: the driver must see it and refuse to go on.
@@ -266,8 +257,7 @@ fn starttls_stops_consuming_and_forgets_the_session() {
     s.tls_started();
     assert_eq!(s.helo(), None);
     input.extend_from_slice(b"MAIL FROM:<a@b.example>\r\nEHLO c\r\nSTARTTLS\r\n");
-    assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
-    let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+    let out = replies(&mut s, &mut input);
     assert!(out.starts_with("503 5.5.1 Send EHLO"), "{out}");
     assert!(
         !out.contains("STARTTLS\r\n250") && !out.contains("-STARTTLS"),
@@ -280,8 +270,7 @@ fn starttls_stops_consuming_and_forgets_the_session() {
 fn dsn_is_offered_and_its_parameters_checked_and_kept() {
     let mut s = session(1 << 20);
     let mut input = BytesMut::from("EHLO c\r\n");
-    assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
-    let ehlo = String::from_utf8(std::mem::take(s.output())).unwrap();
+    let ehlo = replies(&mut s, &mut input);
     assert!(ehlo.contains("\r\n250-DSN\r\n"), "{ehlo}");
 
     input.extend_from_slice(
@@ -322,19 +311,12 @@ fn dsn_is_offered_and_its_parameters_checked_and_kept() {
 fn without_dsn_its_parameters_are_not_offered() {
     let mut cfg = ServerConfig::new("cust.example");
     cfg.dsn = false;
-    let mut s = SmtpServer::new(
-        cfg,
-        PeerInfo {
-            ip: "192.0.2.9".into(),
-            session: "r".into(),
-        },
-    );
+    let mut s = server(cfg, "192.0.2.9", "r");
     let mut input = BytesMut::from(
         "EHLO provider\r\nMAIL FROM:<a@b.example> RET=FULL\r\nMAIL FROM:<a@b.example>\r\n\
          RCPT TO:<x@c.example> NOTIFY=NEVER\r\n",
     );
-    assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
-    let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+    let out = replies(&mut s, &mut input);
     assert!(!out.contains("DSN\r\n"), "{out}");
     assert!(
         out.ends_with(
@@ -349,13 +331,7 @@ fn without_dsn_its_parameters_are_not_offered() {
 fn messages_per_session_are_limited() {
     let mut cfg = ServerConfig::new("mx");
     cfg.max_messages = 1;
-    let mut s = SmtpServer::new(
-        cfg,
-        PeerInfo {
-            ip: "192.0.2.1".into(),
-            session: "m".into(),
-        },
-    );
+    let mut s = server(cfg, "192.0.2.1", "m");
     let mut input = BytesMut::new();
     to_data(&mut s, &mut input);
     input.extend_from_slice(b"x\r\n.\r\nMAIL FROM:<a@b.example>\r\n");
@@ -370,13 +346,7 @@ fn messages_per_session_are_limited() {
 fn mx(etrn: bool, auth: bool) -> SmtpServer {
     let mut cfg = ServerConfig::new("mx");
     cfg.etrn = etrn;
-    let mut s = SmtpServer::new(
-        cfg,
-        PeerInfo {
-            ip: "192.0.2.1".into(),
-            session: "e".into(),
-        },
-    );
+    let mut s = server(cfg, "192.0.2.1", "e");
     if auth {
         s.enable_auth(AuthConfig::default(), 3, 1_800_000_000);
     }
@@ -388,8 +358,7 @@ fn mx(etrn: bool, auth: bool) -> SmtpServer {
 fn etrn_and_auth_are_offered_only_when_enabled() {
     let mut s = mx(false, false);
     let mut input = BytesMut::from("EHLO c\r\nETRN example.org\r\nAUTH CRAM-MD5\r\n");
-    assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
-    let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+    let out = replies(&mut s, &mut input);
     assert!(!out.contains("250-ETRN") && !out.contains("250-AUTH"), "{out}");
     assert!(out.contains("502 5.5.1 ETRN not implemented"), "{out}");
     assert!(
@@ -439,8 +408,7 @@ fn every_etrn_verdict_is_one_line_with_its_code() {
         assert!(matches!(s.poll(&mut input), ServerStep::Etrn { .. }));
         assert_eq!(&input[..], b"NOOP\r\n");
         s.etrn_verdict(v);
-        assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
-        let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+        let out = replies(&mut s, &mut input);
         assert_eq!(out, format!("{want}250 2.0.0 OK\r\n"));
     }
 }
@@ -449,8 +417,7 @@ fn every_etrn_verdict_is_one_line_with_its_code() {
 fn auth_identifies_for_the_received_header_but_recipients_are_still_checked() {
     let mut s = mx(true, true);
     let mut input = BytesMut::from("EHLO c\r\nAUTH PLAIN\r\n");
-    assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
-    let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+    let out = replies(&mut s, &mut input);
     assert!(out.contains("250-AUTH SCRAM-SHA-256 CRAM-MD5\r\n"), "{out}");
     assert!(
         out.ends_with("504 5.5.4 Mechanism available only after STARTTLS\r\n"),
@@ -474,8 +441,7 @@ fn auth_identifies_for_the_received_header_but_recipients_are_still_checked() {
     let out = String::from_utf8(std::mem::take(s.output())).unwrap();
     let first = b64.decode(out.trim_end().strip_prefix("334 ").unwrap()).unwrap();
     input.extend_from_slice(format!("{}\r\n", b64.encode(client.server_first(&first).unwrap())).as_bytes());
-    assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
-    let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+    let out = replies(&mut s, &mut input);
     client
         .server_final(&b64.decode(out.trim_end().strip_prefix("334 ").unwrap()).unwrap())
         .unwrap();
@@ -508,13 +474,7 @@ fn auth_identifies_for_the_received_header_but_recipients_are_still_checked() {
 fn starttls_is_refused_after_auth() {
     let mut cfg = ServerConfig::new("mx");
     cfg.starttls = true;
-    let mut s = SmtpServer::new(
-        cfg,
-        PeerInfo {
-            ip: "192.0.2.1".into(),
-            session: "t".into(),
-        },
-    );
+    let mut s = server(cfg, "192.0.2.1", "t");
     s.enable_auth(AuthConfig::default(), 3, 1);
     s.output().clear();
     let mut input = BytesMut::from("EHLO c\r\nAUTH CRAM-MD5\r\n");
@@ -538,8 +498,7 @@ fn starttls_is_refused_after_auth() {
     let secret = crate::sasl::cram_md5::CramSecret::from_password(b"pw");
     assert_eq!(s.auth_answer(AuthAnswer::Secret(Some(secret))), Some(true));
     input.extend_from_slice(b"EHLO c\r\nSTARTTLS\r\n");
-    assert_eq!(s.poll(&mut input), ServerStep::NeedInput);
-    let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+    let out = replies(&mut s, &mut input);
     assert!(!out.contains("STARTTLS\r\n250"), "{out}");
     assert!(
         out.ends_with("503 5.5.1 STARTTLS is not allowed after AUTH\r\n"),

@@ -8,13 +8,7 @@ fn chunking(max: u64) -> SmtpServer {
     let mut cfg = ServerConfig::new("mx.example.net");
     cfg.max_message_size = max;
     cfg.chunking = true;
-    let mut s = SmtpServer::new(
-        cfg,
-        PeerInfo {
-            ip: "192.0.2.1".into(),
-            session: "b".into(),
-        },
-    );
+    let mut s = server(cfg, "192.0.2.1", "b");
     s.output().clear();
     s
 }

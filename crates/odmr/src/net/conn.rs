@@ -440,3 +440,87 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connection over an in-memory pipe holding at most `capacity` octets each way, and the
+    /// peer's end.
+    fn pair(capacity: usize) -> (Conn, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(capacity);
+        let peer = SocketAddr::from(([192, 0, 2, 1], 25));
+        (Conn::from_stream(Box::new(ours), peer), theirs)
+    }
+
+    #[tokio::test]
+    async fn exchange_writes_the_output_and_reads_what_arrives() {
+        let (mut conn, mut peer) = pair(64 * 1024);
+        peer.write_all(b"EHLO x\r\n").await.unwrap();
+        let mut out = b"220 ready\r\n".to_vec();
+        let n = conn
+            .exchange(&mut out, ReadSize::Commands, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!((n, &conn.buf[..]), (8, &b"EHLO x\r\n"[..]));
+        assert!(out.is_empty(), "the output was taken");
+        // Whatever is still unsent goes out with the next write; here all of it already did.
+        conn.send(&mut Vec::new(), Duration::from_secs(5)).await.unwrap();
+        let mut got = [0u8; 11];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"220 ready\r\n");
+    }
+
+    /// A peer that sends and never reads: with more than UNSENT_MAX octets waiting, nothing more
+    /// is read (the peer's commands stay in the pipe), and the stalled write ends the exchange
+    /// as a write failure once the timeout passes without progress.
+    #[tokio::test]
+    async fn no_reads_while_too_much_output_waits_for_a_peer_that_never_reads() {
+        let (mut conn, mut peer) = pair(1024);
+        peer.write_all(b"EHLO x\r\n").await.unwrap();
+        let mut out = vec![b'x'; UNSENT_MAX * 4];
+        let r = conn
+            .exchange(&mut out, ReadSize::Commands, Duration::from_millis(200))
+            .await;
+        assert!(
+            matches!(r, Err(ExchangeError::Write(ConnError::WriteTimeout(_)))),
+            "{r:?}"
+        );
+        assert!(
+            conn.buf.is_empty(),
+            "read {:?} while the peer read nothing",
+            conn.buf
+        );
+    }
+
+    /// Commands are read at most 1 KiB at a time, message data up to 64 KiB.
+    #[tokio::test]
+    async fn command_reads_are_small_data_reads_large() {
+        let (mut conn, mut peer) = pair(256 * 1024);
+        peer.write_all(&vec![b'a'; 100 * 1024]).await.unwrap();
+        let n = conn
+            .exchange(&mut Vec::new(), ReadSize::Commands, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(n <= 1024, "{n}");
+        let m = conn
+            .exchange(&mut Vec::new(), ReadSize::Data, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(m > 1024 && m <= 64 * 1024, "{m}");
+    }
+
+    /// Nothing to write and nothing arriving: a read timeout, not a write one.
+    #[tokio::test]
+    async fn silence_is_a_read_timeout() {
+        let (mut conn, _peer) = pair(1024);
+        let r = conn
+            .exchange(&mut Vec::new(), ReadSize::Commands, Duration::from_millis(100))
+            .await;
+        assert!(
+            matches!(r, Err(ExchangeError::Read(ConnError::ReadTimeout(_)))),
+            "{r:?}"
+        );
+    }
+}

@@ -6,7 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// A client config whose one provider listens nowhere: its poll fails at once.
+/// A client config whose one provider listens nowhere: its poll fails at once. (Its sink is a
+/// Maildir, so no local MTA on a fixed port is needed.)
 fn client_config(dir: &Path) -> PathBuf {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
@@ -17,7 +18,8 @@ fn client_config(dir: &Path) -> PathBuf {
         format!(
             "hostname = \"customer.test\"\n[[provider]]\nname = \"isp\"\nhost = \"127.0.0.1\"\n\
              port = {port}\nuser = \"acme\"\npassword = \"pw\"\ndomains = [\"example.org\"]\n\
-             tls = \"none\"\ntimeout = \"5s\"\n[provider.deliver]\nsmtp = \"127.0.0.1:25\"\n"
+             tls = \"none\"\ntimeout = \"5s\"\n[provider.deliver]\nmaildir = \"{}/{{domain}}/{{local}}\"\n",
+            dir.display()
         ),
     )
     .unwrap();

@@ -22,10 +22,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const READ_CHUNK: usize = 64 * 1024;
-/// Most read at once while commands are expected ([`Conn::fill_commands`]).
-const COMMAND_CHUNK: usize = 1024;
+/// Most read at once while commands are expected ([`Conn::fill_commands`]): what a peer that
+/// pipelines and never reads can make us answer at once (EHLO's reply is ~40 times its size,
+/// so 512 octets of EHLO make ~20 KiB of replies).
+const COMMAND_CHUNK: usize = 512;
 /// Most output left unsent while more input is read ([`Conn::exchange`]).
-pub const UNSENT_MAX: usize = 16 * 1024;
+pub const UNSENT_MAX: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -72,7 +74,7 @@ pub struct Conn {
 /// How much one read may bring ([`Conn::exchange`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadSize {
-    /// Where commands are expected: at most 1 KiB (see [`Conn::fill_commands`]).
+    /// Where commands are expected: at most 512 octets (see [`Conn::fill_commands`]).
     Commands,
     /// Message data or replies: up to 64 KiB.
     Data,
@@ -248,11 +250,11 @@ impl Conn {
         self.fill_up_to(READ_CHUNK, timeout).await
     }
 
-    /// Read more input where commands are expected: at most 1 KiB at once. A machine answers
+    /// Read more input where commands are expected: at most 512 octets at once. A machine answers
     /// all the complete commands it is given before its output is written, and a reply can be
     /// forty times its command (EHLO), so what a peer that pipelines and never reads can make
-    /// us hold is bounded by what one read brings. 1 KiB holds any pipelined group a real
-    /// client sends.
+    /// us hold is bounded by what one read brings. A larger pipelined group just takes several
+    /// reads.
     pub async fn fill_commands(&mut self, timeout: Duration) -> Result<usize, ConnError> {
         self.fill_up_to(COMMAND_CHUNK, timeout).await
     }
@@ -494,7 +496,7 @@ mod tests {
         );
     }
 
-    /// Commands are read at most 1 KiB at a time, message data up to 64 KiB.
+    /// Commands are read at most 512 octets at a time, message data up to 64 KiB.
     #[tokio::test]
     async fn command_reads_are_small_data_reads_large() {
         let (mut conn, mut peer) = pair(256 * 1024);
@@ -503,12 +505,12 @@ mod tests {
             .exchange(&mut Vec::new(), ReadSize::Commands, Duration::from_secs(5))
             .await
             .unwrap();
-        assert!(n <= 1024, "{n}");
+        assert!(n <= COMMAND_CHUNK, "{n}");
         let m = conn
             .exchange(&mut Vec::new(), ReadSize::Data, Duration::from_secs(5))
             .await
             .unwrap();
-        assert!(m > 1024 && m <= 64 * 1024, "{m}");
+        assert!(m > COMMAND_CHUNK && m <= READ_CHUNK, "{m}");
     }
 
     /// Nothing to write and nothing arriving: a read timeout, not a write one.

@@ -9,8 +9,8 @@
 //!   pipelining dialogue waits for the other's buffers to drain.
 //! - **Bounded memory for a peer that never reads.** No input is read while more than
 //!   [`crate::net::conn::UNSENT_MAX`] octets of output wait, and a read where commands are
-//!   expected brings at most 1 KiB ([`ReadSize::Commands`]): what a peer can make us hold is
-//!   what the machine answers to 1 KiB, plus that bound.
+//!   expected brings at most 512 octets ([`ReadSize::Commands`]): what a peer can make us hold
+//!   is what the machine answers to that, plus that bound.
 //! - **Every wait has a deadline.** The timeout bounds the time without progress either way; a
 //!   write that cannot progress ends the session without a reply (none could reach the peer), a
 //!   read that times out ends it with the machine's own 421 ([`Machine::abort`]).
@@ -79,7 +79,7 @@ impl Machine for odmr_proto::deliver::Deliverer {
 /// What the machine waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
-    /// Commands: reads of at most 1 KiB; a shutdown ends the session.
+    /// Commands: reads of at most 512 octets; a shutdown ends the session.
     Commands,
     /// Message data: reads of up to 64 KiB; a shutdown waits until the message is done.
     Data,

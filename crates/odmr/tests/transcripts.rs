@@ -6,23 +6,14 @@ mod common;
 use base64::Engine;
 use common::{Line, Server};
 use odmr_proto::sasl::cram_md5;
-use odmr_proto::transcript::{matches, Step, Transcript};
+use odmr_proto::transcript::{matches, Step};
 use std::path::PathBuf;
 
 fn replay(kind: &str) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/transcripts")
         .join(kind);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty());
-    for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let t = Transcript::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (name, t) in odmr_proto::transcript::load_dir(&dir).unwrap_or_else(|e| panic!("{e}")) {
         let server = Server::start();
         for a in &t.accounts {
             let domains: Vec<&str> = a.domains.iter().map(String::as_str).collect();

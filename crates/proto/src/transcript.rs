@@ -111,6 +111,26 @@ impl Transcript {
 
 /// Does `line` (as received, without CRLF) match the expectation `pattern`? A `*` in the
 /// pattern stands for any text.
+/// Every transcript file in `dir`, by name, in name order; an error names the file. Shared by
+/// the replays against the machines and over sockets, so each reads the same files the same way.
+pub fn load_dir(dir: &std::path::Path) -> Result<Vec<(String, Transcript)>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut files: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("no transcripts in {}", dir.display()));
+    }
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&p).map_err(|e| format!("{name}: {e}"))?;
+            let t = Transcript::parse(&text).map_err(|e| format!("{name}: {e}"))?;
+            Ok((name, t))
+        })
+        .collect()
+}
+
 pub fn matches(pattern: &str, line: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or("");

@@ -199,22 +199,7 @@ fn transcripts(kind: &str) -> Vec<(String, Transcript)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/transcripts")
         .join(kind);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("transcript dir")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no transcripts in {}", dir.display());
-    files
-        .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let t = Transcript::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
-            (name, t)
-        })
-        .collect()
+    odmr_proto::transcript::load_dir(&dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

@@ -113,16 +113,7 @@ async fn replay(name: String, t: Transcript) {
 #[tokio::test]
 async fn reversed_transcripts_over_sockets() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/transcripts/reversed");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty());
-    for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let t = Transcript::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (name, t) in odmr_proto::transcript::load_dir(&dir).unwrap_or_else(|e| panic!("{e}")) {
         replay(name, t).await;
     }
 }
